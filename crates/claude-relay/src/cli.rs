@@ -1,0 +1,356 @@
+//! The command line: `serve`, and operator commands that work on the data directory directly,
+//! whether or not a server is running (a running server sees the change within a second).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use relay_core::admin::{AdminService, NewAccountInput};
+use relay_core::bootstrap::{open_installation, random_password, reset_admin_password};
+use relay_core::pricing::format_usd;
+use serde_json::json;
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "claude-relay", version, about = "A self-hosted AI API gateway")]
+pub struct Cli {
+    /// TOML configuration file (optional; CLAUDE_RELAY_* variables override it).
+    #[arg(long, global = true, env = "CLAUDE_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Manage upstream accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Manage relay keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show usage totals.
+    Usage {
+        /// Only this key's usage.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Administer console users.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Check the configuration and print it (secrets redacted).
+    CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Add an upstream account.
+    Add {
+        /// Platform: anthropic (API key, or any Anthropic-compatible relay with --base-url).
+        #[arg(long)]
+        platform: String,
+        #[arg(long)]
+        name: String,
+        /// The upstream API key (or set CLAUDE_RELAY_ACCOUNT_API_KEY, which keeps it out of `ps`).
+        #[arg(long, env = "CLAUDE_RELAY_ACCOUNT_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Lower is tried first.
+        #[arg(long, default_value_t = 50)]
+        priority: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    List(JsonFlag),
+    Disable(NameArg),
+    Enable(NameArg),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create a relay key; prints it once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    List(JsonFlag),
+    Disable(NameArg),
+    Enable(NameArg),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Set a new admin password (CLAUDE_RELAY_ADMIN_PASSWORD, or a random one printed once).
+    ResetPassword {
+        #[arg(long, default_value = relay_core::bootstrap::ADMIN_USERNAME)]
+        username: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct JsonFlag {
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct NameArg {
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Writes a result line to stdout: the CLI's output, which scripts read.
+#[allow(clippy::print_stdout)]
+fn out(text: &str) {
+    println!("{text}");
+}
+
+/// Writes a line for the person at the terminal (stderr), outside the log pipeline.
+#[allow(clippy::print_stderr)]
+pub fn notice(text: &str) {
+    eprintln!("{text}");
+}
+
+#[allow(clippy::print_stderr)]
+pub fn fail(text: &str) {
+    eprintln!("error: {text}");
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let text = path
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))
+        })
+        .transpose()?;
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Config::build(text.as_deref(), &env).map_err(|problems| {
+        anyhow::anyhow!("invalid configuration:\n  - {}", problems.join("\n  - "))
+    })
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config.as_ref())?;
+    match cli.command {
+        Command::Serve => crate::serve::run(config).await,
+        Command::CheckConfig => {
+            out(&format!("{config:#?}"));
+            Ok(())
+        }
+        command => {
+            let installation = open_installation(
+                &config.data_dir,
+                config.master_key.as_ref().map(|secret| secret.0.as_str()),
+            )
+            .await?;
+            let admin = AdminService::new(installation.store.clone(), &installation.master_key);
+            let result = run_admin_command(command, &admin, &installation.store, &config).await;
+            installation.store.close().await;
+            result
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    out(&value.to_string());
+}
+
+async fn run_admin_command(
+    command: Command,
+    admin: &AdminService,
+    store: &relay_store::Store,
+    config: &Config,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Serve | Command::CheckConfig => Ok(()),
+        Command::Account(AccountCommand::Add {
+            platform,
+            name,
+            api_key,
+            base_url,
+            priority,
+            json,
+        }) => {
+            let account = admin
+                .add_account(NewAccountInput {
+                    platform,
+                    name,
+                    api_key,
+                    base_url,
+                    priority,
+                })
+                .await?;
+            if json {
+                print_json(&serde_json::to_value(&account)?);
+            } else {
+                out(&format!(
+                    "added {} account '{}' (key {}, priority {})",
+                    account.platform, account.name, account.secret_hint, account.priority
+                ));
+            }
+            Ok(())
+        }
+        Command::Account(AccountCommand::List(JsonFlag { json })) => {
+            let accounts = admin.list_accounts().await?;
+            if json {
+                print_json(&serde_json::to_value(&accounts)?);
+            } else {
+                out(&format!(
+                    "{:<24} {:<10} {:<9} {:>8}  {:<10} BASE URL",
+                    "NAME", "PLATFORM", "STATUS", "PRIORITY", "KEY"
+                ));
+                for account in accounts {
+                    out(&format!(
+                        "{:<24} {:<10} {:<9} {:>8}  {:<10} {}",
+                        account.name,
+                        account.platform,
+                        account.status,
+                        account.priority,
+                        account.secret_hint,
+                        account.base_url.as_deref().unwrap_or("(default)")
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Command::Account(AccountCommand::Disable(NameArg { name, json })) => {
+            admin.set_account_enabled(&name, false).await?;
+            status_changed("account", &name, "disabled", json);
+            Ok(())
+        }
+        Command::Account(AccountCommand::Enable(NameArg { name, json })) => {
+            admin.set_account_enabled(&name, true).await?;
+            status_changed("account", &name, "active", json);
+            Ok(())
+        }
+        Command::Key(KeyCommand::Create { name, json }) => {
+            let key = admin.create_key(&name).await?;
+            if json {
+                print_json(&json!({
+                    "id": key.id,
+                    "name": key.name,
+                    "key": key.secret,
+                    "key_hint": key.hint,
+                }));
+            } else {
+                // Alone on stdout, so `KEY=$(claude-relay key create --name x)` works.
+                out(&key.secret);
+                notice(&format!(
+                    "created key '{}'; it is shown only this once",
+                    key.name
+                ));
+            }
+            Ok(())
+        }
+        Command::Key(KeyCommand::List(JsonFlag { json })) => {
+            let keys = admin.list_keys().await?;
+            if json {
+                print_json(&serde_json::to_value(&keys)?);
+            } else {
+                out(&format!("{:<32} {:<9} KEY", "NAME", "STATUS"));
+                for key in keys {
+                    out(&format!(
+                        "{:<32} {:<9} {}",
+                        key.name, key.status, key.key_hint
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Command::Key(KeyCommand::Disable(NameArg { name, json })) => {
+            admin.set_key_enabled(&name, false).await?;
+            status_changed("key", &name, "disabled", json);
+            Ok(())
+        }
+        Command::Key(KeyCommand::Enable(NameArg { name, json })) => {
+            admin.set_key_enabled(&name, true).await?;
+            status_changed("key", &name, "active", json);
+            Ok(())
+        }
+        Command::Usage { key, json } => {
+            let totals = admin.usage(key.as_deref()).await?;
+            let cost_usd = format_usd(totals.cost_nano_usd);
+            if json {
+                let mut value = serde_json::to_value(&totals)?;
+                value["cost_usd"] = json!(totals.cost_nano_usd as f64 / 1e9);
+                value["cost_usd_exact"] = json!(cost_usd);
+                if let Some(key) = &key {
+                    value["key"] = json!(key);
+                }
+                print_json(&value);
+            } else {
+                out(&format!("requests                    {}", totals.requests));
+                out(&format!(
+                    "input tokens                {}",
+                    totals.input_tokens
+                ));
+                out(&format!(
+                    "output tokens               {}",
+                    totals.output_tokens
+                ));
+                out(&format!(
+                    "cache write tokens          {} (5m {}, 1h {})",
+                    totals.cache_creation_input_tokens,
+                    totals.cache_creation_5m_input_tokens,
+                    totals.cache_creation_1h_input_tokens
+                ));
+                out(&format!(
+                    "cache read tokens           {}",
+                    totals.cache_read_input_tokens
+                ));
+                out(&format!("cost (USD)                  {cost_usd}"));
+                if totals.unpriced_requests > 0 {
+                    out(&format!(
+                        "unpriced requests           {} (model not in the price table; tokens counted, cost not)",
+                        totals.unpriced_requests
+                    ));
+                }
+                out(&format!(
+                    "partial (client left)       {}",
+                    totals.partial_requests
+                ));
+                out(&format!(
+                    "failed                      {}",
+                    totals.failed_requests
+                ));
+            }
+            Ok(())
+        }
+        Command::Admin(AdminCommand::ResetPassword { username }) => {
+            let (password, generated) = match &config.admin_password {
+                Some(secret) => (secret.0.clone(), false),
+                None => (random_password(), true),
+            };
+            if !reset_admin_password(store, &username, &password).await? {
+                anyhow::bail!("no admin user named '{username}'");
+            }
+            if generated {
+                out(&password);
+                notice(&format!("new password for '{username}' (shown once)"));
+            } else {
+                out(&format!(
+                    "password of '{username}' set from CLAUDE_RELAY_ADMIN_PASSWORD"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn status_changed(what: &str, name: &str, status: &str, json: bool) {
+    if json {
+        print_json(&json!({ "name": name, "status": status }));
+    } else {
+        out(&format!("{what} '{name}' is now {status}"));
+    }
+}

@@ -1,0 +1,265 @@
+//! Configuration as a pure function of its inputs: the optional TOML file's text and the
+//! environment, both passed in (tests never touch the process environment). Every problem is
+//! reported at once, each with the setting it concerns.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use relay_core::RelaySettings;
+use relay_server::ServerSettings;
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3180";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    log: FileLog,
+    #[serde(default)]
+    upstream: FileUpstream,
+    #[serde(default)]
+    server: FileServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    connect_timeout_secs: Option<u64>,
+    first_byte_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_attempts: Option<usize>,
+    rate_limit_cooldown_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    max_body_bytes: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A secret setting: `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub master_key: Option<Secret>,
+    pub admin_password: Option<Secret>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub relay: RelaySettings,
+    pub server: ServerSettings,
+}
+
+impl Config {
+    /// Builds the configuration from the file's text (if any) and the environment.
+    pub fn build(
+        file_text: Option<&str>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let file: FileConfig = match file_text.map(toml::from_str) {
+            None => FileConfig::default(),
+            Some(Ok(file)) => file,
+            Some(Err(parse_error)) => {
+                problems.push(format!("config file: {parse_error}"));
+                FileConfig::default()
+            }
+        };
+        let var = |name: &str| env.get(name).filter(|value| !value.is_empty()).cloned();
+
+        let listen_text = var("CLAUDE_RELAY_LISTEN")
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "listen (CLAUDE_RELAY_LISTEN): '{listen_text}' is not an address:port such as {DEFAULT_LISTEN}"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 3180))
+        });
+        let data_dir = var("CLAUDE_RELAY_DATA_DIR")
+            .map(PathBuf::from)
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+
+        let log_format = match var("CLAUDE_RELAY_LOG_FORMAT")
+            .or(file.log.format)
+            .as_deref()
+            .unwrap_or("pretty")
+        {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                problems.push(format!(
+                    "log.format (CLAUDE_RELAY_LOG_FORMAT): '{other}' is not pretty or json"
+                ));
+                LogFormat::Pretty
+            }
+        };
+        let log_level = var("CLAUDE_RELAY_LOG")
+            .or(file.log.level)
+            .unwrap_or_else(|| "info".to_owned());
+
+        let defaults = RelaySettings::default();
+        let secs = |value: Option<u64>,
+                    default: Duration,
+                    name: &str,
+                    problems: &mut Vec<String>| match value {
+            Some(0) => {
+                problems.push(format!("{name}: must be at least 1"));
+                default
+            }
+            Some(seconds) => Duration::from_secs(seconds),
+            None => default,
+        };
+        let relay = RelaySettings {
+            connect_timeout: secs(
+                file.upstream.connect_timeout_secs,
+                defaults.connect_timeout,
+                "upstream.connect_timeout_secs",
+                &mut problems,
+            ),
+            first_byte_timeout: secs(
+                file.upstream.first_byte_timeout_secs,
+                defaults.first_byte_timeout,
+                "upstream.first_byte_timeout_secs",
+                &mut problems,
+            ),
+            idle_timeout: secs(
+                file.upstream.idle_timeout_secs,
+                defaults.idle_timeout,
+                "upstream.idle_timeout_secs",
+                &mut problems,
+            ),
+            max_attempts: match file.upstream.max_attempts {
+                Some(attempts) if !(1..=10).contains(&attempts) => {
+                    problems.push("upstream.max_attempts: must be between 1 and 10".to_owned());
+                    defaults.max_attempts
+                }
+                Some(attempts) => attempts,
+                None => defaults.max_attempts,
+            },
+            default_rate_limit_cooldown: secs(
+                file.upstream.rate_limit_cooldown_secs,
+                defaults.default_rate_limit_cooldown,
+                "upstream.rate_limit_cooldown_secs",
+                &mut problems,
+            ),
+        };
+        let server_defaults = ServerSettings::default();
+        let server = ServerSettings {
+            max_body_bytes: match file.server.max_body_bytes {
+                Some(bytes) if bytes < 1024 => {
+                    problems.push("server.max_body_bytes: must be at least 1024".to_owned());
+                    server_defaults.max_body_bytes
+                }
+                Some(bytes) => bytes,
+                None => server_defaults.max_body_bytes,
+            },
+            header_read_timeout: secs(
+                file.server.header_read_timeout_secs,
+                server_defaults.header_read_timeout,
+                "server.header_read_timeout_secs",
+                &mut problems,
+            ),
+            shutdown_grace: secs(
+                file.server.shutdown_grace_secs,
+                server_defaults.shutdown_grace,
+                "server.shutdown_grace_secs",
+                &mut problems,
+            ),
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            listen,
+            data_dir,
+            master_key: var("CLAUDE_RELAY_MASTER_KEY").map(Secret),
+            admin_password: var("CLAUDE_RELAY_ADMIN_PASSWORD").map(Secret),
+            log_format,
+            log_level,
+            relay,
+            server,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_safe_and_environment_overrides_the_file() {
+        let config = Config::build(None, &HashMap::new()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        let file =
+            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/srv/relay\"\n[upstream]\nmax_attempts = 2\n";
+        let config = Config::build(
+            Some(file),
+            &env(&[
+                ("CLAUDE_RELAY_LISTEN", "127.0.0.1:7000"),
+                ("CLAUDE_RELAY_ADMIN_PASSWORD", "hunter2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/relay"));
+        assert_eq!(config.relay.max_attempts, 2);
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_setting() {
+        let file = "[upstream]\nmax_attempts = 0\nidle_timeout_secs = 0\n";
+        let problems =
+            Config::build(Some(file), &env(&[("CLAUDE_RELAY_LISTEN", "nonsense")])).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("listen")));
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("upstream.max_attempts")));
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("upstream.idle_timeout_secs")));
+        let unknown = Config::build(Some("lisen = 1"), &HashMap::new()).unwrap_err();
+        assert!(unknown[0].contains("lisen"));
+    }
+}

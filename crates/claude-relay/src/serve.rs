@@ -1,0 +1,118 @@
+//! `claude-relay serve`: wire the parts together, serve, and shut down without losing usage.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use relay_core::bootstrap::{ensure_admin, open_installation, AdminBootstrap, ADMIN_USERNAME};
+use relay_core::metrics::Metrics;
+use relay_core::snapshot::SnapshotStore;
+use relay_core::Relay;
+use relay_server::{router, AppState};
+use relay_store::UsageWriter;
+use tokio::net::TcpListener;
+
+use crate::cli::notice;
+use crate::config::{Config, LogFormat};
+
+fn init_telemetry(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (only possible in tests) is harmless; ignore it.
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    init_telemetry(&config);
+    let installation = open_installation(
+        &config.data_dir,
+        config.master_key.as_ref().map(|secret| secret.0.as_str()),
+    )
+    .await?;
+    if installation.created {
+        tracing::info!(data_dir = %config.data_dir.display(), "created a new installation");
+    }
+    match ensure_admin(
+        &installation.store,
+        config
+            .admin_password
+            .as_ref()
+            .map(|secret| secret.0.as_str()),
+    )
+    .await?
+    {
+        AdminBootstrap::AlreadyPresent => {}
+        AdminBootstrap::CreatedWithGivenPassword => {
+            tracing::info!(
+                username = ADMIN_USERNAME,
+                "created the admin with the password from CLAUDE_RELAY_ADMIN_PASSWORD"
+            );
+        }
+        AdminBootstrap::CreatedWithRandomPassword(password) => {
+            // Shown once, on the terminal only: never through the log pipeline.
+            notice(&format!(
+                "created admin user '{ADMIN_USERNAME}' with password: {password}\n\
+                 (shown once; set CLAUDE_RELAY_ADMIN_PASSWORD before the first start to choose it)"
+            ));
+        }
+    }
+
+    let snapshots =
+        SnapshotStore::load(installation.store.clone(), &installation.master_key).await?;
+    let reloader = snapshots.spawn_reloader();
+    let (usage_sink, usage_writer) = UsageWriter::spawn(installation.store.clone());
+    let relay = Relay::new(
+        snapshots,
+        installation.master_key.key_hasher(),
+        usage_sink,
+        Arc::new(Metrics::new()),
+        config.relay.clone(),
+    )
+    .context("cannot build the upstream HTTP client")?;
+    let state = AppState {
+        relay: Arc::new(relay),
+        settings: Arc::new(config.server.clone()),
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "listening");
+    notice(&format!("claude-relay listening on http://{local}"));
+
+    relay_server::serve(listener, router(state), &config.server, shutdown_signal()).await;
+
+    reloader.abort();
+    usage_writer.shutdown().await;
+    installation.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutdown signal received");
+}

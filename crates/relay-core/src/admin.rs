@@ -1,0 +1,260 @@
+//! Operator actions on keys, accounts and usage: shared by the CLI now and the admin API later.
+//! Each action writes the store; running servers pick the change up from the revision counter.
+
+use relay_store::{
+    AccountRow, KeyRow, NewAccount, NewKey, Store, StoreError, UsageFilter, UsageTotals,
+};
+
+use crate::accounts::Platform;
+use crate::clock::now_ms;
+use crate::crypto::{MasterKey, SecretBox, SecretString};
+use crate::keys::{generate_key, KeyEntry};
+use crate::snapshot::account_secret_binding;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no {what} named '{name}'")]
+    NotFound { what: &'static str, name: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A key just created; `secret` is shown once and never again.
+#[derive(Debug)]
+pub struct CreatedKey {
+    pub id: String,
+    pub name: String,
+    pub secret: String,
+    pub hint: String,
+}
+
+#[derive(Debug)]
+pub struct NewAccountInput {
+    pub platform: String,
+    pub name: String,
+    pub api_key: String,
+    pub base_url: Option<String>,
+    pub priority: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    store: Store,
+    secret_box: SecretBox,
+    hasher: crate::crypto::KeyHasher,
+}
+
+fn validate_name(what: &str, name: &str) -> Result<(), AdminError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if valid {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(format!(
+            "{what} name must be 1-64 characters of letters, digits, '-', '_', '.', '@'"
+        )))
+    }
+}
+
+fn validate_base_url(url: &str) -> Result<String, AdminError> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(|| {
+            AdminError::Invalid("base URL must start with http:// or https://".into())
+        })?;
+    let valid_host = !rest.is_empty()
+        && !rest.contains(['?', '#', ' ', '@'])
+        && rest.split('/').next().is_some_and(|host| !host.is_empty());
+    if valid_host {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(AdminError::Invalid(format!(
+            "'{url}' is not a usable base URL"
+        )))
+    }
+}
+
+impl AdminService {
+    pub fn new(store: Store, master_key: &MasterKey) -> Self {
+        Self {
+            store,
+            secret_box: master_key.secret_box(),
+            hasher: master_key.key_hasher(),
+        }
+    }
+
+    pub async fn create_key(&self, name: &str) -> Result<CreatedKey, AdminError> {
+        validate_name("key", name)?;
+        let generated = generate_key();
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store
+            .insert_key(&NewKey {
+                id: id.clone(),
+                name: name.to_owned(),
+                key_hash: self.hasher.digest(&generated.secret).to_vec(),
+                key_hint: generated.hint.clone(),
+                created_at_ms: now_ms(),
+            })
+            .await?;
+        Ok(CreatedKey {
+            id,
+            name: name.to_owned(),
+            secret: generated.secret,
+            hint: generated.hint,
+        })
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyRow>, AdminError> {
+        Ok(self.store.list_keys().await?)
+    }
+
+    pub async fn set_key_enabled(&self, name: &str, enabled: bool) -> Result<(), AdminError> {
+        let status = if enabled { "active" } else { "disabled" };
+        if self.store.set_key_status(name, status, now_ms()).await? {
+            Ok(())
+        } else {
+            Err(AdminError::NotFound {
+                what: "key",
+                name: name.to_owned(),
+            })
+        }
+    }
+
+    pub async fn add_account(&self, input: NewAccountInput) -> Result<AccountRow, AdminError> {
+        validate_name("account", &input.name)?;
+        let platform = Platform::parse(&input.platform).ok_or_else(|| {
+            AdminError::Invalid(format!(
+                "unknown platform '{}'; supported: anthropic",
+                input.platform
+            ))
+        })?;
+        let api_key = input.api_key.trim();
+        if api_key.is_empty() || api_key.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(AdminError::Invalid(
+                "the API key must be non-empty and contain no spaces".into(),
+            ));
+        }
+        let base_url = input
+            .base_url
+            .as_deref()
+            .map(validate_base_url)
+            .transpose()?;
+        if !(0..=10_000).contains(&input.priority) {
+            return Err(AdminError::Invalid(
+                "priority must be between 0 and 10000".into(),
+            ));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let secret = SecretString::new(api_key.to_owned());
+        let sealed = self
+            .secret_box
+            .seal(secret.expose(), &account_secret_binding(&id));
+        self.store
+            .insert_account(&NewAccount {
+                id: id.clone(),
+                name: input.name.clone(),
+                platform: platform.as_str().to_owned(),
+                base_url,
+                priority: input.priority,
+                secret_sealed: sealed,
+                secret_hint: secret.hint(),
+                created_at_ms: now_ms(),
+            })
+            .await?;
+        self.store
+            .list_accounts()
+            .await?
+            .into_iter()
+            .find(|account| account.id == id)
+            .ok_or(AdminError::NotFound {
+                what: "account",
+                name: input.name,
+            })
+    }
+
+    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, AdminError> {
+        Ok(self.store.list_accounts().await?)
+    }
+
+    pub async fn set_account_enabled(&self, name: &str, enabled: bool) -> Result<(), AdminError> {
+        let status = if enabled { "active" } else { "disabled" };
+        if self
+            .store
+            .set_account_status(name, status, now_ms())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(AdminError::NotFound {
+                what: "account",
+                name: name.to_owned(),
+            })
+        }
+    }
+
+    /// Usage totals, over all keys or one key by name.
+    pub async fn usage(&self, key_name: Option<&str>) -> Result<UsageTotals, AdminError> {
+        let key_id = match key_name {
+            Some(name) => Some(self.key_by_name(name).await?.id),
+            None => None,
+        };
+        Ok(self
+            .store
+            .usage_totals(&UsageFilter {
+                key_id,
+                since_ms: None,
+            })
+            .await?)
+    }
+
+    pub async fn key_by_name(&self, name: &str) -> Result<KeyEntry, AdminError> {
+        self.store
+            .list_keys()
+            .await?
+            .into_iter()
+            .find(|key| key.name == name)
+            .map(|key| KeyEntry {
+                active: key.status == "active",
+                id: key.id,
+                name: key.name,
+            })
+            .ok_or(AdminError::NotFound {
+                what: "key",
+                name: name.to_owned(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_are_checked_and_normalised() {
+        assert_eq!(
+            validate_base_url("http://127.0.0.1:9/").unwrap(),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(
+            validate_base_url("https://relay.example/api").unwrap(),
+            "https://relay.example/api"
+        );
+        assert!(validate_base_url("ftp://x").is_err());
+        assert!(validate_base_url("https://").is_err());
+        assert!(validate_base_url("https://user@host").is_err());
+    }
+
+    #[test]
+    fn names_are_restricted() {
+        assert!(validate_name("key", "alice-laptop_1").is_ok());
+        assert!(validate_name("key", "").is_err());
+        assert!(validate_name("key", "a b").is_err());
+    }
+}

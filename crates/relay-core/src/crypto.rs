@@ -1,0 +1,264 @@
+//! The master key and what is derived from it: sealing upstream secrets at rest (AES-256-GCM,
+//! bound to their row by associated data) and the keyed hash under which relay keys are stored.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+
+const NONCE_LEN: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("master key must be 32 bytes written as 64 hex characters")]
+    BadMasterKey,
+    #[error("cannot read or create the master key file {path}: {source}")]
+    MasterKeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a sealed secret could not be opened (wrong master key or tampered row)")]
+    Unseal,
+}
+
+/// A string that must never be printed: `Debug` shows a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A hint safe to show an operator: the last four characters.
+    pub fn hint(&self) -> String {
+        let tail: String = self
+            .0
+            .chars()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("…{tail}")
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
+}
+
+/// The 32-byte root secret of an installation.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+impl MasterKey {
+    pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
+        let bytes = hex::decode(text.trim()).map_err(|_| CryptoError::BadMasterKey)?;
+        let array: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::BadMasterKey)?;
+        Ok(Self(array))
+    }
+
+    /// Reads the key file, or creates it with a fresh random key and mode 0600.
+    /// Returns the key and whether it was created now.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), CryptoError> {
+        let file_error = |source| CryptoError::MasterKeyFile {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => return Ok((Self::from_hex(&text)?, false)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(file_error(error)),
+        }
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        match options.open(path) {
+            Ok(mut file) => {
+                file.write_all(hex::encode(bytes).as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(file_error)?;
+                Ok((Self(bytes), true))
+            }
+            // Another process (the CLI, a second start) created it first: use theirs.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let text = std::fs::read_to_string(path).map_err(file_error)?;
+                Ok((Self::from_hex(&text)?, false))
+            }
+            Err(error) => Err(file_error(error)),
+        }
+    }
+
+    fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable_hmac());
+        mac.update(label);
+        mac.finalize().into_bytes().into()
+    }
+
+    pub fn secret_box(&self) -> SecretBox {
+        SecretBox {
+            cipher: Aes256Gcm::new(&self.derive(b"claude-relay/secret-box/v1").into()),
+        }
+    }
+
+    pub fn key_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            key: self.derive(b"claude-relay/key-hash/v1"),
+        }
+    }
+}
+
+// HMAC accepts keys of any length, so construction cannot fail.
+fn unreachable_hmac() -> Hmac<Sha256> {
+    unreachable!("hmac accepts any key length")
+}
+
+/// Seals secrets at rest. The associated data names the row and field, so a sealed value copied
+/// into another row does not open.
+#[derive(Clone)]
+pub struct SecretBox {
+    cipher: Aes256Gcm,
+}
+
+impl fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBox")
+    }
+}
+
+impl SecretBox {
+    /// Returns `nonce || ciphertext`.
+    pub fn seal(&self, plaintext: &str, associated_data: &str) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let payload = Payload {
+            msg: plaintext.as_bytes(),
+            aad: associated_data.as_bytes(),
+        };
+        // AES-GCM encryption only fails for messages beyond 64 GiB.
+        let ciphertext = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), payload)
+            .unwrap_or_default();
+        let mut sealed = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&ciphertext);
+        sealed
+    }
+
+    pub fn open(&self, sealed: &[u8], associated_data: &str) -> Result<SecretString, CryptoError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(CryptoError::Unseal);
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let payload = Payload {
+            msg: ciphertext,
+            aad: associated_data.as_bytes(),
+        };
+        let plaintext = self
+            .cipher
+            .decrypt(Nonce::from_slice(nonce), payload)
+            .map_err(|_| CryptoError::Unseal)?;
+        String::from_utf8(plaintext)
+            .map(SecretString::new)
+            .map_err(|_| CryptoError::Unseal)
+    }
+}
+
+/// Hashes relay keys with a secret key (HMAC-SHA256), so a leaked database cannot be used to
+/// test guesses offline. Lookup is by digest equality in a hash map: the attacker controls the
+/// key but not the digest, so the lookup's timing reveals nothing useful.
+#[derive(Clone)]
+pub struct KeyHasher {
+    key: [u8; 32],
+}
+
+impl fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyHasher")
+    }
+}
+
+impl KeyHasher {
+    pub fn digest(&self, relay_key: &str) -> [u8; 32] {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable_hmac());
+        mac.update(relay_key.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secret_opens_only_with_its_row_binding() {
+        let master = MasterKey([7; 32]);
+        let secret_box = master.secret_box();
+        let sealed = secret_box.seal("sk-ant-secret", "account:a1:api_key");
+        assert!(!sealed.windows(6).any(|window| window == b"sk-ant"));
+        assert_eq!(
+            secret_box
+                .open(&sealed, "account:a1:api_key")
+                .unwrap()
+                .expose(),
+            "sk-ant-secret"
+        );
+        assert!(secret_box.open(&sealed, "account:a2:api_key").is_err());
+        let other = MasterKey([8; 32]).secret_box();
+        assert!(other.open(&sealed, "account:a1:api_key").is_err());
+    }
+
+    #[test]
+    fn master_key_file_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let (first, created) = MasterKey::load_or_create(&path).unwrap();
+        assert!(created);
+        let (second, created_again) = MasterKey::load_or_create(&path).unwrap();
+        assert!(!created_again);
+        assert_eq!(first.0, second.0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let secret = SecretString::new("sk-ant-very-secret".into());
+        assert!(!format!("{secret:?}").contains("very"));
+        assert_eq!(secret.hint(), "…cret");
+        assert!(!format!("{:?}", MasterKey([1; 32])).contains("01"));
+    }
+}

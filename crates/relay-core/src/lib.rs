@@ -1,0 +1,18 @@
+//! The relay's business: keys, accounts, scheduling, the relay pipeline, pricing, accounting.
+//!
+//! *API Boundary*: this crate knows no axum and no JSON API shapes. The server hands it a parsed
+//! request ([`relay::ForwardRequest`]) and renders whatever it returns; the CLI calls [`admin`].
+
+pub mod accounts;
+pub mod admin;
+pub mod bootstrap;
+pub mod clock;
+pub mod crypto;
+pub mod keys;
+pub mod metrics;
+pub mod pricing;
+pub mod relay;
+pub mod schedule;
+pub mod snapshot;
+
+pub use relay::{Relay, RelaySettings};

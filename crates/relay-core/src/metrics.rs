@@ -1,0 +1,166 @@
+//! Prometheus metrics of the relay. Label values are fixed vocabularies (route, status, kind):
+//! never a key, an account name or anything else an operator would call secret.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub kind: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~100 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time until the response head was ready (for streams: until the first upstream byte).
+    pub response_latency: HistogramFamily<RouteLabels>,
+    pub upstream_ttfb: Histogram,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub failovers: Counter,
+    pub active_streams: Gauge,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub usage_queue_depth: Gauge,
+    pub usage_written: Gauge,
+    pub usage_lost: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("claude_relay");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        let response_latency: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "response_latency_seconds",
+            "Time from request to response head",
+            response_latency.clone(),
+        );
+        let upstream_ttfb = latency_histogram();
+        registry.register(
+            "upstream_ttfb_seconds",
+            "Time from request to the first upstream body byte",
+            upstream_ttfb.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream attempts that failed, by kind",
+            upstream_errors.clone(),
+        );
+        let failovers = Counter::default();
+        registry.register(
+            "failovers",
+            "Requests retried on another account",
+            failovers.clone(),
+        );
+        let active_streams = Gauge::default();
+        registry.register(
+            "active_streams",
+            "Responses currently being relayed",
+            active_streams.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register("tokens", "Tokens relayed, by kind", tokens.clone());
+        let usage_queue_depth = Gauge::default();
+        registry.register(
+            "usage_queue_depth",
+            "Usage records waiting to be written",
+            usage_queue_depth.clone(),
+        );
+        let usage_written = Gauge::default();
+        registry.register(
+            "usage_records_written",
+            "Usage records written since start",
+            usage_written.clone(),
+        );
+        let usage_lost = Gauge::default();
+        registry.register(
+            "usage_records_lost",
+            "Usage records that could not be written",
+            usage_lost.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            response_latency,
+            upstream_ttfb,
+            upstream_errors,
+            failovers,
+            active_streams,
+            tokens,
+            usage_queue_depth,
+            usage_written,
+            usage_lost,
+        }
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels { kind })
+            .inc();
+    }
+
+    pub fn count_tokens(&self, usage: &relay_protocol::Usage) {
+        for (kind, value) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_creation_5m", usage.cache_creation_5m_tokens),
+            ("cache_creation_1h", usage.cache_creation_1h_tokens),
+            ("cache_read", usage.cache_read_tokens),
+        ] {
+            if value > 0 {
+                self.tokens
+                    .get_or_create(&TokenLabels { kind })
+                    .inc_by(value);
+            }
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,231 @@
+//! The built-in price table and the cost of one request, in integer nano-USD so bills add up
+//! exactly (no float drift across millions of records).
+//!
+//! Prices are Anthropic's list prices per million tokens as published on its pricing page
+//! (checked 2026-11). A model not in the table is *unpriced*: its tokens are still recorded, and
+//! the record says it has no cost instead of pretending it cost $0.
+
+use relay_protocol::Usage;
+
+/// Prices of one model in nano-USD per token (numerically: USD per million tokens × 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelPrice {
+    pub input: u64,
+    pub output: u64,
+    pub cache_write_5m: u64,
+    pub cache_write_1h: u64,
+    pub cache_read: u64,
+}
+
+/// A model whose long prompts are billed at a higher rate for every token of the request.
+#[derive(Debug, Clone, Copy)]
+struct LongContext {
+    threshold_prompt_tokens: u64,
+    price: ModelPrice,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PriceEntry {
+    models: &'static [&'static str],
+    price: ModelPrice,
+    long_context: Option<LongContext>,
+}
+
+const fn usd_per_mtok(
+    input: u64,
+    output: u64,
+    write_5m: u64,
+    write_1h: u64,
+    read: u64,
+) -> ModelPrice {
+    // Arguments are in tenths of a cent per million tokens (e.g. $6.25 → 6250), which equals
+    // nano-USD per token.
+    ModelPrice {
+        input,
+        output,
+        cache_write_5m: write_5m,
+        cache_write_1h: write_1h,
+        cache_read: read,
+    }
+}
+
+const OPUS_NEW: ModelPrice = usd_per_mtok(5_000, 25_000, 6_250, 10_000, 500);
+const OPUS_OLD: ModelPrice = usd_per_mtok(15_000, 75_000, 18_750, 30_000, 1_500);
+const SONNET: ModelPrice = usd_per_mtok(3_000, 15_000, 3_750, 6_000, 300);
+const SONNET_LONG: LongContext = LongContext {
+    threshold_prompt_tokens: 200_000,
+    price: usd_per_mtok(6_000, 22_500, 7_500, 12_000, 600),
+};
+
+const PRICES: &[PriceEntry] = &[
+    PriceEntry {
+        models: &[
+            "claude-opus-5",
+            "claude-opus-4-8",
+            "claude-opus-4-7",
+            "claude-opus-4-6",
+            "claude-opus-4-5",
+        ],
+        price: OPUS_NEW,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &[
+            "claude-opus-4-1",
+            "claude-opus-4",
+            "claude-opus-4-0",
+            "claude-3-opus",
+        ],
+        price: OPUS_OLD,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["claude-sonnet-4-6"],
+        price: SONNET,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["claude-sonnet-4-5", "claude-sonnet-4", "claude-sonnet-4-0"],
+        price: SONNET,
+        long_context: Some(SONNET_LONG),
+    },
+    PriceEntry {
+        models: &["claude-3-7-sonnet", "claude-3-5-sonnet"],
+        price: SONNET,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["claude-haiku-4-5"],
+        price: usd_per_mtok(1_000, 5_000, 1_250, 2_000, 100),
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["claude-3-5-haiku"],
+        price: usd_per_mtok(800, 4_000, 1_000, 1_600, 80),
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["claude-3-haiku"],
+        price: usd_per_mtok(250, 1_250, 300, 500, 30),
+        long_context: None,
+    },
+];
+
+/// Reduces a model id to its table name: lower case, no `[1m]` marker, no `-latest`, no
+/// `-YYYYMMDD` snapshot date.
+pub fn canonical_model(model: &str) -> String {
+    let mut name = model.trim().to_ascii_lowercase();
+    if let Some(stripped) = name.strip_suffix("[1m]") {
+        name = stripped.to_owned();
+    }
+    if let Some(stripped) = name.strip_suffix("-latest") {
+        name = stripped.to_owned();
+    }
+    if let Some((head, tail)) = name.rsplit_once('-') {
+        if tail.len() == 8 && tail.bytes().all(|byte| byte.is_ascii_digit()) {
+            name = head.to_owned();
+        }
+    }
+    name
+}
+
+/// The models the table knows, for `GET /v1/models`.
+pub fn known_models() -> impl Iterator<Item = &'static str> {
+    PRICES.iter().flat_map(|entry| entry.models.iter().copied())
+}
+
+/// The price that applies to this request, or `None` if the model is not in the table.
+pub fn price_for(model: &str, usage: &Usage) -> Option<ModelPrice> {
+    let name = canonical_model(model);
+    let entry = PRICES
+        .iter()
+        .find(|entry| entry.models.iter().any(|known| *known == name))?;
+    Some(match entry.long_context {
+        Some(long) if usage.prompt_tokens() > long.threshold_prompt_tokens => long.price,
+        _ => entry.price,
+    })
+}
+
+/// The cost of a request in nano-USD, or `None` if its model has no price.
+pub fn cost_nano_usd(model: &str, usage: &Usage) -> Option<i64> {
+    let price = price_for(model, usage)?;
+    let total = u128::from(usage.input_tokens) * u128::from(price.input)
+        + u128::from(usage.output_tokens) * u128::from(price.output)
+        + u128::from(usage.cache_creation_5m_tokens) * u128::from(price.cache_write_5m)
+        + u128::from(usage.cache_creation_1h_tokens) * u128::from(price.cache_write_1h)
+        + u128::from(usage.cache_read_tokens) * u128::from(price.cache_read);
+    Some(i64::try_from(total).unwrap_or(i64::MAX))
+}
+
+/// Formats nano-USD as a decimal dollar amount with nine places, exactly.
+pub fn format_usd(nano_usd: i64) -> String {
+    let sign = if nano_usd < 0 { "-" } else { "" };
+    let magnitude = nano_usd.unsigned_abs();
+    format!(
+        "{sign}{}.{:09}",
+        magnitude / 1_000_000_000,
+        magnitude % 1_000_000_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names_drop_dates_and_markers() {
+        assert_eq!(
+            canonical_model("claude-sonnet-4-5-20250929"),
+            "claude-sonnet-4-5"
+        );
+        assert_eq!(canonical_model("Claude-Opus-4-8[1m]"), "claude-opus-4-8");
+        assert_eq!(
+            canonical_model("claude-3-5-haiku-latest"),
+            "claude-3-5-haiku"
+        );
+        assert_eq!(canonical_model("claude-haiku-4-5"), "claude-haiku-4-5");
+    }
+
+    #[test]
+    fn cost_counts_every_token_kind_at_its_own_price() {
+        let usage = Usage {
+            input_tokens: 1_000,
+            output_tokens: 2_000,
+            cache_creation_5m_tokens: 3_000,
+            cache_creation_1h_tokens: 4_000,
+            cache_read_tokens: 5_000,
+        };
+        // Sonnet 4.5: $3 in, $15 out, $3.75 5m write, $6 1h write, $0.30 read (per MTok).
+        let expected = 1_000 * 3_000 + 2_000 * 15_000 + 3_000 * 3_750 + 4_000 * 6_000 + 5_000 * 300;
+        assert_eq!(
+            cost_nano_usd("claude-sonnet-4-5-20250929", &usage),
+            Some(expected)
+        );
+        assert_eq!(format_usd(expected), "0.069750000");
+    }
+
+    #[test]
+    fn long_prompts_switch_the_whole_request_to_the_long_context_price() {
+        let usage = Usage {
+            input_tokens: 150_000,
+            cache_read_tokens: 60_000,
+            output_tokens: 10,
+            ..Usage::default()
+        };
+        let long = 150_000 * 6_000 + 60_000 * 600 + 10 * 22_500;
+        assert_eq!(cost_nano_usd("claude-sonnet-4-5", &usage), Some(long));
+        assert_eq!(
+            cost_nano_usd("claude-sonnet-4-6", &usage),
+            Some(150_000 * 3_000 + 60_000 * 300 + 10 * 15_000)
+        );
+    }
+
+    #[test]
+    fn unknown_models_are_unpriced_not_free() {
+        assert_eq!(cost_nano_usd("gpt-nonexistent", &Usage::default()), None);
+        assert_eq!(
+            cost_nano_usd("claude-opus-4-8-20261101", &Usage::default()),
+            Some(0)
+        );
+    }
+}

@@ -1,0 +1,406 @@
+//! The relay pipeline: pick an account, send, fail over before the first byte, then hand back a
+//! response whose body relays the upstream bytes as they arrive while usage is captured.
+//!
+//! *Architecture Invariants*:
+//! - a request is retried on another account only before any byte reached the client; once the
+//!   first upstream body byte is in hand, the response is committed;
+//! - every request that reached an upstream yields exactly one usage record, whatever its ending
+//!   (completed, upstream error, upstream drop, client disconnect), via [`capture::CapturedStream`]'s
+//!   finish-once logic or the error path below;
+//! - nothing here touches the database: keys and accounts come from the snapshot, records go to
+//!   the usage channel.
+
+mod capture;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use relay_protocol::anthropic::ErrorType;
+use relay_store::{UsageRecord, UsageSink};
+use tokio::time::Instant;
+
+use crate::accounts::{AccountEntry, Platform};
+use crate::clock::now_ms;
+use crate::crypto::KeyHasher;
+use crate::keys::{resolve_key, KeyEntry, KeyRejection};
+use crate::metrics::Metrics;
+use crate::schedule::{AccountSelector, Selection};
+use crate::snapshot::SnapshotStore;
+
+pub use capture::CapturedStream;
+use upstream::{AttemptFailure, Started};
+
+/// Timeouts and bounds of the relay path.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub connect_timeout: Duration,
+    /// From receiving the request to the first upstream body byte, across all attempts.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two upstream chunks of a response in flight.
+    pub idle_timeout: Duration,
+    /// Accounts tried per request at most.
+    pub max_attempts: usize,
+    /// Cooldown after a 429 that named no reset time.
+    pub default_rate_limit_cooldown: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
+            max_attempts: 3,
+            default_rate_limit_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The Anthropic endpoints the relay forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Messages,
+    CountTokens,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Messages => "messages",
+            Self::CountTokens => "count_tokens",
+        }
+    }
+
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            Self::Messages => "/v1/messages",
+            Self::CountTokens => "/v1/messages/count_tokens",
+        }
+    }
+}
+
+/// A request the ingress has authenticated and parsed.
+#[derive(Debug)]
+pub struct ForwardRequest {
+    pub request_id: String,
+    pub key: Arc<KeyEntry>,
+    pub endpoint: Endpoint,
+    /// The query string without `?`, passed on unchanged (Claude Code sends `beta=true`).
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub model: String,
+    pub stream: bool,
+    pub received_at: Instant,
+}
+
+/// An error the relay answers itself; the ingress renders it in the caller's dialect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayError {
+    pub error_type: ErrorType,
+    pub message: String,
+    pub retry_after_s: Option<u64>,
+}
+
+impl RelayError {
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+        Self {
+            error_type,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum RelayBody {
+    Buffered(Bytes),
+    Streaming(CapturedStream),
+}
+
+#[derive(Debug)]
+pub struct RelayResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: RelayBody,
+}
+
+/// What a finished request is recorded with, known before the body has streamed.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordContext {
+    pub request_id: String,
+    pub key_id: String,
+    pub account_id: Option<String>,
+    pub platform: Platform,
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub stream: bool,
+    pub status: StatusCode,
+    pub attempts: u32,
+    pub received_at: Instant,
+    pub ttfb: Option<Duration>,
+    pub user_agent: Option<String>,
+    pub created_at_ms: i64,
+}
+
+impl RecordContext {
+    pub(crate) fn into_record(
+        self,
+        usage: relay_protocol::Usage,
+        upstream_model: Option<String>,
+        outcome: &str,
+        error_kind: Option<String>,
+    ) -> UsageRecord {
+        let priced_model = upstream_model.as_deref().unwrap_or(&self.model);
+        let cost_nano_usd = if self.endpoint == Endpoint::CountTokens {
+            Some(0)
+        } else {
+            crate::pricing::cost_nano_usd(priced_model, &usage)
+        };
+        UsageRecord {
+            request_id: self.request_id,
+            created_at_ms: self.created_at_ms,
+            key_id: self.key_id,
+            account_id: self.account_id,
+            platform: self.platform.as_str().to_owned(),
+            endpoint: self.endpoint.as_str().to_owned(),
+            model: self.model,
+            upstream_model,
+            stream: self.stream,
+            usage,
+            cost_nano_usd,
+            status: self.status.as_u16(),
+            outcome: outcome.to_owned(),
+            error_kind,
+            attempts: self.attempts,
+            latency_ms: millis(self.received_at.elapsed()),
+            ttfb_ms: self.ttfb.map(millis),
+            user_agent: self.user_agent,
+        }
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The relay: shared by every request, cheap to use concurrently.
+#[derive(Debug)]
+pub struct Relay {
+    client: reqwest::Client,
+    snapshots: Arc<SnapshotStore>,
+    hasher: KeyHasher,
+    selector: AccountSelector,
+    usage: UsageSink,
+    metrics: Arc<Metrics>,
+    settings: RelaySettings,
+}
+
+impl Relay {
+    pub fn new(
+        snapshots: Arc<SnapshotStore>,
+        hasher: KeyHasher,
+        usage: UsageSink,
+        metrics: Arc<Metrics>,
+        settings: RelaySettings,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            // Upstream URLs are operator configuration; the environment's proxy settings and
+            // redirects must not silently send credentials elsewhere.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            client,
+            snapshots,
+            hasher,
+            selector: AccountSelector::default(),
+            usage,
+            metrics,
+            settings,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn usage_sink(&self) -> &UsageSink {
+        &self.usage
+    }
+
+    /// Whether the store answers (for `/health`).
+    pub async fn check_store(&self) -> bool {
+        self.snapshots.ping().await
+    }
+
+    /// Resolves the presented relay key against the current snapshot.
+    pub fn authenticate(&self, presented: Option<&str>) -> Result<Arc<KeyEntry>, KeyRejection> {
+        resolve_key(&self.snapshots.current(), &self.hasher, presented)
+    }
+
+    /// Forwards a request, failing over between accounts before the first byte.
+    pub async fn forward(&self, request: ForwardRequest) -> Result<RelayResponse, RelayError> {
+        let snapshot = self.snapshots.current();
+        let platform = Platform::Anthropic;
+        let deadline = request.received_at + self.settings.first_byte_timeout;
+        let mut tried: Vec<Arc<AccountEntry>> = Vec::new();
+        let mut last_failure: Option<AttemptFailure> = None;
+        while tried.len() < self.settings.max_attempts {
+            let account = match self.selector.select(&snapshot, platform, &tried, now_ms()) {
+                Selection::Account(account) => account,
+                Selection::AllCooling { until_ms } if tried.is_empty() => {
+                    let wait_s =
+                        u64::try_from((until_ms - now_ms()).max(0)).unwrap_or(0) / 1000 + 1;
+                    return Err(RelayError {
+                        retry_after_s: Some(wait_s),
+                        ..RelayError::new(
+                            ErrorType::RateLimit,
+                            "every upstream account is rate limited; retry later",
+                        )
+                    });
+                }
+                Selection::AllCooling { .. } | Selection::NoAccount => break,
+            };
+            if !tried.is_empty() {
+                self.metrics.failovers.inc();
+            }
+            tried.push(account.clone());
+            match upstream::attempt(&self.client, &account, &request, deadline).await {
+                Ok(started) => return Ok(self.respond(started, &account, &request, tried.len())),
+                Err(failure) => {
+                    self.metrics.upstream_error(failure.kind());
+                    self.note_failure(&account, &failure);
+                    tracing::warn!(
+                        request_id = %request.request_id,
+                        account_id = %account.id,
+                        attempt = tried.len(),
+                        kind = failure.kind(),
+                        "upstream attempt failed before the first byte"
+                    );
+                    last_failure = Some(failure);
+                }
+            }
+        }
+        let Some(failure) = last_failure else {
+            return Err(RelayError::new(
+                ErrorType::ServiceUnavailable,
+                "no upstream account is available for this request",
+            ));
+        };
+        let last_account = tried.last().map(|account| account.id.clone());
+        self.give_up(failure, &request, last_account, tried.len())
+    }
+
+    fn note_failure(&self, account: &AccountEntry, failure: &AttemptFailure) {
+        if let AttemptFailure::Status {
+            status, headers, ..
+        } = failure
+        {
+            if *status == StatusCode::TOO_MANY_REQUESTS {
+                let cooldown = upstream::retry_after(headers)
+                    .unwrap_or(self.settings.default_rate_limit_cooldown)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+                let until_ms = now_ms() + millis(cooldown);
+                account.runtime.cool_until(until_ms);
+                tracing::warn!(account_id = %account.id, cooldown_s = cooldown.as_secs(), "upstream rate limited account");
+            }
+        }
+    }
+
+    /// The request failed on every account tried: record it and say why, in our words, or pass
+    /// a JSON 429/529 through so the client sees the upstream's own advice.
+    fn give_up(
+        &self,
+        failure: AttemptFailure,
+        request: &ForwardRequest,
+        account_id: Option<String>,
+        attempts: usize,
+    ) -> Result<RelayResponse, RelayError> {
+        let failure_kind = failure.kind();
+        let outcome = failure.into_outcome();
+        let status = match &outcome {
+            Ok(response) => response.status.as_u16(),
+            Err(error) => error.error_type.status(),
+        };
+        let context = self.record_context(request, account_id, attempts, status);
+        self.usage.record(context.into_record(
+            relay_protocol::Usage::default(),
+            None,
+            "upstream_error",
+            Some(failure_kind.to_owned()),
+        ));
+        outcome
+    }
+
+    fn record_context(
+        &self,
+        request: &ForwardRequest,
+        account_id: Option<String>,
+        attempts: usize,
+        status: u16,
+    ) -> RecordContext {
+        RecordContext {
+            request_id: request.request_id.clone(),
+            key_id: request.key.id.clone(),
+            account_id,
+            platform: Platform::Anthropic,
+            endpoint: request.endpoint,
+            model: request.model.clone(),
+            stream: request.stream,
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            received_at: request.received_at,
+            ttfb: None,
+            user_agent: request
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+            created_at_ms: now_ms(),
+        }
+    }
+
+    fn respond(
+        &self,
+        started: Started,
+        account: &AccountEntry,
+        request: &ForwardRequest,
+        attempts: usize,
+    ) -> RelayResponse {
+        let ttfb = request.received_at.elapsed();
+        self.metrics.upstream_ttfb.observe(ttfb.as_secs_f64());
+        let mut context = self.record_context(
+            request,
+            Some(account.id.clone()),
+            attempts,
+            started.status.as_u16(),
+        );
+        context.ttfb = Some(ttfb);
+        let headers = upstream::client_response_headers(&started.headers);
+        let is_sse = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("text/event-stream"));
+        let status = started.status;
+        let stream = CapturedStream::new(
+            started,
+            is_sse,
+            context,
+            self.usage.clone(),
+            self.metrics.clone(),
+            self.settings.idle_timeout,
+        );
+        RelayResponse {
+            status,
+            headers,
+            body: RelayBody::Streaming(stream),
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! One attempt against one upstream account: build the request, send it, wait for the first
+//! body byte, and classify what went wrong if it did.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+use relay_protocol::anthropic::ErrorType;
+use tokio::time::Instant;
+
+use super::{ForwardRequest, RelayBody, RelayError, RelayResponse};
+use crate::accounts::AccountEntry;
+
+/// How much of a failed attempt's body is kept, for passing on or as evidence.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// How long reading a failed attempt's body may take.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// An upstream that answered and produced its first body byte (or an empty body).
+pub(crate) struct Started {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub first_chunk: Option<Bytes>,
+    pub rest: BoxStream<'static, reqwest::Result<Bytes>>,
+}
+
+/// Why an attempt failed before anything reached the client; each is worth another account.
+#[derive(Debug)]
+pub(crate) enum AttemptFailure {
+    Connect,
+    Timeout,
+    /// The upstream answered 2xx but the body broke before its first byte.
+    Interrupted,
+    Status {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+impl AttemptFailure {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Interrupted => "interrupted",
+            Self::Status { status, .. } => match status.as_u16() {
+                429 => "rate_limited",
+                529 => "overloaded",
+                401 | 403 => "unauthorized",
+                _ => "server_error",
+            },
+        }
+    }
+
+    /// What the client gets once no account is left: a JSON 429/529 from the upstream passes
+    /// through (its message and `retry-after` help the client); anything else is said in our
+    /// words, never with the upstream's body (which may be an HTML page or name the account).
+    pub fn into_outcome(self) -> Result<RelayResponse, RelayError> {
+        match self {
+            Self::Connect => Err(RelayError::new(
+                ErrorType::BadGateway,
+                "the upstream could not be reached",
+            )),
+            Self::Timeout => Err(RelayError::new(
+                ErrorType::Timeout,
+                "the upstream did not answer in time",
+            )),
+            Self::Interrupted => Err(RelayError::new(
+                ErrorType::BadGateway,
+                "the upstream closed the connection before responding",
+            )),
+            Self::Status {
+                status,
+                headers,
+                body,
+            } => {
+                let retry_after_s = retry_after(&headers).map(|delay| delay.as_secs().max(1));
+                let is_json = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|value| value.to_str().ok())
+                    .is_some_and(|value| value.starts_with("application/json"));
+                match status.as_u16() {
+                    429 | 529
+                        if is_json
+                            && serde_json::from_slice::<serde_json::Value>(&body).is_ok() =>
+                    {
+                        Ok(RelayResponse {
+                            status,
+                            headers: client_response_headers(&headers),
+                            body: RelayBody::Buffered(body),
+                        })
+                    }
+                    429 => Err(RelayError {
+                        retry_after_s,
+                        ..RelayError::new(
+                            ErrorType::RateLimit,
+                            "the upstream is rate limiting requests",
+                        )
+                    }),
+                    529 => Err(RelayError {
+                        retry_after_s,
+                        ..RelayError::new(ErrorType::Overloaded, "the upstream is overloaded")
+                    }),
+                    401 | 403 => Err(RelayError::new(
+                        ErrorType::BadGateway,
+                        "the upstream rejected the relay's account credentials",
+                    )),
+                    code => Err(RelayError::new(
+                        ErrorType::BadGateway,
+                        format!("the upstream failed with status {code}"),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Statuses after which another account may well succeed.
+fn is_retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 403 | 429 | 500..=599)
+}
+
+/// Sends the request to `account` and waits, until `deadline`, for the first body byte.
+pub(crate) async fn attempt(
+    client: &reqwest::Client,
+    account: &AccountEntry,
+    request: &ForwardRequest,
+    deadline: Instant,
+) -> Result<Started, AttemptFailure> {
+    let mut url = String::with_capacity(account.base_url.len() + 48);
+    url.push_str(&account.base_url);
+    url.push_str(request.endpoint.upstream_path());
+    if let Some(query) = &request.query {
+        url.push('?');
+        url.push_str(query);
+    }
+    let send = client
+        .post(url)
+        .headers(upstream_request_headers(&request.headers, account))
+        .body(request.body.clone())
+        .send();
+    let response = match tokio::time::timeout_at(deadline, send).await {
+        Err(_) => return Err(AttemptFailure::Timeout),
+        Ok(Err(error)) if error.is_timeout() => return Err(AttemptFailure::Timeout),
+        Ok(Err(_)) => return Err(AttemptFailure::Connect),
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    if is_retryable(status) {
+        let body_deadline = deadline.min(Instant::now() + ERROR_BODY_TIMEOUT);
+        let body = read_bounded(response.bytes_stream(), body_deadline).await;
+        return Err(AttemptFailure::Status {
+            status,
+            headers,
+            body,
+        });
+    }
+    let mut rest = response.bytes_stream().boxed();
+    let first_chunk = loop {
+        match tokio::time::timeout_at(deadline, rest.next()).await {
+            Err(_) => return Err(AttemptFailure::Timeout),
+            Ok(Some(Err(_))) => return Err(AttemptFailure::Interrupted),
+            Ok(Some(Ok(chunk))) if chunk.is_empty() => continue,
+            Ok(Some(Ok(chunk))) => break Some(chunk),
+            Ok(None) => break None,
+        }
+    };
+    Ok(Started {
+        status,
+        headers,
+        first_chunk,
+        rest,
+    })
+}
+
+async fn read_bounded(
+    stream: impl futures_util::Stream<Item = reqwest::Result<Bytes>>,
+    deadline: Instant,
+) -> Bytes {
+    let mut stream = std::pin::pin!(stream);
+    let mut body = BytesMut::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                let room = ERROR_BODY_LIMIT - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    body.freeze()
+}
+
+/// Request headers never forwarded: the client's credentials (the account's are added instead),
+/// hop-by-hop headers, and `accept-encoding` (the relay reads usage from the body, so the
+/// upstream must answer uncompressed).
+const DROPPED_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "cookie",
+    "accept-encoding",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+pub(crate) fn upstream_request_headers(
+    client_headers: &HeaderMap,
+    account: &AccountEntry,
+) -> HeaderMap {
+    // Headers named in `Connection` are hop-by-hop too.
+    let connection_named: Vec<String> = client_headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut headers = HeaderMap::with_capacity(client_headers.len() + 2);
+    for (name, value) in client_headers {
+        let name_str = name.as_str();
+        if DROPPED_REQUEST_HEADERS.contains(&name_str)
+            || connection_named.iter().any(|named| named == name_str)
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if !headers.contains_key("anthropic-version") {
+        headers.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
+        );
+    }
+    if let Ok(mut credential) = HeaderValue::from_str(account.api_key.expose()) {
+        credential.set_sensitive(true);
+        headers.insert(HeaderName::from_static("x-api-key"), credential);
+    }
+    headers
+}
+
+/// Response headers passed to the client: the ones clients act on. Everything else (cookies,
+/// organization ids, CDN headers) could identify the upstream account and stays behind.
+pub(crate) fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in upstream {
+        let name_str = name.as_str();
+        let passes = matches!(
+            name_str,
+            "content-type" | "content-encoding" | "retry-after" | "request-id" | "x-should-retry"
+        ) || name_str.starts_with("anthropic-ratelimit-");
+        if passes {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// The delay an upstream asked for with `retry-after` (seconds form).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::{AccountRuntime, Platform};
+    use crate::crypto::SecretString;
+    use std::sync::Arc;
+
+    #[test]
+    fn client_credentials_and_hop_headers_never_reach_the_upstream() {
+        let account = AccountEntry {
+            id: "a".into(),
+            name: "a".into(),
+            platform: Platform::Anthropic,
+            base_url: "http://x".into(),
+            priority: 1,
+            active: true,
+            api_key: SecretString::new("sk-upstream".into()),
+            runtime: Arc::new(AccountRuntime::default()),
+        };
+        let mut client = HeaderMap::new();
+        client.insert("x-api-key", HeaderValue::from_static("cr_client"));
+        client.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer cr_client"),
+        );
+        client.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        client.insert("x-secret-hop", HeaderValue::from_static("1"));
+        client.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        client.insert(
+            "anthropic-beta",
+            HeaderValue::from_static("claude-code-20250219"),
+        );
+        client.insert("anthropic-version", HeaderValue::from_static("2026-10-21"));
+        client.insert("user-agent", HeaderValue::from_static("claude-cli/2.1.197"));
+        let forwarded = upstream_request_headers(&client, &account);
+        assert_eq!(forwarded.get("x-api-key").unwrap(), "sk-upstream");
+        assert!(forwarded.get("authorization").is_none());
+        assert!(forwarded.get("x-secret-hop").is_none());
+        assert!(forwarded.get("connection").is_none());
+        assert!(forwarded.get("accept-encoding").is_none());
+        assert_eq!(
+            forwarded.get("anthropic-beta").unwrap(),
+            "claude-code-20250219"
+        );
+        assert_eq!(forwarded.get("anthropic-version").unwrap(), "2026-10-21");
+        assert_eq!(forwarded.get("user-agent").unwrap(), "claude-cli/2.1.197");
+    }
+
+    #[test]
+    fn only_client_relevant_response_headers_pass() {
+        let mut upstream = HeaderMap::new();
+        upstream.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        upstream.insert("retry-after", HeaderValue::from_static("7"));
+        upstream.insert(
+            "anthropic-ratelimit-requests-remaining",
+            HeaderValue::from_static("3"),
+        );
+        upstream.insert(
+            "anthropic-organization-id",
+            HeaderValue::from_static("org-secret"),
+        );
+        upstream.insert("set-cookie", HeaderValue::from_static("a=b"));
+        let passed = client_response_headers(&upstream);
+        assert_eq!(passed.len(), 3);
+        assert!(passed.get("anthropic-organization-id").is_none());
+        assert_eq!(retry_after(&upstream), Some(Duration::from_secs(7)));
+    }
+}

@@ -1,0 +1,157 @@
+//! Keys and accounts as immutable snapshots: each request loads one and sees old or new, never a
+//! mix. A reloader polls the store's revision and swaps in a fresh snapshot after any change, so
+//! an edit from the CLI takes effect within one poll interval, with no restart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use relay_store::Store;
+
+use crate::accounts::{AccountEntry, AccountRuntime, Platform};
+use crate::crypto::{MasterKey, SecretBox};
+use crate::keys::KeyEntry;
+
+pub const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    /// By keyed hash of the key.
+    pub keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    /// Ordered by priority.
+    pub accounts: Vec<Arc<AccountEntry>>,
+}
+
+/// Associated data binding an account's sealed credential to its row.
+pub fn account_secret_binding(account_id: &str) -> String {
+    format!("account:{account_id}:credential")
+}
+
+/// Holds the current snapshot and knows how to rebuild it from the store.
+#[derive(Debug)]
+pub struct SnapshotStore {
+    current: ArcSwap<Snapshot>,
+    store: Store,
+    secret_box: SecretBox,
+}
+
+impl SnapshotStore {
+    pub async fn load(
+        store: Store,
+        master_key: &MasterKey,
+    ) -> Result<Arc<Self>, relay_store::StoreError> {
+        let holder = Arc::new(Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            store,
+            secret_box: master_key.secret_box(),
+        });
+        holder.reload().await?;
+        Ok(holder)
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Whether the store answers.
+    pub async fn ping(&self) -> bool {
+        self.store.revision().await.is_ok()
+    }
+
+    /// Rebuilds the snapshot from the store, keeping each account's runtime state.
+    pub async fn reload(&self) -> Result<(), relay_store::StoreError> {
+        // Read the revision first: a change racing with the reads below bumps it again and is
+        // picked up by the next poll.
+        let revision = self.store.revision().await?;
+        let key_rows = self.store.list_keys().await?;
+        let account_rows = self.store.list_accounts().await?;
+        let previous = self.current.load();
+        let mut keys = HashMap::with_capacity(key_rows.len());
+        for row in key_rows {
+            let Ok(digest) = <[u8; 32]>::try_from(row.key_hash.as_slice()) else {
+                tracing::warn!(key_id = %row.id, "skipping key with malformed hash");
+                continue;
+            };
+            keys.insert(
+                digest,
+                Arc::new(KeyEntry {
+                    id: row.id,
+                    name: row.name,
+                    active: row.status == "active",
+                }),
+            );
+        }
+        let mut accounts = Vec::with_capacity(account_rows.len());
+        for row in account_rows {
+            let Some(platform) = Platform::parse(&row.platform) else {
+                tracing::warn!(account_id = %row.id, platform = %row.platform, "skipping account of unknown platform");
+                continue;
+            };
+            let api_key = match self
+                .secret_box
+                .open(&row.secret_sealed, &account_secret_binding(&row.id))
+            {
+                Ok(secret) => secret,
+                Err(error) => {
+                    tracing::error!(account_id = %row.id, %error, "skipping account whose credential cannot be opened");
+                    continue;
+                }
+            };
+            let runtime = previous
+                .accounts
+                .iter()
+                .find(|account| account.id == row.id)
+                .map(|account| account.runtime.clone())
+                .unwrap_or_else(|| Arc::new(AccountRuntime::default()));
+            let base_url = row
+                .base_url
+                .as_deref()
+                .unwrap_or(platform.default_base_url())
+                .trim_end_matches('/')
+                .to_owned();
+            accounts.push(Arc::new(AccountEntry {
+                id: row.id,
+                name: row.name,
+                platform,
+                base_url,
+                priority: row.priority,
+                active: row.status == "active",
+                api_key,
+                runtime,
+            }));
+        }
+        accounts.sort_by_key(|account| account.priority);
+        self.current.store(Arc::new(Snapshot {
+            revision,
+            keys,
+            accounts,
+        }));
+        Ok(())
+    }
+
+    /// Polls the store's revision and reloads on change, until the task is dropped.
+    pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let holder = self.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(RELOAD_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                match holder.store.revision().await {
+                    Ok(revision) if revision != holder.current.load().revision => {
+                        match holder.reload().await {
+                            Ok(()) => tracing::info!(revision, "reloaded keys and accounts"),
+                            Err(error) => {
+                                tracing::warn!(%error, "reload failed; keeping the previous snapshot")
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "cannot read the store revision"),
+                }
+            }
+        })
+    }
+}

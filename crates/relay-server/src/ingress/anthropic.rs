@@ -1,0 +1,241 @@
+//! The Anthropic Messages ingress: `POST /v1/messages`, `POST /v1/messages/count_tokens`,
+//! `GET /v1/models`, under every prefix of [`super::ANTHROPIC_PREFIXES`].
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::HeaderMap;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use relay_core::keys::{KeyEntry, KeyRejection};
+use relay_core::metrics::{RequestLabels, RouteLabels};
+use relay_core::relay::{Endpoint, ForwardRequest, RelayBody, RelayError};
+use relay_protocol::anthropic::ErrorType;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::error::{anthropic_error, error, REQUEST_ID_HEADER};
+use crate::AppState;
+
+pub(crate) fn new_request_id() -> String {
+    format!("req_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The relay key as Anthropic clients send it: `x-api-key`, or `Authorization: Bearer`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get("x-api-key") {
+        return value.to_str().ok().map(str::trim);
+    }
+    let authorization = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<KeyEntry>, RelayError> {
+    state
+        .relay
+        .authenticate(presented_key(headers))
+        .map_err(|rejection| match rejection {
+            KeyRejection::Missing => error(
+                ErrorType::Authentication,
+                "missing relay key: send it in x-api-key or Authorization: Bearer",
+            ),
+            KeyRejection::Unknown => error(ErrorType::Authentication, "invalid relay key"),
+            KeyRejection::Disabled => error(ErrorType::Permission, "this relay key is disabled"),
+        })
+}
+
+/// The fields of a Messages request the relay reads; everything else passes through unparsed.
+#[derive(Deserialize)]
+struct MessagesHead<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+}
+
+pub(crate) async fn messages(State(state): State<AppState>, request: Request) -> Response {
+    relay_endpoint(state, request, Endpoint::Messages).await
+}
+
+pub(crate) async fn count_tokens(State(state): State<AppState>, request: Request) -> Response {
+    relay_endpoint(state, request, Endpoint::CountTokens).await
+}
+
+async fn relay_endpoint(state: AppState, request: Request, endpoint: Endpoint) -> Response {
+    let received_at = Instant::now();
+    let request_id = new_request_id();
+    let route = endpoint.as_str();
+    let result = prepare(&state, request, endpoint, &request_id, received_at).await;
+    let response = match result {
+        Ok(forward) => match state.relay.forward(forward).await {
+            Ok(relayed) => {
+                let mut response = Response::new(match relayed.body {
+                    RelayBody::Buffered(bytes) => Body::from(bytes),
+                    RelayBody::Streaming(stream) => Body::from_stream(stream),
+                });
+                *response.status_mut() = relayed.status;
+                *response.headers_mut() = relayed.headers;
+                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                }
+                response
+            }
+            Err(relay_error) => anthropic_error(&relay_error, &request_id),
+        },
+        Err(relay_error) => anthropic_error(&relay_error, &request_id),
+    };
+    observe(&state, route, &response, received_at);
+    response
+}
+
+/// Authenticates, reads the body within its limit and parses the little the relay needs.
+async fn prepare(
+    state: &AppState,
+    request: Request,
+    endpoint: Endpoint,
+    request_id: &str,
+    received_at: Instant,
+) -> Result<ForwardRequest, RelayError> {
+    let (parts, body) = request.into_parts();
+    let key = authenticate(state, &parts.headers)?;
+    let body = read_body(body, state.settings.max_body_bytes).await?;
+    let head: MessagesHead = serde_json::from_slice(&body).map_err(|parse_error| {
+        error(
+            ErrorType::InvalidRequest,
+            format!("request body is not valid JSON: {parse_error}"),
+        )
+    })?;
+    let model = head
+        .model
+        .filter(|model| !model.is_empty())
+        .ok_or_else(|| error(ErrorType::InvalidRequest, "model: field required"))?
+        .into_owned();
+    let stream = head.stream.unwrap_or(false) && endpoint == Endpoint::Messages;
+    Ok(ForwardRequest {
+        request_id: request_id.to_owned(),
+        key,
+        endpoint,
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+        model,
+        stream,
+        received_at,
+    })
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, RelayError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(read_error) if read_error.downcast_ref::<LengthLimitError>().is_some() => Err(error(
+            ErrorType::RequestTooLarge,
+            format!("request body exceeds the relay's limit of {limit} bytes"),
+        )),
+        Err(_) => Err(error(
+            ErrorType::InvalidRequest,
+            "the request body could not be read",
+        )),
+    }
+}
+
+fn observe(state: &AppState, route: &'static str, response: &Response, received_at: Instant) {
+    let metrics = state.relay.metrics();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    metrics
+        .response_latency
+        .get_or_create(&RouteLabels { route })
+        .observe(received_at.elapsed().as_secs_f64());
+}
+
+/// `GET /v1/models`: the Claude models this relay can price, in Anthropic's list shape.
+pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let received_at = Instant::now();
+    let request_id = new_request_id();
+    let response = match authenticate(&state, &headers) {
+        Err(relay_error) => anthropic_error(&relay_error, &request_id),
+        Ok(_key) => {
+            let data: Vec<serde_json::Value> = relay_core::pricing::known_models()
+                .map(|id| {
+                    serde_json::json!({
+                        "type": "model",
+                        "id": id,
+                        "display_name": display_name(id),
+                        "created_at": "2025-01-01T00:00:00Z",
+                    })
+                })
+                .collect();
+            let body = serde_json::json!({
+                "data": data,
+                "has_more": false,
+                "first_id": data.first().map(|model| model["id"].clone()),
+                "last_id": data.last().map(|model| model["id"].clone()),
+            });
+            let mut response = Response::new(Body::from(body.to_string()));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+    };
+    observe(&state, "models", &response, received_at);
+    response
+}
+
+/// `claude-opus-4-8` → `Claude Opus 4.8`; `claude-3-5-haiku` → `Claude 3.5 Haiku`.
+fn display_name(id: &str) -> String {
+    let mut words: Vec<String> = Vec::new();
+    for part in id.split('-') {
+        let is_number = part.chars().all(|c| c.is_ascii_digit());
+        match words.last_mut() {
+            Some(last) if is_number && last.chars().all(|c| c.is_ascii_digit() || c == '.') => {
+                last.push('.');
+                last.push_str(part);
+            }
+            _ => {
+                let mut chars = part.chars();
+                let word = match chars.next() {
+                    Some(first) => first.to_uppercase().chain(chars).collect(),
+                    None => String::new(),
+                };
+                words.push(word);
+            }
+        }
+    }
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_read_like_anthropics() {
+        assert_eq!(display_name("claude-opus-4-8"), "Claude Opus 4.8");
+        assert_eq!(display_name("claude-3-5-haiku"), "Claude 3.5 Haiku");
+        assert_eq!(display_name("claude-opus-4"), "Claude Opus 4");
+    }
+
+    #[test]
+    fn keys_are_read_from_either_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer cr_abc"));
+        assert_eq!(presented_key(&headers), Some("cr_abc"));
+        headers.insert("x-api-key", HeaderValue::from_static("cr_xyz"));
+        assert_eq!(presented_key(&headers), Some("cr_xyz"));
+        let mut basic = HeaderMap::new();
+        basic.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented_key(&basic), None);
+    }
+}

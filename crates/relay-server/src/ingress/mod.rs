@@ -1,0 +1,80 @@
+//! The router. Layers, outermost first:
+//! 1. `catch_panic` — a panic in a handler becomes a clean 500 in Anthropic's shape, never a
+//!    dropped connection or a panic message;
+//! 2. the routes; authentication happens inside each relay handler (it needs the key anyway),
+//!    and only the routes in [`UNAUTHENTICATED_ROUTES`] answer without a key.
+
+mod anthropic;
+mod ops;
+
+use std::panic::AssertUnwindSafe;
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::FutureExt;
+use relay_protocol::anthropic::ErrorType;
+
+use crate::error::{anthropic_error, error};
+use crate::AppState;
+
+/// Routes that answer without a relay key.
+pub const UNAUTHENTICATED_ROUTES: &[&str] = &["/health", "/metrics"];
+
+/// Prefixes under which the Anthropic API is served: the native one and the aliases of the
+/// previous relay (claude-relay-service), so migrating users keep their base URLs.
+const ANTHROPIC_PREFIXES: &[&str] = &["", "/api", "/claude"];
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics));
+    for prefix in ANTHROPIC_PREFIXES {
+        router = router
+            .route(&format!("{prefix}/v1/messages"), post(anthropic::messages))
+            .route(
+                &format!("{prefix}/v1/messages/count_tokens"),
+                post(anthropic::count_tokens),
+            )
+            .route(&format!("{prefix}/v1/models"), get(anthropic::models));
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(catch_panic))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    anthropic_error(
+        &error(ErrorType::NotFound, "no such endpoint on this relay"),
+        &anthropic::new_request_id(),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response = anthropic_error(
+        &error(
+            ErrorType::InvalidRequest,
+            "method not allowed on this endpoint",
+        ),
+        &anthropic::new_request_id(),
+    );
+    *response.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+async fn catch_panic(request: Request, next: Next) -> Response {
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("handler panicked; answered 500");
+            anthropic_error(
+                &error(ErrorType::Api, "internal error in the relay"),
+                &anthropic::new_request_id(),
+            )
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! HTTP ingress: the routers, the per-dialect error rendering and the connection loop.
+//!
+//! *API Boundary*: this crate speaks HTTP and JSON shapes and calls `relay-core`; it holds no
+//! business rule and touches no SQL.
+
+mod error;
+mod ingress;
+mod serve;
+mod state;
+
+pub use ingress::{router, UNAUTHENTICATED_ROUTES};
+pub use serve::{serve, ServerSettings};
+pub use state::AppState;

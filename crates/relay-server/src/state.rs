@@ -1,0 +1,13 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use relay_core::Relay;
+
+use crate::ServerSettings;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub relay: Arc<Relay>,
+    pub settings: Arc<ServerSettings>,
+}

@@ -1,0 +1,22 @@
+//! Durable storage: the SQLite database behind keys, accounts, admins and usage records.
+//!
+//! *Architecture Invariant*: nothing on the proxy path awaits this crate. Keys and accounts are
+//! read into in-memory snapshots (see `relay-core::snapshot`); usage is handed to the
+//! [`UsageWriter`] through a channel and written in batches.
+//!
+//! Every mutation of `relay_keys` or `accounts` bumps the single `revision` row through triggers,
+//! so a running server notices a change made by any process (the CLI, another connection) by
+//! polling one integer.
+
+mod error;
+mod records;
+mod schema;
+mod store;
+mod usage_writer;
+
+pub use error::StoreError;
+pub use records::{
+    AccountRow, AdminRow, KeyRow, NewAccount, NewKey, UsageFilter, UsageRecord, UsageTotals,
+};
+pub use store::Store;
+pub use usage_writer::{UsageSink, UsageWriter, UsageWriterHandle};

@@ -1,0 +1,107 @@
+//! Plain rows and records that cross the storage boundary.
+
+use relay_protocol::Usage;
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: String,
+    pub name: String,
+    pub key_hash: Vec<u8>,
+    pub key_hint: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub key_hash: Vec<u8>,
+    pub key_hint: String,
+    pub status: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub id: String,
+    pub name: String,
+    pub platform: String,
+    pub base_url: Option<String>,
+    pub priority: i64,
+    pub secret_sealed: Vec<u8>,
+    pub secret_hint: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountRow {
+    pub id: String,
+    pub name: String,
+    pub platform: String,
+    pub base_url: Option<String>,
+    pub priority: i64,
+    pub status: String,
+    #[serde(skip)]
+    pub secret_sealed: Vec<u8>,
+    pub secret_hint: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminRow {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub created_at_ms: i64,
+}
+
+/// One request that reached an upstream, whatever its ending.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub created_at_ms: i64,
+    pub key_id: String,
+    pub account_id: Option<String>,
+    pub platform: String,
+    pub endpoint: String,
+    pub model: String,
+    pub upstream_model: Option<String>,
+    pub stream: bool,
+    pub usage: Usage,
+    /// `None` when the model has no price: the tokens are kept and the record is flagged
+    /// unpriced rather than silently costing nothing.
+    pub cost_nano_usd: Option<i64>,
+    pub status: u16,
+    /// `ok`, `partial` (client went away), `upstream_error`, `upstream_interrupted`.
+    pub outcome: String,
+    pub error_kind: Option<String>,
+    pub attempts: u32,
+    pub latency_ms: i64,
+    pub ttfb_ms: Option<i64>,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub key_id: Option<String>,
+    pub since_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UsageTotals {
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+    pub cache_creation_5m_input_tokens: i64,
+    pub cache_creation_1h_input_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cost_nano_usd: i64,
+    pub unpriced_requests: i64,
+    pub partial_requests: i64,
+    pub failed_requests: i64,
+}

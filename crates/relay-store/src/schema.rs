@@ -1,0 +1,84 @@
+//! Schema migrations, applied in order at open; each runs once, inside a transaction.
+
+/// `(version, sql)`; append only, never edit a shipped entry.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE revision (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
+INSERT INTO revision (id, value) VALUES (1, 1);
+
+CREATE TABLE admins (
+    id            TEXT PRIMARY KEY,
+    username      TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE relay_keys (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    key_hash      BLOB NOT NULL UNIQUE,
+    key_hint      TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE accounts (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    platform      TEXT NOT NULL,
+    base_url      TEXT,
+    priority      INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    secret_sealed BLOB NOT NULL,
+    secret_hint   TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+
+CREATE TRIGGER relay_keys_insert AFTER INSERT ON relay_keys
+    BEGIN UPDATE revision SET value = value + 1 WHERE id = 1; END;
+CREATE TRIGGER relay_keys_update AFTER UPDATE ON relay_keys
+    BEGIN UPDATE revision SET value = value + 1 WHERE id = 1; END;
+CREATE TRIGGER relay_keys_delete AFTER DELETE ON relay_keys
+    BEGIN UPDATE revision SET value = value + 1 WHERE id = 1; END;
+CREATE TRIGGER accounts_insert AFTER INSERT ON accounts
+    BEGIN UPDATE revision SET value = value + 1 WHERE id = 1; END;
+CREATE TRIGGER accounts_update AFTER UPDATE ON accounts
+    BEGIN UPDATE revision SET value = value + 1 WHERE id = 1; END;
+CREATE TRIGGER accounts_delete AFTER DELETE ON accounts
+    BEGIN UPDATE revision SET value = value + 1 WHERE id = 1; END;
+
+CREATE TABLE usage_records (
+    id                    INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id            TEXT NOT NULL,
+    created_at_ms         INTEGER NOT NULL,
+    key_id                TEXT NOT NULL,
+    account_id            TEXT,
+    platform              TEXT NOT NULL,
+    endpoint              TEXT NOT NULL,
+    model                 TEXT NOT NULL,
+    upstream_model        TEXT,
+    stream                INTEGER NOT NULL,
+    input_tokens          INTEGER NOT NULL,
+    output_tokens         INTEGER NOT NULL,
+    cache_creation_5m_tokens INTEGER NOT NULL,
+    cache_creation_1h_tokens INTEGER NOT NULL,
+    cache_read_tokens     INTEGER NOT NULL,
+    cost_nano_usd         INTEGER,
+    status                INTEGER NOT NULL,
+    outcome               TEXT NOT NULL,
+    error_kind            TEXT,
+    attempts              INTEGER NOT NULL,
+    latency_ms            INTEGER NOT NULL,
+    ttfb_ms               INTEGER,
+    user_agent            TEXT
+);
+CREATE INDEX usage_records_key_time ON usage_records (key_id, created_at_ms);
+CREATE INDEX usage_records_time ON usage_records (created_at_ms);
+"#,
+)];

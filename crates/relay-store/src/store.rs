@@ -1,0 +1,448 @@
+//! The SQLite store: open (creating the file and schema), CRUD of keys/accounts/admins, usage.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use crate::records::{
+    AccountRow, AdminRow, KeyRow, NewAccount, NewKey, UsageFilter, UsageRecord, UsageTotals,
+};
+use crate::schema::MIGRATIONS;
+use crate::StoreError;
+
+/// A handle to the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// SQLite caps bound parameters per statement; usage rows are inserted in chunks below it.
+const USAGE_COLUMNS: usize = 22;
+const USAGE_ROWS_PER_STATEMENT: usize = 32_000 / USAGE_COLUMNS;
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let url = format!("sqlite://{}", path.display());
+        let open_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(&url)
+            .map_err(open_error)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            // The CLI and the server write the same file; writers wait for each other briefly.
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                .fetch_one(&mut *tx)
+                .await?;
+        for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The change counter of keys and accounts; bumped by triggers on every mutation.
+    pub async fn revision(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM revision WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    // --- admins ---
+
+    pub async fn count_admins(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM admins")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Inserts an admin unless one with that name exists; returns whether it was inserted.
+    pub async fn insert_admin_if_absent(&self, admin: &AdminRow) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO admins (id, username, password_hash, created_at_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&admin.id)
+        .bind(&admin.username)
+        .bind(&admin.password_hash)
+        .bind(admin.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn set_admin_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE admins SET password_hash = ? WHERE username = ?")
+            .bind(password_hash)
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    // --- relay keys ---
+
+    pub async fn insert_key(&self, key: &NewKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO relay_keys (id, name, key_hash, key_hint, status, created_at_ms, updated_at_ms)
+             VALUES (?, ?, ?, ?, 'active', ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.key_hash)
+        .bind(&key.key_hint)
+        .bind(key.created_at_ms)
+        .bind(key.created_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|error| StoreError::from_insert(error, "key", &key.name))?;
+        Ok(())
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, key_hash, key_hint, status, created_at_ms, updated_at_ms
+             FROM relay_keys ORDER BY created_at_ms, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(KeyRow {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    key_hash: row.try_get("key_hash")?,
+                    key_hint: row.try_get("key_hint")?,
+                    status: row.try_get("status")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    updated_at_ms: row.try_get("updated_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets a key's status by name; returns false if no such key exists.
+    pub async fn set_key_status(
+        &self,
+        name: &str,
+        status: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.set_status("relay_keys", name, status, now_ms).await
+    }
+
+    // --- accounts ---
+
+    pub async fn insert_account(&self, account: &NewAccount) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO accounts (id, name, platform, base_url, priority, status, secret_sealed,
+                                   secret_hint, created_at_ms, updated_at_ms)
+             VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
+        )
+        .bind(&account.id)
+        .bind(&account.name)
+        .bind(&account.platform)
+        .bind(&account.base_url)
+        .bind(account.priority)
+        .bind(&account.secret_sealed)
+        .bind(&account.secret_hint)
+        .bind(account.created_at_ms)
+        .bind(account.created_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|error| StoreError::from_insert(error, "account", &account.name))?;
+        Ok(())
+    }
+
+    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, platform, base_url, priority, status, secret_sealed, secret_hint,
+                    created_at_ms, updated_at_ms
+             FROM accounts ORDER BY priority, created_at_ms, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AccountRow {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    platform: row.try_get("platform")?,
+                    base_url: row.try_get("base_url")?,
+                    priority: row.try_get("priority")?,
+                    status: row.try_get("status")?,
+                    secret_sealed: row.try_get("secret_sealed")?,
+                    secret_hint: row.try_get("secret_hint")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    updated_at_ms: row.try_get("updated_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets an account's status by name; returns false if no such account exists.
+    pub async fn set_account_status(
+        &self,
+        name: &str,
+        status: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.set_status("accounts", name, status, now_ms).await
+    }
+
+    async fn set_status(
+        &self,
+        table: &'static str,
+        name: &str,
+        status: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = format!("UPDATE {table} SET status = ?, updated_at_ms = ? WHERE name = ?");
+        let result = sqlx::query(&sql)
+            .bind(status)
+            .bind(now_ms)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    // --- usage ---
+
+    /// Inserts usage records in one transaction.
+    pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in records.chunks(USAGE_ROWS_PER_STATEMENT) {
+            let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO usage_records (request_id, created_at_ms, key_id, account_id, platform,
+                 endpoint, model, upstream_model, stream, input_tokens, output_tokens,
+                 cache_creation_5m_tokens, cache_creation_1h_tokens, cache_read_tokens,
+                 cost_nano_usd, status, outcome, error_kind, attempts, latency_ms, ttfb_ms,
+                 user_agent) ",
+            );
+            builder.push_values(chunk, |mut row, record| {
+                row.push_bind(&record.request_id)
+                    .push_bind(record.created_at_ms)
+                    .push_bind(&record.key_id)
+                    .push_bind(&record.account_id)
+                    .push_bind(&record.platform)
+                    .push_bind(&record.endpoint)
+                    .push_bind(&record.model)
+                    .push_bind(&record.upstream_model)
+                    .push_bind(record.stream)
+                    .push_bind(to_i64(record.usage.input_tokens))
+                    .push_bind(to_i64(record.usage.output_tokens))
+                    .push_bind(to_i64(record.usage.cache_creation_5m_tokens))
+                    .push_bind(to_i64(record.usage.cache_creation_1h_tokens))
+                    .push_bind(to_i64(record.usage.cache_read_tokens))
+                    .push_bind(record.cost_nano_usd)
+                    .push_bind(i64::from(record.status))
+                    .push_bind(&record.outcome)
+                    .push_bind(&record.error_kind)
+                    .push_bind(i64::from(record.attempts))
+                    .push_bind(record.latency_ms)
+                    .push_bind(record.ttfb_ms)
+                    .push_bind(&record.user_agent);
+            });
+            builder.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Totals over the usage records the filter selects.
+    pub async fn usage_totals(&self, filter: &UsageFilter) -> Result<UsageTotals, StoreError> {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT COUNT(*) AS requests,
+                    COALESCE(SUM(input_tokens), 0) AS input_tokens,
+                    COALESCE(SUM(output_tokens), 0) AS output_tokens,
+                    COALESCE(SUM(cache_creation_5m_tokens), 0) AS cache_5m,
+                    COALESCE(SUM(cache_creation_1h_tokens), 0) AS cache_1h,
+                    COALESCE(SUM(cache_read_tokens), 0) AS cache_read,
+                    COALESCE(SUM(cost_nano_usd), 0) AS cost,
+                    COALESCE(SUM(cost_nano_usd IS NULL), 0) AS unpriced,
+                    COALESCE(SUM(outcome = 'partial'), 0) AS partial,
+                    COALESCE(SUM(outcome NOT IN ('ok', 'partial')), 0) AS failed
+             FROM usage_records WHERE 1 = 1",
+        );
+        if let Some(key_id) = &filter.key_id {
+            builder.push(" AND key_id = ").push_bind(key_id);
+        }
+        if let Some(since_ms) = filter.since_ms {
+            builder.push(" AND created_at_ms >= ").push_bind(since_ms);
+        }
+        let row = builder.build().fetch_one(&self.pool).await?;
+        let cache_5m: i64 = row.try_get("cache_5m")?;
+        let cache_1h: i64 = row.try_get("cache_1h")?;
+        Ok(UsageTotals {
+            requests: row.try_get("requests")?,
+            input_tokens: row.try_get("input_tokens")?,
+            output_tokens: row.try_get("output_tokens")?,
+            cache_creation_input_tokens: cache_5m + cache_1h,
+            cache_creation_5m_input_tokens: cache_5m,
+            cache_creation_1h_input_tokens: cache_1h,
+            cache_read_input_tokens: row.try_get("cache_read")?,
+            cost_nano_usd: row.try_get("cost")?,
+            unpriced_requests: row.try_get("unpriced")?,
+            partial_requests: row.try_get("partial")?,
+            failed_requests: row.try_get("failed")?,
+        })
+    }
+
+    /// The most recent usage records, newest first (for tests and the CLI's detail view).
+    pub async fn recent_usage(
+        &self,
+        filter: &UsageFilter,
+        limit: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT request_id, created_at_ms, key_id, account_id, platform, endpoint, model,
+                    upstream_model, stream, input_tokens, output_tokens, cache_creation_5m_tokens,
+                    cache_creation_1h_tokens, cache_read_tokens, cost_nano_usd, status, outcome,
+                    error_kind, attempts, latency_ms, ttfb_ms, user_agent
+             FROM usage_records WHERE 1 = 1",
+        );
+        if let Some(key_id) = &filter.key_id {
+            builder.push(" AND key_id = ").push_bind(key_id);
+        }
+        if let Some(since_ms) = filter.since_ms {
+            builder.push(" AND created_at_ms >= ").push_bind(since_ms);
+        }
+        builder.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        let rows = builder.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageRecord {
+                    request_id: row.try_get("request_id")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    key_id: row.try_get("key_id")?,
+                    account_id: row.try_get("account_id")?,
+                    platform: row.try_get("platform")?,
+                    endpoint: row.try_get("endpoint")?,
+                    model: row.try_get("model")?,
+                    upstream_model: row.try_get("upstream_model")?,
+                    stream: row.try_get("stream")?,
+                    usage: relay_protocol::Usage {
+                        input_tokens: to_u64(row.try_get("input_tokens")?),
+                        output_tokens: to_u64(row.try_get("output_tokens")?),
+                        cache_creation_5m_tokens: to_u64(row.try_get("cache_creation_5m_tokens")?),
+                        cache_creation_1h_tokens: to_u64(row.try_get("cache_creation_1h_tokens")?),
+                        cache_read_tokens: to_u64(row.try_get("cache_read_tokens")?),
+                    },
+                    cost_nano_usd: row.try_get("cost_nano_usd")?,
+                    status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+                    outcome: row.try_get("outcome")?,
+                    error_kind: row.try_get("error_kind")?,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                    latency_ms: row.try_get("latency_ms")?,
+                    ttfb_ms: row.try_get("ttfb_ms")?,
+                    user_agent: row.try_get("user_agent")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn mutations_bump_the_revision_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("relay.db")).await.unwrap();
+        let before = store.revision().await.unwrap();
+        let key = NewKey {
+            id: "k1".into(),
+            name: "alice".into(),
+            key_hash: vec![1; 32],
+            key_hint: "cr_…abcd".into(),
+            created_at_ms: 1,
+        };
+        store.insert_key(&key).await.unwrap();
+        let after_insert = store.revision().await.unwrap();
+        assert!(after_insert > before);
+        let duplicate = NewKey {
+            id: "k2".into(),
+            key_hash: vec![2; 32],
+            ..key.clone()
+        };
+        assert!(matches!(
+            store.insert_key(&duplicate).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(store.set_key_status("alice", "disabled", 2).await.unwrap());
+        assert!(!store.set_key_status("nobody", "disabled", 2).await.unwrap());
+        assert!(store.revision().await.unwrap() > after_insert);
+        assert_eq!(store.list_keys().await.unwrap()[0].status, "disabled");
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        {
+            let store = Store::open(&path).await.unwrap();
+            store
+                .insert_key(&NewKey {
+                    id: "k1".into(),
+                    name: "alice".into(),
+                    key_hash: vec![1; 32],
+                    key_hint: "x".into(),
+                    created_at_ms: 1,
+                })
+                .await
+                .unwrap();
+            store.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(store.list_keys().await.unwrap().len(), 1);
+    }
+}

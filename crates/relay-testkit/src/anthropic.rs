@@ -1,0 +1,451 @@
+//! The mock Anthropic upstream.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use futures_util::stream;
+use http::{HeaderMap, StatusCode};
+use serde_json::{json, Value};
+
+/// What the mock does with one request.
+#[derive(Debug, Clone)]
+pub enum Behavior {
+    /// Answer normally.
+    Normal,
+    /// Answer with this status, headers and JSON body.
+    Status {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Wait before the response head.
+    SlowFirstByte(Duration),
+    /// Stream this many SSE events, then cut the connection.
+    AbortAfterEvents(usize),
+    /// Stream normally but pause this long between events.
+    SlowEvents(Duration),
+}
+
+impl Behavior {
+    pub fn status(status: u16) -> Self {
+        Self::Status {
+            status,
+            headers: Vec::new(),
+            body: json!({"type":"error","error":{"type": error_type(status),"message":format!("mock {status}")}})
+                .to_string(),
+        }
+    }
+
+    pub fn status_with_headers(status: u16, headers: &[(&str, &str)]) -> Self {
+        match Self::status(status) {
+            Self::Status { status, body, .. } => Self::Status {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                    .collect(),
+                body,
+            },
+            other => other,
+        }
+    }
+}
+
+fn error_type(status: u16) -> &'static str {
+    match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Value,
+    /// The upstream API key it carried (`x-api-key`).
+    pub api_key: String,
+}
+
+#[derive(Debug, Default)]
+struct MockState {
+    requests: Mutex<Vec<RecordedRequest>>,
+    scripts: Mutex<HashMap<String, VecDeque<Behavior>>>,
+}
+
+/// A running mock; stops when dropped.
+#[derive(Debug)]
+pub struct MockUpstream {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        let state = Arc::new(MockState::default());
+        let app = Router::new()
+            .route("/v1/messages", post(messages))
+            .route("/v1/messages/count_tokens", post(count_tokens))
+            .with_state(state.clone());
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(listener) => listener,
+            Err(error) => unreachable!("cannot bind the mock upstream: {error}"),
+        };
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues behaviours for requests carrying this upstream API key, in order.
+    pub fn script(&self, api_key: &str, behaviors: impl IntoIterator<Item = Behavior>) {
+        if let Ok(mut scripts) = self.state.scripts.lock() {
+            scripts
+                .entry(api_key.to_owned())
+                .or_default()
+                .extend(behaviors);
+        }
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state
+            .requests
+            .lock()
+            .map(|requests| requests.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many requests carried this upstream API key.
+    pub fn count_for(&self, api_key: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|request| request.api_key == api_key)
+            .count()
+    }
+}
+
+fn record(
+    state: &MockState,
+    path: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: &Value,
+) -> Behavior {
+    let api_key = headers
+        .get("x-api-key")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let behavior = state
+        .scripts
+        .lock()
+        .ok()
+        .and_then(|mut scripts| scripts.get_mut(&api_key).and_then(VecDeque::pop_front))
+        .unwrap_or(Behavior::Normal);
+    if let Ok(mut requests) = state.requests.lock() {
+        requests.push(RecordedRequest {
+            path: path.to_owned(),
+            query,
+            headers: headers.clone(),
+            body: body.clone(),
+            api_key,
+        });
+    }
+    behavior
+}
+
+async fn read_json(request: Request) -> (String, Option<String>, HeaderMap, Value) {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (
+        parts.uri.path().to_owned(),
+        parts.uri.query().map(str::to_owned),
+        parts.headers,
+        value,
+    )
+}
+
+fn json_response(status: u16, headers: &[(String, String)], body: String) -> Response {
+    let mut builder = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .header("request-id", "req_mock_upstream")
+        .header("anthropic-organization-id", "org-mock-secret");
+    for (name, value) in headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder.body(Body::from(body)).unwrap_or_default()
+}
+
+async fn count_tokens(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (path, query, headers, body) = read_json(request).await;
+    if let Behavior::Status {
+        status,
+        headers,
+        body,
+    } = record(&state, &path, query, &headers, &body)
+    {
+        return json_response(status, &headers, body);
+    }
+    let usage = expected_usage(&body);
+    json_response(
+        200,
+        &[],
+        json!({"input_tokens": usage.input_tokens}).to_string(),
+    )
+}
+
+/// The usage the mock reports for a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MockUsage {
+    pub input_tokens: u64,
+    pub cache_creation_5m: u64,
+    pub cache_creation_1h: u64,
+    pub cache_read: u64,
+}
+
+/// Input-side usage: input from the body size; cache writes if anything is marked for caching
+/// (1h writes if a `"ttl":"1h"` mark is present); cache reads from the second turn on.
+pub fn expected_usage(body: &Value) -> MockUsage {
+    let text = body.to_string();
+    let turns = body["messages"].as_array().map_or(0, Vec::len) as u64;
+    let cached = text.contains("cache_control");
+    let one_hour = text.contains("\"ttl\":\"1h\"");
+    MockUsage {
+        input_tokens: 3 + text.len() as u64 / 64,
+        cache_creation_5m: if cached { 120 } else { 0 },
+        cache_creation_1h: if one_hour { 40 } else { 0 },
+        cache_read: if cached && turns > 1 { 900 } else { 0 },
+    }
+}
+
+enum Reply {
+    Text(String),
+    ToolUse { id: String, command: String },
+}
+
+fn last_user_text(body: &Value) -> (String, Option<String>) {
+    let Some(message) = body["messages"].as_array().and_then(|messages| {
+        messages
+            .iter()
+            .rev()
+            .find(|message| message["role"] == "user")
+    }) else {
+        return (String::new(), None);
+    };
+    let mut text = String::new();
+    let mut tool_result = None;
+    match &message["content"] {
+        Value::String(content) => text.push_str(content),
+        Value::Array(blocks) => {
+            for block in blocks {
+                match block["type"].as_str() {
+                    Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+                    Some("tool_result") => {
+                        let content = match &block["content"] {
+                            Value::String(content) => content.clone(),
+                            Value::Array(parts) => parts
+                                .iter()
+                                .filter_map(|part| part["text"].as_str())
+                                .collect::<Vec<_>>()
+                                .join(""),
+                            _ => String::new(),
+                        };
+                        tool_result = Some(content);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    (text, tool_result)
+}
+
+fn reply_for(body: &Value) -> Reply {
+    let model = body["model"].as_str().unwrap_or("unknown");
+    if body["output_config"]["format"].is_object() {
+        return Reply::Text(json!({"title": "Mock title"}).to_string());
+    }
+    let (text, tool_result) = last_user_text(body);
+    if let Some(result) = tool_result {
+        return Reply::Text(format!("TOOL_DONE: {}", result.trim()));
+    }
+    if let Some(position) = text.find("USE_TOOL:Bash ") {
+        let nonce: String = text[position + "USE_TOOL:Bash ".len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        let nonce = nonce.strip_prefix("NONCE-").unwrap_or(&nonce).to_owned();
+        return Reply::ToolUse {
+            id: format!("toolu_mock_{nonce}"),
+            command: format!("echo TOOLRESULT-{nonce}"),
+        };
+    }
+    Reply::Text(format!("MOCK_OK from {model}."))
+}
+
+fn output_tokens(reply: &Reply) -> u64 {
+    match reply {
+        Reply::Text(text) => text.split_whitespace().count() as u64 + 1,
+        Reply::ToolUse { command, .. } => 10 + command.len() as u64 / 4,
+    }
+}
+
+fn usage_json(usage: &MockUsage, output_tokens: u64) -> Value {
+    json!({
+        "input_tokens": usage.input_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_5m + usage.cache_creation_1h,
+        "cache_read_input_tokens": usage.cache_read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_creation_5m,
+            "ephemeral_1h_input_tokens": usage.cache_creation_1h,
+        },
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    })
+}
+
+async fn messages(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (path, query, headers, body) = read_json(request).await;
+    let behavior = record(&state, &path, query, &headers, &body);
+    let mut gap = Duration::ZERO;
+    let mut abort_after = None;
+    match behavior {
+        Behavior::Status {
+            status,
+            headers,
+            body,
+        } => return json_response(status, &headers, body),
+        Behavior::SlowFirstByte(delay) => tokio::time::sleep(delay).await,
+        Behavior::AbortAfterEvents(events) => abort_after = Some(events),
+        Behavior::SlowEvents(delay) => gap = delay,
+        Behavior::Normal => {}
+    }
+    let model = body["model"].as_str().unwrap_or("unknown").to_owned();
+    let usage = expected_usage(&body);
+    let reply = reply_for(&body);
+    let output = output_tokens(&reply);
+    let (content, stop_reason) = match &reply {
+        Reply::Text(text) => (json!([{"type": "text", "text": text}]), "end_turn"),
+        Reply::ToolUse { id, command } => (
+            json!([{"type": "tool_use", "id": id, "name": "Bash", "input": {"command": command, "description": "Echo the nonce"}}]),
+            "tool_use",
+        ),
+    };
+    if body["stream"] != json!(true) {
+        let message = json!({
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": stop_reason, "stop_sequence": null,
+            "usage": usage_json(&usage, output),
+        });
+        return json_response(200, &[], message.to_string());
+    }
+    let events = sse_events(&model, &reply, &usage, output, stop_reason);
+    let limit = abort_after.unwrap_or(usize::MAX);
+    let aborts = abort_after.is_some_and(|limit| limit < events.len());
+    let frames: Vec<Result<Bytes, std::io::Error>> = events
+        .into_iter()
+        .take(limit)
+        .map(|(name, data)| Ok(Bytes::from(format!("event: {name}\ndata: {data}\n\n"))))
+        .chain(aborts.then(|| Err(std::io::Error::other("mock abort"))))
+        .collect();
+    let body_stream = stream::unfold(
+        (frames.into_iter(), true),
+        move |(mut frames, first)| async move {
+            let frame = frames.next()?;
+            if !first && !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            Some((frame, (frames, false)))
+        },
+    );
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .header("cache-control", "no-cache")
+        .header("request-id", "req_mock_upstream")
+        .header("anthropic-organization-id", "org-mock-secret")
+        .body(Body::from_stream(body_stream))
+        .unwrap_or_default()
+}
+
+fn sse_events(
+    model: &str,
+    reply: &Reply,
+    usage: &MockUsage,
+    output: u64,
+    stop_reason: &str,
+) -> Vec<(&'static str, String)> {
+    let mut start_usage = usage_json(usage, 1);
+    start_usage["output_tokens"] = json!(1);
+    let mut events = vec![(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant",
+            "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage}})
+        .to_string(),
+    )];
+    match reply {
+        Reply::Text(text) => {
+            events.push(("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}).to_string()));
+            events.push(("ping", json!({"type": "ping"}).to_string()));
+            let words: Vec<&str> = text.split_inclusive(' ').collect();
+            for word in words {
+                events.push(("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}).to_string()));
+            }
+        }
+        Reply::ToolUse { id, command } => {
+            events.push(("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": id, "name": "Bash", "input": {}}}).to_string()));
+            let input = json!({"command": command, "description": "Echo the nonce"}).to_string();
+            let (head, tail) = input.split_at(input.len() / 2);
+            for part in [head, tail] {
+                events.push(("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": part}}).to_string()));
+            }
+        }
+    }
+    events.push((
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}).to_string(),
+    ));
+    // Like the real API, message_delta repeats the cumulative input-side counts.
+    events.push((
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": usage_json(usage, output)}).to_string(),
+    ));
+    events.push(("message_stop", json!({"type": "message_stop"}).to_string()));
+    events
+}

@@ -1,0 +1,15 @@
+//! Test kit: a scripted mock of the Anthropic Messages API, standing in for the upstream
+//! providers we cannot reach. Real HTTP on a random loopback port, real SSE.
+//!
+//! Deterministic answers: `MOCK_OK from <model>.`; a prompt containing `USE_TOOL:Bash <NONCE>`
+//! gets a Bash tool call running `echo TOOLRESULT-<NONCE>`, and a turn carrying its result gets
+//! `TOOL_DONE: <result>`; a request asking for JSON output (`output_config.format`) gets
+//! `{"title":"Mock title"}`. Usage is realistic (cache fields included) and a pure function of
+//! the request, so tests can compute what must be billed.
+//!
+//! Faults are scripted per upstream API key (so two accounts can behave differently): push
+//! [`Behavior`]s with [`MockUpstream::script`]; unscripted requests are answered normally.
+
+mod anthropic;
+
+pub use anthropic::{expected_usage, Behavior, MockUpstream, MockUsage, RecordedRequest};
