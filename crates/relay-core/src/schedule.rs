@@ -132,7 +132,7 @@ mod tests {
         let c = account("c", 3, true);
         let snapshot = snapshot(vec![a.clone(), b, c.clone()]);
         let selector = AccountSelector::default();
-        assert_eq!(pick(&selector, &snapshot, &[a.clone()]), "c");
+        assert_eq!(pick(&selector, &snapshot, std::slice::from_ref(&a)), "c");
         a.runtime.cool_until(5_000);
         assert_eq!(pick(&selector, &snapshot, &[]), "c");
         c.runtime.cool_until(3_000);

@@ -352,7 +352,11 @@ async fn messages(State(state): State<Arc<MockState>>, request: Request) -> Resp
             body,
         } => return json_response(status, &headers, body),
         Behavior::SlowFirstByte(delay) => tokio::time::sleep(delay).await,
-        Behavior::AbortAfterEvents(events) => abort_after = Some(events),
+        Behavior::AbortAfterEvents(events) => {
+            abort_after = Some(events);
+            // Pace the events so each is flushed before the cut, like a real stream.
+            gap = Duration::from_millis(10);
+        }
         Behavior::SlowEvents(delay) => gap = delay,
         Behavior::Normal => {}
     }

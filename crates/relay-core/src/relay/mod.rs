@@ -118,7 +118,7 @@ impl RelayError {
 #[derive(Debug)]
 pub enum RelayBody {
     Buffered(Bytes),
-    Streaming(CapturedStream),
+    Streaming(Box<CapturedStream>),
 }
 
 #[derive(Debug)]
@@ -400,7 +400,7 @@ impl Relay {
         RelayResponse {
             status,
             headers,
-            body: RelayBody::Streaming(stream),
+            body: RelayBody::Streaming(Box::new(stream)),
         }
     }
 }

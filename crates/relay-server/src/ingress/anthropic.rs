@@ -77,7 +77,7 @@ async fn relay_endpoint(state: AppState, request: Request, endpoint: Endpoint) -
             Ok(relayed) => {
                 let mut response = Response::new(match relayed.body {
                     RelayBody::Buffered(bytes) => Body::from(bytes),
-                    RelayBody::Streaming(stream) => Body::from_stream(stream),
+                    RelayBody::Streaming(stream) => Body::from_stream(*stream),
                 });
                 *response.status_mut() = relayed.status;
                 *response.headers_mut() = relayed.headers;

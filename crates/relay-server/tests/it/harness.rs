@@ -1,0 +1,182 @@
+//! A whole relay (store, snapshot, usage writer, server) over a temporary data directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_core::admin::{AdminService, NewAccountInput};
+use relay_core::bootstrap::open_installation;
+use relay_core::metrics::Metrics;
+use relay_core::snapshot::SnapshotStore;
+use relay_core::{Relay, RelaySettings};
+use relay_server::{router, serve, AppState, ServerSettings};
+use relay_store::{Store, UsageFilter, UsageRecord, UsageWriter, UsageWriterHandle};
+use relay_testkit::MockUpstream;
+use tokio::sync::oneshot;
+
+pub struct Harness {
+    pub url: String,
+    pub key: String,
+    pub key_id: String,
+    pub admin: AdminService,
+    pub store: Store,
+    pub mock: MockUpstream,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    writer: Option<UsageWriterHandle>,
+    _reloader: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+/// An upstream account for the harness: name, upstream API key, priority, base URL override.
+pub struct AccountSpec {
+    pub name: &'static str,
+    pub api_key: &'static str,
+    pub priority: i64,
+    pub base_url: Option<String>,
+}
+
+pub fn account(name: &'static str, api_key: &'static str, priority: i64) -> AccountSpec {
+    AccountSpec {
+        name,
+        api_key,
+        priority,
+        base_url: None,
+    }
+}
+
+impl Harness {
+    pub async fn start(accounts: Vec<AccountSpec>) -> Self {
+        Self::start_with(
+            accounts,
+            RelaySettings::default(),
+            ServerSettings::default(),
+        )
+        .await
+    }
+
+    pub async fn start_with(
+        accounts: Vec<AccountSpec>,
+        relay_settings: RelaySettings,
+        server_settings: ServerSettings,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let installation = open_installation(&dir.path().join("data"), None)
+            .await
+            .unwrap();
+        let mock = MockUpstream::start().await;
+        let admin = AdminService::new(installation.store.clone(), &installation.master_key);
+        for spec in accounts {
+            admin
+                .add_account(NewAccountInput {
+                    platform: "anthropic".into(),
+                    name: spec.name.into(),
+                    api_key: spec.api_key.into(),
+                    base_url: Some(spec.base_url.unwrap_or_else(|| mock.url())),
+                    priority: spec.priority,
+                })
+                .await
+                .unwrap();
+        }
+        let key = admin.create_key("tester").await.unwrap();
+        let snapshots = SnapshotStore::load(installation.store.clone(), &installation.master_key)
+            .await
+            .unwrap();
+        let reloader = snapshots.spawn_reloader();
+        let (sink, writer) = UsageWriter::spawn(installation.store.clone());
+        let relay = Arc::new(
+            Relay::new(
+                snapshots,
+                installation.master_key.key_hasher(),
+                sink,
+                Arc::new(Metrics::new()),
+                relay_settings,
+            )
+            .unwrap(),
+        );
+        let state = AppState {
+            relay,
+            settings: Arc::new(server_settings.clone()),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            serve(listener, router(state), &server_settings, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Self {
+            url,
+            key: key.secret,
+            key_id: key.id,
+            admin,
+            store: installation.store,
+            mock,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            server: Some(server),
+            writer: Some(writer),
+            _reloader: reloader,
+            _dir: dir,
+        }
+    }
+
+    pub fn post(&self, path: &str, body: serde_json::Value) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .header("x-api-key", &self.key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+    }
+
+    /// Waits until `n` usage records exist (the writer is asynchronous), then returns them,
+    /// oldest first.
+    pub async fn records(&self, n: usize) -> Vec<UsageRecord> {
+        for _ in 0..100 {
+            let records = self
+                .store
+                .recent_usage(&UsageFilter::default(), 10_000)
+                .await
+                .unwrap();
+            if records.len() >= n {
+                let mut records = records;
+                records.reverse();
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {n} usage records after 5 s");
+    }
+
+    /// Stops the server gracefully and flushes usage; returns all records.
+    pub async fn shutdown(mut self) -> Vec<UsageRecord> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+        if let Some(writer) = self.writer.take() {
+            writer.shutdown().await;
+        }
+        let mut records = self
+            .store
+            .recent_usage(&UsageFilter::default(), 10_000)
+            .await
+            .unwrap();
+        records.reverse();
+        records
+    }
+}
+
+pub fn messages_body(stream: bool, prompt: &str) -> serde_json::Value {
+    serde_json::json!({
+        "model": "claude-sonnet-4-5-20250929",
+        "max_tokens": 64,
+        "stream": stream,
+        "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": prompt}],
+    })
+}

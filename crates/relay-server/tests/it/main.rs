@@ -1,0 +1,6 @@
+//! Router tests against a real server on a random port and the in-process mock upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+mod relay_path;
