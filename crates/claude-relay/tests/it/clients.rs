@@ -1,0 +1,289 @@
+//! Real clients through the relay: the Claude Code CLI and the official anthropic Python SDK.
+
+use std::path::Path;
+use std::process::Output;
+
+use relay_testkit::{Behavior, MockUpstream};
+use serde_json::Value;
+
+use crate::support::{cli, client, usage_when, RunningRelay};
+
+/// Runs `claude -p` the way clients.md documents for offline use, with a fresh HOME.
+async fn claude(
+    binary: &Path,
+    home: &Path,
+    relay_url: &str,
+    auth: (&str, &str),
+    args: &[&str],
+) -> Output {
+    let node_bin = which_dir("node");
+    tokio::process::Command::new(binary)
+        .args(args)
+        .env_clear()
+        .env("PATH", format!("{node_bin}:/usr/local/bin:/usr/bin:/bin"))
+        .env("HOME", home)
+        .env("TMPDIR", home)
+        .env("TERM", "dumb")
+        .env("ANTHROPIC_BASE_URL", relay_url)
+        .env(auth.0, auth.1)
+        .env("DISABLE_TELEMETRY", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_ERROR_REPORTING", "1")
+        .env("CLAUDE_CODE_MAX_RETRIES", "1")
+        .current_dir(home)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn which_dir(program: &str) -> String {
+    let output = std::process::Command::new("sh")
+        .args(["-c", &format!("dirname \"$(command -v {program})\"")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn parse_result(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "claude printed no JSON result.\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn field(value: &Value, name: &str) -> i64 {
+    value[name].as_i64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_completes_through_the_relay_and_usage_matches_to_the_token() {
+    let Some(claude_binary) = client("npm/node_modules/.bin/claude") else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let relay = RunningRelay::start(&data_dir, Some("test-admin-password"));
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "anthropic",
+            "--name",
+            "main",
+            "--api-key",
+            "sk-ant-main",
+            "--base-url",
+            &mock.url(),
+        ],
+    );
+    let key = cli(&data_dir, &["key", "create", "--name", "claude-code"])
+        .trim()
+        .to_owned();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    // The server reloads within 250 ms of a change.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+
+    // A plain prompt, with the key as ANTHROPIC_API_KEY (x-api-key).
+    let plain = claude(
+        &claude_binary,
+        &home,
+        &relay.url,
+        ("ANTHROPIC_API_KEY", &key),
+        &[
+            "-p",
+            "Say hello",
+            "--output-format",
+            "json",
+            "--model",
+            "claude-sonnet-4-5-20250929",
+        ],
+    )
+    .await;
+    let plain = parse_result(&plain);
+    assert_eq!(plain["is_error"], false, "{plain}");
+    assert_eq!(plain["result"], "MOCK_OK from claude-sonnet-4-5-20250929.");
+
+    // A tool round trip, with the key as ANTHROPIC_AUTH_TOKEN (Bearer): two turns, one per request.
+    let tool = claude(
+        &claude_binary,
+        &home,
+        &relay.url,
+        ("ANTHROPIC_AUTH_TOKEN", &key),
+        &[
+            "-p",
+            "USE_TOOL:Bash NONCE-r7x",
+            "--output-format",
+            "json",
+            "--model",
+            "claude-sonnet-4-5-20250929",
+            "--allowedTools",
+            "Bash",
+        ],
+    )
+    .await;
+    let tool = parse_result(&tool);
+    assert_eq!(tool["is_error"], false, "{tool}");
+    assert_eq!(tool["result"], "TOOL_DONE: TOOLRESULT-r7x");
+    assert_eq!(tool["num_turns"], 2);
+
+    // Every request Claude Code made reached the mock with the account's key, never the relay's.
+    let upstream = mock.requests();
+    assert_eq!(upstream.len(), 3, "one request per turn");
+    for request in &upstream {
+        assert_eq!(request.api_key, "sk-ant-main");
+        assert_eq!(request.query.as_deref(), Some("beta=true"));
+        assert!(request.headers.get("authorization").is_none());
+        assert!(request.headers["user-agent"]
+            .to_str()
+            .unwrap()
+            .starts_with("claude-cli/"));
+    }
+
+    // The relay's bill equals what Claude Code itself was told, token for token.
+    let usage = usage_when(&data_dir, Some("claude-code"), 3).await;
+    assert_eq!(usage["requests"], 3);
+    for name in [
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ] {
+        let reported = field(&plain["usage"], name) + field(&tool["usage"], name);
+        assert_eq!(
+            field(&usage, name),
+            reported,
+            "{name}: relay vs Claude Code"
+        );
+    }
+    assert!(usage["cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(usage["unpriced_requests"], 0);
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_fails_over_when_one_of_two_accounts_fails() {
+    let Some(claude_binary) = client("npm/node_modules/.bin/claude") else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    mock.script("sk-ant-broken", (0..10).map(|_| Behavior::status(500)));
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "anthropic",
+            "--name",
+            "broken",
+            "--api-key",
+            "sk-ant-broken",
+            "--base-url",
+            &mock.url(),
+            "--priority",
+            "1",
+        ],
+    );
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "anthropic",
+            "--name",
+            "healthy",
+            "--api-key",
+            "sk-ant-healthy",
+            "--base-url",
+            &mock.url(),
+            "--priority",
+            "2",
+        ],
+    );
+    let key = cli(&data_dir, &["key", "create", "--name", "cc"])
+        .trim()
+        .to_owned();
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let output = claude(
+        &claude_binary,
+        &home,
+        &relay.url,
+        ("ANTHROPIC_API_KEY", &key),
+        &[
+            "-p",
+            "USE_TOOL:Bash NONCE-f2",
+            "--output-format",
+            "json",
+            "--model",
+            "claude-haiku-4-5-20251001",
+            "--allowedTools",
+            "Bash",
+        ],
+    )
+    .await;
+    let result = parse_result(&output);
+    assert_eq!(result["result"], "TOOL_DONE: TOOLRESULT-f2", "{result}");
+    assert_eq!(mock.count_for("sk-ant-healthy"), 2);
+    assert!(mock.count_for("sk-ant-broken") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_python_sdk_works_through_the_relay() {
+    let Some(python) = client("venv/bin/python") else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "anthropic",
+            "--name",
+            "main",
+            "--api-key",
+            "sk-ant-main",
+            "--base-url",
+            &mock.url(),
+        ],
+    );
+    let key = cli(&data_dir, &["key", "create", "--name", "sdk"])
+        .trim()
+        .to_owned();
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/anthropic_sdk.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .env("RELAY_URL", &relay.url)
+        .env("RELAY_KEY", &key)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "SDK script failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // create, stream, count_tokens reached the upstream; models is answered by the relay.
+    let usage = usage_when(&data_dir, Some("sdk"), 3).await;
+    assert_eq!(usage["requests"], 3);
+    assert_eq!(mock.requests().len(), 3);
+}

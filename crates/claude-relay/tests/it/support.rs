@@ -1,0 +1,145 @@
+//! Running the `claude-relay` binary: CLI calls and a server process whose stderr is kept.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_claude-relay");
+
+/// Runs a CLI command against `data_dir`; returns stdout, panicking with stderr on failure.
+pub fn cli(data_dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(BINARY)
+        .args(args)
+        .env("CLAUDE_RELAY_DATA_DIR", data_dir)
+        .env_remove("CLAUDE_RELAY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "claude-relay {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+pub fn cli_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&cli(data_dir, args)).unwrap()
+}
+
+/// A running `claude-relay serve`; killed on drop if still running.
+pub struct RunningRelay {
+    pub url: String,
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl RunningRelay {
+    pub fn start(data_dir: &Path, admin_password: Option<&str>) -> Self {
+        let mut command = Command::new(BINARY);
+        command
+            .arg("serve")
+            .env("CLAUDE_RELAY_DATA_DIR", data_dir)
+            .env("CLAUDE_RELAY_LISTEN", "127.0.0.1:0")
+            .env("CLAUDE_RELAY_LOG", "debug")
+            .env_remove("CLAUDE_RELAY_CONFIG")
+            .env_remove("CLAUDE_RELAY_ADMIN_PASSWORD")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(password) = admin_password {
+            command.env("CLAUDE_RELAY_ADMIN_PASSWORD", password);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr_pipe = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (url_sender, url_receiver) = mpsc::channel();
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("claude-relay listening on ") {
+                    let _ = url_sender.send(url.to_owned());
+                }
+                let mut collected = collected.lock().unwrap();
+                collected.push_str(&line);
+                collected.push('\n');
+            }
+        });
+        let url = url_receiver
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("relay did not start: {}", stderr.lock().unwrap()));
+        Self { url, child, stderr }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("relay did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `usage --json` until it reports at least `requests` requests.
+pub async fn usage_when(data_dir: &Path, key: Option<&str>, requests: i64) -> serde_json::Value {
+    let mut args = vec!["usage", "--json"];
+    if let Some(key) = key {
+        args.extend(["--key", key]);
+    }
+    for _ in 0..100 {
+        let usage = cli_json(data_dir, &args);
+        if usage["requests"].as_i64().unwrap_or(0) >= requests {
+            return usage;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("usage never reached {requests} requests");
+}
+
+/// Where the pinned clients were installed by `scripts/install-clients`.
+pub fn clients_dir() -> PathBuf {
+    std::env::var_os("CLAUDE_RELAY_CLIENTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/claude-relay/clients")
+        })
+}
+
+/// The client at `relative` under the clients folder, or `None` (after saying why) when it is not
+/// installed and clients are not required. CI sets `CLAUDE_RELAY_REQUIRE_CLIENTS=1`.
+pub fn client(relative: &str) -> Option<PathBuf> {
+    let path = clients_dir().join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CLAUDE_RELAY_REQUIRE_CLIENTS").as_deref() == Ok("1") {
+        panic!("{} is missing; run scripts/install-clients", path.display());
+    }
+    eprintln!(
+        "skipping: {} is not installed (run scripts/install-clients)",
+        path.display()
+    );
+    None
+}
