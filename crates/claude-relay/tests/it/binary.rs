@@ -5,7 +5,7 @@ use std::time::Duration;
 use relay_testkit::MockUpstream;
 use serde_json::json;
 
-use crate::support::{cli, cli_json, usage_when, RunningRelay};
+use crate::support::{add_account, cli, cli_json, create_key, usage_when, RunningRelay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_flow_through_the_cli_against_a_running_server() {
@@ -48,9 +48,7 @@ async fn operator_flow_through_the_cli_against_a_running_server() {
     assert_eq!(account["name"], "main");
     assert_eq!(account["secret_hint"], "…cret");
     assert!(!account.to_string().contains("sk-ant-upstream-secret"));
-    let key = cli(&data_dir, &["key", "create", "--name", "alice"])
-        .trim()
-        .to_owned();
+    let key = create_key(&data_dir, "alice");
     assert!(
         key.starts_with("cr_") && !key.contains(char::is_whitespace),
         "stdout must be the key alone: {key:?}"
@@ -125,24 +123,8 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_records_it() {
     );
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    cli(
-        &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "anthropic",
-            "--name",
-            "slow",
-            "--api-key",
-            "sk-slow",
-            "--base-url",
-            &mock.url(),
-        ],
-    );
-    let key = cli(&data_dir, &["key", "create", "--name", "bob"])
-        .trim()
-        .to_owned();
+    add_account(&data_dir, "slow", "sk-slow", &mock.url(), 50);
+    let key = create_key(&data_dir, "bob");
     let relay = RunningRelay::start(&data_dir, Some("chosen-password"));
     assert!(!relay.stderr().contains("chosen-password"));
     let response = reqwest::Client::new()

@@ -6,7 +6,7 @@ use std::process::Output;
 use relay_testkit::{Behavior, MockUpstream};
 use serde_json::Value;
 
-use crate::support::{cli, client, usage_when, RunningRelay};
+use crate::support::{add_account, client, create_key, usage_when, RunningRelay};
 
 /// Runs `claude -p` the way clients.md documents for offline use, with a fresh HOME.
 async fn claude(
@@ -69,24 +69,8 @@ async fn claude_code_completes_through_the_relay_and_usage_matches_to_the_token(
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let relay = RunningRelay::start(&data_dir, Some("test-admin-password"));
-    cli(
-        &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "anthropic",
-            "--name",
-            "main",
-            "--api-key",
-            "sk-ant-main",
-            "--base-url",
-            &mock.url(),
-        ],
-    );
-    let key = cli(&data_dir, &["key", "create", "--name", "claude-code"])
-        .trim()
-        .to_owned();
+    add_account(&data_dir, "main", "sk-ant-main", &mock.url(), 50);
+    let key = create_key(&data_dir, "claude-code");
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     // The server reloads within 250 ms of a change.
@@ -178,43 +162,9 @@ async fn claude_code_fails_over_when_one_of_two_accounts_fails() {
     mock.script("sk-ant-broken", (0..10).map(|_| Behavior::status(500)));
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    cli(
-        &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "anthropic",
-            "--name",
-            "broken",
-            "--api-key",
-            "sk-ant-broken",
-            "--base-url",
-            &mock.url(),
-            "--priority",
-            "1",
-        ],
-    );
-    cli(
-        &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "anthropic",
-            "--name",
-            "healthy",
-            "--api-key",
-            "sk-ant-healthy",
-            "--base-url",
-            &mock.url(),
-            "--priority",
-            "2",
-        ],
-    );
-    let key = cli(&data_dir, &["key", "create", "--name", "cc"])
-        .trim()
-        .to_owned();
+    add_account(&data_dir, "broken", "sk-ant-broken", &mock.url(), 1);
+    add_account(&data_dir, "healthy", "sk-ant-healthy", &mock.url(), 2);
+    let key = create_key(&data_dir, "cc");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -249,24 +199,8 @@ async fn anthropic_python_sdk_works_through_the_relay() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    cli(
-        &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "anthropic",
-            "--name",
-            "main",
-            "--api-key",
-            "sk-ant-main",
-            "--base-url",
-            &mock.url(),
-        ],
-    );
-    let key = cli(&data_dir, &["key", "create", "--name", "sdk"])
-        .trim()
-        .to_owned();
+    add_account(&data_dir, "main", "sk-ant-main", &mock.url(), 50);
+    let key = create_key(&data_dir, "sdk");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/anthropic_sdk.py");
     let output = tokio::process::Command::new(python)

@@ -1,7 +1,12 @@
 //! The real binary on a random port, configured through its CLI, driven by real clients (the
 //! Claude Code CLI and the official anthropic Python SDK) against the mock upstream.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod binary;
 mod clients;

@@ -143,3 +143,31 @@ pub fn client(relative: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// `account add` for an Anthropic account at `base_url`.
+pub fn add_account(data_dir: &Path, name: &str, api_key: &str, base_url: &str, priority: i64) {
+    cli(
+        data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "anthropic",
+            "--name",
+            name,
+            "--api-key",
+            api_key,
+            "--base-url",
+            base_url,
+            "--priority",
+            &priority.to_string(),
+        ],
+    );
+}
+
+/// `key create`; returns the key, which is all the command prints on stdout.
+pub fn create_key(data_dir: &Path, name: &str) -> String {
+    cli(data_dir, &["key", "create", "--name", name])
+        .trim()
+        .to_owned()
+}

@@ -90,7 +90,7 @@ async fn relay_endpoint(state: AppState, request: Request, endpoint: Endpoint) -
         },
         Err(relay_error) => anthropic_error(&relay_error, &request_id),
     };
-    observe(&state, route, &response, received_at);
+    observe(&state, route, &request_id, &response, received_at);
     response
 }
 
@@ -144,7 +144,21 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, RelayError> {
     }
 }
 
-fn observe(state: &AppState, route: &'static str, response: &Response, received_at: Instant) {
+fn observe(
+    state: &AppState,
+    route: &'static str,
+    request_id: &str,
+    response: &Response,
+    received_at: Instant,
+) {
+    let elapsed = received_at.elapsed();
+    tracing::debug!(
+        request_id,
+        route,
+        status = response.status().as_u16(),
+        head_latency_us = elapsed.as_micros() as u64,
+        "answered"
+    );
     let metrics = state.relay.metrics();
     metrics
         .requests
@@ -156,7 +170,7 @@ fn observe(state: &AppState, route: &'static str, response: &Response, received_
     metrics
         .response_latency
         .get_or_create(&RouteLabels { route })
-        .observe(received_at.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
 }
 
 /// `GET /v1/models`: the Claude models this relay can price, in Anthropic's list shape.
@@ -189,7 +203,7 @@ pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
             response
         }
     };
-    observe(&state, "models", &response, received_at);
+    observe(&state, "models", &request_id, &response, received_at);
     response
 }
 
