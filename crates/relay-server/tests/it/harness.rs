@@ -131,6 +131,14 @@ impl Harness {
             .json(&body)
     }
 
+    /// `POST /v1/messages` with the standard test body.
+    pub async fn send(&self, stream: bool, prompt: &str) -> reqwest::Response {
+        self.post("/v1/messages", messages_body(stream, prompt))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Waits until `n` usage records exist (the writer is asynchronous), then returns them,
     /// oldest first.
     pub async fn records(&self, n: usize) -> Vec<UsageRecord> {
@@ -179,4 +187,18 @@ pub fn messages_body(stream: bool, prompt: &str) -> serde_json::Value {
         "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": prompt}],
     })
+}
+
+/// The status and Anthropic error type of an error response; fails if the body is not one.
+pub async fn error_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("every error is JSON");
+    assert_eq!(body["type"], "error", "{body}");
+    (
+        status,
+        body["error"]["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
 }

@@ -9,7 +9,7 @@ use relay_server::ServerSettings;
 use relay_testkit::{expected_usage, Behavior};
 use serde_json::{json, Value};
 
-use crate::harness::{account, messages_body, AccountSpec, Harness};
+use crate::harness::{account, error_of, messages_body, AccountSpec, Harness};
 
 fn usage_of(body: &Value, output_tokens: u64) -> Usage {
     let expected = expected_usage(body);
@@ -142,11 +142,7 @@ async fn failover_before_the_first_byte_and_rate_limited_accounts_cool_down() {
     ])
     .await;
     harness.mock.script("sk-first", [Behavior::status(529)]);
-    let response = harness
-        .post("/v1/messages", messages_body(true, "a"))
-        .send()
-        .await
-        .unwrap();
+    let response = harness.send(true, "a").await;
     assert_eq!(response.status(), 200);
     assert!(response.text().await.unwrap().contains("message_stop"));
     assert_eq!(harness.mock.count_for("sk-first"), 1);
@@ -158,11 +154,7 @@ async fn failover_before_the_first_byte_and_rate_limited_accounts_cool_down() {
         [Behavior::status_with_headers(429, &[("retry-after", "30")])],
     );
     for _ in 0..2 {
-        let response = harness
-            .post("/v1/messages", messages_body(false, "b"))
-            .send()
-            .await
-            .unwrap();
+        let response = harness.send(false, "b").await;
         assert_eq!(response.status(), 200);
     }
     assert_eq!(
@@ -198,14 +190,8 @@ async fn exhausted_failover_answers_in_anthropic_shape_and_is_recorded() {
     let harness = Harness::start(vec![account("only", "sk-only", 1)]).await;
     // 529 with a JSON body passes through: the client's own retry logic understands it.
     harness.mock.script("sk-only", [Behavior::status(529)]);
-    let response = harness
-        .post("/v1/messages", messages_body(false, "x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 529);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["type"], "overloaded_error");
+    let response = harness.send(false, "x").await;
+    assert_eq!(error_of(response).await, (529, "overloaded_error".into()));
 
     // A 5xx is not passed through (it may be an HTML page); the relay says 502 in its words.
     harness.mock.script(
@@ -216,36 +202,20 @@ async fn exhausted_failover_answers_in_anthropic_shape_and_is_recorded() {
             body: "<html>bad gateway</html>".into(),
         }],
     );
-    let response = harness
-        .post("/v1/messages", messages_body(false, "x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 502);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["type"], "error");
-    assert_eq!(body["error"]["type"], "api_error");
+    let response = harness.send(false, "x").await;
+    assert_eq!(error_of(response).await, (502, "api_error".into()));
 
     // Upstream 401 means the relay's account is bad, not the client's key.
     harness.mock.script("sk-only", [Behavior::status(401)]);
-    let response = harness
-        .post("/v1/messages", messages_body(false, "x"))
-        .send()
-        .await
-        .unwrap();
+    let response = harness.send(false, "x").await;
     assert_eq!(response.status(), 502);
 
     // A 400 is the client's fault: passed through as is, no failover.
     harness.mock.script("sk-only", [Behavior::status(400)]);
-    let response = harness
-        .post("/v1/messages", messages_body(false, "x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
+    let response = harness.send(false, "x").await;
     assert_eq!(
-        response.json::<Value>().await.unwrap()["error"]["type"],
-        "invalid_request_error"
+        error_of(response).await,
+        (400, "invalid_request_error".into())
     );
 
     let records = harness.records(4).await;
@@ -286,11 +256,7 @@ async fn refused_connection_fails_over_and_alone_is_a_502() {
         account("alive", "sk-alive", 2),
     ])
     .await;
-    let response = harness
-        .post("/v1/messages", messages_body(false, "x"))
-        .send()
-        .await
-        .unwrap();
+    let response = harness.send(false, "x").await;
     assert_eq!(response.status(), 200);
     harness
         .admin
@@ -300,11 +266,7 @@ async fn refused_connection_fails_over_and_alone_is_a_502() {
     // The change reaches the running relay through the revision poll.
     let mut status = 0;
     for _ in 0..40 {
-        let response = harness
-            .post("/v1/messages", messages_body(false, "x"))
-            .send()
-            .await
-            .unwrap();
+        let response = harness.send(false, "x").await;
         status = response.status().as_u16();
         if status != 200 {
             let body: Value = response.json().await.unwrap();
@@ -420,16 +382,8 @@ async fn slow_first_byte_times_out_with_504() {
     harness
         .mock
         .script("sk-slow", [Behavior::SlowFirstByte(Duration::from_secs(3))]);
-    let response = harness
-        .post("/v1/messages", messages_body(false, "x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 504);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["error"]["type"],
-        "timeout_error"
-    );
+    let response = harness.send(false, "x").await;
+    assert_eq!(error_of(response).await, (504, "timeout_error".into()));
     let records = harness.records(1).await;
     assert_eq!(records[0].error_kind.as_deref(), Some("timeout"));
 }
@@ -447,12 +401,6 @@ async fn bad_requests_get_clean_anthropic_errors() {
     )
     .await;
     let url = |path: &str| format!("{}{path}", harness.url);
-    let error_of = |response: reqwest::Response| async move {
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.expect("every error is JSON");
-        assert_eq!(body["type"], "error");
-        (status, body["error"]["type"].as_str().unwrap().to_owned())
-    };
 
     let missing = harness
         .client
@@ -525,11 +473,7 @@ async fn bad_requests_get_clean_anthropic_errors() {
         .unwrap();
     let mut last = (0, String::new());
     for _ in 0..40 {
-        let response = harness
-            .post("/v1/messages", messages_body(false, "x"))
-            .send()
-            .await
-            .unwrap();
+        let response = harness.send(false, "x").await;
         if response.status() != 200 {
             last = error_of(response).await;
             break;
@@ -603,11 +547,7 @@ async fn health_and_metrics_answer_without_a_key() {
             .unwrap();
         assert_eq!(response.status(), 200, "{route}");
     }
-    harness
-        .post("/v1/messages", messages_body(false, "x"))
-        .send()
-        .await
-        .unwrap();
+    harness.send(false, "x").await;
     let metrics = harness
         .client
         .get(format!("{}/metrics", harness.url))
