@@ -72,8 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         usage_sink,
         Arc::new(Metrics::new()),
         config.relay.clone(),
-    )
-    .context("cannot build the upstream HTTP client")?;
+    );
     let state = AppState {
         relay: Arc::new(relay),
         settings: Arc::new(config.server.clone()),

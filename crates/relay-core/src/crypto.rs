@@ -129,8 +129,10 @@ impl MasterKey {
     }
 
     pub fn key_hasher(&self) -> KeyHasher {
+        let key = self.derive(b"claude-relay/key-hash/v1");
         KeyHasher {
-            key: self.derive(b"claude-relay/key-hash/v1"),
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(&key)
+                .unwrap_or_else(|_| unreachable_hmac()),
         }
     }
 }
@@ -197,7 +199,8 @@ impl SecretBox {
 /// key but not the digest, so the lookup's timing reveals nothing useful.
 #[derive(Clone)]
 pub struct KeyHasher {
-    key: [u8; 32],
+    /// Keyed once; each digest clones this state instead of re-hashing the key pads.
+    keyed: Hmac<Sha256>,
 }
 
 impl fmt::Debug for KeyHasher {
@@ -208,8 +211,7 @@ impl fmt::Debug for KeyHasher {
 
 impl KeyHasher {
     pub fn digest(&self, relay_key: &str) -> [u8; 32] {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable_hmac());
+        let mut mac = self.keyed.clone();
         mac.update(relay_key.as_bytes());
         mac.finalize().into_bytes().into()
     }

@@ -19,9 +19,8 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-/// SQLite caps bound parameters per statement; usage rows are inserted in chunks below it.
-const USAGE_COLUMNS: usize = 22;
-const USAGE_ROWS_PER_STATEMENT: usize = 32_000 / USAGE_COLUMNS;
+/// Rows per multi-row usage insert (22 parameters each, well under SQLite's limit).
+const USAGE_ROWS_PER_STATEMENT: usize = 32;
 
 impl Store {
     /// Opens (creating if needed) the database file and applies pending migrations.
@@ -249,43 +248,22 @@ impl Store {
     // --- usage ---
 
     /// Inserts usage records in one transaction.
+    ///
+    /// Rows go in through exactly two statement shapes, a [`USAGE_ROWS_PER_STATEMENT`]-row insert
+    /// and a one-row insert, so both stay prepared in the connection's statement cache. (A
+    /// statement per batch size would be parsed anew for every batch, or, if cached, hold a large
+    /// prepared program per size: that grew the process by ~100 MiB under load.)
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(USAGE_ROWS_PER_STATEMENT) {
-            let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO usage_records (request_id, created_at_ms, key_id, account_id, platform,
-                 endpoint, model, upstream_model, stream, input_tokens, output_tokens,
-                 cache_creation_5m_tokens, cache_creation_1h_tokens, cache_read_tokens,
-                 cost_nano_usd, status, outcome, error_kind, attempts, latency_ms, ttfb_ms,
-                 user_agent) ",
-            );
-            builder.push_values(chunk, |mut row, record| {
-                row.push_bind(&record.request_id)
-                    .push_bind(record.created_at_ms)
-                    .push_bind(&record.key_id)
-                    .push_bind(&record.account_id)
-                    .push_bind(&record.platform)
-                    .push_bind(&record.endpoint)
-                    .push_bind(&record.model)
-                    .push_bind(&record.upstream_model)
-                    .push_bind(record.stream)
-                    .push_bind(to_i64(record.usage.input_tokens))
-                    .push_bind(to_i64(record.usage.output_tokens))
-                    .push_bind(to_i64(record.usage.cache_creation_5m_tokens))
-                    .push_bind(to_i64(record.usage.cache_creation_1h_tokens))
-                    .push_bind(to_i64(record.usage.cache_read_tokens))
-                    .push_bind(record.cost_nano_usd)
-                    .push_bind(i64::from(record.status))
-                    .push_bind(&record.outcome)
-                    .push_bind(&record.error_kind)
-                    .push_bind(i64::from(record.attempts))
-                    .push_bind(record.latency_ms)
-                    .push_bind(record.ttfb_ms)
-                    .push_bind(&record.user_agent);
-            });
-            // Not cached: each batch size is a different statement, and a prepared multi-row
-            // insert is large; caching them grew the process by ~100 MiB under load.
-            builder.build().persistent(false).execute(&mut *tx).await?;
+        let mut chunks = records.chunks_exact(USAGE_ROWS_PER_STATEMENT);
+        for chunk in chunks.by_ref() {
+            usage_insert(chunk).build().execute(&mut *tx).await?;
+        }
+        for record in chunks.remainder() {
+            usage_insert(std::slice::from_ref(record))
+                .build()
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -382,6 +360,42 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// A multi-row insert of these records; its SQL text depends only on how many there are.
+fn usage_insert(records: &[UsageRecord]) -> QueryBuilder<'_, Sqlite> {
+    let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO usage_records (request_id, created_at_ms, key_id, account_id, platform,
+         endpoint, model, upstream_model, stream, input_tokens, output_tokens,
+         cache_creation_5m_tokens, cache_creation_1h_tokens, cache_read_tokens,
+         cost_nano_usd, status, outcome, error_kind, attempts, latency_ms, ttfb_ms,
+         user_agent) ",
+    );
+    builder.push_values(records, |mut row, record| {
+        row.push_bind(&record.request_id)
+            .push_bind(record.created_at_ms)
+            .push_bind(&record.key_id)
+            .push_bind(&record.account_id)
+            .push_bind(&record.platform)
+            .push_bind(&record.endpoint)
+            .push_bind(&record.model)
+            .push_bind(&record.upstream_model)
+            .push_bind(record.stream)
+            .push_bind(to_i64(record.usage.input_tokens))
+            .push_bind(to_i64(record.usage.output_tokens))
+            .push_bind(to_i64(record.usage.cache_creation_5m_tokens))
+            .push_bind(to_i64(record.usage.cache_creation_1h_tokens))
+            .push_bind(to_i64(record.usage.cache_read_tokens))
+            .push_bind(record.cost_nano_usd)
+            .push_bind(i64::from(record.status))
+            .push_bind(&record.outcome)
+            .push_bind(&record.error_kind)
+            .push_bind(i64::from(record.attempts))
+            .push_bind(record.latency_ms)
+            .push_bind(record.ttfb_ms)
+            .push_bind(&record.user_agent);
+    });
+    builder
 }
 
 fn to_i64(value: u64) -> i64 {

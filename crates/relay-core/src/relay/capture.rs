@@ -3,16 +3,16 @@
 //! the upstream ends, the upstream fails or goes silent, or the client goes away (the stream is
 //! dropped, which also drops the upstream connection and so cancels the upstream request).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::BoxStream;
-use std::future::Future;
-
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
+use http_body::Body;
+use hyper::body::Incoming;
 use relay_protocol::anthropic::{MessagesUsageTracker, StreamEnding};
 use relay_store::UsageSink;
 use tokio::time::{Instant, Sleep};
@@ -124,9 +124,12 @@ fn error_type_of(body: &[u8], status: u16) -> String {
 /// The relayed body; see the module docs.
 pub struct CapturedStream {
     first_chunk: Option<Bytes>,
-    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
-    idle: Pin<Box<Sleep>>,
+    upstream: Incoming,
+    /// Created on the first wait and re-armed only when it fires early: chunks just move
+    /// `last_chunk_at`, so a long stream costs no timer operation per chunk.
+    idle: Option<Pin<Box<Sleep>>>,
     idle_timeout: Duration,
+    last_chunk_at: Instant,
     capture: Option<Capture>,
 }
 
@@ -163,8 +166,9 @@ impl CapturedStream {
         let mut stream = Self {
             first_chunk: started.first_chunk,
             upstream: started.rest,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: None,
             idle_timeout,
+            last_chunk_at: Instant::now(),
             capture: Some(capture),
         };
         // An empty upstream body has already ended.
@@ -172,6 +176,25 @@ impl CapturedStream {
             stream.finish(Ending::Completed);
         }
         stream
+    }
+
+    /// Whether the upstream has been silent for the idle timeout; otherwise makes sure the
+    /// timer will wake this task when it could be.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.last_chunk_at + self.idle_timeout;
+        let timer = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= deadline {
+                return true;
+            }
+            // Fired for an older deadline: chunks arrived since. Re-arm and register again.
+            timer.as_mut().reset(deadline);
+        }
     }
 
     fn finish(&mut self, ending: Ending) {
@@ -192,9 +215,21 @@ impl Stream for CapturedStream {
         if this.capture.is_none() {
             return Poll::Ready(None);
         }
-        match this.upstream.poll_next_unpin(cx) {
+        let polled = loop {
+            match Pin::new(&mut this.upstream).poll_frame(cx) {
+                // Trailers carry nothing the client of this API needs.
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(chunk) => break Poll::Ready(Some(Ok(chunk))),
+                    Err(_) => continue,
+                },
+                Poll::Ready(Some(Err(error))) => break Poll::Ready(Some(Err(error))),
+                Poll::Ready(None) => break Poll::Ready(None),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        match polled {
             Poll::Ready(Some(Ok(chunk))) => {
-                this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
+                this.last_chunk_at = Instant::now();
                 if let Some(capture) = &mut this.capture {
                     capture.observe(&chunk);
                 }
@@ -210,7 +245,7 @@ impl Stream for CapturedStream {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.idle.as_mut().poll(cx).is_ready() {
+                if this.idle_expired(cx) {
                     this.finish(Ending::UpstreamFailed("idle_timeout"));
                     return Poll::Ready(Some(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,

@@ -31,7 +31,7 @@ use crate::schedule::{AccountSelector, Selection};
 use crate::snapshot::SnapshotStore;
 
 pub use capture::CapturedStream;
-use upstream::{AttemptFailure, Started};
+use upstream::{AttemptFailure, Started, UpstreamClient};
 
 /// Timeouts and bounds of the relay path.
 #[derive(Debug, Clone)]
@@ -190,7 +190,7 @@ fn millis(duration: Duration) -> i64 {
 /// The relay: shared by every request, cheap to use concurrently.
 #[derive(Debug)]
 pub struct Relay {
-    client: reqwest::Client,
+    client: UpstreamClient,
     snapshots: Arc<SnapshotStore>,
     hasher: KeyHasher,
     selector: AccountSelector,
@@ -206,17 +206,11 @@ impl Relay {
         usage: UsageSink,
         metrics: Arc<Metrics>,
         settings: RelaySettings,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            // Upstream URLs are operator configuration; the environment's proxy settings and
-            // redirects must not silently send credentials elsewhere.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self {
+    ) -> Self {
+        // Upstream URLs are operator configuration: the environment's proxy settings are not
+        // consulted and redirects are not followed, so credentials cannot be sent elsewhere.
+        let client = upstream::build_client(settings.connect_timeout);
+        Self {
             client,
             snapshots,
             hasher,
@@ -224,7 +218,7 @@ impl Relay {
             usage,
             metrics,
             settings,
-        })
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

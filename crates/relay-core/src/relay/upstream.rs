@@ -4,10 +4,14 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::StatusCode;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use relay_protocol::anthropic::ErrorType;
 use tokio::time::Instant;
 
@@ -20,12 +24,34 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// The pooled HTTP client every upstream request goes through (HTTP/1.1 and, over TLS, HTTP/2).
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Builds the client: rustls with the webpki roots, no proxy from the environment, no redirects
+/// (hyper follows none), TCP_NODELAY, a connect timeout, pooled keep-alive connections.
+pub(crate) fn build_client(connect_timeout: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .build(https)
+}
+
 /// An upstream that answered and produced its first body byte (or an empty body).
 pub(crate) struct Started {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub first_chunk: Option<Bytes>,
-    pub rest: BoxStream<'static, reqwest::Result<Bytes>>,
+    pub rest: Incoming,
 }
 
 /// Why an attempt failed before anything reached the client; each is worth another account.
@@ -127,7 +153,7 @@ fn is_retryable(status: StatusCode) -> bool {
 
 /// Sends the request to `account` and waits, until `deadline`, for the first body byte.
 pub(crate) async fn attempt(
-    client: &reqwest::Client,
+    client: &UpstreamClient,
     account: &AccountEntry,
     request: &ForwardRequest,
     deadline: Instant,
@@ -139,31 +165,27 @@ pub(crate) async fn attempt(
         url.push('?');
         url.push_str(query);
     }
-    let send = client
-        .post(url)
-        .headers(upstream_request_headers(&request.headers, account))
-        .body(request.body.clone())
-        .send();
-    let response = match tokio::time::timeout_at(deadline, send).await {
+    let mut upstream_request = Request::new(Full::new(request.body.clone()));
+    *upstream_request.method_mut() = Method::POST;
+    *upstream_request.uri_mut() = url.parse().map_err(|_| AttemptFailure::Connect)?;
+    *upstream_request.headers_mut() = upstream_request_headers(&request.headers, account);
+    let response = match tokio::time::timeout_at(deadline, client.request(upstream_request)).await {
         Err(_) => return Err(AttemptFailure::Timeout),
-        Ok(Err(error)) if error.is_timeout() => return Err(AttemptFailure::Timeout),
         Ok(Err(_)) => return Err(AttemptFailure::Connect),
         Ok(Ok(response)) => response,
     };
-    let status = response.status();
-    let headers = response.headers().clone();
-    if is_retryable(status) {
+    let (parts, mut body) = response.into_parts();
+    if is_retryable(parts.status) {
         let body_deadline = deadline.min(Instant::now() + ERROR_BODY_TIMEOUT);
-        let body = read_bounded(response.bytes_stream(), body_deadline).await;
+        let body = read_bounded(&mut body, body_deadline).await;
         return Err(AttemptFailure::Status {
-            status,
-            headers,
+            status: parts.status,
+            headers: parts.headers,
             body,
         });
     }
-    let mut rest = response.bytes_stream().boxed();
     let first_chunk = loop {
-        match tokio::time::timeout_at(deadline, rest.next()).await {
+        match tokio::time::timeout_at(deadline, next_data(&mut body)).await {
             Err(_) => return Err(AttemptFailure::Timeout),
             Ok(Some(Err(_))) => return Err(AttemptFailure::Interrupted),
             Ok(Some(Ok(chunk))) if chunk.is_empty() => continue,
@@ -172,29 +194,39 @@ pub(crate) async fn attempt(
         }
     };
     Ok(Started {
-        status,
-        headers,
+        status: parts.status,
+        headers: parts.headers,
         first_chunk,
-        rest,
+        rest: body,
     })
 }
 
-async fn read_bounded(
-    stream: impl futures_util::Stream<Item = reqwest::Result<Bytes>>,
-    deadline: Instant,
-) -> Bytes {
-    let mut stream = std::pin::pin!(stream);
-    let mut body = BytesMut::new();
-    while body.len() < ERROR_BODY_LIMIT {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
+/// The next data chunk of a body, skipping trailers; `None` at the end.
+async fn next_data(body: &mut Incoming) -> Option<Result<Bytes, hyper::Error>> {
+    loop {
+        match body.frame().await? {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    return Some(Ok(data));
+                }
+            }
+            Err(error) => return Some(Err(error)),
+        }
+    }
+}
+
+async fn read_bounded(body: &mut Incoming, deadline: Instant) -> Bytes {
+    let mut collected = BytesMut::new();
+    while collected.len() < ERROR_BODY_LIMIT {
+        match tokio::time::timeout_at(deadline, next_data(body)).await {
             Ok(Some(Ok(chunk))) => {
-                let room = ERROR_BODY_LIMIT - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                let room = ERROR_BODY_LIMIT - collected.len();
+                collected.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             _ => break,
         }
     }
-    body.freeze()
+    collected.freeze()
 }
 
 /// Request headers never forwarded: the client's credentials (the account's are added instead),

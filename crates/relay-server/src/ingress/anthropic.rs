@@ -2,7 +2,8 @@
 //! `GET /v1/models`, under every prefix of [`super::ANTHROPIC_PREFIXES`].
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -21,8 +22,14 @@ use tokio::time::Instant;
 use crate::error::{anthropic_error, error, REQUEST_ID_HEADER};
 use crate::AppState;
 
+/// A request id unique across restarts without a syscall per request: a random per-process
+/// prefix and a counter.
 pub(crate) fn new_request_id() -> String {
-    format!("req_{}", uuid::Uuid::new_v4().simple())
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("req_{prefix:016x}{count:016x}")
 }
 
 /// The relay key as Anthropic clients send it: `x-api-key`, or `Authorization: Bearer`.

@@ -84,16 +84,13 @@ impl Harness {
             .unwrap();
         let reloader = snapshots.spawn_reloader();
         let (sink, writer) = UsageWriter::spawn(installation.store.clone());
-        let relay = Arc::new(
-            Relay::new(
-                snapshots,
-                installation.master_key.key_hasher(),
-                sink,
-                Arc::new(Metrics::new()),
-                relay_settings,
-            )
-            .unwrap(),
-        );
+        let relay = Arc::new(Relay::new(
+            snapshots,
+            installation.master_key.key_hasher(),
+            sink,
+            Arc::new(Metrics::new()),
+            relay_settings,
+        ));
         let state = AppState {
             relay,
             settings: Arc::new(server_settings.clone()),

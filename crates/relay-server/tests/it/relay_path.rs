@@ -565,3 +565,47 @@ async fn health_and_metrics_answer_without_a_key() {
     assert!(!metrics.contains(&harness.key));
     assert!(!metrics.contains("sk-main"));
 }
+
+#[tokio::test]
+async fn idle_timeout_cuts_a_silent_stream_but_not_a_slow_live_one() {
+    let settings = RelaySettings {
+        idle_timeout: Duration::from_millis(300),
+        ..RelaySettings::default()
+    };
+    let harness = Harness::start_with(
+        vec![account("main", "sk-main", 1)],
+        settings,
+        ServerSettings::default(),
+    )
+    .await;
+    // Events every 100 ms: the stream outlives the idle timeout several times over, yet is live.
+    harness.mock.script(
+        "sk-main",
+        [Behavior::SlowEvents(Duration::from_millis(100))],
+    );
+    let live = harness
+        .send(true, "one two three four five six seven")
+        .await;
+    let text = live.text().await.unwrap();
+    assert!(
+        text.contains("message_stop"),
+        "a live stream was cut: {text}"
+    );
+
+    // A 1 s silence after the first event exceeds it.
+    harness.mock.script(
+        "sk-main",
+        [Behavior::SlowEvents(Duration::from_millis(1000))],
+    );
+    let silent = harness.send(true, "x").await;
+    assert_eq!(silent.status(), 200);
+    assert!(
+        silent.text().await.is_err(),
+        "a silent upstream must end in an error"
+    );
+
+    let records = harness.records(2).await;
+    assert_eq!(records[0].outcome, "ok");
+    assert_eq!(records[1].outcome, "upstream_interrupted");
+    assert_eq!(records[1].error_kind.as_deref(), Some("idle_timeout"));
+}
