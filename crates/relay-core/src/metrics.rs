@@ -29,6 +29,14 @@ pub struct TokenLabels {
     pub kind: &'static str,
 }
 
+const TOKEN_KINDS: [&str; 5] = [
+    "input",
+    "output",
+    "cache_creation_5m",
+    "cache_creation_1h",
+    "cache_read",
+];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -46,7 +54,9 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub failovers: Counter,
     pub active_streams: Gauge,
-    pub tokens: Family<TokenLabels, Counter>,
+    /// By kind: input, output, cache_creation_5m, cache_creation_1h, cache_read. Handles are
+    /// kept so counting is an atomic add, not a family lookup.
+    tokens_by_kind: [Counter; 5],
     pub usage_queue_depth: Gauge,
     pub usage_written: Gauge,
     pub usage_lost: Gauge,
@@ -100,6 +110,8 @@ impl Metrics {
         );
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register("tokens", "Tokens relayed, by kind", tokens.clone());
+        let tokens_by_kind =
+            TOKEN_KINDS.map(|kind| tokens.get_or_create(&TokenLabels { kind }).clone());
         let usage_queue_depth = Gauge::default();
         registry.register(
             "usage_queue_depth",
@@ -126,7 +138,7 @@ impl Metrics {
             upstream_errors,
             failovers,
             active_streams,
-            tokens,
+            tokens_by_kind,
             usage_queue_depth,
             usage_written,
             usage_lost,
@@ -140,17 +152,16 @@ impl Metrics {
     }
 
     pub fn count_tokens(&self, usage: &relay_protocol::Usage) {
-        for (kind, value) in [
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cache_creation_5m", usage.cache_creation_5m_tokens),
-            ("cache_creation_1h", usage.cache_creation_1h_tokens),
-            ("cache_read", usage.cache_read_tokens),
-        ] {
+        let values = [
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_creation_5m_tokens,
+            usage.cache_creation_1h_tokens,
+            usage.cache_read_tokens,
+        ];
+        for (counter, value) in self.tokens_by_kind.iter().zip(values) {
             if value > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels { kind })
-                    .inc_by(value);
+                counter.inc_by(value);
             }
         }
     }

@@ -169,36 +169,40 @@ pub(crate) async fn attempt(
     *upstream_request.method_mut() = Method::POST;
     *upstream_request.uri_mut() = url.parse().map_err(|_| AttemptFailure::Connect)?;
     *upstream_request.headers_mut() = upstream_request_headers(&request.headers, account);
-    let response = match tokio::time::timeout_at(deadline, client.request(upstream_request)).await {
-        Err(_) => return Err(AttemptFailure::Timeout),
-        Ok(Err(_)) => return Err(AttemptFailure::Connect),
-        Ok(Ok(response)) => response,
-    };
-    let (parts, mut body) = response.into_parts();
-    if is_retryable(parts.status) {
-        let body_deadline = deadline.min(Instant::now() + ERROR_BODY_TIMEOUT);
-        let body = read_bounded(&mut body, body_deadline).await;
-        return Err(AttemptFailure::Status {
+    // One timer for the whole attempt (response head and first byte share the deadline).
+    let first_byte = async {
+        let response = client
+            .request(upstream_request)
+            .await
+            .map_err(|_| AttemptFailure::Connect)?;
+        let (parts, mut body) = response.into_parts();
+        if is_retryable(parts.status) {
+            let body_deadline = deadline.min(Instant::now() + ERROR_BODY_TIMEOUT);
+            let body = read_bounded(&mut body, body_deadline).await;
+            return Err(AttemptFailure::Status {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            });
+        }
+        let first_chunk = loop {
+            match next_data(&mut body).await {
+                Some(Err(_)) => return Err(AttemptFailure::Interrupted),
+                Some(Ok(chunk)) if chunk.is_empty() => continue,
+                Some(Ok(chunk)) => break Some(chunk),
+                None => break None,
+            }
+        };
+        Ok(Started {
             status: parts.status,
             headers: parts.headers,
-            body,
-        });
-    }
-    let first_chunk = loop {
-        match tokio::time::timeout_at(deadline, next_data(&mut body)).await {
-            Err(_) => return Err(AttemptFailure::Timeout),
-            Ok(Some(Err(_))) => return Err(AttemptFailure::Interrupted),
-            Ok(Some(Ok(chunk))) if chunk.is_empty() => continue,
-            Ok(Some(Ok(chunk))) => break Some(chunk),
-            Ok(None) => break None,
-        }
+            first_chunk,
+            rest: body,
+        })
     };
-    Ok(Started {
-        status: parts.status,
-        headers: parts.headers,
-        first_chunk,
-        rest: body,
-    })
+    tokio::time::timeout_at(deadline, first_byte)
+        .await
+        .unwrap_or(Err(AttemptFailure::Timeout))
 }
 
 /// The next data chunk of a body, skipping trailers; `None` at the end.

@@ -562,6 +562,10 @@ async fn health_and_metrics_answer_without_a_key() {
         "{metrics}"
     );
     assert!(metrics.contains("claude_relay_usage_queue_depth"));
+    assert!(
+        metrics.contains("claude_relay_tokens_total{kind=\"output\"} 4"),
+        "{metrics}"
+    );
     assert!(!metrics.contains(&harness.key));
     assert!(!metrics.contains("sk-main"));
 }
