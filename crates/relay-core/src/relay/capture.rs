@@ -121,10 +121,11 @@ fn error_type_of(body: &[u8], status: u16) -> String {
         .unwrap_or_else(|| format!("http_{status}"))
 }
 
-/// The relayed body; see the module docs.
-pub struct CapturedStream {
+/// The relayed body; see the module docs. Generic over the upstream body so it can be tested
+/// without a network.
+pub struct CapturedStream<B = Incoming> {
     first_chunk: Option<Bytes>,
-    upstream: Incoming,
+    upstream: B,
     /// Created on the first wait and re-armed only when it fires early: chunks just move
     /// `last_chunk_at`, so a long stream costs no timer operation per chunk.
     idle: Option<Pin<Box<Sleep>>>,
@@ -133,7 +134,7 @@ pub struct CapturedStream {
     capture: Option<Capture>,
 }
 
-impl std::fmt::Debug for CapturedStream {
+impl<B> std::fmt::Debug for CapturedStream<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CapturedStream")
             .field("finished", &self.capture.is_none())
@@ -141,7 +142,7 @@ impl std::fmt::Debug for CapturedStream {
     }
 }
 
-impl CapturedStream {
+impl CapturedStream<Incoming> {
     pub(crate) fn new(
         started: Started,
         is_sse: bool,
@@ -150,22 +151,48 @@ impl CapturedStream {
         metrics: Arc<Metrics>,
         idle_timeout: Duration,
     ) -> Self {
-        metrics.active_streams.inc();
-        let mut capture = Capture {
-            tracker: MessagesUsageTracker::new(),
-            is_sse,
-            json_chunks: Vec::new(),
-            json_len: 0,
-            context,
-            sink,
-            metrics,
-        };
-        if let Some(chunk) = &started.first_chunk {
+        Self::with_body(
+            started.first_chunk,
+            started.rest,
+            Capture {
+                tracker: MessagesUsageTracker::new(),
+                is_sse,
+                json_chunks: Vec::new(),
+                json_len: 0,
+                context,
+                sink,
+                metrics,
+            },
+            idle_timeout,
+        )
+    }
+}
+
+impl<B> CapturedStream<B> {
+    fn finish(&mut self, ending: Ending) {
+        if let Some(capture) = self.capture.take() {
+            capture.finish(ending);
+        }
+    }
+}
+
+impl<B> CapturedStream<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    fn with_body(
+        first_chunk: Option<Bytes>,
+        upstream: B,
+        mut capture: Capture,
+        idle_timeout: Duration,
+    ) -> Self {
+        capture.metrics.active_streams.inc();
+        if let Some(chunk) = &first_chunk {
             capture.observe(chunk);
         }
         let mut stream = Self {
-            first_chunk: started.first_chunk,
-            upstream: started.rest,
+            first_chunk,
+            upstream,
             idle: None,
             idle_timeout,
             last_chunk_at: Instant::now(),
@@ -176,6 +203,21 @@ impl CapturedStream {
             stream.finish(Ending::Completed);
         }
         stream
+    }
+
+    /// The next data chunk of the upstream body (trailers carry nothing this API needs).
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+        loop {
+            match Pin::new(&mut self.upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(chunk) => return Poll::Ready(Some(Ok(chunk))),
+                    Err(_) => continue,
+                },
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Some(Err(()))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     /// Whether the upstream has been silent for the idle timeout; otherwise makes sure the
@@ -197,14 +239,21 @@ impl CapturedStream {
         }
     }
 
-    fn finish(&mut self, ending: Ending) {
-        if let Some(capture) = self.capture.take() {
-            capture.finish(ending);
-        }
+    /// An upstream failure: recorded, and passed on as an error, never as a clean end.
+    fn fail(
+        &mut self,
+        kind: &'static str,
+        error: std::io::Error,
+    ) -> Poll<Option<std::io::Result<Bytes>>> {
+        self.finish(Ending::UpstreamFailed(kind));
+        Poll::Ready(Some(Err(error)))
     }
 }
 
-impl Stream for CapturedStream {
+impl<B> Stream for CapturedStream<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -215,19 +264,7 @@ impl Stream for CapturedStream {
         if this.capture.is_none() {
             return Poll::Ready(None);
         }
-        let polled = loop {
-            match Pin::new(&mut this.upstream).poll_frame(cx) {
-                // Trailers carry nothing the client of this API needs.
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(chunk) => break Poll::Ready(Some(Ok(chunk))),
-                    Err(_) => continue,
-                },
-                Poll::Ready(Some(Err(error))) => break Poll::Ready(Some(Err(error))),
-                Poll::Ready(None) => break Poll::Ready(None),
-                Poll::Pending => break Poll::Pending,
-            }
-        };
-        match polled {
+        match this.poll_data(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.last_chunk_at = Instant::now();
                 if let Some(capture) = &mut this.capture {
@@ -235,22 +272,20 @@ impl Stream for CapturedStream {
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
-            Poll::Ready(Some(Err(_))) => {
-                this.finish(Ending::UpstreamFailed("stream_error"));
-                // An upstream drop must reach the client as an error, never as a clean end.
-                Poll::Ready(Some(Err(std::io::Error::other("upstream stream failed"))))
-            }
+            Poll::Ready(Some(Err(()))) => this.fail(
+                "stream_error",
+                std::io::Error::other("upstream stream failed"),
+            ),
             Poll::Ready(None) => {
                 this.finish(Ending::Completed);
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 if this.idle_expired(cx) {
-                    this.finish(Ending::UpstreamFailed("idle_timeout"));
-                    return Poll::Ready(Some(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "upstream went silent",
-                    ))));
+                    return this.fail(
+                        "idle_timeout",
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream went silent"),
+                    );
                 }
                 Poll::Pending
             }
@@ -258,8 +293,120 @@ impl Stream for CapturedStream {
     }
 }
 
-impl Drop for CapturedStream {
+impl<B> Drop for CapturedStream<B> {
     fn drop(&mut self) {
         self.finish(Ending::ClientGone);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::Platform;
+    use crate::relay::Endpoint;
+    use futures_util::StreamExt;
+    use http::StatusCode;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use relay_store::{Store, UsageFilter, UsageRecord, UsageWriter};
+
+    const START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n";
+    const DELTA: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+    const END: &str = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":11,\"output_tokens\":7}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+    type Frames = Vec<Result<Frame<Bytes>, std::io::Error>>;
+
+    /// Relays `first` then `rest` (all ready at once), collecting what the client would get:
+    /// each polled item, and the usage record written.
+    async fn relay(first: &str, rest: Frames) -> (Vec<Result<String, String>>, UsageRecord) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("relay.db")).await.unwrap();
+        let (sink, writer) = UsageWriter::spawn(store.clone());
+        let context = RecordContext {
+            request_id: "req_test".into(),
+            key_id: "key".into(),
+            account_id: Some("account".into()),
+            platform: Platform::Anthropic,
+            endpoint: Endpoint::Messages,
+            model: "claude-haiku-4-5".into(),
+            stream: true,
+            status: StatusCode::OK,
+            attempts: 1,
+            received_at: Instant::now(),
+            ttfb: None,
+            user_agent: None,
+            created_at_ms: 1,
+        };
+        let capture = Capture {
+            tracker: MessagesUsageTracker::new(),
+            is_sse: true,
+            json_chunks: Vec::new(),
+            json_len: 0,
+            context,
+            sink,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let body = StreamBody::new(futures_util::stream::iter(rest));
+        let mut stream = CapturedStream::with_body(
+            Some(Bytes::copy_from_slice(first.as_bytes())),
+            body,
+            capture,
+            Duration::from_secs(60),
+        );
+        let mut items = Vec::new();
+        while let Some(item) = stream.next().await {
+            let failed = item.is_err();
+            items.push(
+                item.map(|chunk| String::from_utf8_lossy(&chunk).into_owned())
+                    .map_err(|error| error.to_string()),
+            );
+            if failed {
+                break;
+            }
+        }
+        drop(stream);
+        writer.shutdown().await;
+        let records = store
+            .recent_usage(&UsageFilter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(records.len(), 1, "exactly one record per request");
+        (items, records.into_iter().next().unwrap())
+    }
+
+    fn data(text: &str) -> Result<Frame<Bytes>, std::io::Error> {
+        Ok(Frame::data(Bytes::copy_from_slice(text.as_bytes())))
+    }
+
+    #[tokio::test]
+    async fn chunks_pass_through_one_by_one_and_usage_is_recorded() {
+        let (items, record) = relay(START, vec![data(DELTA), data(DELTA), data(END)]).await;
+        let expected: Vec<Result<String, String>> = [START, DELTA, DELTA, END]
+            .iter()
+            .map(|chunk| Ok((*chunk).to_owned()))
+            .collect();
+        assert_eq!(items, expected);
+        assert_eq!(record.outcome, "ok");
+        assert_eq!(record.usage.input_tokens, 11);
+        assert_eq!(record.usage.output_tokens, 7);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_error_reaches_the_client_as_an_error() {
+        let (items, record) = relay(
+            START,
+            vec![
+                data(DELTA),
+                data(DELTA),
+                Err(std::io::Error::other("reset")),
+            ],
+        )
+        .await;
+        assert_eq!(items.len(), 4, "{items:?}");
+        assert_eq!(items[2], Ok(DELTA.to_owned()));
+        assert!(items[3].is_err(), "a dropped upstream must not end cleanly");
+        assert_eq!(record.outcome, "upstream_interrupted");
+        assert_eq!(record.error_kind.as_deref(), Some("stream_error"));
+        assert_eq!(record.usage.input_tokens, 11);
     }
 }
