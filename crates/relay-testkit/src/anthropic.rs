@@ -274,7 +274,15 @@ fn last_user_text(body: &Value) -> (String, Option<String>) {
         Value::Array(blocks) => {
             for block in blocks {
                 match block["type"].as_str() {
-                    Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+                    Some("text") => {
+                        let block_text = block["text"].as_str().unwrap_or_default();
+                        // A new prompt after a tool result starts a new turn (Claude Code
+                        // carries the result forward); system reminders do not.
+                        if !block_text.trim_start().starts_with("<system-reminder>") {
+                            tool_result = None;
+                        }
+                        text.push_str(block_text);
+                    }
                     Some("tool_result") => {
                         let content = match &block["content"] {
                             Value::String(content) => content.clone(),

@@ -10,4 +10,5 @@
 
 mod binary;
 mod clients;
+mod interactive;
 mod support;

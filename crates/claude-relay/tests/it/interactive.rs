@@ -1,0 +1,176 @@
+//! Claude Code's interactive terminal UI through the relay, driven in a private tmux server:
+//! a tool-using turn and a plain turn in one session.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use relay_testkit::MockUpstream;
+
+use crate::support::{add_account, client, create_key, usage_when, RunningRelay};
+
+/// A tmux server of this test's own (`-L`), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .run(&["capture-pane", "-p", "-t", "cc", "-S", "-300"])
+                .stdout,
+        )
+        .into_owned()
+    }
+
+    fn type_line(&self, text: &str) {
+        self.run(&["send-keys", "-t", "cc", "-l", text]);
+        std::thread::sleep(Duration::from_millis(300));
+        self.run(&["send-keys", "-t", "cc", "Enter"]);
+    }
+
+    async fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("'{needle}' never appeared; the screen:\n{screen}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// Marks onboarding, the folder-trust dialog and the key as already accepted, as a user who
+/// set Claude Code up once would have it.
+fn seed_claude_home(home: &Path, workdir: &Path, key: &str) {
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let config = serde_json::json!({
+        "hasCompletedOnboarding": true,
+        "theme": "dark",
+        "bypassPermissionsModeAccepted": true,
+        "customApiKeyResponses": { "approved": [tail], "rejected": [] },
+        "projects": { workdir.display().to_string(): {
+            "hasTrustDialogAccepted": true,
+            "hasCompletedProjectOnboarding": true,
+            "allowedTools": [],
+        }},
+    });
+    std::fs::write(home.join(".claude.json"), config.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_interactive_session_with_a_tool_completes() {
+    let Some(claude_binary) = client("npm/node_modules/.bin/claude") else {
+        return;
+    };
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CLAUDE_RELAY_REQUIRE_CLIENTS").as_deref() != Ok("1"),
+            "tmux is required for the interactive Claude Code test"
+        );
+        return;
+    }
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_account(&data_dir, "main", "sk-ant-main", &mock.url(), 50);
+    let key = create_key(&data_dir, "interactive");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    let workdir = dir.path().join("work");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&workdir).unwrap();
+    seed_claude_home(&home, &workdir, &key);
+
+    let node_bin = String::from_utf8_lossy(
+        &Command::new("sh")
+            .args(["-c", "dirname \"$(command -v node)\""])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let command = format!(
+        "cd {workdir} && env -i PATH={node_bin}:/usr/bin:/bin HOME={home} TMPDIR={home} TERM=xterm-256color \
+         ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY={key} DISABLE_TELEMETRY=1 \
+         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 DISABLE_ERROR_REPORTING=1 \
+         CLAUDE_CODE_MAX_RETRIES=1 {claude} --model claude-sonnet-4-5-20250929 --allowedTools Bash",
+        workdir = workdir.display(),
+        home = home.display(),
+        url = relay.url,
+        claude = claude_binary.display(),
+    );
+    let tmux = Tmux {
+        socket: format!("claude-relay-test-{}", std::process::id()),
+    };
+    let started = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "cc",
+        "-x",
+        "160",
+        "-y",
+        "50",
+        &command,
+    ]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+
+    tmux.wait_for("for shortcuts", Duration::from_secs(30))
+        .await;
+    tmux.type_line("USE_TOOL:Bash NONCE-i9");
+    tmux.wait_for("TOOL_DONE: TOOLRESULT-i9", Duration::from_secs(30))
+        .await;
+    tmux.type_line("Say hello");
+    tmux.wait_for(
+        "MOCK_OK from claude-sonnet-4-5-20250929.",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // Both turns went through the relay with the account's key; every request is billed once.
+    let upstream = mock.requests();
+    assert!(
+        upstream.len() >= 3,
+        "expected a tool turn (2 requests) and a plain turn"
+    );
+    assert!(upstream
+        .iter()
+        .all(|request| request.api_key == "sk-ant-main"));
+    let usage = usage_when(&data_dir, Some("interactive"), upstream.len() as i64).await;
+    assert_eq!(usage["requests"], upstream.len() as i64);
+    drop(tmux);
+    drop(relay);
+}
