@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use relay_core::admin::{AdminService, NewAccountInput};
 use relay_core::bootstrap::{open_installation, random_password, reset_admin_password};
+use relay_core::policy::{parse_duration_secs, parse_usd, KeyPolicy};
 use relay_core::pricing::format_usd;
 use serde_json::json;
 
@@ -79,6 +80,16 @@ enum KeyCommand {
     Create {
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's limits; flags not given keep their value.
+    Edit {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
         #[arg(long)]
         json: bool,
     },
@@ -94,6 +105,102 @@ enum AdminCommand {
         #[arg(long, default_value = relay_core::bootstrap::ADMIN_USERNAME)]
         username: String,
     },
+}
+
+/// A key's limits. A value of 0 removes that limit.
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N")]
+    concurrency: Option<u32>,
+    /// Requests per rate window.
+    #[arg(long, value_name = "N")]
+    rate_requests: Option<u64>,
+    /// Tokens (all kinds) per rate window.
+    #[arg(long, value_name = "N")]
+    rate_tokens: Option<u64>,
+    /// Cost per rate window, in USD.
+    #[arg(long, value_name = "USD")]
+    rate_cost_usd: Option<String>,
+    /// The sliding window of the rate limits: 60s, 15m, 5h, 1d …
+    #[arg(long, value_name = "DURATION")]
+    rate_window: Option<String>,
+    /// Cost per UTC day, in USD.
+    #[arg(long, value_name = "USD")]
+    daily_cost_usd: Option<String>,
+    /// Cost over the key's life, in USD.
+    #[arg(long, value_name = "USD")]
+    total_cost_usd: Option<String>,
+    /// Tokens (all kinds) over the key's life.
+    #[arg(long, value_name = "N")]
+    token_quota: Option<u64>,
+}
+
+/// Parsed [`PolicyArgs`]: `Some(None)` removes a limit, `Some(Some(v))` sets it.
+#[derive(Debug, Default)]
+struct PolicyChanges {
+    concurrency: Option<Option<u32>>,
+    rate_requests: Option<Option<u64>>,
+    rate_tokens: Option<Option<u64>>,
+    rate_cost_nano_usd: Option<Option<i64>>,
+    rate_window_secs: Option<Option<u64>>,
+    daily_cost_nano_usd: Option<Option<i64>>,
+    total_cost_nano_usd: Option<Option<i64>>,
+    token_quota: Option<Option<u64>>,
+}
+
+fn zero_removes<T: PartialEq + Default>(value: T) -> Option<T> {
+    (value != T::default()).then_some(value)
+}
+
+impl PolicyArgs {
+    fn parse(&self) -> anyhow::Result<PolicyChanges> {
+        let usd = |text: &Option<String>| -> anyhow::Result<Option<Option<i64>>> {
+            text.as_deref()
+                .map(|text| {
+                    parse_usd(text)
+                        .map(zero_removes)
+                        .map_err(anyhow::Error::msg)
+                })
+                .transpose()
+        };
+        Ok(PolicyChanges {
+            concurrency: self.concurrency.map(zero_removes),
+            rate_requests: self.rate_requests.map(zero_removes),
+            rate_tokens: self.rate_tokens.map(zero_removes),
+            rate_cost_nano_usd: usd(&self.rate_cost_usd)?,
+            rate_window_secs: self
+                .rate_window
+                .as_deref()
+                .map(|text| {
+                    parse_duration_secs(text)
+                        .map(zero_removes)
+                        .map_err(anyhow::Error::msg)
+                })
+                .transpose()?,
+            daily_cost_nano_usd: usd(&self.daily_cost_usd)?,
+            total_cost_nano_usd: usd(&self.total_cost_usd)?,
+            token_quota: self.token_quota.map(zero_removes),
+        })
+    }
+}
+
+impl PolicyChanges {
+    fn apply(self, policy: &mut KeyPolicy) {
+        fn set<T>(field: &mut Option<T>, change: Option<Option<T>>) {
+            if let Some(value) = change {
+                *field = value;
+            }
+        }
+        set(&mut policy.concurrency, self.concurrency);
+        set(&mut policy.rate_requests, self.rate_requests);
+        set(&mut policy.rate_tokens, self.rate_tokens);
+        set(&mut policy.rate_cost_nano_usd, self.rate_cost_nano_usd);
+        set(&mut policy.rate_window_secs, self.rate_window_secs);
+        set(&mut policy.daily_cost_nano_usd, self.daily_cost_nano_usd);
+        set(&mut policy.total_cost_nano_usd, self.total_cost_nano_usd);
+        set(&mut policy.token_quota, self.token_quota);
+    }
 }
 
 #[derive(Debug, Args)]
@@ -233,14 +340,17 @@ async fn run_admin_command(
             status_changed("account", &name, "active", json);
             Ok(())
         }
-        Command::Key(KeyCommand::Create { name, json }) => {
-            let key = admin.create_key(&name).await?;
+        Command::Key(KeyCommand::Create { name, policy, json }) => {
+            let mut key_policy = KeyPolicy::default();
+            policy.parse()?.apply(&mut key_policy);
+            let key = admin.create_key(&name, &key_policy).await?;
             if json {
                 print_json(&json!({
                     "id": key.id,
                     "name": key.name,
                     "key": key.secret,
                     "key_hint": key.hint,
+                    "policy": key_policy,
                 }));
             } else {
                 // Alone on stdout, so `KEY=$(claude-relay key create --name x)` works.
@@ -252,10 +362,30 @@ async fn run_admin_command(
             }
             Ok(())
         }
+        Command::Key(KeyCommand::Edit { name, policy, json }) => {
+            let changes = policy.parse()?;
+            let updated = admin
+                .edit_key_policy(&name, |current| changes.apply(current))
+                .await?;
+            if json {
+                print_json(&json!({ "name": name, "policy": updated }));
+            } else {
+                out(&format!("key '{name}' limits: {}", updated.to_json()));
+            }
+            Ok(())
+        }
         Command::Key(KeyCommand::List(JsonFlag { json })) => {
             let keys = admin.list_keys().await?;
             if json {
-                print_json(&serde_json::to_value(&keys)?);
+                let listed: Vec<serde_json::Value> = keys
+                    .iter()
+                    .map(|key| {
+                        let mut value = serde_json::to_value(key).unwrap_or_default();
+                        value["policy"] = serde_json::from_str(&key.policy).unwrap_or_default();
+                        value
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(listed));
             } else {
                 out(&format!("{:<32} {:<9} KEY", "NAME", "STATUS"));
                 for key in keys {

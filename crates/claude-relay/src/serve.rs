@@ -65,6 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let snapshots =
         SnapshotStore::load(installation.store.clone(), &installation.master_key).await?;
     let reloader = snapshots.spawn_reloader();
+    let snapshots_for_seed = snapshots.clone();
     let (usage_sink, usage_writer) = UsageWriter::spawn(installation.store.clone());
     let relay = Relay::new(
         snapshots,
@@ -73,6 +74,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(Metrics::new()),
         config.relay.clone(),
     );
+    relay
+        .limiter()
+        .seed_from_store(
+            &installation.store,
+            &snapshots_for_seed.current(),
+            relay_core::clock::now_ms(),
+        )
+        .await?;
     let state = AppState {
         relay: Arc::new(relay),
         settings: Arc::new(config.server.clone()),

@@ -9,6 +9,7 @@ use crate::accounts::Platform;
 use crate::clock::now_ms;
 use crate::crypto::{MasterKey, SecretBox, SecretString};
 use crate::keys::{generate_key, KeyEntry};
+use crate::policy::KeyPolicy;
 use crate::snapshot::account_secret_binding;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +91,13 @@ impl AdminService {
         }
     }
 
-    pub async fn create_key(&self, name: &str) -> Result<CreatedKey, AdminError> {
+    pub async fn create_key(
+        &self,
+        name: &str,
+        policy: &KeyPolicy,
+    ) -> Result<CreatedKey, AdminError> {
         validate_name("key", name)?;
+        policy.validate().map_err(AdminError::Invalid)?;
         let generated = generate_key();
         let id = uuid::Uuid::new_v4().to_string();
         self.store
@@ -100,6 +106,7 @@ impl AdminService {
                 name: name.to_owned(),
                 key_hash: self.hasher.digest(&generated.secret).to_vec(),
                 key_hint: generated.hint.clone(),
+                policy: policy.to_json(),
                 created_at_ms: now_ms(),
             })
             .await?;
@@ -220,15 +227,45 @@ impl AdminService {
             .await?
             .into_iter()
             .find(|key| key.name == name)
-            .map(|key| KeyEntry {
-                active: key.status == "active",
-                id: key.id,
-                name: key.name,
-            })
             .ok_or(AdminError::NotFound {
                 what: "key",
                 name: name.to_owned(),
             })
+            .and_then(|key| {
+                let policy = KeyPolicy::from_json(&key.policy).map_err(|error| {
+                    AdminError::Invalid(format!(
+                        "the stored policy of '{name}' is unreadable: {error}"
+                    ))
+                })?;
+                Ok(KeyEntry {
+                    active: key.status == "active",
+                    id: key.id,
+                    name: key.name,
+                    policy,
+                })
+            })
+    }
+
+    /// Changes a key's policy: `edit` gets the current one; the result is validated and stored.
+    pub async fn edit_key_policy(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut KeyPolicy),
+    ) -> Result<KeyPolicy, AdminError> {
+        let mut policy = self.key_by_name(name).await?.policy;
+        edit(&mut policy);
+        policy.validate().map_err(AdminError::Invalid)?;
+        if !self
+            .store
+            .set_key_policy(name, &policy.to_json(), now_ms())
+            .await?
+        {
+            return Err(AdminError::NotFound {
+                what: "key",
+                name: name.to_owned(),
+            });
+        }
+        Ok(policy)
     }
 }
 

@@ -6,6 +6,7 @@ use base64::Engine;
 use rand::RngCore;
 
 use crate::crypto::KeyHasher;
+use crate::policy::KeyPolicy;
 use crate::snapshot::Snapshot;
 
 /// The prefix every relay key starts with, so it is recognisable in a config file or a leak scan.
@@ -18,6 +19,7 @@ pub struct KeyEntry {
     pub id: String,
     pub name: String,
     pub active: bool,
+    pub policy: KeyPolicy,
 }
 
 /// A freshly generated key: the full secret (shown once), and what is stored.

@@ -286,6 +286,54 @@ impl Limiter {
         })
     }
 
+    /// Seeds every key's ledger from the usage records, so limits survive a restart: lifetime
+    /// totals, today's cost, and the requests inside each key's rate window.
+    pub async fn seed_from_store(
+        &self,
+        store: &relay_store::Store,
+        snapshot: &crate::snapshot::Snapshot,
+        now_ms: i64,
+    ) -> Result<(), relay_store::StoreError> {
+        let day_start = now_ms.div_euclid(DAY_MS) * DAY_MS;
+        let windows: HashMap<&str, i64> = snapshot
+            .keys
+            .values()
+            .filter(|key| key.policy.has_rate_limits())
+            .filter_map(|key| {
+                let secs = key.policy.rate_window_secs?;
+                Some((
+                    key.id.as_str(),
+                    i64::try_from(secs.saturating_mul(1000)).ok()?,
+                ))
+            })
+            .collect();
+        let mut recent: HashMap<String, Vec<(i64, u64, i64)>> = HashMap::new();
+        if let Some(longest) = windows.values().max() {
+            for (key_id, at_ms, tokens, cost) in store.recent_spend(now_ms - longest).await? {
+                let Some(window) = windows.get(key_id.as_str()) else {
+                    continue;
+                };
+                if at_ms > now_ms - window {
+                    let tokens = u64::try_from(tokens).unwrap_or(0);
+                    recent
+                        .entry(key_id)
+                        .or_default()
+                        .push((at_ms, tokens, cost));
+                }
+            }
+        }
+        for spend in store.key_spend(day_start).await? {
+            let prior = PriorSpend {
+                total_cost_nano_usd: spend.total_cost_nano_usd,
+                total_tokens: u64::try_from(spend.total_tokens).unwrap_or(0),
+                day_cost_nano_usd: spend.since_cost_nano_usd,
+                recent: recent.remove(&spend.key_id).unwrap_or_default(),
+            };
+            self.seed(&spend.key_id, prior, now_ms);
+        }
+        Ok(())
+    }
+
     pub fn standing(&self, key_id: &str, now_ms: i64) -> Standing {
         let ledger = self.ledger(key_id);
         let mut ledger = lock(&ledger);

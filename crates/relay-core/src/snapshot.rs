@@ -12,6 +12,7 @@ use relay_store::Store;
 use crate::accounts::{AccountEntry, AccountRuntime, Platform};
 use crate::crypto::{MasterKey, SecretBox};
 use crate::keys::KeyEntry;
+use crate::policy::KeyPolicy;
 
 pub const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -74,12 +75,21 @@ impl SnapshotStore {
                 tracing::warn!(key_id = %row.id, "skipping key with malformed hash");
                 continue;
             };
+            // A policy that cannot be read keeps the key out: failing open would lift its limits.
+            let policy = match KeyPolicy::from_json(&row.policy) {
+                Ok(policy) => policy,
+                Err(error) => {
+                    tracing::error!(key_id = %row.id, %error, "skipping key with an unreadable policy");
+                    continue;
+                }
+            };
             keys.insert(
                 digest,
                 Arc::new(KeyEntry {
                     id: row.id,
                     name: row.name,
                     active: row.status == "active",
+                    policy,
                 }),
             );
         }

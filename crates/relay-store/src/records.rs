@@ -9,6 +9,8 @@ pub struct NewKey {
     pub name: String,
     pub key_hash: Vec<u8>,
     pub key_hint: String,
+    /// The key's policy as JSON (see `relay-core::policy`).
+    pub policy: String,
     pub created_at_ms: i64,
 }
 
@@ -20,8 +22,19 @@ pub struct KeyRow {
     pub key_hash: Vec<u8>,
     pub key_hint: String,
     pub status: String,
+    #[serde(skip)]
+    pub policy: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// What one key spent, for seeding the in-memory limits at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySpend {
+    pub key_id: String,
+    pub total_cost_nano_usd: i64,
+    pub total_tokens: i64,
+    pub since_cost_nano_usd: i64,
 }
 
 #[derive(Debug, Clone)]

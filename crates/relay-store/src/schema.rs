@@ -1,9 +1,10 @@
 //! Schema migrations, applied in order at open; each runs once, inside a transaction.
 
 /// `(version, sql)`; append only, never edit a shipped entry.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE revision (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     value INTEGER NOT NULL
@@ -81,4 +82,11 @@ CREATE TABLE usage_records (
 CREATE INDEX usage_records_key_time ON usage_records (key_id, created_at_ms);
 CREATE INDEX usage_records_time ON usage_records (created_at_ms);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+ALTER TABLE relay_keys ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+"#,
+    ),
+];

@@ -8,7 +8,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::records::{
-    AccountRow, AdminRow, KeyRow, NewAccount, NewKey, UsageFilter, UsageRecord, UsageTotals,
+    AccountRow, AdminRow, KeyRow, KeySpend, NewAccount, NewKey, UsageFilter, UsageRecord,
+    UsageTotals,
 };
 use crate::schema::MIGRATIONS;
 use crate::StoreError;
@@ -122,13 +123,15 @@ impl Store {
 
     pub async fn insert_key(&self, key: &NewKey) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO relay_keys (id, name, key_hash, key_hint, status, created_at_ms, updated_at_ms)
-             VALUES (?, ?, ?, ?, 'active', ?, ?)",
+            "INSERT INTO relay_keys (id, name, key_hash, key_hint, status, policy, created_at_ms,
+                                     updated_at_ms)
+             VALUES (?, ?, ?, ?, 'active', ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.name)
         .bind(&key.key_hash)
         .bind(&key.key_hint)
+        .bind(&key.policy)
         .bind(key.created_at_ms)
         .bind(key.created_at_ms)
         .execute(&self.pool)
@@ -139,7 +142,7 @@ impl Store {
 
     pub async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, key_hash, key_hint, status, created_at_ms, updated_at_ms
+            "SELECT id, name, key_hash, key_hint, status, policy, created_at_ms, updated_at_ms
              FROM relay_keys ORDER BY created_at_ms, name",
         )
         .fetch_all(&self.pool)
@@ -152,9 +155,81 @@ impl Store {
                     key_hash: row.try_get("key_hash")?,
                     key_hint: row.try_get("key_hint")?,
                     status: row.try_get("status")?,
+                    policy: row.try_get("policy")?,
                     created_at_ms: row.try_get("created_at_ms")?,
                     updated_at_ms: row.try_get("updated_at_ms")?,
                 })
+            })
+            .collect()
+    }
+
+    /// Replaces a key's policy by name; returns false if no such key exists.
+    pub async fn set_key_policy(
+        &self,
+        name: &str,
+        policy: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE relay_keys SET policy = ?, updated_at_ms = ? WHERE name = ?")
+                .bind(policy)
+                .bind(now_ms)
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Every key's lifetime spend, and its cost since `since_ms` (the start of the day).
+    pub async fn key_spend(&self, since_ms: i64) -> Result<Vec<KeySpend>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id,
+                    COALESCE(SUM(cost_nano_usd), 0) AS total_cost,
+                    COALESCE(SUM(input_tokens + output_tokens + cache_creation_5m_tokens
+                                 + cache_creation_1h_tokens + cache_read_tokens), 0) AS total_tokens,
+                    COALESCE(SUM(CASE WHEN created_at_ms >= ? THEN cost_nano_usd END), 0)
+                        AS since_cost
+             FROM usage_records GROUP BY key_id",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(KeySpend {
+                    key_id: row.try_get("key_id")?,
+                    total_cost_nano_usd: row.try_get("total_cost")?,
+                    total_tokens: row.try_get("total_tokens")?,
+                    since_cost_nano_usd: row.try_get("since_cost")?,
+                })
+            })
+            .collect()
+    }
+
+    /// `(key_id, at_ms, tokens, cost)` of every request since `since_ms`, oldest first: the
+    /// history the sliding rate windows need after a restart.
+    pub async fn recent_spend(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(String, i64, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, created_at_ms,
+                    input_tokens + output_tokens + cache_creation_5m_tokens
+                        + cache_creation_1h_tokens + cache_read_tokens AS tokens,
+                    COALESCE(cost_nano_usd, 0) AS cost
+             FROM usage_records WHERE created_at_ms >= ? ORDER BY created_at_ms",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("key_id")?,
+                    row.try_get("created_at_ms")?,
+                    row.try_get("tokens")?,
+                    row.try_get("cost")?,
+                ))
             })
             .collect()
     }
@@ -420,6 +495,7 @@ mod tests {
             name: "alice".into(),
             key_hash: vec![1; 32],
             key_hint: "cr_…abcd".into(),
+            policy: "{}".into(),
             created_at_ms: 1,
         };
         store.insert_key(&key).await.unwrap();
@@ -452,6 +528,7 @@ mod tests {
                     name: "alice".into(),
                     key_hash: vec![1; 32],
                     key_hint: "x".into(),
+                    policy: "{}".into(),
                     created_at_ms: 1,
                 })
                 .await

@@ -336,6 +336,7 @@ mod tests {
             ttfb: None,
             user_agent: None,
             created_at_ms: 1,
+            admission: None,
         };
         let capture = Capture {
             tracker: MessagesUsageTracker::new(),

@@ -26,6 +26,7 @@ use crate::accounts::{AccountEntry, Platform};
 use crate::clock::now_ms;
 use crate::crypto::KeyHasher;
 use crate::keys::{resolve_key, KeyEntry, KeyRejection};
+use crate::limits::{Admission, Estimate, Limiter, Refusal};
 use crate::metrics::Metrics;
 use crate::schedule::{AccountSelector, Selection};
 use crate::snapshot::SnapshotStore;
@@ -94,6 +95,8 @@ pub struct ForwardRequest {
     pub body: Bytes,
     pub model: String,
     pub stream: bool,
+    /// The request's `max_tokens`, for the worst-case cost estimate.
+    pub max_tokens: Option<u64>,
     pub received_at: Instant,
 }
 
@@ -128,8 +131,9 @@ pub struct RelayResponse {
     pub body: RelayBody,
 }
 
-/// What a finished request is recorded with, known before the body has streamed.
-#[derive(Debug, Clone)]
+/// What a finished request is recorded with, known before the body has streamed, and the
+/// key's reservation, which is settled at the same moment the record is made.
+#[derive(Debug)]
 pub(crate) struct RecordContext {
     pub request_id: String,
     pub key_id: String,
@@ -144,11 +148,14 @@ pub(crate) struct RecordContext {
     pub ttfb: Option<Duration>,
     pub user_agent: Option<String>,
     pub created_at_ms: i64,
+    pub admission: Option<Admission>,
 }
 
 impl RecordContext {
+    /// The one terminal step of a request that reached an upstream: price it, settle the key's
+    /// reservation with the real figures, and produce its usage record.
     pub(crate) fn into_record(
-        self,
+        mut self,
         usage: relay_protocol::Usage,
         upstream_model: Option<String>,
         outcome: &str,
@@ -160,6 +167,9 @@ impl RecordContext {
         } else {
             crate::pricing::cost_nano_usd(priced_model, &usage)
         };
+        if let Some(admission) = self.admission.take() {
+            admission.settle(cost_nano_usd.unwrap_or(0), usage.total_tokens(), now_ms());
+        }
         UsageRecord {
             request_id: self.request_id,
             created_at_ms: self.created_at_ms,
@@ -194,6 +204,7 @@ pub struct Relay {
     snapshots: Arc<SnapshotStore>,
     hasher: KeyHasher,
     selector: AccountSelector,
+    limiter: Limiter,
     usage: UsageSink,
     metrics: Arc<Metrics>,
     settings: RelaySettings,
@@ -215,6 +226,7 @@ impl Relay {
             snapshots,
             hasher,
             selector: AccountSelector::default(),
+            limiter: Limiter::default(),
             usage,
             metrics,
             settings,
@@ -223,6 +235,10 @@ impl Relay {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     pub fn usage_sink(&self) -> &UsageSink {
@@ -241,6 +257,8 @@ impl Relay {
 
     /// Forwards a request, failing over between accounts before the first byte.
     pub async fn forward(&self, request: ForwardRequest) -> Result<RelayResponse, RelayError> {
+        // Released by `Drop` on every early return below; settled with the usage record.
+        let mut admission = self.admit(&request)?;
         let snapshot = self.snapshots.current();
         let platform = Platform::Anthropic;
         let deadline = request.received_at + self.settings.first_byte_timeout;
@@ -267,7 +285,9 @@ impl Relay {
             }
             tried.push(account.clone());
             match upstream::attempt(&self.client, &account, &request, deadline).await {
-                Ok(started) => return Ok(self.respond(started, &account, &request, tried.len())),
+                Ok(started) => {
+                    return Ok(self.respond(started, &account, &request, tried.len(), admission))
+                }
                 Err(failure) => {
                     self.metrics.upstream_error(failure.kind());
                     self.note_failure(&account, &failure);
@@ -289,7 +309,30 @@ impl Relay {
             ));
         };
         let last_account = tried.last().map(|account| account.id.clone());
-        self.give_up(failure, &request, last_account, tried.len())
+        self.give_up(
+            failure,
+            &request,
+            last_account,
+            tried.len(),
+            admission.take(),
+        )
+    }
+
+    /// Reserves the request's worst-case cost and a concurrency slot under the key's policy.
+    /// Counting tokens costs nothing and is not limited.
+    fn admit(&self, request: &ForwardRequest) -> Result<Option<Admission>, RelayError> {
+        if request.endpoint == Endpoint::CountTokens {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let estimate = estimate(&request.model, request.body.len(), request.max_tokens);
+        self.limiter
+            .admit(&request.key.id, &request.key.policy, estimate, now)
+            .map(Some)
+            .map_err(|refusal| {
+                tracing::info!(request_id = %request.request_id, key_id = %request.key.id, ?refusal, "request refused by key policy");
+                refusal_error(&refusal, now)
+            })
     }
 
     fn note_failure(&self, account: &AccountEntry, failure: &AttemptFailure) {
@@ -316,6 +359,7 @@ impl Relay {
         request: &ForwardRequest,
         account_id: Option<String>,
         attempts: usize,
+        admission: Option<Admission>,
     ) -> Result<RelayResponse, RelayError> {
         let failure_kind = failure.kind();
         let outcome = failure.into_outcome();
@@ -323,7 +367,7 @@ impl Relay {
             Ok(response) => response.status.as_u16(),
             Err(error) => error.error_type.status(),
         };
-        let context = self.record_context(request, account_id, attempts, status);
+        let context = self.record_context(request, account_id, attempts, status, admission);
         self.usage.record(context.into_record(
             relay_protocol::Usage::default(),
             None,
@@ -339,6 +383,7 @@ impl Relay {
         account_id: Option<String>,
         attempts: usize,
         status: u16,
+        admission: Option<Admission>,
     ) -> RecordContext {
         RecordContext {
             request_id: request.request_id.clone(),
@@ -358,6 +403,7 @@ impl Relay {
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned),
             created_at_ms: now_ms(),
+            admission,
         }
     }
 
@@ -367,6 +413,7 @@ impl Relay {
         account: &AccountEntry,
         request: &ForwardRequest,
         attempts: usize,
+        admission: Option<Admission>,
     ) -> RelayResponse {
         let ttfb = request.received_at.elapsed();
         self.metrics.upstream_ttfb.observe(ttfb.as_secs_f64());
@@ -375,6 +422,7 @@ impl Relay {
             Some(account.id.clone()),
             attempts,
             started.status.as_u16(),
+            admission,
         );
         context.ttfb = Some(ttfb);
         let headers = upstream::client_response_headers(&started.headers);
@@ -396,5 +444,92 @@ impl Relay {
             headers,
             body: RelayBody::Streaming(Box::new(stream)),
         }
+    }
+}
+
+/// The worst case a request can cost: its whole body as uncached input tokens (a byte is at most
+/// a token, and JSON is mostly overhead, so a quarter of the bytes is generous), plus
+/// `max_tokens` of output. Priced by the same function as the final charge.
+pub fn estimate(model: &str, body_len: usize, max_tokens: Option<u64>) -> Estimate {
+    let usage = relay_protocol::Usage {
+        input_tokens: (body_len as u64).div_ceil(4),
+        output_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE),
+        ..relay_protocol::Usage::default()
+    };
+    Estimate {
+        cost_nano_usd: crate::pricing::cost_nano_usd(model, &usage).unwrap_or(0),
+        tokens: usage.total_tokens(),
+    }
+}
+
+/// Output assumed when a request names no `max_tokens` (the API requires it, so this is rare).
+const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 4_096;
+
+fn usd(nano_usd: i64) -> String {
+    let cents = nano_usd / 10_000_000;
+    format!("${}.{:02}", cents / 100, cents % 100)
+}
+
+fn seconds_until(at_ms: i64, now_ms: i64) -> u64 {
+    u64::try_from((at_ms - now_ms).max(0))
+        .unwrap_or(0)
+        .div_ceil(1000)
+        .max(1)
+}
+
+/// A refusal in words the key holder can act on: which limit, and when it frees up.
+fn refusal_error(refusal: &Refusal, now_ms: i64) -> RelayError {
+    let rate_limited = |message: String, retry_after_ms: i64| RelayError {
+        retry_after_s: Some(seconds_until(now_ms + retry_after_ms, now_ms)),
+        ..RelayError::new(ErrorType::RateLimit, message)
+    };
+    match refusal {
+        Refusal::Concurrency { limit } => RelayError {
+            retry_after_s: Some(1),
+            ..RelayError::new(
+                ErrorType::RateLimit,
+                format!("this key allows {limit} requests at a time; wait for one to finish"),
+            )
+        },
+        Refusal::RateRequests {
+            limit,
+            retry_after_ms,
+        } => rate_limited(
+            format!("this key's limit of {limit} requests per window is reached"),
+            *retry_after_ms,
+        ),
+        Refusal::RateTokens {
+            limit,
+            retry_after_ms,
+        } => rate_limited(
+            format!("this key's limit of {limit} tokens per window is reached"),
+            *retry_after_ms,
+        ),
+        Refusal::RateCost {
+            limit,
+            retry_after_ms,
+        } => rate_limited(
+            format!("this key's limit of {} per window is reached", usd(*limit)),
+            *retry_after_ms,
+        ),
+        Refusal::DailyCost {
+            limit,
+            resets_at_ms,
+        } => RelayError::new(
+            ErrorType::Billing,
+            format!(
+                "this key's daily cost limit of {} is reached; it resets at 00:00 UTC, in {} s",
+                usd(*limit),
+                seconds_until(*resets_at_ms, now_ms)
+            ),
+        ),
+        Refusal::TotalCost { limit } => RelayError::new(
+            ErrorType::Billing,
+            format!("this key's total cost limit of {} is used up", usd(*limit)),
+        ),
+        Refusal::TokenQuota { limit } => RelayError::new(
+            ErrorType::Billing,
+            format!("this key's quota of {limit} tokens is used up"),
+        ),
     }
 }

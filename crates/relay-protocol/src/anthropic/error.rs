@@ -7,6 +7,8 @@ use serde::Serialize;
 pub enum ErrorType {
     InvalidRequest,
     Authentication,
+    /// A budget or quota of the caller is exhausted (clients do not retry a 402).
+    Billing,
     Permission,
     NotFound,
     RequestTooLarge,
@@ -23,6 +25,7 @@ impl ErrorType {
         match self {
             Self::InvalidRequest => "invalid_request_error",
             Self::Authentication => "authentication_error",
+            Self::Billing => "billing_error",
             Self::Permission => "permission_error",
             Self::NotFound => "not_found_error",
             Self::RequestTooLarge => "request_too_large",
@@ -37,6 +40,7 @@ impl ErrorType {
         match self {
             Self::InvalidRequest => 400,
             Self::Authentication => 401,
+            Self::Billing => 402,
             Self::Permission => 403,
             Self::NotFound => 404,
             Self::RequestTooLarge => 413,

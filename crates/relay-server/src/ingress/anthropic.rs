@@ -64,6 +64,7 @@ struct MessagesHead<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
+    max_tokens: Option<u64>,
 }
 
 pub(crate) async fn messages(State(state): State<AppState>, request: Request) -> Response {
@@ -124,6 +125,7 @@ async fn prepare(
         .ok_or_else(|| error(ErrorType::InvalidRequest, "model: field required"))?
         .into_owned();
     let stream = head.stream.unwrap_or(false) && endpoint == Endpoint::Messages;
+    let max_tokens = head.max_tokens;
     Ok(ForwardRequest {
         request_id: request_id.to_owned(),
         key,
@@ -133,6 +135,7 @@ async fn prepare(
         body,
         model,
         stream,
+        max_tokens,
         received_at,
     })
 }

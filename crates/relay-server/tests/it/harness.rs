@@ -78,7 +78,10 @@ impl Harness {
                 .await
                 .unwrap();
         }
-        let key = admin.create_key("tester").await.unwrap();
+        let key = admin
+            .create_key("tester", &relay_core::policy::KeyPolicy::default())
+            .await
+            .unwrap();
         let snapshots = SnapshotStore::load(installation.store.clone(), &installation.master_key)
             .await
             .unwrap();
