@@ -20,6 +20,8 @@ pub struct Harness {
     pub admin: AdminService,
     pub store: Store,
     pub mock: MockUpstream,
+    pub relay: Arc<Relay>,
+    pub snapshots: Arc<SnapshotStore>,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -86,6 +88,7 @@ impl Harness {
             .await
             .unwrap();
         let reloader = snapshots.spawn_reloader();
+        let snapshot_handle = snapshots.clone();
         let (sink, writer) = UsageWriter::spawn(installation.store.clone());
         let relay = Arc::new(Relay::new(
             snapshots,
@@ -95,7 +98,7 @@ impl Harness {
             relay_settings,
         ));
         let state = AppState {
-            relay,
+            relay: relay.clone(),
             settings: Arc::new(server_settings.clone()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -114,6 +117,8 @@ impl Harness {
             admin,
             store: installation.store,
             mock,
+            relay,
+            snapshots: snapshot_handle,
             client: reqwest::Client::new(),
             stop: Some(stop),
             server: Some(server),
@@ -121,6 +126,17 @@ impl Harness {
             _reloader: reloader,
             _dir: dir,
         }
+    }
+
+    /// Creates another key with this policy, visible to the relay when this returns.
+    pub async fn key_with(
+        &self,
+        name: &str,
+        policy: &relay_core::policy::KeyPolicy,
+    ) -> (String, String) {
+        let key = self.admin.create_key(name, policy).await.unwrap();
+        self.snapshots.reload().await.unwrap();
+        (key.secret, key.id)
     }
 
     pub fn post(&self, path: &str, body: serde_json::Value) -> reqwest::RequestBuilder {

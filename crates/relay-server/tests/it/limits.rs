@@ -1,0 +1,210 @@
+//! Key limits under concurrency and faults, through the real router.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use relay_core::policy::KeyPolicy;
+use relay_core::relay::estimate;
+use relay_core::RelaySettings;
+use relay_server::ServerSettings;
+use relay_testkit::Behavior;
+use serde_json::Value;
+
+use crate::harness::{account, error_of, messages_body, Harness};
+
+fn post_as(harness: &Harness, key: &str, body: &Value) -> reqwest::RequestBuilder {
+    harness
+        .client
+        .post(format!("{}/v1/messages", harness.url))
+        .header("x-api-key", key)
+        .json(body)
+}
+
+#[tokio::test]
+async fn fifty_parallel_requests_never_overdraw_a_budget_that_admits_ten() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let body = messages_body(false, "budget race");
+    let body_len = serde_json::to_vec(&body).unwrap().len();
+    let per_request = estimate("claude-sonnet-4-5-20250929", body_len, Some(64));
+    assert!(per_request.cost_nano_usd > 0);
+    let budget = per_request.cost_nano_usd * 10;
+    for round in 0..20 {
+        let policy = KeyPolicy {
+            total_cost_nano_usd: Some(budget),
+            ..KeyPolicy::default()
+        };
+        let (key, key_id) = harness.key_with(&format!("race-{round}"), &policy).await;
+        let before = harness.mock.requests().len();
+        let responses = join_all((0..50).map(|_| post_as(&harness, &key, &body).send())).await;
+        let mut admitted = 0;
+        for response in responses {
+            let response = response.unwrap();
+            match response.status().as_u16() {
+                200 => admitted += 1,
+                _ => assert_eq!(error_of(response).await, (402, "billing_error".into())),
+            }
+        }
+        assert_eq!(admitted, 10, "round {round}");
+        assert_eq!(harness.mock.requests().len() - before, 10, "round {round}");
+        let standing = harness
+            .relay
+            .limiter()
+            .standing(&key_id, relay_core::clock::now_ms());
+        assert!(
+            standing.total_cost_nano_usd <= budget,
+            "round {round}: overdrawn"
+        );
+        assert_eq!(standing.reserved_cost_nano_usd, 0);
+        assert_eq!(standing.inflight, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_of_two_never_lets_a_third_request_reach_the_upstream() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    harness.mock.script(
+        "sk-main",
+        (0..10).map(|_| Behavior::SlowEvents(Duration::from_millis(150))),
+    );
+    let policy = KeyPolicy {
+        concurrency: Some(2),
+        ..KeyPolicy::default()
+    };
+    let (key, key_id) = harness.key_with("pair", &policy).await;
+    let body = messages_body(true, "one two three four five");
+    let responses = join_all((0..10).map(|_| async {
+        let response = post_as(&harness, &key, &body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let text = response.text().await.unwrap();
+        (status, retry_after, text)
+    }))
+    .await;
+    let admitted = responses
+        .iter()
+        .filter(|(status, _, _)| *status == 200)
+        .count();
+    assert_eq!(admitted, 2);
+    assert_eq!(harness.mock.requests().len(), 2);
+    for (status, retry_after, text) in &responses {
+        if *status != 200 {
+            assert_eq!(*status, 429);
+            assert!(retry_after.is_some(), "429 without retry-after");
+            assert!(text.contains("requests at a time"), "{text}");
+        }
+    }
+    assert_eq!(harness.relay.limiter().standing(&key_id, 0).inflight, 0);
+}
+
+#[tokio::test]
+async fn counters_return_to_zero_after_a_thousand_faulty_requests() {
+    let settings = RelaySettings {
+        first_byte_timeout: Duration::from_millis(300),
+        ..RelaySettings::default()
+    };
+    let harness = Harness::start_with(
+        vec![account("main", "sk-main", 1)],
+        settings,
+        ServerSettings::default(),
+    )
+    .await;
+    let faults = (0..1000).map(|n| match n % 6 {
+        0 => Behavior::status(500),
+        1 => Behavior::AbortAfterEvents(2),
+        2 => Behavior::SlowFirstByte(Duration::from_millis(600)),
+        3 => Behavior::status(400),
+        _ => Behavior::Normal,
+    });
+    harness.mock.script("sk-main", faults);
+    let policy = KeyPolicy {
+        concurrency: Some(64),
+        total_cost_nano_usd: Some(1_000_000_000_000),
+        rate_window_secs: Some(60),
+        rate_tokens: Some(u64::MAX / 4),
+        ..KeyPolicy::default()
+    };
+    let (key, key_id) = harness.key_with("faulty", &policy).await;
+    let body = messages_body(true, "fault injection");
+    let outcomes: Vec<u16> = futures_util::stream::iter(0..1000)
+        .map(|n| {
+            let request = post_as(&harness, &key, &body);
+            async move {
+                let Ok(mut response) = request.send().await else {
+                    return 0;
+                };
+                let status = response.status().as_u16();
+                // Every fifth client goes away after the first chunk.
+                if n % 5 == 4 {
+                    let _ = response.chunk().await;
+                    return status;
+                }
+                let _ = response.bytes().await;
+                status
+            }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    assert_eq!(outcomes.len(), 1000);
+    assert!(
+        outcomes.iter().all(|status| *status != 0 && *status != 429),
+        "no slot may leak into a refusal"
+    );
+    // Every admitted request settles or releases: nothing stays reserved or in flight.
+    let mut standing = harness.relay.limiter().standing(&key_id, 0);
+    for _ in 0..50 {
+        if standing.inflight == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        standing = harness.relay.limiter().standing(&key_id, 0);
+    }
+    assert_eq!(standing.inflight, 0);
+    assert_eq!(standing.reserved_cost_nano_usd, 0);
+    assert_eq!(standing.reserved_tokens, 0);
+    // Exactly one usage record per request that reached the upstream.
+    let records = harness.records(1000).await;
+    assert_eq!(records.len(), harness.mock.requests().len());
+}
+
+#[tokio::test]
+async fn rate_window_refusals_say_when_to_come_back() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let policy = KeyPolicy {
+        rate_window_secs: Some(3600),
+        rate_requests: Some(2),
+        ..KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("windowed", &policy).await;
+    let body = messages_body(false, "x");
+    for _ in 0..2 {
+        assert_eq!(
+            post_as(&harness, &key, &body)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let refused = post_as(&harness, &key, &body).send().await.unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3590..=3600).contains(&retry_after), "{retry_after}");
+    assert_eq!(error_of(refused).await, (429, "rate_limit_error".into()));
+
+    // count_tokens is free and stays available.
+    let counted = harness
+        .client
+        .post(format!("{}/v1/messages/count_tokens", harness.url))
+        .header("x-api-key", &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counted.status(), 200);
+}
