@@ -150,3 +150,96 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_records_it() {
     assert_eq!(usage["requests"], 1, "usage was not flushed on shutdown");
     assert_eq!(usage["partial_requests"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_limits_set_from_the_cli_hold_across_a_restart() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_account(&data_dir, "main", "sk-main", &mock.url(), 50);
+    let key = create_key(&data_dir, "quota");
+    let body = json!({"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]});
+    let body_len = serde_json::to_vec(&body).unwrap().len() as i64;
+    let estimate_tokens = (body_len + 3) / 4 + 5;
+    let send = |url: String| {
+        let body = body.clone();
+        let key = key.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/messages"))
+                .header("x-api-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    assert_eq!(send(relay.url.clone()).await.status(), 200);
+    let used = usage_when(&data_dir, Some("quota"), 1).await;
+    let spent_tokens = [
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ]
+    .iter()
+    .map(|field| used[field].as_i64().unwrap())
+    .sum::<i64>();
+    // One token short of what a second request could need: it must be refused.
+    let quota = spent_tokens + estimate_tokens - 1;
+    let edited = cli_json(
+        &data_dir,
+        &[
+            "key",
+            "edit",
+            "quota",
+            "--token-quota",
+            &quota.to_string(),
+            "--json",
+        ],
+    );
+    assert_eq!(edited["policy"]["token_quota"], quota);
+    // Until the running server reloads (within a second) requests still pass.
+    let mut served = 1;
+    let mut refused = None;
+    for _ in 0..40 {
+        let response = send(relay.url.clone()).await;
+        if response.status() != 200 {
+            refused = Some(response);
+            break;
+        }
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("the new quota never took effect");
+    assert_eq!(refused.status(), 402);
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "billing_error");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("quota"));
+    assert!(relay.terminate().success());
+
+    // After a restart the spend is read back from the usage records: still refused.
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    assert_eq!(send(relay.url.clone()).await.status(), 402);
+    // Lifting the limit (0 removes it) lets the key work again.
+    cli(&data_dir, &["key", "edit", "quota", "--token-quota", "0"]);
+    let mut status = 0;
+    for _ in 0..40 {
+        status = send(relay.url.clone()).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
+    assert_eq!(
+        mock.requests().len(),
+        served + 1,
+        "refused requests reached the upstream"
+    );
+}

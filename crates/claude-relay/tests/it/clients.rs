@@ -221,3 +221,57 @@ async fn anthropic_python_sdk_works_through_the_relay() {
     assert_eq!(usage["requests"], 3);
     assert_eq!(mock.requests().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_shows_a_readable_refusal_when_its_key_is_over_budget() {
+    let Some(claude_binary) = client("npm/node_modules/.bin/claude") else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_account(&data_dir, "main", "sk-ant-main", &mock.url(), 50);
+    let key = crate::support::cli(
+        &data_dir,
+        &[
+            "key",
+            "create",
+            "--name",
+            "broke",
+            "--total-cost-usd",
+            "0.000001",
+        ],
+    )
+    .trim()
+    .to_owned();
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let output = claude(
+        &claude_binary,
+        &home,
+        &relay.url,
+        ("ANTHROPIC_API_KEY", &key),
+        &[
+            "-p",
+            "Say hello",
+            "--output-format",
+            "json",
+            "--model",
+            "claude-sonnet-4-5-20250929",
+        ],
+    )
+    .await;
+    let result = parse_result(&output);
+    assert_eq!(result["is_error"], true, "{result}");
+    assert_eq!(result["api_error_status"], 402, "{result}");
+    let text = result["result"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("total cost limit of $0.000001 is used up"),
+        "{result}"
+    );
+    assert!(
+        mock.requests().is_empty(),
+        "a refused request must not reach the upstream"
+    );
+}

@@ -465,9 +465,15 @@ pub fn estimate(model: &str, body_len: usize, max_tokens: Option<u64>) -> Estima
 /// Output assumed when a request names no `max_tokens` (the API requires it, so this is rare).
 const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 4_096;
 
+/// `$12.50`, `$0.000001`: exact, with at least two decimals.
 fn usd(nano_usd: i64) -> String {
-    let cents = nano_usd / 10_000_000;
-    format!("${}.{:02}", cents / 100, cents % 100)
+    let exact = crate::pricing::format_usd(nano_usd);
+    let trimmed = exact.trim_end_matches('0');
+    let decimals = trimmed
+        .split_once('.')
+        .map_or(0, |(_, fraction)| fraction.len());
+    let padded = format!("{trimmed}{}", "0".repeat(2usize.saturating_sub(decimals)));
+    format!("${padded}")
 }
 
 fn seconds_until(at_ms: i64, now_ms: i64) -> u64 {
@@ -531,5 +537,18 @@ fn refusal_error(refusal: &Refusal, now_ms: i64) -> RelayError {
             ErrorType::Billing,
             format!("this key's quota of {limit} tokens is used up"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollar_amounts_in_refusals_are_exact() {
+        assert_eq!(usd(12_500_000_000), "$12.50");
+        assert_eq!(usd(1_000), "$0.000001");
+        assert_eq!(usd(0), "$0.00");
+        assert_eq!(usd(3_000_000_000), "$3.00");
     }
 }
