@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use relay_core::admin::{AdminService, NewAccountInput};
 use relay_core::bootstrap::{open_installation, random_password, reset_admin_password};
-use relay_core::policy::{parse_duration_secs, parse_usd, KeyPolicy};
+use relay_core::policy::{
+    parse_date_ms, parse_duration_secs, parse_usd, FamilyWeeklyLimit, KeyPolicy, Service,
+};
 use relay_core::pricing::format_usd;
 use serde_json::json;
 
@@ -33,7 +35,7 @@ enum Command {
     Account(AccountCommand),
     /// Manage relay keys.
     #[command(subcommand)]
-    Key(KeyCommand),
+    Key(Box<KeyCommand>),
     /// Show usage totals.
     Usage {
         /// Only this key's usage.
@@ -134,6 +136,46 @@ struct PolicyArgs {
     /// Tokens (all kinds) over the key's life.
     #[arg(long, value_name = "N")]
     token_quota: Option<u64>,
+    /// Cost per week (from Monday 00:00 UTC), in USD.
+    #[arg(long, value_name = "USD")]
+    weekly_cost_usd: Option<String>,
+    /// Cost per calendar month (UTC), in USD.
+    #[arg(long, value_name = "USD")]
+    monthly_cost_usd: Option<String>,
+    /// Weekly cost of one model family: opus=50, sonnet=20 …
+    #[arg(long, value_name = "FAMILY=USD")]
+    weekly_family_cost_usd: Option<String>,
+    /// When the family week starts: mon@0 (Monday 00:00 UTC, the default) … sun@23.
+    #[arg(long, value_name = "DAY@HOUR")]
+    weekly_family_reset: Option<String>,
+    /// Allow only these models (repeatable; `claude-sonnet-*` matches a prefix). Replaces the list.
+    #[arg(long = "allow-model", value_name = "MODEL")]
+    allow_models: Vec<String>,
+    /// Refuse these models (repeatable). Replaces the list.
+    #[arg(long = "deny-model", value_name = "MODEL")]
+    deny_models: Vec<String>,
+    /// Allow only these clients: claude-code, codex-cli, gemini-cli or ua:PATTERN (repeatable).
+    #[arg(long = "allow-client", value_name = "CLIENT")]
+    allow_clients: Vec<String>,
+    /// Allow only these client addresses (CIDR or address; repeatable).
+    #[arg(long = "allow-ip", value_name = "CIDR")]
+    allow_ips: Vec<String>,
+    /// Allow only these APIs: claude, openai, gemini (repeatable).
+    #[arg(long = "service", value_name = "SERVICE")]
+    services: Vec<String>,
+    /// Send this key's requests only to this upstream account.
+    #[arg(long, value_name = "ACCOUNT")]
+    dedicated_account: Option<String>,
+    /// The key stops working at this date (2026-12-31 or 2026-12-31T18:00:00Z, UTC).
+    #[arg(long, value_name = "DATE")]
+    expires_at: Option<String>,
+    /// The key stops working this long after its first use (e.g. 30d).
+    #[arg(long, value_name = "DURATION")]
+    expires_after_first_use: Option<String>,
+    /// Remove a list or setting: allowed-models, denied-models, allowed-clients, allowed-ips,
+    /// services, dedicated-account, expiry, weekly-family-cost (repeatable).
+    #[arg(long = "clear", value_name = "FIELD")]
+    clear: Vec<String>,
 }
 
 /// Parsed [`PolicyArgs`]: `Some(None)` removes a limit, `Some(Some(v))` sets it.
@@ -147,6 +189,38 @@ struct PolicyChanges {
     daily_cost_nano_usd: Option<Option<i64>>,
     total_cost_nano_usd: Option<Option<i64>>,
     token_quota: Option<Option<u64>>,
+    weekly_cost_nano_usd: Option<Option<i64>>,
+    monthly_cost_nano_usd: Option<Option<i64>>,
+    family_weekly: Option<Option<FamilyWeeklyLimit>>,
+    family_reset: Option<(u8, u8)>,
+    services: Option<Option<Vec<Service>>>,
+    allowed_models: Option<Option<Vec<String>>>,
+    denied_models: Option<Option<Vec<String>>>,
+    allowed_clients: Option<Option<Vec<String>>>,
+    allowed_ips: Option<Option<Vec<String>>>,
+    dedicated_account: Option<Option<String>>,
+    expires_at_ms: Option<Option<i64>>,
+    expires_after_first_use_secs: Option<Option<u64>>,
+}
+
+/// A list flag: given values replace the list; none given leaves it.
+fn list_change<T>(values: Vec<T>) -> Option<Option<Vec<T>>> {
+    (!values.is_empty()).then_some(Some(values))
+}
+
+/// `mon@9` → (0, 9).
+fn parse_reset(text: &str) -> anyhow::Result<(u8, u8)> {
+    let invalid = || anyhow::anyhow!("'{text}' is not a weekday and hour such as mon@0 or fri@18");
+    let (day, hour) = text.split_once('@').ok_or_else(invalid)?;
+    let weekday = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .position(|name| day.eq_ignore_ascii_case(name))
+        .ok_or_else(invalid)?;
+    let hour: u8 = hour.parse().map_err(|_| invalid())?;
+    if hour > 23 {
+        return Err(invalid());
+    }
+    Ok((u8::try_from(weekday).map_err(|_| invalid())?, hour))
 }
 
 fn zero_removes<T: PartialEq + Default>(value: T) -> Option<T> {
@@ -164,7 +238,7 @@ impl PolicyArgs {
                 })
                 .transpose()
         };
-        Ok(PolicyChanges {
+        PolicyChanges {
             concurrency: self.concurrency.map(zero_removes),
             rate_requests: self.rate_requests.map(zero_removes),
             rate_tokens: self.rate_tokens.map(zero_removes),
@@ -181,11 +255,80 @@ impl PolicyArgs {
             daily_cost_nano_usd: usd(&self.daily_cost_usd)?,
             total_cost_nano_usd: usd(&self.total_cost_usd)?,
             token_quota: self.token_quota.map(zero_removes),
-        })
+            weekly_cost_nano_usd: usd(&self.weekly_cost_usd)?,
+            monthly_cost_nano_usd: usd(&self.monthly_cost_usd)?,
+            family_weekly: self
+                .weekly_family_cost_usd
+                .as_deref()
+                .map(|text| -> anyhow::Result<Option<FamilyWeeklyLimit>> {
+                    let (family, amount) = text.split_once('=').ok_or_else(|| {
+                        anyhow::anyhow!("--weekly-family-cost-usd takes FAMILY=USD, e.g. opus=50")
+                    })?;
+                    let cost = parse_usd(amount).map_err(anyhow::Error::msg)?;
+                    Ok(zero_removes(cost).map(|cost_nano_usd| FamilyWeeklyLimit {
+                        family: family.trim().to_ascii_lowercase(),
+                        cost_nano_usd,
+                        reset_weekday: 0,
+                        reset_hour: 0,
+                    }))
+                })
+                .transpose()?,
+            family_reset: self
+                .weekly_family_reset
+                .as_deref()
+                .map(parse_reset)
+                .transpose()?,
+            services: list_change(
+                self.services
+                    .iter()
+                    .map(|service| Service::parse(service).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
+            allowed_models: list_change(self.allow_models.clone()),
+            denied_models: list_change(self.deny_models.clone()),
+            allowed_clients: list_change(self.allow_clients.clone()),
+            allowed_ips: list_change(self.allow_ips.clone()),
+            dedicated_account: self.dedicated_account.clone().map(Some),
+            expires_at_ms: self
+                .expires_at
+                .as_deref()
+                .map(|text| parse_date_ms(text).map(Some).map_err(anyhow::Error::msg))
+                .transpose()?,
+            expires_after_first_use_secs: self
+                .expires_after_first_use
+                .as_deref()
+                .map(|text| {
+                    parse_duration_secs(text)
+                        .map(zero_removes)
+                        .map_err(anyhow::Error::msg)
+                })
+                .transpose()?,
+        }
+        .with_clears(&self.clear)
     }
 }
 
 impl PolicyChanges {
+    fn with_clears(mut self, fields: &[String]) -> anyhow::Result<Self> {
+        for field in fields {
+            match field.as_str() {
+                "allowed-models" => self.allowed_models = Some(None),
+                "denied-models" => self.denied_models = Some(None),
+                "allowed-clients" => self.allowed_clients = Some(None),
+                "allowed-ips" => self.allowed_ips = Some(None),
+                "services" => self.services = Some(None),
+                "dedicated-account" => self.dedicated_account = Some(None),
+                "expiry" => {
+                    self.expires_at_ms = Some(None);
+                    self.expires_after_first_use_secs = Some(None);
+                }
+                "weekly-family-cost" => self.family_weekly = Some(None),
+                other => anyhow::bail!("--clear does not know '{other}'"),
+            }
+        }
+        Ok(self)
+    }
+
     fn apply(self, policy: &mut KeyPolicy) {
         fn set<T>(field: &mut Option<T>, change: Option<Option<T>>) {
             if let Some(value) = change {
@@ -200,6 +343,29 @@ impl PolicyChanges {
         set(&mut policy.daily_cost_nano_usd, self.daily_cost_nano_usd);
         set(&mut policy.total_cost_nano_usd, self.total_cost_nano_usd);
         set(&mut policy.token_quota, self.token_quota);
+        set(&mut policy.weekly_cost_nano_usd, self.weekly_cost_nano_usd);
+        set(
+            &mut policy.monthly_cost_nano_usd,
+            self.monthly_cost_nano_usd,
+        );
+        set(&mut policy.family_weekly, self.family_weekly);
+        if let (Some((weekday, hour)), Some(limit)) =
+            (self.family_reset, policy.family_weekly.as_mut())
+        {
+            limit.reset_weekday = weekday;
+            limit.reset_hour = hour;
+        }
+        set(&mut policy.services, self.services);
+        set(&mut policy.allowed_models, self.allowed_models);
+        set(&mut policy.denied_models, self.denied_models);
+        set(&mut policy.allowed_clients, self.allowed_clients);
+        set(&mut policy.allowed_ips, self.allowed_ips);
+        set(&mut policy.dedicated_account, self.dedicated_account);
+        set(&mut policy.expires_at_ms, self.expires_at_ms);
+        set(
+            &mut policy.expires_after_first_use_secs,
+            self.expires_after_first_use_secs,
+        );
     }
 }
 
@@ -340,73 +506,7 @@ async fn run_admin_command(
             status_changed("account", &name, "active", json);
             Ok(())
         }
-        Command::Key(KeyCommand::Create { name, policy, json }) => {
-            let mut key_policy = KeyPolicy::default();
-            policy.parse()?.apply(&mut key_policy);
-            let key = admin.create_key(&name, &key_policy).await?;
-            if json {
-                print_json(&json!({
-                    "id": key.id,
-                    "name": key.name,
-                    "key": key.secret,
-                    "key_hint": key.hint,
-                    "policy": key_policy,
-                }));
-            } else {
-                // Alone on stdout, so `KEY=$(claude-relay key create --name x)` works.
-                out(&key.secret);
-                notice(&format!(
-                    "created key '{}'; it is shown only this once",
-                    key.name
-                ));
-            }
-            Ok(())
-        }
-        Command::Key(KeyCommand::Edit { name, policy, json }) => {
-            let changes = policy.parse()?;
-            let updated = admin
-                .edit_key_policy(&name, |current| changes.apply(current))
-                .await?;
-            if json {
-                print_json(&json!({ "name": name, "policy": updated }));
-            } else {
-                out(&format!("key '{name}' limits: {}", updated.to_json()));
-            }
-            Ok(())
-        }
-        Command::Key(KeyCommand::List(JsonFlag { json })) => {
-            let keys = admin.list_keys().await?;
-            if json {
-                let listed: Vec<serde_json::Value> = keys
-                    .iter()
-                    .map(|key| {
-                        let mut value = serde_json::to_value(key).unwrap_or_default();
-                        value["policy"] = serde_json::from_str(&key.policy).unwrap_or_default();
-                        value
-                    })
-                    .collect();
-                print_json(&serde_json::Value::Array(listed));
-            } else {
-                out(&format!("{:<32} {:<9} KEY", "NAME", "STATUS"));
-                for key in keys {
-                    out(&format!(
-                        "{:<32} {:<9} {}",
-                        key.name, key.status, key.key_hint
-                    ));
-                }
-            }
-            Ok(())
-        }
-        Command::Key(KeyCommand::Disable(NameArg { name, json })) => {
-            admin.set_key_enabled(&name, false).await?;
-            status_changed("key", &name, "disabled", json);
-            Ok(())
-        }
-        Command::Key(KeyCommand::Enable(NameArg { name, json })) => {
-            admin.set_key_enabled(&name, true).await?;
-            status_changed("key", &name, "active", json);
-            Ok(())
-        }
+        Command::Key(key_command) => run_key_command(*key_command, admin).await,
         Command::Usage { key, json } => {
             let totals = admin.usage(key.as_deref()).await?;
             let cost_usd = format_usd(totals.cost_nano_usd);
@@ -472,6 +572,78 @@ async fn run_admin_command(
                     "password of '{username}' set from CLAUDE_RELAY_ADMIN_PASSWORD"
                 ));
             }
+            Ok(())
+        }
+    }
+}
+
+async fn run_key_command(command: KeyCommand, admin: &AdminService) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create { name, policy, json } => {
+            let mut key_policy = KeyPolicy::default();
+            policy.parse()?.apply(&mut key_policy);
+            let key = admin.create_key(&name, &key_policy).await?;
+            if json {
+                print_json(&json!({
+                    "id": key.id,
+                    "name": key.name,
+                    "key": key.secret,
+                    "key_hint": key.hint,
+                    "policy": key_policy,
+                }));
+            } else {
+                // Alone on stdout, so `KEY=$(claude-relay key create --name x)` works.
+                out(&key.secret);
+                notice(&format!(
+                    "created key '{}'; it is shown only this once",
+                    key.name
+                ));
+            }
+            Ok(())
+        }
+        KeyCommand::Edit { name, policy, json } => {
+            let changes = policy.parse()?;
+            let updated = admin
+                .edit_key_policy(&name, |current| changes.apply(current))
+                .await?;
+            if json {
+                print_json(&json!({ "name": name, "policy": updated }));
+            } else {
+                out(&format!("key '{name}' limits: {}", updated.to_json()));
+            }
+            Ok(())
+        }
+        KeyCommand::List(JsonFlag { json }) => {
+            let keys = admin.list_keys().await?;
+            if json {
+                let listed: Vec<serde_json::Value> = keys
+                    .iter()
+                    .map(|key| {
+                        let mut value = serde_json::to_value(key).unwrap_or_default();
+                        value["policy"] = serde_json::from_str(&key.policy).unwrap_or_default();
+                        value
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(listed));
+            } else {
+                out(&format!("{:<32} {:<9} KEY", "NAME", "STATUS"));
+                for key in keys {
+                    out(&format!(
+                        "{:<32} {:<9} {}",
+                        key.name, key.status, key.key_hint
+                    ));
+                }
+            }
+            Ok(())
+        }
+        KeyCommand::Disable(NameArg { name, json }) => {
+            admin.set_key_enabled(&name, false).await?;
+            status_changed("key", &name, "disabled", json);
+            Ok(())
+        }
+        KeyCommand::Enable(NameArg { name, json }) => {
+            admin.set_key_enabled(&name, true).await?;
+            status_changed("key", &name, "active", json);
             Ok(())
         }
     }

@@ -3,6 +3,7 @@
 //! *API Boundary*: this crate knows no axum and no JSON API shapes. The server hands it a parsed
 //! request ([`relay::ForwardRequest`]) and renders whatever it returns; the CLI calls [`admin`].
 
+pub mod access;
 pub mod accounts;
 pub mod admin;
 pub mod bootstrap;

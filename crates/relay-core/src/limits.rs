@@ -15,7 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::policy::KeyPolicy;
 
-const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+const WEEK_MS: i64 = 7 * DAY_MS;
+/// 1970-01-05, the first Monday of the Unix epoch.
+const FIRST_MONDAY_MS: i64 = 4 * DAY_MS;
 
 /// What a request is expected to cost at most.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,16 +28,160 @@ pub struct Estimate {
     pub tokens: u64,
 }
 
+/// A calendar period a cost limit applies to (all in UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    Day,
+    /// Starting Monday 00:00.
+    Week,
+    Month,
+    /// One model family's week, starting on a chosen weekday and hour.
+    FamilyWeek {
+        family: &'static str,
+        weekday: u8,
+        hour: u8,
+    },
+}
+
+impl Period {
+    /// The start of the period containing `now_ms`.
+    pub fn start(self, now_ms: i64) -> i64 {
+        match self {
+            Self::Day => now_ms.div_euclid(DAY_MS) * DAY_MS,
+            Self::Week => week_start(now_ms, 0),
+            Self::Month => {
+                let (year, month, _) = civil_from_days(now_ms.div_euclid(DAY_MS));
+                days_from_civil(year, month, 1) * DAY_MS
+            }
+            Self::FamilyWeek { weekday, hour, .. } => week_start(
+                now_ms,
+                i64::from(weekday) * DAY_MS + i64::from(hour) * HOUR_MS,
+            ),
+        }
+    }
+
+    /// The start of the next period: when a limit of this period frees up.
+    pub fn next_start(self, now_ms: i64) -> i64 {
+        match self {
+            Self::Day => self.start(now_ms) + DAY_MS,
+            Self::Week | Self::FamilyWeek { .. } => self.start(now_ms) + WEEK_MS,
+            Self::Month => {
+                let (year, month, _) = civil_from_days(now_ms.div_euclid(DAY_MS));
+                let (year, month) = if month == 12 {
+                    (year + 1, 1)
+                } else {
+                    (year, month + 1)
+                };
+                days_from_civil(year, month, 1) * DAY_MS
+            }
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            Self::Day => "daily".to_owned(),
+            Self::Week => "weekly".to_owned(),
+            Self::Month => "monthly".to_owned(),
+            Self::FamilyWeek { family, .. } => format!("weekly {family}"),
+        }
+    }
+}
+
+fn week_start(now_ms: i64, offset_ms: i64) -> i64 {
+    let origin = FIRST_MONDAY_MS + offset_ms;
+    (now_ms - origin).div_euclid(WEEK_MS) * WEEK_MS + origin
+}
+
+/// Days since the epoch → (year, month, day), proleptic Gregorian (Hinnant's algorithm).
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// (year, month, day) → days since the epoch.
+pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The model family a family limit can name, from the model id.
+pub fn model_family(model: &str) -> Option<&'static str> {
+    let canonical = crate::pricing::canonical_model(model);
+    ["opus", "sonnet", "haiku"]
+        .into_iter()
+        .find(|family| canonical.contains(family))
+}
+
+/// The cost limits of a policy that apply to a request of `family`.
+fn period_limits<'a>(
+    policy: &'a KeyPolicy,
+    family: Option<&'static str>,
+) -> impl Iterator<Item = (Period, i64)> + 'a {
+    let fixed = [
+        (Period::Day, policy.daily_cost_nano_usd),
+        (Period::Week, policy.weekly_cost_nano_usd),
+        (Period::Month, policy.monthly_cost_nano_usd),
+    ];
+    let family_limit = policy.family_weekly.as_ref().and_then(|limit| {
+        let wanted = model_family(&limit.family)?;
+        (family == Some(wanted)).then_some((
+            Period::FamilyWeek {
+                family: wanted,
+                weekday: limit.reset_weekday,
+                hour: limit.reset_hour,
+            },
+            Some(limit.cost_nano_usd),
+        ))
+    });
+    fixed
+        .into_iter()
+        .chain(family_limit)
+        .filter_map(|(period, limit)| Some((period, limit?)))
+}
+
 /// Why a request was refused. Each says which limit, and when waiting helps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    Concurrency { limit: u32 },
-    RateRequests { limit: u64, retry_after_ms: i64 },
-    RateTokens { limit: u64, retry_after_ms: i64 },
-    RateCost { limit: i64, retry_after_ms: i64 },
-    DailyCost { limit: i64, resets_at_ms: i64 },
-    TotalCost { limit: i64 },
-    TokenQuota { limit: u64 },
+    Expired,
+    Concurrency {
+        limit: u32,
+    },
+    RateRequests {
+        limit: u64,
+        retry_after_ms: i64,
+    },
+    RateTokens {
+        limit: u64,
+        retry_after_ms: i64,
+    },
+    RateCost {
+        limit: i64,
+        retry_after_ms: i64,
+    },
+    PeriodCost {
+        period: Period,
+        limit: i64,
+        resets_at_ms: i64,
+    },
+    TotalCost {
+        limit: i64,
+    },
+    TokenQuota {
+        limit: u64,
+    },
 }
 
 /// Spend a key had before this process started (from the usage records).
@@ -41,10 +189,15 @@ pub enum Refusal {
 pub struct PriorSpend {
     pub total_cost_nano_usd: i64,
     pub total_tokens: u64,
-    /// Cost since the start of the current UTC day.
-    pub day_cost_nano_usd: i64,
-    /// `(at_ms, tokens, cost)` of recent requests, for the sliding windows.
-    pub recent: Vec<(i64, u64, i64)>,
+    pub first_used_ms: Option<i64>,
+    /// `(at_ms, tokens, cost, model)` of the requests of the last month or so, oldest first.
+    pub recent: Vec<(i64, u64, i64, String)>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PeriodCost {
+    start_ms: i64,
+    cost: i64,
 }
 
 #[derive(Debug, Default)]
@@ -52,10 +205,12 @@ struct Ledger {
     inflight: u32,
     reserved_cost: i64,
     reserved_tokens: u64,
+    /// Reserved cost of requests per model family, for family limits.
+    reserved_by_family: HashMap<&'static str, i64>,
     total_cost: i64,
     total_tokens: u64,
-    day_index: i64,
-    day_cost: i64,
+    first_used_ms: Option<i64>,
+    periods: HashMap<Period, PeriodCost>,
     /// Admission times inside the rate window (request counting).
     admitted_at: VecDeque<i64>,
     /// Settled `(at_ms, tokens, cost)` inside the rate window.
@@ -63,12 +218,17 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn roll_day(&mut self, now_ms: i64) {
-        let today = now_ms.div_euclid(DAY_MS);
-        if today != self.day_index {
-            self.day_index = today;
-            self.day_cost = 0;
+    /// The current period's cost, starting the period afresh when it has turned over.
+    fn period(&mut self, period: Period, now_ms: i64) -> &mut PeriodCost {
+        let start_ms = period.start(now_ms);
+        let entry = self
+            .periods
+            .entry(period)
+            .or_insert(PeriodCost { start_ms, cost: 0 });
+        if entry.start_ms != start_ms {
+            *entry = PeriodCost { start_ms, cost: 0 };
         }
+        entry
     }
 
     fn trim_window(&mut self, window_ms: i64, now_ms: i64) {
@@ -89,8 +249,17 @@ impl Ledger {
         &mut self,
         policy: &KeyPolicy,
         estimate: Estimate,
+        family: Option<&'static str>,
         now_ms: i64,
     ) -> Result<(), Refusal> {
+        if let (Some(lifetime), Some(first_used)) =
+            (policy.expires_after_first_use_secs, self.first_used_ms)
+        {
+            let lifetime_ms = i64::try_from(lifetime.saturating_mul(1000)).unwrap_or(i64::MAX);
+            if now_ms >= first_used.saturating_add(lifetime_ms) {
+                return Err(Refusal::Expired);
+            }
+        }
         if let Some(limit) = policy.concurrency {
             if self.inflight >= limit {
                 return Err(Refusal::Concurrency { limit });
@@ -108,13 +277,19 @@ impl Ledger {
                 return Err(Refusal::TotalCost { limit });
             }
         }
-        self.roll_day(now_ms);
-        if let Some(limit) = policy.daily_cost_nano_usd {
-            let used_today = self.day_cost + self.reserved_cost;
-            if used_today >= limit || used_today + estimate.cost_nano_usd > limit {
-                return Err(Refusal::DailyCost {
+        for (period, limit) in period_limits(policy, family) {
+            let reserved = match period {
+                Period::FamilyWeek { family, .. } => {
+                    self.reserved_by_family.get(family).copied().unwrap_or(0)
+                }
+                _ => self.reserved_cost,
+            };
+            let used = self.period(period, now_ms).cost + reserved;
+            if used >= limit || used + estimate.cost_nano_usd > limit {
+                return Err(Refusal::PeriodCost {
+                    period,
                     limit,
-                    resets_at_ms: (self.day_index + 1) * DAY_MS,
+                    resets_at_ms: period.next_start(now_ms),
                 });
             }
         }
@@ -164,28 +339,42 @@ impl Ledger {
         self.inflight += 1;
         self.reserved_cost += estimate.cost_nano_usd;
         self.reserved_tokens += estimate.tokens;
+        if let Some(family) = family {
+            *self.reserved_by_family.entry(family).or_default() += estimate.cost_nano_usd;
+        }
+        self.first_used_ms.get_or_insert(now_ms);
         Ok(())
     }
 
-    fn release(&mut self, estimate: Estimate) {
+    fn release(&mut self, estimate: Estimate, family: Option<&'static str>) {
         self.inflight = self.inflight.saturating_sub(1);
         self.reserved_cost -= estimate.cost_nano_usd;
         self.reserved_tokens = self.reserved_tokens.saturating_sub(estimate.tokens);
+        if let Some(reserved) = family.and_then(|family| self.reserved_by_family.get_mut(family)) {
+            *reserved -= estimate.cost_nano_usd;
+        }
     }
 
-    fn settle(
+    /// Adds a finished request's real figures to every counter it belongs to.
+    fn record(
         &mut self,
-        estimate: Estimate,
         cost: i64,
         tokens: u64,
+        family: Option<&'static str>,
         keep_window: bool,
         now_ms: i64,
     ) {
-        self.release(estimate);
         self.total_cost += cost;
         self.total_tokens += tokens;
-        self.roll_day(now_ms);
-        self.day_cost += cost;
+        let periods: Vec<Period> = [Period::Day, Period::Week, Period::Month]
+            .into_iter()
+            .chain(self.periods.keys().copied().filter(|period| {
+                matches!(period, Period::FamilyWeek { family: named, .. } if Some(*named) == family)
+            }))
+            .collect();
+        for period in periods {
+            self.period(period, now_ms).cost += cost;
+        }
         if keep_window {
             self.settled.push_back((now_ms, tokens, cost));
         }
@@ -210,6 +399,7 @@ pub struct Limiter {
 pub struct Admission {
     ledger: Arc<Mutex<Ledger>>,
     estimate: Estimate,
+    family: Option<&'static str>,
     keep_window: bool,
     open: bool,
 }
@@ -218,20 +408,16 @@ impl Admission {
     /// Replaces the reservation by what the request really used.
     pub fn settle(mut self, cost_nano_usd: i64, tokens: u64, now_ms: i64) {
         self.open = false;
-        lock(&self.ledger).settle(
-            self.estimate,
-            cost_nano_usd,
-            tokens,
-            self.keep_window,
-            now_ms,
-        );
+        let mut ledger = lock(&self.ledger);
+        ledger.release(self.estimate, self.family);
+        ledger.record(cost_nano_usd, tokens, self.family, self.keep_window, now_ms);
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         if self.open {
-            lock(&self.ledger).release(self.estimate);
+            lock(&self.ledger).release(self.estimate, self.family);
         }
     }
 }
@@ -244,7 +430,12 @@ pub struct Standing {
     pub reserved_tokens: u64,
     pub total_cost_nano_usd: i64,
     pub total_tokens: u64,
-    pub day_cost_nano_usd: i64,
+    pub first_used_ms: Option<i64>,
+    /// Cost in the current day, week and month, and the family week if the policy has one:
+    /// `(period, cost, resets_at_ms)`.
+    pub periods: Vec<(Period, i64, i64)>,
+    /// Requests, tokens and cost inside the rate window, if the policy has one.
+    pub window: Option<(u64, u64, i64)>,
 }
 
 impl Limiter {
@@ -257,94 +448,159 @@ impl Limiter {
     }
 
     /// Seeds a key's ledger with what it spent before this process started.
-    pub fn seed(&self, key_id: &str, prior: PriorSpend, now_ms: i64) {
+    pub fn seed(&self, key_id: &str, policy: &KeyPolicy, prior: PriorSpend, now_ms: i64) {
         let ledger = self.ledger(key_id);
         let mut ledger = lock(&ledger);
+        *ledger = Ledger {
+            first_used_ms: prior.first_used_ms,
+            ..Ledger::default()
+        };
+        let family_period = policy.family_weekly.as_ref().and_then(|limit| {
+            Some(Period::FamilyWeek {
+                family: model_family(&limit.family)?,
+                weekday: limit.reset_weekday,
+                hour: limit.reset_hour,
+            })
+        });
+        if let Some(period) = family_period {
+            ledger.period(period, now_ms);
+        }
+        let window_ms = policy
+            .rate_window_secs
+            .filter(|_| policy.has_rate_limits())
+            .and_then(|secs| i64::try_from(secs.saturating_mul(1000)).ok());
+        for (at_ms, tokens, cost, model) in &prior.recent {
+            let family = model_family(model);
+            for period in [Period::Day, Period::Week, Period::Month]
+                .into_iter()
+                .chain(family_period.filter(|period| {
+                    matches!(period, Period::FamilyWeek { family: named, .. } if Some(*named) == family)
+                }))
+            {
+                if *at_ms >= period.start(now_ms) {
+                    ledger.period(period, now_ms).cost += cost;
+                }
+            }
+            if window_ms.is_some_and(|window| *at_ms > now_ms - window) {
+                ledger.settled.push_back((*at_ms, *tokens, *cost));
+                ledger.admitted_at.push_back(*at_ms);
+            }
+        }
         ledger.total_cost = prior.total_cost_nano_usd;
         ledger.total_tokens = prior.total_tokens;
-        ledger.day_index = now_ms.div_euclid(DAY_MS);
-        ledger.day_cost = prior.day_cost_nano_usd;
-        ledger.settled = prior.recent.into_iter().collect();
-        ledger.admitted_at = ledger.settled.iter().map(|(at, _, _)| *at).collect();
     }
 
-    /// Admits a request under `policy`, reserving `estimate`, or says which limit refuses it.
+    /// Admits a request for `model` under `policy`, reserving `estimate`, or says which limit
+    /// refuses it.
     pub fn admit(
         &self,
         key_id: &str,
         policy: &KeyPolicy,
+        model: &str,
         estimate: Estimate,
         now_ms: i64,
     ) -> Result<Admission, Refusal> {
         let ledger = self.ledger(key_id);
-        lock(&ledger).admit(policy, estimate, now_ms)?;
+        let family = model_family(model);
+        lock(&ledger).admit(policy, estimate, family, now_ms)?;
         Ok(Admission {
             ledger,
             estimate,
+            family,
             keep_window: policy.has_rate_limits(),
             open: true,
         })
     }
 
     /// Seeds every key's ledger from the usage records, so limits survive a restart: lifetime
-    /// totals, today's cost, and the requests inside each key's rate window.
+    /// totals, the current day, week and month, and the requests inside each rate window.
     pub async fn seed_from_store(
         &self,
         store: &relay_store::Store,
         snapshot: &crate::snapshot::Snapshot,
         now_ms: i64,
     ) -> Result<(), relay_store::StoreError> {
-        let day_start = now_ms.div_euclid(DAY_MS) * DAY_MS;
-        let windows: HashMap<&str, i64> = snapshot
+        // A month, or a week that started in the previous month, reaches at most 31 days back;
+        // rate windows longer than that are uncommon and count from here on.
+        let since = Period::Month
+            .start(now_ms)
+            .min(Period::Week.start(now_ms) - WEEK_MS);
+        let mut recent: HashMap<String, Vec<(i64, u64, i64, String)>> = HashMap::new();
+        for (key_id, at_ms, tokens, cost, model) in store.recent_spend(since).await? {
+            let tokens = u64::try_from(tokens).unwrap_or(0);
+            recent
+                .entry(key_id)
+                .or_default()
+                .push((at_ms, tokens, cost, model));
+        }
+        let policies: HashMap<&str, &KeyPolicy> = snapshot
             .keys
             .values()
-            .filter(|key| key.policy.has_rate_limits())
-            .filter_map(|key| {
-                let secs = key.policy.rate_window_secs?;
-                Some((
-                    key.id.as_str(),
-                    i64::try_from(secs.saturating_mul(1000)).ok()?,
-                ))
-            })
+            .map(|key| (key.id.as_str(), &key.policy))
             .collect();
-        let mut recent: HashMap<String, Vec<(i64, u64, i64)>> = HashMap::new();
-        if let Some(longest) = windows.values().max() {
-            for (key_id, at_ms, tokens, cost) in store.recent_spend(now_ms - longest).await? {
-                let Some(window) = windows.get(key_id.as_str()) else {
-                    continue;
-                };
-                if at_ms > now_ms - window {
-                    let tokens = u64::try_from(tokens).unwrap_or(0);
-                    recent
-                        .entry(key_id)
-                        .or_default()
-                        .push((at_ms, tokens, cost));
-                }
-            }
-        }
-        for spend in store.key_spend(day_start).await? {
+        let default_policy = KeyPolicy::default();
+        for spend in store.key_spend().await? {
+            let policy = policies
+                .get(spend.key_id.as_str())
+                .copied()
+                .unwrap_or(&default_policy);
             let prior = PriorSpend {
                 total_cost_nano_usd: spend.total_cost_nano_usd,
                 total_tokens: u64::try_from(spend.total_tokens).unwrap_or(0),
-                day_cost_nano_usd: spend.since_cost_nano_usd,
+                first_used_ms: spend.first_used_ms,
                 recent: recent.remove(&spend.key_id).unwrap_or_default(),
             };
-            self.seed(&spend.key_id, prior, now_ms);
+            self.seed(&spend.key_id, policy, prior, now_ms);
         }
         Ok(())
     }
 
-    pub fn standing(&self, key_id: &str, now_ms: i64) -> Standing {
+    pub fn standing(&self, key_id: &str, policy: &KeyPolicy, now_ms: i64) -> Standing {
         let ledger = self.ledger(key_id);
         let mut ledger = lock(&ledger);
-        ledger.roll_day(now_ms);
+        let mut periods: Vec<Period> = vec![Period::Day, Period::Week, Period::Month];
+        if let Some(limit) = &policy.family_weekly {
+            if let Some(family) = model_family(&limit.family) {
+                periods.push(Period::FamilyWeek {
+                    family,
+                    weekday: limit.reset_weekday,
+                    hour: limit.reset_hour,
+                });
+            }
+        }
+        let periods = periods
+            .into_iter()
+            .map(|period| {
+                (
+                    period,
+                    ledger.period(period, now_ms).cost,
+                    period.next_start(now_ms),
+                )
+            })
+            .collect();
+        let window = policy
+            .rate_window_secs
+            .filter(|_| policy.has_rate_limits())
+            .map(|secs| {
+                ledger.trim_window(
+                    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+                    now_ms,
+                );
+                (
+                    ledger.admitted_at.len() as u64,
+                    ledger.settled.iter().map(|(_, tokens, _)| tokens).sum(),
+                    ledger.settled.iter().map(|(_, _, cost)| cost).sum(),
+                )
+            });
         Standing {
             inflight: ledger.inflight,
             reserved_cost_nano_usd: ledger.reserved_cost,
             reserved_tokens: ledger.reserved_tokens,
             total_cost_nano_usd: ledger.total_cost,
             total_tokens: ledger.total_tokens,
-            day_cost_nano_usd: ledger.day_cost,
+            first_used_ms: ledger.first_used_ms,
+            periods,
+            window,
         }
     }
 }
@@ -368,16 +624,18 @@ mod tests {
             concurrency: Some(2),
             ..KeyPolicy::default()
         };
-        let first = limiter.admit("k", &policy, estimate(0, 0), 0).unwrap();
-        let second = limiter.admit("k", &policy, estimate(0, 0), 0).unwrap();
+        let first = limiter.admit("k", &policy, "m", estimate(0, 0), 0).unwrap();
+        let second = limiter.admit("k", &policy, "m", estimate(0, 0), 0).unwrap();
         assert_eq!(
-            limiter.admit("k", &policy, estimate(0, 0), 0).unwrap_err(),
+            limiter
+                .admit("k", &policy, "m", estimate(0, 0), 0)
+                .unwrap_err(),
             Refusal::Concurrency { limit: 2 }
         );
         first.settle(0, 0, 0);
         drop(second);
-        assert_eq!(limiter.standing("k", 0).inflight, 0);
-        assert!(limiter.admit("k", &policy, estimate(0, 0), 0).is_ok());
+        assert_eq!(limiter.standing("k", &KeyPolicy::default(), 0).inflight, 0);
+        assert!(limiter.admit("k", &policy, "m", estimate(0, 0), 0).is_ok());
     }
 
     #[test]
@@ -388,10 +646,16 @@ mod tests {
             ..KeyPolicy::default()
         };
         let held: Vec<Admission> = (0..10)
-            .map(|_| limiter.admit("k", &policy, estimate(10, 0), 0).unwrap())
+            .map(|_| {
+                limiter
+                    .admit("k", &policy, "m", estimate(10, 0), 0)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(
-            limiter.admit("k", &policy, estimate(10, 0), 0).unwrap_err(),
+            limiter
+                .admit("k", &policy, "m", estimate(10, 0), 0)
+                .unwrap_err(),
             Refusal::TotalCost { limit: 100 }
         );
         for admission in held {
@@ -400,13 +664,15 @@ mod tests {
         // 70 spent, 30 left: three more of 10 fit, the fourth does not.
         for _ in 0..3 {
             limiter
-                .admit("k", &policy, estimate(10, 0), 0)
+                .admit("k", &policy, "m", estimate(10, 0), 0)
                 .unwrap()
                 .settle(10, 0, 0);
         }
-        assert!(limiter.admit("k", &policy, estimate(10, 0), 0).is_err());
+        assert!(limiter
+            .admit("k", &policy, "m", estimate(10, 0), 0)
+            .is_err());
         // An exhausted budget refuses even a request estimated at zero (an unpriced model).
-        assert!(limiter.admit("k", &policy, estimate(0, 0), 0).is_err());
+        assert!(limiter.admit("k", &policy, "m", estimate(0, 0), 0).is_err());
     }
 
     #[test]
@@ -418,19 +684,22 @@ mod tests {
         };
         let late = DAY_MS - 1;
         limiter
-            .admit("k", &policy, estimate(50, 0), late)
+            .admit("k", &policy, "m", estimate(50, 0), late)
             .unwrap()
             .settle(50, 0, late);
         assert_eq!(
             limiter
-                .admit("k", &policy, estimate(1, 0), late)
+                .admit("k", &policy, "m", estimate(1, 0), late)
                 .unwrap_err(),
-            Refusal::DailyCost {
+            Refusal::PeriodCost {
+                period: Period::Day,
                 limit: 50,
                 resets_at_ms: DAY_MS
             }
         );
-        assert!(limiter.admit("k", &policy, estimate(1, 0), DAY_MS).is_ok());
+        assert!(limiter
+            .admit("k", &policy, "m", estimate(1, 0), DAY_MS)
+            .is_ok());
     }
 
     #[test]
@@ -443,21 +712,25 @@ mod tests {
         };
         for at in [0, 10_000, 20_000] {
             limiter
-                .admit("k", &policy, estimate(0, 0), at)
+                .admit("k", &policy, "m", estimate(0, 0), at)
                 .unwrap()
                 .settle(0, 0, at);
         }
         assert_eq!(
             limiter
-                .admit("k", &policy, estimate(0, 0), 59_999)
+                .admit("k", &policy, "m", estimate(0, 0), 59_999)
                 .unwrap_err(),
             Refusal::RateRequests {
                 limit: 3,
                 retry_after_ms: 1
             }
         );
-        assert!(limiter.admit("k", &policy, estimate(0, 0), 60_000).is_ok());
-        assert!(limiter.admit("k", &policy, estimate(0, 0), 60_001).is_err());
+        assert!(limiter
+            .admit("k", &policy, "m", estimate(0, 0), 60_000)
+            .is_ok());
+        assert!(limiter
+            .admit("k", &policy, "m", estimate(0, 0), 60_001)
+            .is_err());
     }
 
     #[test]
@@ -468,51 +741,200 @@ mod tests {
             rate_tokens: Some(1_000),
             ..KeyPolicy::default()
         };
-        let held = limiter.admit("k", &policy, estimate(0, 600), 0).unwrap();
+        let held = limiter
+            .admit("k", &policy, "m", estimate(0, 600), 0)
+            .unwrap();
         assert!(matches!(
-            limiter.admit("k", &policy, estimate(0, 600), 0),
+            limiter.admit("k", &policy, "m", estimate(0, 600), 0),
             Err(Refusal::RateTokens { .. })
         ));
         held.settle(0, 300, 1_000);
         let second = limiter
-            .admit("k", &policy, estimate(0, 600), 2_000)
+            .admit("k", &policy, "m", estimate(0, 600), 2_000)
             .unwrap();
         second.settle(0, 600, 2_000);
         assert!(limiter
-            .admit("k", &policy, estimate(0, 200), 3_000)
+            .admit("k", &policy, "m", estimate(0, 200), 3_000)
             .is_err());
         // The first settlement (at 1 s) leaves the 10 s window at 11 s.
         assert!(limiter
-            .admit("k", &policy, estimate(0, 300), 11_000)
+            .admit("k", &policy, "m", estimate(0, 300), 11_000)
             .is_ok());
     }
 
     #[test]
     fn prior_spend_counts_after_a_restart() {
         let limiter = Limiter::default();
-        limiter.seed(
-            "k",
-            PriorSpend {
-                total_cost_nano_usd: 90,
-                total_tokens: 5,
-                day_cost_nano_usd: 0,
-                recent: Vec::new(),
-            },
-            0,
-        );
         let policy = KeyPolicy {
             total_cost_nano_usd: Some(100),
             token_quota: Some(6),
             ..KeyPolicy::default()
         };
+        limiter.seed(
+            "k",
+            &policy,
+            PriorSpend {
+                total_cost_nano_usd: 90,
+                total_tokens: 5,
+                first_used_ms: Some(0),
+                recent: Vec::new(),
+            },
+            0,
+        );
         assert!(matches!(
-            limiter.admit("k", &policy, estimate(20, 0), 0),
+            limiter.admit("k", &policy, "m", estimate(20, 0), 0),
             Err(Refusal::TotalCost { .. })
         ));
         assert!(matches!(
-            limiter.admit("k", &policy, estimate(1, 2), 0),
+            limiter.admit("k", &policy, "m", estimate(1, 2), 0),
             Err(Refusal::TokenQuota { .. })
         ));
+    }
+
+    /// 2026-11-22 (a Sunday) 12:00 UTC.
+    const SUNDAY_NOON: i64 = 1_795_348_800_000;
+
+    #[test]
+    fn calendar_periods_start_where_the_calendar_says() {
+        assert_eq!(civil_from_days(days_from_civil(2026, 2, 28)), (2026, 2, 28));
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(civil_from_days(SUNDAY_NOON / DAY_MS), (2026, 11, 22));
+        // The week started on Monday the 16th; the month on the 1st; next month on Dec 1.
+        assert_eq!(
+            Period::Week.start(SUNDAY_NOON),
+            days_from_civil(2026, 11, 16) * DAY_MS
+        );
+        assert_eq!(
+            Period::Month.start(SUNDAY_NOON),
+            days_from_civil(2026, 11, 1) * DAY_MS
+        );
+        assert_eq!(
+            Period::Month.next_start(SUNDAY_NOON),
+            days_from_civil(2026, 12, 1) * DAY_MS
+        );
+        let december = days_from_civil(2026, 12, 31) * DAY_MS;
+        assert_eq!(
+            Period::Month.next_start(december),
+            days_from_civil(2027, 1, 1) * DAY_MS
+        );
+        // A family week resetting on Sundays at 10:00 started this morning.
+        let sunday_ten = Period::FamilyWeek {
+            family: "opus",
+            weekday: 6,
+            hour: 10,
+        };
+        assert_eq!(sunday_ten.start(SUNDAY_NOON), SUNDAY_NOON - 2 * HOUR_MS);
+        assert_eq!(
+            sunday_ten.next_start(SUNDAY_NOON),
+            SUNDAY_NOON - 2 * HOUR_MS + WEEK_MS
+        );
+    }
+
+    #[test]
+    fn weekly_and_monthly_budgets_reset_at_their_boundaries() {
+        let limiter = Limiter::default();
+        let policy = KeyPolicy {
+            weekly_cost_nano_usd: Some(10),
+            monthly_cost_nano_usd: Some(15),
+            ..KeyPolicy::default()
+        };
+        limiter
+            .admit("k", &policy, "m", estimate(10, 0), SUNDAY_NOON)
+            .unwrap()
+            .settle(10, 0, SUNDAY_NOON);
+        assert!(matches!(
+            limiter.admit("k", &policy, "m", estimate(1, 0), SUNDAY_NOON),
+            Err(Refusal::PeriodCost {
+                period: Period::Week,
+                ..
+            })
+        ));
+        let monday = Period::Week.next_start(SUNDAY_NOON);
+        limiter
+            .admit("k", &policy, "m", estimate(5, 0), monday)
+            .unwrap()
+            .settle(5, 0, monday);
+        // 15 spent this month: the monthly limit refuses until December.
+        let refusal = limiter
+            .admit("k", &policy, "m", estimate(1, 0), monday)
+            .unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::PeriodCost {
+                period: Period::Month,
+                limit: 15,
+                resets_at_ms: days_from_civil(2026, 12, 1) * DAY_MS
+            }
+        );
+        let december = days_from_civil(2026, 12, 1) * DAY_MS;
+        assert!(limiter
+            .admit("k", &policy, "m", estimate(1, 0), december)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_family_limit_counts_only_its_family() {
+        let limiter = Limiter::default();
+        let policy = KeyPolicy {
+            family_weekly: Some(crate::policy::FamilyWeeklyLimit {
+                family: "opus".into(),
+                cost_nano_usd: 100,
+                reset_weekday: 6,
+                reset_hour: 10,
+            }),
+            ..KeyPolicy::default()
+        };
+        let opus = "claude-opus-4-8";
+        limiter
+            .admit("k", &policy, opus, estimate(100, 0), SUNDAY_NOON)
+            .unwrap()
+            .settle(100, 0, SUNDAY_NOON);
+        assert!(matches!(
+            limiter.admit("k", &policy, opus, estimate(1, 0), SUNDAY_NOON),
+            Err(Refusal::PeriodCost {
+                period: Period::FamilyWeek { family: "opus", .. },
+                ..
+            })
+        ));
+        assert!(limiter
+            .admit(
+                "k",
+                &policy,
+                "claude-sonnet-4-5",
+                estimate(500, 0),
+                SUNDAY_NOON
+            )
+            .is_ok());
+        // Next Sunday at 10:00 the family week starts over.
+        let next = SUNDAY_NOON - 2 * HOUR_MS + WEEK_MS;
+        assert!(limiter
+            .admit("k", &policy, opus, estimate(1, 0), next - 1)
+            .is_err());
+        assert!(limiter
+            .admit("k", &policy, opus, estimate(1, 0), next)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_key_can_expire_a_while_after_its_first_use() {
+        let limiter = Limiter::default();
+        let policy = KeyPolicy {
+            expires_after_first_use_secs: Some(60),
+            ..KeyPolicy::default()
+        };
+        limiter
+            .admit("k", &policy, "m", estimate(0, 0), 5_000)
+            .unwrap()
+            .settle(0, 0, 5_000);
+        assert!(limiter
+            .admit("k", &policy, "m", estimate(0, 0), 64_999)
+            .is_ok());
+        assert_eq!(
+            limiter
+                .admit("k", &policy, "m", estimate(0, 0), 65_000)
+                .unwrap_err(),
+            Refusal::Expired
+        );
     }
 
     #[derive(Debug, Clone)]
@@ -552,7 +974,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Admit { estimate: cost } => {
-                        if let Ok(admission) = limiter.admit("k", &policy, estimate(cost, 0), 0) {
+                        if let Ok(admission) = limiter.admit("k", &policy, "m", estimate(cost, 0), 0) {
                             open.push((admission, cost));
                         }
                     }
@@ -565,13 +987,13 @@ mod tests {
                     }
                     _ => {}
                 }
-                let standing = limiter.standing("k", 0);
+                let standing = limiter.standing("k", &KeyPolicy::default(), 0);
                 prop_assert!(standing.total_cost_nano_usd + standing.reserved_cost_nano_usd <= budget);
                 prop_assert!(standing.inflight <= concurrency);
                 prop_assert_eq!(standing.inflight as usize, open.len());
             }
             open.clear();
-            let standing = limiter.standing("k", 0);
+            let standing = limiter.standing("k", &KeyPolicy::default(), 0);
             prop_assert_eq!(standing.inflight, 0);
             prop_assert_eq!(standing.reserved_cost_nano_usd, 0);
         }

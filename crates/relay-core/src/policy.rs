@@ -28,6 +28,76 @@ pub struct KeyPolicy {
     /// Tokens of every kind over the key's whole life.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_quota: Option<u64>,
+    /// Cost per week; the week starts Monday 00:00 UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weekly_cost_nano_usd: Option<i64>,
+    /// Cost per calendar month (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_cost_nano_usd: Option<i64>,
+    /// Cost per week of one model family (e.g. Opus), with its own reset moment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family_weekly: Option<FamilyWeeklyLimit>,
+    /// The APIs the key may use; absent means all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<Service>>,
+    /// Models the key may use (exact ids, or a prefix ending in `*`); absent means all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_models: Option<Vec<String>>,
+    /// Models the key may not use (same patterns).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_models: Option<Vec<String>>,
+    /// Clients the key may be used from: `claude-code`, `codex-cli`, `gemini-cli`, or a
+    /// User-Agent pattern `ua:<glob>` (`*` matches anything); absent means any client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_clients: Option<Vec<String>>,
+    /// Client addresses (CIDR or single address) the key may be used from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_ips: Option<Vec<String>>,
+    /// The only upstream account this key's requests go to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedicated_account: Option<String>,
+    /// The key stops working at this moment (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    /// The key stops working this long after its first use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_after_first_use_secs: Option<u64>,
+}
+
+/// A weekly cost limit on one model family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilyWeeklyLimit {
+    /// `opus`, `sonnet` or `haiku`.
+    pub family: String,
+    pub cost_nano_usd: i64,
+    /// 0 = Monday … 6 = Sunday (UTC).
+    #[serde(default)]
+    pub reset_weekday: u8,
+    #[serde(default)]
+    pub reset_hour: u8,
+}
+
+/// The client-facing APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    Claude,
+    Openai,
+    Gemini,
+}
+
+impl Service {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "claude" => Ok(Self::Claude),
+            "openai" => Ok(Self::Openai),
+            "gemini" => Ok(Self::Gemini),
+            other => Err(format!(
+                "unknown service '{other}'; use claude, openai or gemini"
+            )),
+        }
+    }
 }
 
 impl KeyPolicy {
@@ -53,6 +123,25 @@ impl KeyPolicy {
         }
         if self.rate_window_secs == Some(0) {
             return Err("the rate window must be at least one second".into());
+        }
+        for cidr in self.allowed_ips.iter().flatten() {
+            crate::access::Cidr::parse(cidr)?;
+        }
+        for client in self.allowed_clients.iter().flatten() {
+            crate::access::ClientRule::parse(client)?;
+        }
+        if let Some(family) = &self.family_weekly {
+            if !matches!(family.family.as_str(), "opus" | "sonnet" | "haiku") {
+                return Err(format!(
+                    "unknown model family '{}'; use opus, sonnet or haiku",
+                    family.family
+                ));
+            }
+            if family.reset_weekday > 6 || family.reset_hour > 23 {
+                return Err(
+                    "the family reset is a weekday 0-6 (Monday = 0) and an hour 0-23".into(),
+                );
+            }
         }
         Ok(())
     }
@@ -82,10 +171,56 @@ pub fn parse_usd(text: &str) -> Result<i64, String> {
         .ok_or_else(invalid)
 }
 
+/// Parses `2026-12-31` (midnight UTC) or `2026-12-31T18:30:00Z` into Unix milliseconds.
+pub fn parse_date_ms(text: &str) -> Result<i64, String> {
+    let invalid = || format!("'{text}' is not a date such as 2026-12-31 or 2026-12-31T18:30:00Z");
+    let text = text.trim();
+    let (date, time) = match text.split_once('T') {
+        Some((date, time)) => (date, Some(time.strip_suffix('Z').ok_or_else(invalid)?)),
+        None => (text, None),
+    };
+    let numbers = |part: &str, separator: char, count: usize| -> Result<Vec<i64>, String> {
+        let values: Vec<i64> = part
+            .split(separator)
+            .map(|value| value.parse::<i64>().map_err(|_| invalid()))
+            .collect::<Result<_, _>>()?;
+        if values.len() == count {
+            Ok(values)
+        } else {
+            Err(invalid())
+        }
+    };
+    let ymd = numbers(date, '-', 3)?;
+    let (year, month, day) = (ymd[0], ymd[1], ymd[2]);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return Err(invalid());
+    }
+    let days = crate::limits::days_from_civil(year, month, day);
+    // Reject dates like 2026-02-30 that normalise to another day.
+    let (y, m, d) = crate::limits::civil_from_days(days);
+    if (y, m, d) != (year, month, day) {
+        return Err(invalid());
+    }
+    let seconds = match time {
+        None => 0,
+        Some(time) => {
+            let hms = numbers(time, ':', 3)?;
+            if hms[0] > 23 || hms[1] > 59 || hms[2] > 59 || hms.iter().any(|v| *v < 0) {
+                return Err(invalid());
+            }
+            hms[0] * 3600 + hms[1] * 60 + hms[2]
+        }
+    };
+    Ok(days * 86_400_000 + seconds * 1000)
+}
+
 /// Parses a duration such as `90s`, `15m`, `5h`, `7d` into seconds.
 pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
     let invalid = || format!("'{text}' is not a duration such as 60s, 15m, 5h or 7d");
     let text = text.trim();
+    if text == "0" {
+        return Ok(0);
+    }
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(invalid)?;
@@ -114,6 +249,21 @@ mod tests {
         assert_eq!(parse_usd(".000000001"), Ok(1));
         for bad in ["", "abc", "1.2.3", "-1", "1.0000000001"] {
             assert!(parse_usd(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates_parse_in_utc() {
+        assert_eq!(parse_date_ms("1970-01-02"), Ok(86_400_000));
+        assert_eq!(parse_date_ms("2026-11-22T12:00:00Z"), Ok(1_795_348_800_000));
+        for bad in [
+            "2026-02-30",
+            "2026-13-01",
+            "tomorrow",
+            "2026-11-22T12:00:00",
+            "2026-11-22T25:00:00Z",
+        ] {
+            assert!(parse_date_ms(bad).is_err(), "{bad}");
         }
     }
 

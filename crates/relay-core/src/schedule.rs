@@ -10,18 +10,28 @@ use std::sync::Arc;
 use crate::accounts::{AccountEntry, Platform};
 use crate::snapshot::Snapshot;
 
-/// Whether `account` may serve a request for `platform` now, given the accounts this request
-/// already tried.
-pub fn is_routable(
-    account: &AccountEntry,
-    platform: Platform,
-    excluded: &[Arc<AccountEntry>],
-    now_ms: i64,
-) -> bool {
-    account.active
-        && account.platform == platform
-        && !account.is_cooling(now_ms)
-        && !excluded.iter().any(|tried| tried.id == account.id)
+/// Which accounts a request may use: its platform, the key's dedicated account if it has one,
+/// and not those it already tried.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidates<'a> {
+    pub platform: Platform,
+    pub dedicated: Option<&'a str>,
+    pub excluded: &'a [Arc<AccountEntry>],
+}
+
+impl Candidates<'_> {
+    /// Whether `account` belongs to the candidates at all, cooling or not.
+    fn admits(&self, account: &AccountEntry) -> bool {
+        account.active
+            && account.platform == self.platform
+            && self.dedicated.is_none_or(|name| account.name == name)
+            && !self.excluded.iter().any(|tried| tried.id == account.id)
+    }
+}
+
+/// Whether `account` may serve a request of these candidates now.
+pub fn is_routable(account: &AccountEntry, candidates: &Candidates<'_>, now_ms: i64) -> bool {
+    candidates.admits(account) && !account.is_cooling(now_ms)
 }
 
 #[derive(Debug)]
@@ -44,14 +54,13 @@ impl AccountSelector {
     pub fn select(
         &self,
         snapshot: &Snapshot,
-        platform: Platform,
-        excluded: &[Arc<AccountEntry>],
+        candidates: &Candidates<'_>,
         now_ms: i64,
     ) -> Selection {
         let chosen = snapshot
             .accounts
             .iter()
-            .filter(|account| is_routable(account, platform, excluded, now_ms))
+            .filter(|account| is_routable(account, candidates, now_ms))
             .min_by_key(|account| (account.priority, account.runtime.last_used()));
         if let Some(account) = chosen {
             let stamp = self.use_stamp.fetch_add(1, Ordering::Relaxed) + 1;
@@ -61,11 +70,7 @@ impl AccountSelector {
         let earliest_recovery = snapshot
             .accounts
             .iter()
-            .filter(|account| {
-                account.active
-                    && account.platform == platform
-                    && !excluded.iter().any(|tried| tried.id == account.id)
-            })
+            .filter(|account| candidates.admits(account))
             .map(|account| account.runtime.cooling_until_ms())
             .filter(|until_ms| *until_ms > now_ms)
             .min();
@@ -102,12 +107,20 @@ mod tests {
         }
     }
 
+    fn candidates(excluded: &[Arc<AccountEntry>]) -> Candidates<'_> {
+        Candidates {
+            platform: Platform::Anthropic,
+            dedicated: None,
+            excluded,
+        }
+    }
+
     fn pick(
         selector: &AccountSelector,
         snapshot: &Snapshot,
         excluded: &[Arc<AccountEntry>],
     ) -> String {
-        match selector.select(snapshot, Platform::Anthropic, excluded, 1_000) {
+        match selector.select(snapshot, &candidates(excluded), 1_000) {
             Selection::Account(account) => account.id.clone(),
             other => format!("{other:?}"),
         }
@@ -137,15 +150,23 @@ mod tests {
         assert_eq!(pick(&selector, &snapshot, &[]), "c");
         c.runtime.cool_until(3_000);
         assert!(matches!(
-            selector.select(&snapshot, Platform::Anthropic, &[], 1_000),
+            selector.select(&snapshot, &candidates(&[]), 1_000),
             Selection::AllCooling { until_ms: 3_000 }
         ));
         assert!(matches!(
-            selector.select(&snapshot, Platform::Anthropic, &[], 6_000),
+            selector.select(&snapshot, &candidates(&[]), 6_000),
             Selection::Account(_)
         ));
+        let dedicated = Candidates {
+            dedicated: Some("c"),
+            ..candidates(&[])
+        };
         assert!(matches!(
-            selector.select(&snapshot, Platform::Anthropic, &[a, c], 6_000),
+            selector.select(&snapshot, &dedicated, 6_000),
+            Selection::Account(account) if account.id == "c"
+        ));
+        assert!(matches!(
+            selector.select(&snapshot, &candidates(&[a, c]), 6_000),
             Selection::NoAccount
         ));
     }

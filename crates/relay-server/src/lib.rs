@@ -9,5 +9,5 @@ mod serve;
 mod state;
 
 pub use ingress::{router, UNAUTHENTICATED_ROUTES};
-pub use serve::{serve, ServerSettings};
+pub use serve::{serve, ClientAddr, ServerSettings};
 pub use state::AppState;

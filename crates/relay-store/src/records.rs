@@ -34,7 +34,7 @@ pub struct KeySpend {
     pub key_id: String,
     pub total_cost_nano_usd: i64,
     pub total_tokens: i64,
-    pub since_cost_nano_usd: i64,
+    pub first_used_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]

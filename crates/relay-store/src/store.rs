@@ -180,18 +180,16 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Every key's lifetime spend, and its cost since `since_ms` (the start of the day).
-    pub async fn key_spend(&self, since_ms: i64) -> Result<Vec<KeySpend>, StoreError> {
+    /// Every key's lifetime spend and first use.
+    pub async fn key_spend(&self) -> Result<Vec<KeySpend>, StoreError> {
         let rows = sqlx::query(
             "SELECT key_id,
                     COALESCE(SUM(cost_nano_usd), 0) AS total_cost,
                     COALESCE(SUM(input_tokens + output_tokens + cache_creation_5m_tokens
                                  + cache_creation_1h_tokens + cache_read_tokens), 0) AS total_tokens,
-                    COALESCE(SUM(CASE WHEN created_at_ms >= ? THEN cost_nano_usd END), 0)
-                        AS since_cost
+                    MIN(created_at_ms) AS first_used
              FROM usage_records GROUP BY key_id",
         )
-        .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -200,23 +198,24 @@ impl Store {
                     key_id: row.try_get("key_id")?,
                     total_cost_nano_usd: row.try_get("total_cost")?,
                     total_tokens: row.try_get("total_tokens")?,
-                    since_cost_nano_usd: row.try_get("since_cost")?,
+                    first_used_ms: row.try_get("first_used")?,
                 })
             })
             .collect()
     }
 
-    /// `(key_id, at_ms, tokens, cost)` of every request since `since_ms`, oldest first: the
-    /// history the sliding rate windows need after a restart.
+    /// `(key_id, at_ms, tokens, cost, model)` of every request since `since_ms`, oldest first:
+    /// the history the calendar limits and sliding windows need after a restart.
     pub async fn recent_spend(
         &self,
         since_ms: i64,
-    ) -> Result<Vec<(String, i64, i64, i64)>, StoreError> {
+    ) -> Result<Vec<(String, i64, i64, i64, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT key_id, created_at_ms,
                     input_tokens + output_tokens + cache_creation_5m_tokens
                         + cache_creation_1h_tokens + cache_read_tokens AS tokens,
-                    COALESCE(cost_nano_usd, 0) AS cost
+                    COALESCE(cost_nano_usd, 0) AS cost,
+                    COALESCE(upstream_model, model) AS model
              FROM usage_records WHERE created_at_ms >= ? ORDER BY created_at_ms",
         )
         .bind(since_ms)
@@ -229,6 +228,7 @@ impl Store {
                     row.try_get("created_at_ms")?,
                     row.try_get("tokens")?,
                     row.try_get("cost")?,
+                    row.try_get("model")?,
                 ))
             })
             .collect()

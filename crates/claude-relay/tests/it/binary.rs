@@ -85,6 +85,123 @@ async fn operator_flow_through_the_cli_against_a_running_server() {
     assert!(refused, "a disabled key must be refused within one second");
     cli(&data_dir, &["key", "enable", "alice"]);
 
+    let edited = cli_json(
+        &data_dir,
+        &[
+            "key",
+            "edit",
+            "alice",
+            "--concurrency",
+            "4",
+            "--rate-requests",
+            "100",
+            "--rate-tokens",
+            "1000000",
+            "--rate-cost-usd",
+            "2.5",
+            "--rate-window",
+            "5h",
+            "--daily-cost-usd",
+            "10",
+            "--weekly-cost-usd",
+            "50",
+            "--monthly-cost-usd",
+            "150",
+            "--total-cost-usd",
+            "1000",
+            "--weekly-family-cost-usd",
+            "opus=20",
+            "--weekly-family-reset",
+            "fri@18",
+            "--token-quota",
+            "90000000",
+            "--allow-model",
+            "claude-sonnet-*",
+            "--allow-model",
+            "claude-opus-4-8",
+            "--deny-model",
+            "claude-sonnet-4",
+            "--allow-client",
+            "claude-code",
+            "--allow-client",
+            "ua:my-bot/*",
+            "--allow-ip",
+            "127.0.0.0/8",
+            "--allow-ip",
+            "::1",
+            "--service",
+            "claude",
+            "--expires-at",
+            "2099-12-31",
+            "--expires-after-first-use",
+            "30d",
+            "--json",
+        ],
+    );
+    let policy = &edited["policy"];
+    assert_eq!(policy["concurrency"], 4);
+    assert_eq!(policy["rate_window_secs"], 18_000);
+    assert_eq!(policy["rate_cost_nano_usd"], 2_500_000_000_i64);
+    assert_eq!(policy["family_weekly"]["family"], "opus");
+    assert_eq!(policy["family_weekly"]["reset_weekday"], 4);
+    assert_eq!(policy["family_weekly"]["reset_hour"], 18);
+    assert_eq!(policy["allowed_models"][1], "claude-opus-4-8");
+    assert_eq!(policy["allowed_ips"][1], "::1");
+    assert_eq!(policy["expires_after_first_use_secs"], 2_592_000);
+    // Bad values are refused with the setting named.
+    let bad = std::process::Command::new(crate::support::BINARY)
+        .args(["key", "edit", "alice", "--allow-ip", "10.0.0.0/99"])
+        .env("CLAUDE_RELAY_DATA_DIR", &data_dir)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("10.0.0.0/99"));
+    // Clearing lists and lifting limits brings the key back to no limits.
+    let cleared = cli_json(
+        &data_dir,
+        &[
+            "key",
+            "edit",
+            "alice",
+            "--concurrency",
+            "0",
+            "--rate-requests",
+            "0",
+            "--rate-tokens",
+            "0",
+            "--rate-cost-usd",
+            "0",
+            "--rate-window",
+            "0",
+            "--daily-cost-usd",
+            "0",
+            "--weekly-cost-usd",
+            "0",
+            "--monthly-cost-usd",
+            "0",
+            "--total-cost-usd",
+            "0",
+            "--token-quota",
+            "0",
+            "--clear",
+            "weekly-family-cost",
+            "--clear",
+            "allowed-models",
+            "--clear",
+            "denied-models",
+            "--clear",
+            "allowed-clients",
+            "--clear",
+            "allowed-ips",
+            "--clear",
+            "services",
+            "--clear",
+            "expiry",
+            "--json",
+        ],
+    );
+    assert_eq!(cleared["policy"], json!({}));
+
     let keys = cli_json(&data_dir, &["key", "list", "--json"]);
     assert_eq!(keys[0]["status"], "active");
     assert!(!keys.to_string().contains(&key));

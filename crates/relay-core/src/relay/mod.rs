@@ -22,13 +22,15 @@ use relay_protocol::anthropic::ErrorType;
 use relay_store::{UsageRecord, UsageSink};
 use tokio::time::Instant;
 
+use crate::access::{self, Denial, RequestFacts};
 use crate::accounts::{AccountEntry, Platform};
 use crate::clock::now_ms;
 use crate::crypto::KeyHasher;
 use crate::keys::{resolve_key, KeyEntry, KeyRejection};
 use crate::limits::{Admission, Estimate, Limiter, Refusal};
 use crate::metrics::Metrics;
-use crate::schedule::{AccountSelector, Selection};
+use crate::policy::Service;
+use crate::schedule::{AccountSelector, Candidates, Selection};
 use crate::snapshot::SnapshotStore;
 
 pub use capture::CapturedStream;
@@ -97,6 +99,10 @@ pub struct ForwardRequest {
     pub stream: bool,
     /// The request's `max_tokens`, for the worst-case cost estimate.
     pub max_tokens: Option<u64>,
+    /// Whether the body carries a `metadata.user_id` (as Claude Code's requests do).
+    pub has_session_metadata: bool,
+    /// The TCP peer, for address allowlists.
+    pub client_ip: Option<std::net::IpAddr>,
     pub received_at: Instant,
 }
 
@@ -265,7 +271,12 @@ impl Relay {
         let mut tried: Vec<Arc<AccountEntry>> = Vec::new();
         let mut last_failure: Option<AttemptFailure> = None;
         while tried.len() < self.settings.max_attempts {
-            let account = match self.selector.select(&snapshot, platform, &tried, now_ms()) {
+            let candidates = Candidates {
+                platform,
+                dedicated: request.key.policy.dedicated_account.as_deref(),
+                excluded: &tried,
+            };
+            let account = match self.selector.select(&snapshot, &candidates, now_ms()) {
                 Selection::Account(account) => account,
                 Selection::AllCooling { until_ms } if tried.is_empty() => {
                     let wait_s =
@@ -321,13 +332,34 @@ impl Relay {
     /// Reserves the request's worst-case cost and a concurrency slot under the key's policy.
     /// Counting tokens costs nothing and is not limited.
     fn admit(&self, request: &ForwardRequest) -> Result<Option<Admission>, RelayError> {
+        let now = now_ms();
+        let policy = &request.key.policy;
+        let user_agent = request
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|value| value.to_str().ok());
+        let facts = RequestFacts {
+            service: Service::Claude,
+            model: &request.model,
+            user_agent,
+            claude_code_marks: request.has_session_metadata
+                && claude_code_headers(&request.headers),
+            client_ip: request.client_ip,
+        };
+        access::check(policy, &facts, now).map_err(|denial| {
+            let error_type = if denial == Denial::Expired {
+                ErrorType::Authentication
+            } else {
+                ErrorType::Permission
+            };
+            RelayError::new(error_type, denial.message())
+        })?;
         if request.endpoint == Endpoint::CountTokens {
             return Ok(None);
         }
-        let now = now_ms();
         let estimate = estimate(&request.model, request.body.len(), request.max_tokens);
         self.limiter
-            .admit(&request.key.id, &request.key.policy, estimate, now)
+            .admit(&request.key.id, &request.key.policy, &request.model, estimate, now)
             .map(Some)
             .map_err(|refusal| {
                 tracing::info!(request_id = %request.request_id, key_id = %request.key.id, ?refusal, "request refused by key policy");
@@ -447,6 +479,23 @@ impl Relay {
     }
 }
 
+/// Claude Code's own headers besides its User-Agent: `x-app: cli`, or a `claude-code-*` beta.
+fn claude_code_headers(headers: &HeaderMap) -> bool {
+    let app_is_cli = headers
+        .get("x-app")
+        .is_some_and(|value| value.as_bytes() == b"cli");
+    let claude_code_beta = headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| {
+            value
+                .split(',')
+                .any(|beta| beta.trim().starts_with("claude-code-"))
+        });
+    app_is_cli || claude_code_beta
+}
+
 /// The worst case a request can cost: its whole body as uncached input tokens (a byte is at most
 /// a token, and JSON is mostly overhead, so a quarter of the bytes is generous), plus
 /// `max_tokens` of output. Priced by the same function as the final charge.
@@ -518,15 +567,21 @@ fn refusal_error(refusal: &Refusal, now_ms: i64) -> RelayError {
             format!("this key's limit of {} per window is reached", usd(*limit)),
             *retry_after_ms,
         ),
-        Refusal::DailyCost {
+        Refusal::Expired => {
+            RelayError::new(ErrorType::Authentication, "this relay key has expired")
+        }
+        Refusal::PeriodCost {
+            period,
             limit,
             resets_at_ms,
         } => RelayError::new(
             ErrorType::Billing,
             format!(
-                "this key's daily cost limit of {} is reached; it resets at 00:00 UTC, in {} s",
+                "this key's {} cost limit of {} is reached; it resets in {} s (at Unix time {})",
+                period.label(),
                 usd(*limit),
-                seconds_until(*resets_at_ms, now_ms)
+                seconds_until(*resets_at_ms, now_ms),
+                resets_at_ms / 1000
             ),
         ),
         Refusal::TotalCost { limit } => RelayError::new(

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::error::{anthropic_error, error, REQUEST_ID_HEADER};
+use crate::serve::ClientAddr;
 use crate::AppState;
 
 /// A request id unique across restarts without a syscall per request: a random per-process
@@ -65,6 +66,14 @@ struct MessagesHead<'a> {
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
     max_tokens: Option<u64>,
+    #[serde(borrow)]
+    metadata: Option<Metadata<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(borrow)]
+    user_id: Option<Cow<'a, str>>,
 }
 
 pub(crate) async fn messages(State(state): State<AppState>, request: Request) -> Response {
@@ -126,6 +135,11 @@ async fn prepare(
         .into_owned();
     let stream = head.stream.unwrap_or(false) && endpoint == Endpoint::Messages;
     let max_tokens = head.max_tokens;
+    let has_session_metadata = head
+        .metadata
+        .as_ref()
+        .and_then(|metadata| metadata.user_id.as_ref())
+        .is_some_and(|user_id| !user_id.is_empty());
     Ok(ForwardRequest {
         request_id: request_id.to_owned(),
         key,
@@ -136,6 +150,8 @@ async fn prepare(
         model,
         stream,
         max_tokens,
+        has_session_metadata,
+        client_ip: parts.extensions.get::<ClientAddr>().map(|addr| addr.0),
         received_at,
     })
 }

@@ -47,10 +47,11 @@ async fn fifty_parallel_requests_never_overdraw_a_budget_that_admits_ten() {
         }
         assert_eq!(admitted, 10, "round {round}");
         assert_eq!(harness.mock.requests().len() - before, 10, "round {round}");
-        let standing = harness
-            .relay
-            .limiter()
-            .standing(&key_id, relay_core::clock::now_ms());
+        let standing = harness.relay.limiter().standing(
+            &key_id,
+            &KeyPolicy::default(),
+            relay_core::clock::now_ms(),
+        );
         assert!(
             standing.total_cost_nano_usd <= budget,
             "round {round}: overdrawn"
@@ -94,7 +95,14 @@ async fn a_concurrency_limit_of_two_never_lets_a_third_request_reach_the_upstrea
             assert!(text.contains("requests at a time"), "{text}");
         }
     }
-    assert_eq!(harness.relay.limiter().standing(&key_id, 0).inflight, 0);
+    assert_eq!(
+        harness
+            .relay
+            .limiter()
+            .standing(&key_id, &KeyPolicy::default(), 0)
+            .inflight,
+        0
+    );
 }
 
 #[tokio::test]
@@ -152,13 +160,19 @@ async fn counters_return_to_zero_after_a_thousand_faulty_requests() {
         "no slot may leak into a refusal"
     );
     // Every admitted request settles or releases: nothing stays reserved or in flight.
-    let mut standing = harness.relay.limiter().standing(&key_id, 0);
+    let mut standing = harness
+        .relay
+        .limiter()
+        .standing(&key_id, &KeyPolicy::default(), 0);
     for _ in 0..50 {
         if standing.inflight == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        standing = harness.relay.limiter().standing(&key_id, 0);
+        standing = harness
+            .relay
+            .limiter()
+            .standing(&key_id, &KeyPolicy::default(), 0);
     }
     assert_eq!(standing.inflight, 0);
     assert_eq!(standing.reserved_cost_nano_usd, 0);
@@ -207,4 +221,122 @@ async fn rate_window_refusals_say_when_to_come_back() {
         .await
         .unwrap();
     assert_eq!(counted.status(), 200);
+}
+
+#[tokio::test]
+async fn access_policies_refuse_what_they_should_and_admit_the_rest() {
+    let harness = Harness::start(vec![
+        account("first", "sk-first", 1),
+        account("second", "sk-second", 2),
+    ])
+    .await;
+    let sonnet = messages_body(false, "x");
+    let mut opus = sonnet.clone();
+    opus["model"] = "claude-opus-4-8".into();
+
+    let models = KeyPolicy {
+        allowed_models: Some(vec!["claude-sonnet-*".into()]),
+        ..KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("models", &models).await;
+    assert_eq!(
+        post_as(&harness, &key, &sonnet)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let refused = post_as(&harness, &key, &opus).send().await.unwrap();
+    assert_eq!(error_of(refused).await, (403, "permission_error".into()));
+
+    let clients = KeyPolicy {
+        allowed_clients: Some(vec!["claude-code".into()]),
+        ..KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("clients", &clients).await;
+    let mut claude_code_body = sonnet.clone();
+    claude_code_body["metadata"] = serde_json::json!({"user_id": "{\"session_id\":\"s1\"}"});
+    let from_claude_code = post_as(&harness, &key, &claude_code_body)
+        .header("user-agent", "claude-cli/2.1.197 (external, sdk-cli)")
+        .header("x-app", "cli")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_claude_code.status(), 200);
+    // The same User-Agent without Claude Code's other marks is not Claude Code.
+    let forged = post_as(&harness, &key, &sonnet)
+        .header("user-agent", "claude-cli/2.1.197 (external, sdk-cli)")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(forged).await, (403, "permission_error".into()));
+
+    let addresses = KeyPolicy {
+        allowed_ips: Some(vec!["10.0.0.0/8".into()]),
+        ..KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("addresses", &addresses).await;
+    let refused = post_as(&harness, &key, &sonnet).send().await.unwrap();
+    assert_eq!(error_of(refused).await, (403, "permission_error".into()));
+    let loopback = KeyPolicy {
+        allowed_ips: Some(vec!["127.0.0.0/8".into(), "::1".into()]),
+        ..KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("loopback", &loopback).await;
+    assert_eq!(
+        post_as(&harness, &key, &sonnet)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let services = KeyPolicy {
+        services: Some(vec![relay_core::policy::Service::Openai]),
+        ..KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("openai-only", &services).await;
+    let refused = post_as(&harness, &key, &sonnet).send().await.unwrap();
+    assert_eq!(error_of(refused).await, (403, "permission_error".into()));
+
+    let expired = KeyPolicy {
+        expires_at_ms: Some(relay_core::clock::now_ms() - 1),
+        ..KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("expired", &expired).await;
+    let refused = post_as(&harness, &key, &sonnet).send().await.unwrap();
+    assert_eq!(
+        error_of(refused).await,
+        (401, "authentication_error".into())
+    );
+
+    let refused_so_far = harness.mock.requests().len();
+    assert_eq!(
+        refused_so_far, 3,
+        "refused requests must not reach the upstream"
+    );
+
+    // A dedicated key goes to its account even though another has a better priority.
+    let dedicated = KeyPolicy {
+        dedicated_account: Some("second".into()),
+        ..KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("dedicated", &dedicated).await;
+    for _ in 0..3 {
+        assert_eq!(
+            post_as(&harness, &key, &sonnet)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let after: Vec<String> = harness.mock.requests()[refused_so_far..]
+        .iter()
+        .map(|request| request.api_key.clone())
+        .collect();
+    assert_eq!(after, ["sk-second", "sk-second", "sk-second"]);
 }
