@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod policy;
 pub mod pricing;
 pub mod relay;
+pub mod report;
 pub mod schedule;
 pub mod snapshot;
 

@@ -56,6 +56,10 @@ impl SnapshotStore {
         self.current.load_full()
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Whether the store answers.
     pub async fn ping(&self) -> bool {
         self.store.revision().await.is_ok()

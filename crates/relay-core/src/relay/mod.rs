@@ -256,6 +256,37 @@ impl Relay {
         self.snapshots.ping().await
     }
 
+    /// The key a presented secret belongs to, active or not (for a key's view of itself).
+    pub fn find_key(&self, presented: Option<&str>) -> Option<Arc<KeyEntry>> {
+        let presented = presented.filter(|key| !key.is_empty())?;
+        self.snapshots
+            .current()
+            .keys
+            .get(&self.hasher.digest(presented))
+            .cloned()
+    }
+
+    /// The key holder's own view of their key (the self-service endpoints).
+    pub async fn key_report(&self, key: &KeyEntry) -> crate::report::KeyReport {
+        let filter = relay_store::UsageFilter {
+            key_id: Some(key.id.clone()),
+            since_ms: None,
+        };
+        let recent = match self
+            .snapshots
+            .store()
+            .recent_usage(&filter, RECENT_REQUESTS)
+            .await
+        {
+            Ok(recent) => recent,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read recent requests for a key report");
+                Vec::new()
+            }
+        };
+        crate::report::build(key, &self.limiter, recent, now_ms())
+    }
+
     /// Resolves the presented relay key against the current snapshot.
     pub fn authenticate(&self, presented: Option<&str>) -> Result<Arc<KeyEntry>, KeyRejection> {
         resolve_key(&self.snapshots.current(), &self.hasher, presented)
@@ -510,6 +541,9 @@ pub fn estimate(model: &str, body_len: usize, max_tokens: Option<u64>) -> Estima
         tokens: usage.total_tokens(),
     }
 }
+
+/// Requests listed in a key report.
+const RECENT_REQUESTS: i64 = 20;
 
 /// Output assumed when a request names no `max_tokens` (the API requires it, so this is rare).
 const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 4_096;

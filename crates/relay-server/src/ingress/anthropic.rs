@@ -45,18 +45,22 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+fn rejection_error(rejection: KeyRejection) -> RelayError {
+    match rejection {
+        KeyRejection::Missing => error(
+            ErrorType::Authentication,
+            "missing relay key: send it in x-api-key or Authorization: Bearer",
+        ),
+        KeyRejection::Unknown => error(ErrorType::Authentication, "invalid relay key"),
+        KeyRejection::Disabled => error(ErrorType::Permission, "this relay key is disabled"),
+    }
+}
+
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<KeyEntry>, RelayError> {
     state
         .relay
         .authenticate(presented_key(headers))
-        .map_err(|rejection| match rejection {
-            KeyRejection::Missing => error(
-                ErrorType::Authentication,
-                "missing relay key: send it in x-api-key or Authorization: Bearer",
-            ),
-            KeyRejection::Unknown => error(ErrorType::Authentication, "invalid relay key"),
-            KeyRejection::Disabled => error(ErrorType::Permission, "this relay key is disabled"),
-        })
+        .map_err(rejection_error)
 }
 
 /// The fields of a Messages request the relay reads; everything else passes through unparsed.
@@ -205,8 +209,9 @@ pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
     let request_id = new_request_id();
     let response = match authenticate(&state, &headers) {
         Err(relay_error) => anthropic_error(&relay_error, &request_id),
-        Ok(_key) => {
+        Ok(key) => {
             let data: Vec<serde_json::Value> = relay_core::pricing::known_models()
+                .filter(|id| relay_core::access::model_allowed(&key.policy, id))
                 .map(|id| {
                     serde_json::json!({
                         "type": "model",
@@ -230,6 +235,36 @@ pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
         }
     };
     observe(&state, "models", &request_id, &response, received_at);
+    response
+}
+
+/// `GET /v1/usage`, `/v1/key-info` (and `/api/…`): the key's own limits, standing and recent
+/// requests, authenticated by the key itself. A disabled key may still look at itself.
+pub(crate) async fn key_info(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let received_at = Instant::now();
+    let request_id = new_request_id();
+    let key = state.relay.authenticate(presented_key(&headers));
+    let key = match key {
+        Ok(key) => Ok(key),
+        Err(KeyRejection::Disabled) => state
+            .relay
+            .find_key(presented_key(&headers))
+            .ok_or(KeyRejection::Unknown),
+        Err(rejection) => Err(rejection),
+    };
+    let response = match key {
+        Err(rejection) => anthropic_error(&rejection_error(rejection), &request_id),
+        Ok(key) => {
+            let report = state.relay.key_report(&key).await;
+            let mut response =
+                Response::new(Body::from(serde_json::to_vec(&report).unwrap_or_default()));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+    };
+    observe(&state, "key_info", &request_id, &response, received_at);
     response
 }
 

@@ -40,6 +40,14 @@ pub fn router(state: AppState) -> Router {
             )
             .route(&format!("{prefix}/v1/models"), get(anthropic::models));
     }
+    for path in [
+        "/v1/usage",
+        "/api/v1/usage",
+        "/v1/key-info",
+        "/api/v1/key-info",
+    ] {
+        router = router.route(path, get(anthropic::key_info));
+    }
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -340,3 +340,119 @@ async fn access_policies_refuse_what_they_should_and_admit_the_rest() {
         .collect();
     assert_eq!(after, ["sk-second", "sk-second", "sk-second"]);
 }
+
+#[tokio::test]
+async fn a_key_holder_sees_limits_standing_and_recent_requests() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let policy = KeyPolicy {
+        concurrency: Some(3),
+        daily_cost_nano_usd: Some(10_000_000_000),
+        rate_window_secs: Some(60),
+        rate_requests: Some(100),
+        token_quota: Some(1_000_000),
+        allowed_models: Some(vec!["claude-sonnet-*".into()]),
+        ..KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("member", &policy).await;
+    let body = messages_body(false, "hello");
+    for _ in 0..2 {
+        assert_eq!(
+            post_as(&harness, &key, &body)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    harness.records(2).await;
+    for path in [
+        "/v1/usage",
+        "/api/v1/usage",
+        "/v1/key-info",
+        "/api/v1/key-info",
+    ] {
+        let report: Value = harness
+            .client
+            .get(format!("{}{path}", harness.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["name"], "member", "{path}");
+        assert_eq!(report["concurrency"]["limit"], 3);
+        assert_eq!(report["concurrency"]["in_flight"], 0);
+        let daily = &report["periods"][0];
+        assert_eq!(daily["period"], "daily");
+        let used = daily["cost"]["used"].as_f64().unwrap();
+        assert!(used > 0.0);
+        assert_eq!(daily["cost"]["limit"], 10.0);
+        assert!((daily["cost"]["remaining"].as_f64().unwrap() - (10.0 - used)).abs() < 1e-9);
+        assert!(daily["resets_at_ms"].as_i64().unwrap() > relay_core::clock::now_ms());
+        assert_eq!(report["rate_window"]["requests"]["used"], 2.0);
+        assert_eq!(report["rate_window"]["requests"]["limit"], 100.0);
+        assert!(report["token_quota"]["used"].as_f64().unwrap() > 0.0);
+        let recent = report["recent_requests"].as_array().unwrap();
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[0]["model"], "claude-sonnet-4-5-20250929");
+        assert!(
+            !report.to_string().contains(&key),
+            "the report must not echo the key"
+        );
+    }
+
+    // /v1/models lists only what the key may use.
+    let models: Value = harness
+        .client
+        .get(format!("{}/v1/models", harness.url))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(!ids.is_empty());
+    assert!(
+        ids.iter().all(|id| id.starts_with("claude-sonnet-")),
+        "{ids:?}"
+    );
+
+    // Without a key: a clean 401. A disabled key may still look at itself.
+    let anonymous = harness
+        .client
+        .get(format!("{}/v1/usage", harness.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(anonymous).await,
+        (401, "authentication_error".into())
+    );
+    harness
+        .admin
+        .set_key_enabled("member", false)
+        .await
+        .unwrap();
+    harness.snapshots.reload().await.unwrap();
+    let report: Value = harness
+        .client
+        .get(format!("{}/v1/usage", harness.url))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["status"], "disabled");
+}
