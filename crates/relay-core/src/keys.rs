@@ -57,6 +57,10 @@ pub enum KeyRejection {
     Missing,
     Unknown,
     Disabled,
+    /// Too many failed attempts from this address; try again after this long.
+    Throttled {
+        retry_after_ms: i64,
+    },
 }
 
 /// Resolves a presented key against the current snapshot: one HMAC and one hash-map lookup.

@@ -18,5 +18,6 @@ pub mod relay;
 pub mod report;
 pub mod schedule;
 pub mod snapshot;
+pub mod throttle;
 
 pub use relay::{Relay, RelaySettings};

@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::policy::Service;
 use crate::schedule::{AccountSelector, Candidates, Selection};
 use crate::snapshot::SnapshotStore;
+use crate::throttle::AuthThrottle;
 
 pub use capture::CapturedStream;
 use upstream::{AttemptFailure, Started, UpstreamClient};
@@ -211,6 +212,7 @@ pub struct Relay {
     hasher: KeyHasher,
     selector: AccountSelector,
     limiter: Limiter,
+    auth_throttle: AuthThrottle,
     usage: UsageSink,
     metrics: Arc<Metrics>,
     settings: RelaySettings,
@@ -233,6 +235,7 @@ impl Relay {
             hasher,
             selector: AccountSelector::default(),
             limiter: Limiter::default(),
+            auth_throttle: AuthThrottle::default(),
             usage,
             metrics,
             settings,
@@ -287,9 +290,22 @@ impl Relay {
         crate::report::build(key, &self.limiter, recent, now_ms())
     }
 
-    /// Resolves the presented relay key against the current snapshot.
-    pub fn authenticate(&self, presented: Option<&str>) -> Result<Arc<KeyEntry>, KeyRejection> {
-        resolve_key(&self.snapshots.current(), &self.hasher, presented)
+    /// Resolves the presented relay key against the current snapshot, unless the client's
+    /// address is blocked for failed attempts; an unknown key counts as one.
+    pub fn authenticate(
+        &self,
+        presented: Option<&str>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<Arc<KeyEntry>, KeyRejection> {
+        let now = now_ms();
+        self.auth_throttle
+            .check(client_ip, now)
+            .map_err(|retry_after_ms| KeyRejection::Throttled { retry_after_ms })?;
+        let resolved = resolve_key(&self.snapshots.current(), &self.hasher, presented);
+        if resolved == Err(KeyRejection::Unknown) {
+            self.auth_throttle.failed(client_ip, now);
+        }
+        resolved
     }
 
     /// Forwards a request, failing over between accounts before the first byte.

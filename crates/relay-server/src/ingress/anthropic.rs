@@ -47,6 +47,18 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 
 fn rejection_error(rejection: KeyRejection) -> RelayError {
     match rejection {
+        KeyRejection::Throttled { retry_after_ms } => RelayError {
+            retry_after_s: Some(
+                u64::try_from(retry_after_ms)
+                    .unwrap_or(0)
+                    .div_ceil(1000)
+                    .max(1),
+            ),
+            ..error(
+                ErrorType::RateLimit,
+                "too many failed key attempts from this address; try again later",
+            )
+        },
         KeyRejection::Missing => error(
             ErrorType::Authentication,
             "missing relay key: send it in x-api-key or Authorization: Bearer",
@@ -56,10 +68,17 @@ fn rejection_error(rejection: KeyRejection) -> RelayError {
     }
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<KeyEntry>, RelayError> {
+fn client_ip(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+    extensions.get::<ClientAddr>().map(|addr| addr.0)
+}
+
+fn authenticate(
+    state: &AppState,
+    parts: &http::request::Parts,
+) -> Result<Arc<KeyEntry>, RelayError> {
     state
         .relay
-        .authenticate(presented_key(headers))
+        .authenticate(presented_key(&parts.headers), client_ip(&parts.extensions))
         .map_err(rejection_error)
 }
 
@@ -124,7 +143,7 @@ async fn prepare(
     received_at: Instant,
 ) -> Result<ForwardRequest, RelayError> {
     let (parts, body) = request.into_parts();
-    let key = authenticate(state, &parts.headers)?;
+    let key = authenticate(state, &parts)?;
     let body = read_body(body, state.settings.max_body_bytes).await?;
     let head: MessagesHead = serde_json::from_slice(&body).map_err(|parse_error| {
         error(
@@ -155,7 +174,7 @@ async fn prepare(
         stream,
         max_tokens,
         has_session_metadata,
-        client_ip: parts.extensions.get::<ClientAddr>().map(|addr| addr.0),
+        client_ip: client_ip(&parts.extensions),
         received_at,
     })
 }
@@ -204,10 +223,11 @@ fn observe(
 }
 
 /// `GET /v1/models`: the Claude models this relay can price, in Anthropic's list shape.
-pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(crate) async fn models(State(state): State<AppState>, request: Request) -> Response {
     let received_at = Instant::now();
     let request_id = new_request_id();
-    let response = match authenticate(&state, &headers) {
+    let (parts, _) = request.into_parts();
+    let response = match authenticate(&state, &parts) {
         Err(relay_error) => anthropic_error(&relay_error, &request_id),
         Ok(key) => {
             let data: Vec<serde_json::Value> = relay_core::pricing::known_models()
@@ -240,10 +260,14 @@ pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
 
 /// `GET /v1/usage`, `/v1/key-info` (and `/api/…`): the key's own limits, standing and recent
 /// requests, authenticated by the key itself. A disabled key may still look at itself.
-pub(crate) async fn key_info(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(crate) async fn key_info(State(state): State<AppState>, request: Request) -> Response {
     let received_at = Instant::now();
     let request_id = new_request_id();
-    let key = state.relay.authenticate(presented_key(&headers));
+    let (parts, _) = request.into_parts();
+    let headers = parts.headers;
+    let key = state
+        .relay
+        .authenticate(presented_key(&headers), client_ip(&parts.extensions));
     let key = match key {
         Ok(key) => Ok(key),
         Err(KeyRejection::Disabled) => state

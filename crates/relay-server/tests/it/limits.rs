@@ -456,3 +456,21 @@ async fn a_key_holder_sees_limits_standing_and_recent_requests() {
         .unwrap();
     assert_eq!(report["status"], "disabled");
 }
+
+#[tokio::test]
+async fn repeated_wrong_keys_block_the_address() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let body = messages_body(false, "x");
+    for n in 0..30 {
+        let guess = post_as(&harness, &format!("cr_guess_{n}"), &body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(guess.status(), 401, "attempt {n}");
+    }
+    // Blocked now, for every key, so that the answer reveals nothing about the key.
+    let blocked = post_as(&harness, &harness.key, &body).send().await.unwrap();
+    assert!(blocked.headers().get("retry-after").is_some());
+    assert_eq!(error_of(blocked).await, (429, "rate_limit_error".into()));
+    assert!(harness.mock.requests().is_empty());
+}
