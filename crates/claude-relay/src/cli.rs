@@ -12,6 +12,7 @@ use relay_core::policy::{
     parse_date_ms, parse_duration_secs, parse_usd, FamilyWeeklyLimit, KeyPolicy, Service,
 };
 use relay_core::pricing::format_usd;
+use relay_store::KeyMeta;
 use serde_json::json;
 
 use crate::config::Config;
@@ -78,26 +79,86 @@ enum AccountCommand {
 
 #[derive(Debug, Subcommand)]
 enum KeyCommand {
-    /// Create a relay key; prints it once.
+    /// Create a relay key (or a batch with --count); prints each key once.
     Create {
+        /// The key's name; with --count a pattern where {n} is replaced by 1…N.
         #[arg(long)]
         name: String,
+        /// Create this many keys from the name pattern.
+        #[arg(long)]
+        count: Option<u32>,
+        #[command(flatten)]
+        meta: MetaArgs,
         #[command(flatten)]
         policy: PolicyArgs,
         #[arg(long)]
         json: bool,
     },
-    /// Change a key's limits; flags not given keep their value.
+    /// Change keys' limits and notes; flags not given keep their value.
     Edit {
-        name: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        meta: MetaArgs,
         #[command(flatten)]
         policy: PolicyArgs,
         #[arg(long)]
         json: bool,
     },
-    List(JsonFlag),
-    Disable(NameArg),
-    Enable(NameArg),
+    /// List keys (no secrets); --trash lists the deleted ones.
+    List {
+        #[arg(long)]
+        trash: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Disable(NamesArg),
+    Enable(NamesArg),
+    /// Move keys to the trash (they stop working; `restore` brings them back).
+    Delete(NamesArg),
+    Restore(NamesArg),
+    /// Remove keys from the trash for good.
+    Purge {
+        /// Only keys deleted at least this long ago (e.g. 30d); default: all in the trash.
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+    },
+    /// Export the key list as CSV (no secrets).
+    Export,
+}
+
+/// Operator notes on a key.
+#[derive(Debug, Args, Clone)]
+struct MetaArgs {
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    owner: Option<String>,
+    /// A tag (repeatable; replaces the key's tags).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+}
+
+impl MetaArgs {
+    fn apply(self, meta: &mut KeyMeta) {
+        if let Some(description) = self.description {
+            meta.description = description;
+        }
+        if let Some(owner) = self.owner {
+            meta.owner = (!owner.is_empty()).then_some(owner);
+        }
+        if !self.tags.is_empty() {
+            meta.tags = self.tags;
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct NamesArg {
+    #[arg(required = true)]
+    names: Vec<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,7 +240,7 @@ struct PolicyArgs {
 }
 
 /// Parsed [`PolicyArgs`]: `Some(None)` removes a limit, `Some(Some(v))` sets it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct PolicyChanges {
     concurrency: Option<Option<u32>>,
     rate_requests: Option<Option<u64>>,
@@ -579,42 +640,94 @@ async fn run_admin_command(
 
 async fn run_key_command(command: KeyCommand, admin: &AdminService) -> anyhow::Result<()> {
     match command {
-        KeyCommand::Create { name, policy, json } => {
+        KeyCommand::Create {
+            name,
+            count,
+            meta,
+            policy,
+            json,
+        } => {
             let mut key_policy = KeyPolicy::default();
             policy.parse()?.apply(&mut key_policy);
-            let key = admin.create_key(&name, &key_policy).await?;
+            let mut key_meta = KeyMeta::default();
+            meta.apply(&mut key_meta);
+            let keys = match count {
+                Some(count) => {
+                    admin
+                        .create_keys(&name, count, &key_policy, &key_meta)
+                        .await?
+                }
+                None => vec![admin.create_key(&name, &key_policy, &key_meta).await?],
+            };
             if json {
-                print_json(&json!({
-                    "id": key.id,
-                    "name": key.name,
-                    "key": key.secret,
-                    "key_hint": key.hint,
-                    "policy": key_policy,
-                }));
+                let created: Vec<serde_json::Value> = keys
+                    .iter()
+                    .map(|key| {
+                        json!({
+                            "id": key.id,
+                            "name": key.name,
+                            "key": key.secret,
+                            "key_hint": key.hint,
+                            "policy": key_policy,
+                        })
+                    })
+                    .collect();
+                print_json(&if count.is_some() {
+                    serde_json::Value::Array(created)
+                } else {
+                    created.into_iter().next().unwrap_or_default()
+                });
+            } else if count.is_some() {
+                for key in &keys {
+                    out(&format!("{}\t{}", key.name, key.secret));
+                }
+                notice(&format!(
+                    "created {} keys; they are shown only this once",
+                    keys.len()
+                ));
             } else {
                 // Alone on stdout, so `KEY=$(claude-relay key create --name x)` works.
-                out(&key.secret);
-                notice(&format!(
-                    "created key '{}'; it is shown only this once",
-                    key.name
-                ));
+                for key in &keys {
+                    out(&key.secret);
+                    notice(&format!(
+                        "created key '{}'; it is shown only this once",
+                        key.name
+                    ));
+                }
             }
             Ok(())
         }
-        KeyCommand::Edit { name, policy, json } => {
+        KeyCommand::Edit {
+            names,
+            meta,
+            policy,
+            json,
+        } => {
             let changes = policy.parse()?;
-            let updated = admin
-                .edit_key_policy(&name, |current| changes.apply(current))
-                .await?;
+            let mut edited = Vec::new();
+            for name in &names {
+                let updated = admin
+                    .edit_key_policy(name, |current| changes.clone().apply(current))
+                    .await?;
+                let notes = admin
+                    .edit_key_meta(name, |current| meta.clone().apply(current))
+                    .await?;
+                if !json {
+                    out(&format!("key '{name}' limits: {}", updated.to_json()));
+                }
+                edited.push(json!({ "name": name, "policy": updated, "meta": notes }));
+            }
             if json {
-                print_json(&json!({ "name": name, "policy": updated }));
-            } else {
-                out(&format!("key '{name}' limits: {}", updated.to_json()));
+                print_json(&if edited.len() == 1 {
+                    edited.remove(0)
+                } else {
+                    serde_json::Value::Array(edited)
+                });
             }
             Ok(())
         }
-        KeyCommand::List(JsonFlag { json }) => {
-            let keys = admin.list_keys().await?;
+        KeyCommand::List { trash, json } => {
+            let keys = admin.list_keys(trash).await?;
             if json {
                 let listed: Vec<serde_json::Value> = keys
                     .iter()
@@ -626,24 +739,69 @@ async fn run_key_command(command: KeyCommand, admin: &AdminService) -> anyhow::R
                     .collect();
                 print_json(&serde_json::Value::Array(listed));
             } else {
-                out(&format!("{:<32} {:<9} KEY", "NAME", "STATUS"));
+                out(&format!(
+                    "{:<32} {:<9} {:<12} {:<16} TAGS",
+                    "NAME", "STATUS", "KEY", "OWNER"
+                ));
                 for key in keys {
                     out(&format!(
-                        "{:<32} {:<9} {}",
-                        key.name, key.status, key.key_hint
+                        "{:<32} {:<9} {:<12} {:<16} {}",
+                        key.name,
+                        key.status,
+                        key.key_hint,
+                        key.meta.owner.as_deref().unwrap_or("-"),
+                        key.meta.tags.join(",")
                     ));
                 }
             }
             Ok(())
         }
-        KeyCommand::Disable(NameArg { name, json }) => {
-            admin.set_key_enabled(&name, false).await?;
-            status_changed("key", &name, "disabled", json);
+        KeyCommand::Disable(NamesArg { names, json }) => {
+            for name in &names {
+                admin.set_key_enabled(name, false).await?;
+                status_changed("key", name, "disabled", json);
+            }
             Ok(())
         }
-        KeyCommand::Enable(NameArg { name, json }) => {
-            admin.set_key_enabled(&name, true).await?;
-            status_changed("key", &name, "active", json);
+        KeyCommand::Enable(NamesArg { names, json }) => {
+            for name in &names {
+                admin.set_key_enabled(name, true).await?;
+                status_changed("key", name, "active", json);
+            }
+            Ok(())
+        }
+        KeyCommand::Delete(NamesArg { names, json }) => {
+            for name in &names {
+                admin.delete_key(name).await?;
+                status_changed("key", name, "deleted", json);
+            }
+            Ok(())
+        }
+        KeyCommand::Restore(NamesArg { names, json }) => {
+            for name in &names {
+                admin.restore_key(name).await?;
+                status_changed("key", name, "restored", json);
+            }
+            Ok(())
+        }
+        KeyCommand::Purge { older_than } => {
+            let older_than_ms = match older_than.as_deref() {
+                Some(text) => {
+                    i64::try_from(parse_duration_secs(text).map_err(anyhow::Error::msg)?)
+                        .unwrap_or(i64::MAX / 2000)
+                        * 1000
+                }
+                None => -1,
+            };
+            for name in admin.purge_trash(older_than_ms).await? {
+                out(&format!("purged key '{name}'"));
+            }
+            Ok(())
+        }
+        KeyCommand::Export => {
+            // The CSV goes out as is: it ends in a newline already.
+            let csv = admin.export_keys_csv().await?;
+            out(csv.trim_end_matches('\n'));
             Ok(())
         }
     }

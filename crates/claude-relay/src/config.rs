@@ -26,6 +26,14 @@ struct FileConfig {
     upstream: FileUpstream,
     #[serde(default)]
     server: FileServer,
+    #[serde(default)]
+    keys: FileKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKeys {
+    trash_retention_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +87,8 @@ pub struct Config {
     pub log_level: String,
     pub relay: RelaySettings,
     pub server: ServerSettings,
+    /// Keys stay in the trash this long, then are purged.
+    pub trash_retention: Duration,
 }
 
 impl Config {
@@ -199,6 +209,12 @@ impl Config {
                 &mut problems,
             ),
         };
+        let trash_retention = Duration::from_secs(
+            file.keys
+                .trash_retention_days
+                .unwrap_or(30)
+                .saturating_mul(86_400),
+        );
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -211,6 +227,7 @@ impl Config {
             log_level,
             relay,
             server,
+            trash_retention,
         })
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use relay_core::admin::AdminService;
 use relay_core::bootstrap::{ensure_admin, open_installation, AdminBootstrap, ADMIN_USERNAME};
 use relay_core::metrics::Metrics;
 use relay_core::snapshot::SnapshotStore;
@@ -93,13 +94,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(address = %local, "listening");
     notice(&format!("claude-relay listening on http://{local}"));
 
+    let purger = spawn_trash_purger(
+        AdminService::new(installation.store.clone(), &installation.master_key),
+        config.trash_retention,
+    );
     relay_server::serve(listener, router(state), &config.server, shutdown_signal()).await;
 
+    purger.abort();
     reloader.abort();
     usage_writer.shutdown().await;
     installation.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Purges keys that have been in the trash longer than `retention`, hourly.
+fn spawn_trash_purger(
+    admin: AdminService,
+    retention: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            interval.tick().await;
+            match admin.purge_trash(retention_ms).await {
+                Ok(purged) if !purged.is_empty() => {
+                    tracing::info!(count = purged.len(), "purged keys from the trash");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot purge the key trash"),
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -2,7 +2,7 @@
 //! Each action writes the store; running servers pick the change up from the revision counter.
 
 use relay_store::{
-    AccountRow, KeyRow, NewAccount, NewKey, Store, StoreError, UsageFilter, UsageTotals,
+    AccountRow, KeyMeta, KeyRow, NewAccount, NewKey, Store, StoreError, UsageFilter, UsageTotals,
 };
 
 use crate::accounts::Platform;
@@ -62,6 +62,39 @@ fn validate_name(what: &str, name: &str) -> Result<(), AdminError> {
     }
 }
 
+fn validate_meta(meta: &KeyMeta) -> Result<(), AdminError> {
+    for tag in &meta.tags {
+        let valid = !tag.is_empty()
+            && tag.len() <= 32
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(AdminError::Invalid(format!(
+                "tag '{tag}': 1-32 letters, digits, '-', '_' or '.'"
+            )));
+        }
+    }
+    if let Some(owner) = &meta.owner {
+        validate_name("owner", owner)?;
+    }
+    if meta.description.chars().count() > 500 || meta.description.chars().any(char::is_control) {
+        return Err(AdminError::Invalid(
+            "a description is at most 500 characters on one line".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Quotes a CSV field when it needs it (RFC 4180).
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
 fn validate_base_url(url: &str) -> Result<String, AdminError> {
     let trimmed = url.trim().trim_end_matches('/');
     let rest = trimmed
@@ -95,9 +128,11 @@ impl AdminService {
         &self,
         name: &str,
         policy: &KeyPolicy,
+        meta: &KeyMeta,
     ) -> Result<CreatedKey, AdminError> {
         validate_name("key", name)?;
         policy.validate().map_err(AdminError::Invalid)?;
+        validate_meta(meta)?;
         let generated = generate_key();
         let id = uuid::Uuid::new_v4().to_string();
         self.store
@@ -107,6 +142,7 @@ impl AdminService {
                 key_hash: self.hasher.digest(&generated.secret).to_vec(),
                 key_hint: generated.hint.clone(),
                 policy: policy.to_json(),
+                meta: meta.clone(),
                 created_at_ms: now_ms(),
             })
             .await?;
@@ -118,8 +154,139 @@ impl AdminService {
         })
     }
 
-    pub async fn list_keys(&self) -> Result<Vec<KeyRow>, AdminError> {
-        Ok(self.store.list_keys().await?)
+    /// `count` keys named by `pattern`, where `{n}` stands for 1…count (zero-padded to the
+    /// width of `count`). All names are checked free before any key is made.
+    pub async fn create_keys(
+        &self,
+        pattern: &str,
+        count: u32,
+        policy: &KeyPolicy,
+        meta: &KeyMeta,
+    ) -> Result<Vec<CreatedKey>, AdminError> {
+        if !pattern.contains("{n}") {
+            return Err(AdminError::Invalid(
+                "a batch name pattern needs {n}, e.g. dev-{n}".into(),
+            ));
+        }
+        if !(1..=1000).contains(&count) {
+            return Err(AdminError::Invalid("a batch makes 1 to 1000 keys".into()));
+        }
+        let width = count.to_string().len();
+        let names: Vec<String> = (1..=count)
+            .map(|n| pattern.replace("{n}", &format!("{n:0width$}")))
+            .collect();
+        let existing: Vec<String> = self
+            .store
+            .list_keys()
+            .await?
+            .into_iter()
+            .map(|key| key.name)
+            .collect();
+        for name in &names {
+            validate_name("key", name)?;
+            if existing.contains(name) {
+                return Err(AdminError::Invalid(format!("key '{name}' already exists")));
+            }
+        }
+        let mut created = Vec::with_capacity(names.len());
+        for name in &names {
+            created.push(self.create_key(name, policy, meta).await?);
+        }
+        Ok(created)
+    }
+
+    /// Keys outside the trash, or only those in it.
+    pub async fn list_keys(&self, trash: bool) -> Result<Vec<KeyRow>, AdminError> {
+        Ok(self
+            .store
+            .list_keys()
+            .await?
+            .into_iter()
+            .filter(|key| key.deleted_at_ms.is_some() == trash)
+            .collect())
+    }
+
+    /// Changes a key's notes: `edit` gets the current ones.
+    pub async fn edit_key_meta(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut KeyMeta),
+    ) -> Result<KeyMeta, AdminError> {
+        let mut meta = self.key_row(name).await?.meta;
+        edit(&mut meta);
+        validate_meta(&meta)?;
+        self.store.set_key_meta(name, &meta, now_ms()).await?;
+        Ok(meta)
+    }
+
+    /// Moves a key to the trash: it stops working at once and can be restored until purged.
+    pub async fn delete_key(&self, name: &str) -> Result<(), AdminError> {
+        let now = now_ms();
+        self.found(
+            self.store.set_key_deleted(name, Some(now), now).await?,
+            name,
+        )
+    }
+
+    pub async fn restore_key(&self, name: &str) -> Result<(), AdminError> {
+        self.found(
+            self.store.set_key_deleted(name, None, now_ms()).await?,
+            name,
+        )
+    }
+
+    /// Removes for good the keys in the trash for longer than `older_than_ms`.
+    pub async fn purge_trash(&self, older_than_ms: i64) -> Result<Vec<String>, AdminError> {
+        Ok(self.store.purge_keys(now_ms() - older_than_ms).await?)
+    }
+
+    /// The key list as CSV (no secrets): one row per key, trash included.
+    pub async fn export_keys_csv(&self) -> Result<String, AdminError> {
+        let mut csv = String::from(
+            "name,key_hint,status,owner,tags,description,created_at_ms,deleted_at_ms,policy\n",
+        );
+        for key in self.store.list_keys().await? {
+            let fields = [
+                key.name,
+                key.key_hint,
+                key.status,
+                key.meta.owner.unwrap_or_default(),
+                key.meta.tags.join(" "),
+                key.meta.description,
+                key.created_at_ms.to_string(),
+                key.deleted_at_ms
+                    .map(|at| at.to_string())
+                    .unwrap_or_default(),
+                key.policy,
+            ];
+            let row: Vec<String> = fields.iter().map(|field| csv_field(field)).collect();
+            csv.push_str(&row.join(","));
+            csv.push('\n');
+        }
+        Ok(csv)
+    }
+
+    async fn key_row(&self, name: &str) -> Result<KeyRow, AdminError> {
+        self.store
+            .list_keys()
+            .await?
+            .into_iter()
+            .find(|key| key.name == name)
+            .ok_or(AdminError::NotFound {
+                what: "key",
+                name: name.to_owned(),
+            })
+    }
+
+    fn found(&self, found: bool, name: &str) -> Result<(), AdminError> {
+        if found {
+            Ok(())
+        } else {
+            Err(AdminError::NotFound {
+                what: "key",
+                name: name.to_owned(),
+            })
+        }
     }
 
     pub async fn set_key_enabled(&self, name: &str, enabled: bool) -> Result<(), AdminError> {
@@ -286,6 +453,13 @@ mod tests {
         assert!(validate_base_url("ftp://x").is_err());
         assert!(validate_base_url("https://").is_err());
         assert!(validate_base_url("https://user@host").is_err());
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     }
 
     #[test]

@@ -74,7 +74,11 @@ impl SnapshotStore {
         let account_rows = self.store.list_accounts().await?;
         let previous = self.current.load();
         let mut keys = HashMap::with_capacity(key_rows.len());
-        for row in key_rows {
+        // Keys in the trash stop working at once: they are simply not in the snapshot.
+        for row in key_rows
+            .into_iter()
+            .filter(|row| row.deleted_at_ms.is_none())
+        {
             let Ok(digest) = <[u8; 32]>::try_from(row.key_hash.as_slice()) else {
                 tracing::warn!(key_id = %row.id, "skipping key with malformed hash");
                 continue;

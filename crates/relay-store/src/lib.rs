@@ -16,7 +16,7 @@ mod usage_writer;
 
 pub use error::StoreError;
 pub use records::{
-    AccountRow, AdminRow, KeyRow, KeySpend, NewAccount, NewKey, UsageFilter, UsageRecord,
+    AccountRow, AdminRow, KeyMeta, KeyRow, KeySpend, NewAccount, NewKey, UsageFilter, UsageRecord,
     UsageTotals,
 };
 pub use store::Store;

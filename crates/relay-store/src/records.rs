@@ -11,7 +11,16 @@ pub struct NewKey {
     pub key_hint: String,
     /// The key's policy as JSON (see `relay-core::policy`).
     pub policy: String,
+    pub meta: KeyMeta,
     pub created_at_ms: i64,
+}
+
+/// What an operator notes about a key; no effect on the request path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyMeta {
+    pub description: String,
+    pub owner: Option<String>,
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -24,8 +33,12 @@ pub struct KeyRow {
     pub status: String,
     #[serde(skip)]
     pub policy: String,
+    #[serde(flatten)]
+    pub meta: KeyMeta,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Set while the key is in the trash.
+    pub deleted_at_ms: Option<i64>,
 }
 
 /// What one key spent, for seeding the in-memory limits at start.

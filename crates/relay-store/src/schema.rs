@@ -89,4 +89,13 @@ CREATE INDEX usage_records_time ON usage_records (created_at_ms);
 ALTER TABLE relay_keys ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
 "#,
     ),
+    (
+        3,
+        r#"
+ALTER TABLE relay_keys ADD COLUMN description TEXT NOT NULL DEFAULT '';
+ALTER TABLE relay_keys ADD COLUMN owner TEXT;
+ALTER TABLE relay_keys ADD COLUMN tags TEXT NOT NULL DEFAULT '';
+ALTER TABLE relay_keys ADD COLUMN deleted_at_ms INTEGER;
+"#,
+    ),
 ];

@@ -8,7 +8,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::records::{
-    AccountRow, AdminRow, KeyRow, KeySpend, NewAccount, NewKey, UsageFilter, UsageRecord,
+    AccountRow, AdminRow, KeyMeta, KeyRow, KeySpend, NewAccount, NewKey, UsageFilter, UsageRecord,
     UsageTotals,
 };
 use crate::schema::MIGRATIONS;
@@ -123,15 +123,18 @@ impl Store {
 
     pub async fn insert_key(&self, key: &NewKey) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO relay_keys (id, name, key_hash, key_hint, status, policy, created_at_ms,
-                                     updated_at_ms)
-             VALUES (?, ?, ?, ?, 'active', ?, ?, ?)",
+            "INSERT INTO relay_keys (id, name, key_hash, key_hint, status, policy, description,
+                                     owner, tags, created_at_ms, updated_at_ms)
+             VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.name)
         .bind(&key.key_hash)
         .bind(&key.key_hint)
         .bind(&key.policy)
+        .bind(&key.meta.description)
+        .bind(&key.meta.owner)
+        .bind(key.meta.tags.join(","))
         .bind(key.created_at_ms)
         .bind(key.created_at_ms)
         .execute(&self.pool)
@@ -142,7 +145,8 @@ impl Store {
 
     pub async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, key_hash, key_hint, status, policy, created_at_ms, updated_at_ms
+            "SELECT id, name, key_hash, key_hint, status, policy, description, owner, tags,
+                    created_at_ms, updated_at_ms, deleted_at_ms
              FROM relay_keys ORDER BY created_at_ms, name",
         )
         .fetch_all(&self.pool)
@@ -156,8 +160,19 @@ impl Store {
                     key_hint: row.try_get("key_hint")?,
                     status: row.try_get("status")?,
                     policy: row.try_get("policy")?,
+                    meta: KeyMeta {
+                        description: row.try_get("description")?,
+                        owner: row.try_get("owner")?,
+                        tags: row
+                            .try_get::<String, _>("tags")?
+                            .split(',')
+                            .filter(|tag| !tag.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    },
                     created_at_ms: row.try_get("created_at_ms")?,
                     updated_at_ms: row.try_get("updated_at_ms")?,
+                    deleted_at_ms: row.try_get("deleted_at_ms")?,
                 })
             })
             .collect()
@@ -178,6 +193,63 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    /// Replaces a key's notes by name; returns false if no such key exists.
+    pub async fn set_key_meta(
+        &self,
+        name: &str,
+        meta: &KeyMeta,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE relay_keys SET description = ?, owner = ?, tags = ?, updated_at_ms = ? WHERE name = ?",
+        )
+        .bind(&meta.description)
+        .bind(&meta.owner)
+        .bind(meta.tags.join(","))
+        .bind(now_ms)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Moves a key to the trash (`Some(now)`) or back out of it (`None`); returns false if no
+    /// such key exists.
+    pub async fn set_key_deleted(
+        &self,
+        name: &str,
+        deleted_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE relay_keys SET deleted_at_ms = ?, updated_at_ms = ? WHERE name = ?",
+        )
+        .bind(deleted_at_ms)
+        .bind(now_ms)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Removes for good the keys that went to the trash before `deleted_before_ms`; returns
+    /// their names. Their usage records stay.
+    pub async fn purge_keys(&self, deleted_before_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM relay_keys WHERE deleted_at_ms IS NOT NULL AND deleted_at_ms < ?",
+        )
+        .bind(deleted_before_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM relay_keys WHERE deleted_at_ms IS NOT NULL AND deleted_at_ms < ?")
+            .bind(deleted_before_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(names)
     }
 
     /// Every key's lifetime spend and first use.
@@ -496,6 +568,7 @@ mod tests {
             key_hash: vec![1; 32],
             key_hint: "cr_…abcd".into(),
             policy: "{}".into(),
+            meta: KeyMeta::default(),
             created_at_ms: 1,
         };
         store.insert_key(&key).await.unwrap();
@@ -529,6 +602,7 @@ mod tests {
                     key_hash: vec![1; 32],
                     key_hint: "x".into(),
                     policy: "{}".into(),
+                    meta: KeyMeta::default(),
                     created_at_ms: 1,
                 })
                 .await

@@ -360,3 +360,150 @@ async fn key_limits_set_from_the_cli_hold_across_a_restart() {
         "refused requests reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_keys_trash_restore_and_csv_export() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_account(&data_dir, "main", "sk-main", &mock.url(), 50);
+
+    // A batch of five, printed once as "name<TAB>key".
+    let batch = cli(
+        &data_dir,
+        &[
+            "key",
+            "create",
+            "--name",
+            "intern-{n}",
+            "--count",
+            "5",
+            "--tag",
+            "interns",
+            "--owner",
+            "alice",
+            "--daily-cost-usd",
+            "2",
+        ],
+    );
+    let created: Vec<(&str, &str)> = batch
+        .lines()
+        .map(|line| line.split_once('\t').unwrap())
+        .collect();
+    assert_eq!(
+        created.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+        ["intern-1", "intern-2", "intern-3", "intern-4", "intern-5"]
+    );
+    assert!(created.iter().all(|(_, key)| key.starts_with("cr_")));
+    // A batch whose names collide makes nothing.
+    let collision = std::process::Command::new(crate::support::BINARY)
+        .args(["key", "create", "--name", "intern-{n}", "--count", "6"])
+        .env("CLAUDE_RELAY_DATA_DIR", &data_dir)
+        .output()
+        .unwrap();
+    assert!(!collision.status.success());
+    assert_eq!(
+        cli_json(&data_dir, &["key", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // Batch edit: limits and notes on several keys at once.
+    cli(
+        &data_dir,
+        &[
+            "key",
+            "edit",
+            "intern-1",
+            "intern-2",
+            "--concurrency",
+            "1",
+            "--description",
+            "summer cohort",
+        ],
+    );
+    let keys = cli_json(&data_dir, &["key", "list", "--json"]);
+    assert_eq!(keys[0]["policy"]["concurrency"], 1);
+    assert_eq!(keys[1]["description"], "summer cohort");
+    assert_eq!(keys[1]["tags"][0], "interns");
+    assert_eq!(keys[2]["owner"], "alice");
+    assert!(keys[2]["policy"].get("concurrency").is_none());
+
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let send = |key: &str| {
+        let key = key.to_owned();
+        let url = relay.url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/messages"))
+                .header("x-api-key", key)
+                .json(&json!({"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(send(created[2].1).await, 200);
+
+    // Delete: the key stops working and moves to the trash; restore brings it back.
+    cli(&data_dir, &["key", "delete", "intern-3", "intern-4"]);
+    let trash = cli_json(&data_dir, &["key", "list", "--trash", "--json"]);
+    assert_eq!(trash.as_array().unwrap().len(), 2);
+    assert_eq!(
+        cli_json(&data_dir, &["key", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let mut refused = false;
+    for _ in 0..40 {
+        if send(created[2].1).await == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "a deleted key must stop working within a second");
+    cli(&data_dir, &["key", "restore", "intern-3"]);
+    let mut restored = false;
+    for _ in 0..40 {
+        if send(created[2].1).await == 200 {
+            restored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(restored);
+    let purged = cli(&data_dir, &["key", "purge"]);
+    assert_eq!(purged.trim(), "purged key 'intern-4'");
+    assert!(cli_json(&data_dir, &["key", "list", "--trash", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Batch disable.
+    cli(&data_dir, &["key", "disable", "intern-1", "intern-5"]);
+    let csv = cli(&data_dir, &["key", "export"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "name,key_hint,status,owner,tags,description,created_at_ms,deleted_at_ms,policy"
+    );
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(lines[1].starts_with("intern-1,cr_…"));
+    assert!(lines[1].contains(",disabled,alice,interns,summer cohort,"));
+    assert!(
+        lines[1].ends_with(r#""{""concurrency"":1,""daily_cost_nano_usd"":2000000000}""#),
+        "{}",
+        lines[1]
+    );
+    for (_, key) in &created {
+        assert!(!csv.contains(key), "the export must not contain secrets");
+    }
+    drop(relay);
+}

@@ -81,7 +81,11 @@ impl Harness {
                 .unwrap();
         }
         let key = admin
-            .create_key("tester", &relay_core::policy::KeyPolicy::default())
+            .create_key(
+                "tester",
+                &relay_core::policy::KeyPolicy::default(),
+                &relay_store::KeyMeta::default(),
+            )
             .await
             .unwrap();
         let snapshots = SnapshotStore::load(installation.store.clone(), &installation.master_key)
@@ -134,7 +138,11 @@ impl Harness {
         name: &str,
         policy: &relay_core::policy::KeyPolicy,
     ) -> (String, String) {
-        let key = self.admin.create_key(name, policy).await.unwrap();
+        let key = self
+            .admin
+            .create_key(name, policy, &relay_store::KeyMeta::default())
+            .await
+            .unwrap();
         self.snapshots.reload().await.unwrap();
         (key.secret, key.id)
     }
