@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use relay_core::admin::AdminService;
+use relay_core::admin_auth::AdminAuth;
 use relay_core::bootstrap::{ensure_admin, open_installation, AdminBootstrap, ADMIN_USERNAME};
 use relay_core::metrics::Metrics;
 use relay_core::snapshot::SnapshotStore;
@@ -86,6 +87,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState {
         relay: Arc::new(relay),
         settings: Arc::new(config.server.clone()),
+        admin: AdminService::new(installation.store.clone(), &installation.master_key),
+        admin_auth: AdminAuth::new(installation.store.clone()),
     };
     let listener = TcpListener::bind(config.listen)
         .await

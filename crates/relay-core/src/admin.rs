@@ -1,9 +1,8 @@
 //! Operator actions on keys, accounts and usage: shared by the CLI now and the admin API later.
 //! Each action writes the store; running servers pick the change up from the revision counter.
 
-use relay_store::{
-    AccountRow, KeyMeta, KeyRow, NewAccount, NewKey, Store, StoreError, UsageFilter, UsageTotals,
-};
+pub use relay_store::{AccountRow, KeyMeta, KeyRow, StoreError, UsageTotals};
+use relay_store::{NewAccount, NewKey, Store, UsageFilter};
 
 use crate::accounts::Platform;
 use crate::clock::now_ms;
@@ -204,6 +203,31 @@ impl AdminService {
             .into_iter()
             .filter(|key| key.deleted_at_ms.is_some() == trash)
             .collect())
+    }
+
+    /// Applies a JSON merge patch to a key's policy: a field set to `null` is removed, any
+    /// other value replaces it, absent fields stay.
+    pub async fn patch_key_policy(
+        &self,
+        name: &str,
+        patch: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<KeyPolicy, AdminError> {
+        let current = self.key_by_name(name).await?.policy;
+        let mut merged = match serde_json::to_value(&current) {
+            Ok(serde_json::Value::Object(object)) => object,
+            _ => serde_json::Map::new(),
+        };
+        for (field, value) in patch {
+            if value.is_null() {
+                merged.remove(field);
+            } else {
+                merged.insert(field.clone(), value.clone());
+            }
+        }
+        let policy: KeyPolicy = serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|error| AdminError::Invalid(format!("policy: {error}")))?;
+        self.edit_key_policy(name, |current| *current = policy)
+            .await
     }
 
     /// Changes a key's notes: `edit` gets the current ones.

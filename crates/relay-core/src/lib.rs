@@ -6,6 +6,7 @@
 pub mod access;
 pub mod accounts;
 pub mod admin;
+pub mod admin_auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod crypto;

@@ -3,6 +3,7 @@
 //! *API Boundary*: this crate speaks HTTP and JSON shapes and calls `relay-core`; it holds no
 //! business rule and touches no SQL.
 
+mod admin;
 mod error;
 mod ingress;
 mod serve;

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use relay_core::admin::AdminService;
+use relay_core::admin_auth::AdminAuth;
 use relay_core::Relay;
 
 use crate::ServerSettings;
@@ -10,4 +12,6 @@ use crate::ServerSettings;
 pub struct AppState {
     pub relay: Arc<Relay>,
     pub settings: Arc<ServerSettings>,
+    pub admin: AdminService,
+    pub admin_auth: AdminAuth,
 }

@@ -98,4 +98,15 @@ ALTER TABLE relay_keys ADD COLUMN tags TEXT NOT NULL DEFAULT '';
 ALTER TABLE relay_keys ADD COLUMN deleted_at_ms INTEGER;
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE admin_sessions (
+    token_hash    BLOB PRIMARY KEY,
+    admin_id      TEXT NOT NULL REFERENCES admins (id) ON DELETE CASCADE,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+"#,
+    ),
 ];

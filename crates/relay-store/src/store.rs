@@ -91,6 +91,73 @@ impl Store {
             .await?)
     }
 
+    pub async fn admin_by_name(&self, username: &str) -> Result<Option<AdminRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, username, password_hash, created_at_ms FROM admins WHERE username = ?",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(AdminRow {
+                id: row.try_get("id")?,
+                username: row.try_get("username")?,
+                password_hash: row.try_get("password_hash")?,
+                created_at_ms: row.try_get("created_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn insert_admin_session(
+        &self,
+        token_hash: &[u8],
+        admin_id: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        // Expired sessions are cleared whenever a new one starts.
+        sqlx::query("DELETE FROM admin_sessions WHERE expires_at_ms <= ?")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO admin_sessions (token_hash, admin_id, created_at_ms, expires_at_ms)
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(token_hash)
+        .bind(admin_id)
+        .bind(now_ms)
+        .bind(expires_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The admin name of a live session.
+    pub async fn admin_for_session(
+        &self,
+        token_hash: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT admins.username FROM admin_sessions JOIN admins ON admins.id = admin_sessions.admin_id
+             WHERE admin_sessions.token_hash = ? AND admin_sessions.expires_at_ms > ?",
+        )
+        .bind(token_hash)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn delete_admin_session(&self, token_hash: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM admin_sessions WHERE token_hash = ?")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Inserts an admin unless one with that name exists; returns whether it was inserted.
     pub async fn insert_admin_if_absent(&self, admin: &AdminRow) -> Result<bool, StoreError> {
         let result = sqlx::query(

@@ -20,8 +20,9 @@ use relay_protocol::anthropic::ErrorType;
 use crate::error::{anthropic_error, error};
 use crate::AppState;
 
-/// Routes that answer without a relay key.
-pub const UNAUTHENTICATED_ROUTES: &[&str] = &["/health", "/metrics"];
+/// Routes that answer without a relay key or an admin session (`/admin/v1/login` checks a
+/// password instead).
+pub const UNAUTHENTICATED_ROUTES: &[&str] = &["/health", "/metrics", "/admin/v1/login"];
 
 /// Prefixes under which the Anthropic API is served: the native one and the aliases of the
 /// previous relay (claude-relay-service), so migrating users keep their base URLs.
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, get(anthropic::key_info));
     }
     router
+        .merge(crate::admin::routes(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(catch_panic))

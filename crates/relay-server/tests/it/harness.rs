@@ -13,6 +13,8 @@ use relay_store::{Store, UsageFilter, UsageRecord, UsageWriter, UsageWriterHandl
 use relay_testkit::MockUpstream;
 use tokio::sync::oneshot;
 
+pub const ADMIN_PASSWORD: &str = "harness-admin-password";
+
 pub struct Harness {
     pub url: String,
     pub key: String,
@@ -80,6 +82,9 @@ impl Harness {
                 .await
                 .unwrap();
         }
+        relay_core::bootstrap::ensure_admin(&installation.store, Some(ADMIN_PASSWORD))
+            .await
+            .unwrap();
         let key = admin
             .create_key(
                 "tester",
@@ -104,6 +109,8 @@ impl Harness {
         let state = AppState {
             relay: relay.clone(),
             settings: Arc::new(server_settings.clone()),
+            admin: admin.clone(),
+            admin_auth: relay_core::admin_auth::AdminAuth::new(installation.store.clone()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -539,13 +539,14 @@ async fn aliases_count_tokens_and_models() {
 async fn health_and_metrics_answer_without_a_key() {
     let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
     for route in relay_server::UNAUTHENTICATED_ROUTES {
-        let response = harness
-            .client
-            .get(format!("{}{route}", harness.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{route}");
+        let url = format!("{}{route}", harness.url);
+        // The sign-in route takes a POST; reaching its body check proves no session is needed.
+        let (request, expected) = if *route == "/admin/v1/login" {
+            (harness.client.post(url).json(&serde_json::json!({})), 400)
+        } else {
+            (harness.client.get(url), 200)
+        };
+        assert_eq!(request.send().await.unwrap().status(), expected, "{route}");
     }
     harness.send(false, "x").await;
     let metrics = harness

@@ -1,0 +1,413 @@
+//! The admin API (`/admin/v1/…`): versioned JSON over the same admin actions as the CLI.
+//!
+//! Layers, outermost first: the router's panic guard (see `ingress`), then [`require_admin`] on
+//! every route but `POST /admin/v1/login`, which is throttled per address instead.
+//! Errors are `{"error":{"type":…,"message":…}}` with the matching status.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::StatusCode;
+use http_body_util::{BodyExt, Limited};
+use relay_core::admin::{AdminError, KeyMeta, KeyRow, StoreError};
+use relay_core::admin_auth::LoginError;
+use relay_core::policy::KeyPolicy;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::serve::ClientAddr;
+use crate::AppState;
+
+/// Admin request bodies are small JSON documents.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+pub(crate) fn routes(state: AppState) -> Router<AppState> {
+    let protected = Router::new()
+        .route("/admin/v1/logout", post(logout))
+        .route("/admin/v1/keys", get(list_keys).post(create_keys))
+        .route("/admin/v1/keys.csv", get(export_keys))
+        .route("/admin/v1/keys/batch", post(batch))
+        .route("/admin/v1/keys/purge", post(purge))
+        .route(
+            "/admin/v1/keys/{name}",
+            get(get_key).patch(patch_key).delete(delete_key),
+        )
+        .route("/admin/v1/keys/{name}/restore", post(restore_key))
+        .route_layer(middleware::from_fn_with_state(state, require_admin));
+    Router::new()
+        .route("/admin/v1/login", post(login))
+        .merge(protected)
+}
+
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(error: AdminError) -> Self {
+        match error {
+            AdminError::Invalid(message) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+            }
+            AdminError::NotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", error.to_string())
+            }
+            AdminError::Store(StoreError::Conflict { .. }) => {
+                Self::new(StatusCode::CONFLICT, "conflict", error.to_string())
+            }
+            AdminError::Store(store_error) => {
+                tracing::error!(error = %store_error, "admin action failed in the store");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the store failed",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"error": {"type": self.kind, "message": self.message}})),
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let token = bearer(request.headers()).map(str::to_owned);
+    let admin = match token {
+        Some(token) => state.admin_auth.authenticate(&token).await,
+        None => Ok(None),
+    };
+    match admin {
+        Ok(Some(_)) => next.run(request).await,
+        Ok(None) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "sign in at POST /admin/v1/login and send the token as Authorization: Bearer",
+        )
+        .into_response(),
+        Err(error) => ApiError::from(AdminError::Store(error)).into_response(),
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes: Bytes = Limited::new(body, MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("admin requests are at most {MAX_ADMIN_BODY} bytes"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("body: {error}"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+async fn login(State(state): State<AppState>, request: Request) -> ApiResult {
+    let client_ip = request.extensions().get::<ClientAddr>().map(|addr| addr.0);
+    let body: LoginBody = read_json(request.into_body()).await?;
+    match state
+        .admin_auth
+        .login(&body.username, &body.password, client_ip)
+        .await
+    {
+        Ok(session) => Ok(Json(
+            json!({"token": session.token, "expires_at_ms": session.expires_at_ms}),
+        )
+        .into_response()),
+        Err(LoginError::Invalid) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            LoginError::Invalid.to_string(),
+        )),
+        Err(error @ LoginError::Throttled { retry_after_ms }) => Err(ApiError {
+            retry_after_s: Some(
+                u64::try_from(retry_after_ms)
+                    .unwrap_or(0)
+                    .div_ceil(1000)
+                    .max(1),
+            ),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                error.to_string(),
+            )
+        }),
+        Err(LoginError::Store(error)) => Err(ApiError::from(AdminError::Store(error))),
+    }
+}
+
+async fn logout(State(state): State<AppState>, request: Request) -> ApiResult {
+    if let Some(token) = bearer(request.headers()) {
+        state
+            .admin_auth
+            .logout(token)
+            .await
+            .map_err(|error| ApiError::from(AdminError::Store(error)))?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn key_json(key: &KeyRow) -> Value {
+    let mut value = serde_json::to_value(key).unwrap_or_default();
+    value["policy"] = serde_json::from_str(&key.policy).unwrap_or_default();
+    value
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let trash = query.get("trash").is_some_and(|value| value == "true");
+    let keys = state.admin.list_keys(trash).await?;
+    Ok(Json(json!({"keys": keys.iter().map(key_json).collect::<Vec<_>>()})).into_response())
+}
+
+async fn get_key(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let keys = state
+        .admin
+        .list_keys(false)
+        .await?
+        .into_iter()
+        .chain(state.admin.list_keys(true).await?);
+    let key = keys
+        .into_iter()
+        .find(|key| key.name == name)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no key named '{name}'"),
+            )
+        })?;
+    Ok(Json(key_json(&key)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    count: Option<u32>,
+    #[serde(default)]
+    policy: KeyPolicy,
+    #[serde(default)]
+    description: String,
+    owner: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+async fn create_keys(State(state): State<AppState>, request: Request) -> ApiResult {
+    let body: CreateBody = read_json(request.into_body()).await?;
+    let meta = KeyMeta {
+        description: body.description,
+        owner: body.owner,
+        tags: body.tags,
+    };
+    let created = match body.count {
+        Some(count) => {
+            state
+                .admin
+                .create_keys(&body.name, count, &body.policy, &meta)
+                .await?
+        }
+        None => vec![
+            state
+                .admin
+                .create_key(&body.name, &body.policy, &meta)
+                .await?,
+        ],
+    };
+    let keys: Vec<Value> = created
+        .iter()
+        .map(|key| json!({"id": key.id, "name": key.name, "key": key.secret, "key_hint": key.hint}))
+        .collect();
+    Ok((StatusCode::CREATED, Json(json!({"keys": keys}))).into_response())
+}
+
+/// A change to a key: policy fields (merge patch: `null` removes), notes, status.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KeyPatch {
+    policy: Option<serde_json::Map<String, Value>>,
+    description: Option<String>,
+    owner: Option<Option<String>>,
+    tags: Option<Vec<String>>,
+    status: Option<String>,
+}
+
+async fn apply_patch(state: &AppState, name: &str, patch: &KeyPatch) -> Result<(), ApiError> {
+    if let Some(policy) = &patch.policy {
+        state.admin.patch_key_policy(name, policy).await?;
+    }
+    if patch.description.is_some() || patch.owner.is_some() || patch.tags.is_some() {
+        state
+            .admin
+            .edit_key_meta(name, |meta| {
+                if let Some(description) = &patch.description {
+                    meta.description.clone_from(description);
+                }
+                if let Some(owner) = &patch.owner {
+                    meta.owner.clone_from(owner);
+                }
+                if let Some(tags) = &patch.tags {
+                    meta.tags.clone_from(tags);
+                }
+            })
+            .await?;
+    }
+    match patch.status.as_deref() {
+        None => {}
+        Some("active") => state.admin.set_key_enabled(name, true).await?,
+        Some("disabled") => state.admin.set_key_enabled(name, false).await?,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("status '{other}' is not active or disabled"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+async fn patch_key(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> ApiResult {
+    let patch: KeyPatch = read_json(request.into_body()).await?;
+    apply_patch(&state, &name, &patch).await?;
+    get_key(State(state), Path(name)).await
+}
+
+async fn delete_key(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    state.admin.delete_key(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn restore_key(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    state.admin.restore_key(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    names: Vec<String>,
+    /// `edit`, `disable`, `enable`, `delete` or `restore`.
+    action: String,
+    #[serde(default)]
+    patch: Option<KeyPatch>,
+}
+
+async fn batch(State(state): State<AppState>, request: Request) -> ApiResult {
+    let body: BatchBody = read_json(request.into_body()).await?;
+    for name in &body.names {
+        match body.action.as_str() {
+            "edit" => {
+                apply_patch(
+                    &state,
+                    name,
+                    body.patch.as_ref().unwrap_or(&KeyPatch::default()),
+                )
+                .await?
+            }
+            "disable" => state.admin.set_key_enabled(name, false).await?,
+            "enable" => state.admin.set_key_enabled(name, true).await?,
+            "delete" => state.admin.delete_key(name).await?,
+            "restore" => state.admin.restore_key(name).await?,
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("unknown batch action '{other}'"),
+                ))
+            }
+        }
+    }
+    Ok(Json(json!({"done": body.names.len()})).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    older_than_secs: Option<u64>,
+}
+
+async fn purge(State(state): State<AppState>, request: Request) -> ApiResult {
+    let body: PurgeBody = read_json(request.into_body()).await.unwrap_or_default();
+    let older_than_ms = body.older_than_secs.map_or(-1, |secs| {
+        i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2)
+    });
+    let purged = state.admin.purge_trash(older_than_ms).await?;
+    Ok(Json(json!({"purged": purged})).into_response())
+}
+
+async fn export_keys(State(state): State<AppState>) -> ApiResult {
+    let csv = state.admin.export_keys_csv().await?;
+    let mut response = Response::new(Body::from(csv));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    Ok(response)
+}

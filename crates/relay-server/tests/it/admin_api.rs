@@ -1,0 +1,219 @@
+//! The admin API: sign-in, and every key operation the CLI has.
+
+use serde_json::{json, Value};
+
+use crate::harness::{account, messages_body, Harness, ADMIN_PASSWORD};
+
+async fn login(harness: &Harness) -> String {
+    let response = harness
+        .client
+        .post(format!("{}/admin/v1/login", harness.url))
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+fn admin(
+    harness: &Harness,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    harness
+        .client
+        .request(method, format!("{}{path}", harness.url))
+        .bearer_auth(token)
+}
+
+#[tokio::test]
+async fn keys_are_managed_end_to_end_through_the_admin_api() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    use reqwest::Method;
+
+    // No session, a wrong password, a relay key: all refused in the admin error shape.
+    let anonymous = harness
+        .client
+        .get(format!("{}/admin/v1/keys", harness.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "unauthorized");
+    let relay_key = admin(&harness, &harness.key, Method::GET, "/admin/v1/keys")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relay_key.status(), 401);
+    let wrong = harness
+        .client
+        .post(format!("{}/admin/v1/login", harness.url))
+        .json(&json!({"username": "admin", "password": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let token = login(&harness).await;
+    let created: Value = admin(&harness, &token, Method::POST, "/admin/v1/keys")
+        .json(&json!({
+            "name": "team-{n}", "count": 3, "tags": ["team"], "owner": "bob",
+            "policy": {"concurrency": 2, "daily_cost_nano_usd": 5_000_000_000_i64}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = created["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 3);
+    let secret = keys[0]["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("cr_"));
+
+    // Bad input is refused with the reason.
+    let bad = admin(&harness, &token, Method::POST, "/admin/v1/keys")
+        .json(&json!({"name": "x", "policy": {"concurency": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("concurency"));
+    let duplicate = admin(&harness, &token, Method::POST, "/admin/v1/keys")
+        .json(&json!({"name": "team-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(duplicate.status(), 409);
+
+    // PATCH merges: null removes a limit, values replace, absent fields stay.
+    let patched: Value = admin(&harness, &token, Method::PATCH, "/admin/v1/keys/team-1")
+        .json(&json!({"policy": {"concurrency": null, "allowed_models": ["claude-haiku-*"]}, "description": "for demos"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(patched["policy"].get("concurrency").is_none());
+    assert_eq!(patched["policy"]["daily_cost_nano_usd"], 5_000_000_000_i64);
+    assert_eq!(patched["policy"]["allowed_models"][0], "claude-haiku-*");
+    assert_eq!(patched["description"], "for demos");
+    assert_eq!(patched["tags"][0], "team");
+    assert!(!patched.to_string().contains(&secret));
+
+    // The running relay enforces the patched policy.
+    harness.snapshots.reload().await.unwrap();
+    let sonnet = harness
+        .client
+        .post(format!("{}/v1/messages", harness.url))
+        .header("x-api-key", &secret)
+        .json(&messages_body(false, "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sonnet.status(), 403);
+
+    // Batch actions, trash, restore, purge, CSV.
+    let done: Value = admin(&harness, &token, Method::POST, "/admin/v1/keys/batch")
+        .json(&json!({"names": ["team-2", "team-3"], "action": "edit", "patch": {"status": "disabled", "tags": ["paused"]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["done"], 2);
+    let team3: Value = admin(&harness, &token, Method::GET, "/admin/v1/keys/team-3")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(team3["status"], "disabled");
+    assert_eq!(team3["tags"][0], "paused");
+    assert_eq!(
+        admin(&harness, &token, Method::DELETE, "/admin/v1/keys/team-3")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let trash: Value = admin(&harness, &token, Method::GET, "/admin/v1/keys?trash=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trash["keys"][0]["name"], "team-3");
+    assert_eq!(
+        admin(
+            &harness,
+            &token,
+            Method::POST,
+            "/admin/v1/keys/team-3/restore"
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        204
+    );
+    admin(&harness, &token, Method::DELETE, "/admin/v1/keys/team-2")
+        .send()
+        .await
+        .unwrap();
+    let purged: Value = admin(&harness, &token, Method::POST, "/admin/v1/keys/purge")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(purged["purged"], json!(["team-2"]));
+    let csv = admin(&harness, &token, Method::GET, "/admin/v1/keys.csv")
+        .send()
+        .await
+        .unwrap();
+    assert!(csv.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let csv = csv.text().await.unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(!csv.contains(&secret));
+
+    // Oversized bodies are refused before parsing.
+    let huge = admin(&harness, &token, Method::POST, "/admin/v1/keys")
+        .json(&json!({"name": "x", "description": "y".repeat(70_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+
+    // After logout the token is dead.
+    assert_eq!(
+        admin(&harness, &token, Method::POST, "/admin/v1/logout")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        admin(&harness, &token, Method::GET, "/admin/v1/keys")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
