@@ -211,10 +211,82 @@ struct Ledger {
     total_tokens: u64,
     first_used_ms: Option<i64>,
     periods: HashMap<Period, PeriodCost>,
-    /// Admission times inside the rate window (request counting).
-    admitted_at: VecDeque<i64>,
-    /// Settled `(at_ms, tokens, cost)` inside the rate window.
-    settled: VecDeque<(i64, u64, i64)>,
+    window: SlidingWindow,
+}
+
+/// Requests, tokens and cost over a sliding window, kept in at most [`WINDOW_BUCKETS`] time
+/// buckets with running totals: O(1) per request and bounded memory at any request rate. A
+/// bucket leaves the window only once all of it is older than the window, so the window errs
+/// by at most one bucket (1/120 of its length, at least a second) on the safe side: it may
+/// refuse slightly longer, never admit more.
+#[derive(Debug, Default)]
+struct SlidingWindow {
+    buckets: VecDeque<Bucket>,
+    requests: u64,
+    tokens: u64,
+    cost: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    end_ms: i64,
+    requests: u64,
+    tokens: u64,
+    cost: i64,
+}
+
+const WINDOW_BUCKETS: i64 = 120;
+
+impl SlidingWindow {
+    fn trim(&mut self, window_ms: i64, now_ms: i64) {
+        while let Some(bucket) = self.buckets.front().copied() {
+            if bucket.end_ms > now_ms - window_ms {
+                break;
+            }
+            self.buckets.pop_front();
+            self.requests -= bucket.requests;
+            self.tokens -= bucket.tokens;
+            self.cost -= bucket.cost;
+        }
+    }
+
+    /// The bucket that `now_ms` falls in, opened if needed.
+    fn current(&mut self, window_ms: i64, now_ms: i64) -> &mut Bucket {
+        let open = self
+            .buckets
+            .back()
+            .is_some_and(|bucket| now_ms < bucket.end_ms);
+        if !open {
+            let width = (window_ms / WINDOW_BUCKETS).max(1000);
+            self.buckets.push_back(Bucket {
+                end_ms: now_ms - now_ms.rem_euclid(width) + width,
+                requests: 0,
+                tokens: 0,
+                cost: 0,
+            });
+        }
+        // Just ensured to exist.
+        self.buckets
+            .back_mut()
+            .unwrap_or_else(|| unreachable!("a bucket was just pushed"))
+    }
+
+    fn add(&mut self, window_ms: i64, now_ms: i64, requests: u64, tokens: u64, cost: i64) {
+        let bucket = self.current(window_ms, now_ms);
+        bucket.requests += requests;
+        bucket.tokens += tokens;
+        bucket.cost += cost;
+        self.requests += requests;
+        self.tokens += tokens;
+        self.cost += cost;
+    }
+
+    /// When the oldest bucket leaves the window.
+    fn retry_after_ms(&self, window_ms: i64, now_ms: i64) -> i64 {
+        self.buckets
+            .front()
+            .map_or(1000, |bucket| (bucket.end_ms + window_ms - now_ms).max(1))
+    }
 }
 
 impl Ledger {
@@ -229,20 +301,6 @@ impl Ledger {
             *entry = PeriodCost { start_ms, cost: 0 };
         }
         entry
-    }
-
-    fn trim_window(&mut self, window_ms: i64, now_ms: i64) {
-        let horizon = now_ms - window_ms;
-        while self.admitted_at.front().is_some_and(|at| *at <= horizon) {
-            self.admitted_at.pop_front();
-        }
-        while self
-            .settled
-            .front()
-            .is_some_and(|(at, _, _)| *at <= horizon)
-        {
-            self.settled.pop_front();
-        }
     }
 
     fn admit(
@@ -293,48 +351,36 @@ impl Ledger {
                 });
             }
         }
-        let window_ms = policy
-            .rate_window_secs
-            .filter(|_| policy.has_rate_limits())
-            .map(|secs| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX));
-        if let Some(window_ms) = window_ms {
-            self.trim_window(window_ms, now_ms);
-            let retry_after =
-                |oldest: Option<i64>| oldest.map_or(1000, |at| (at + window_ms - now_ms).max(1));
+        if let Some(window_ms) = window_ms(policy) {
+            self.window.trim(window_ms, now_ms);
+            let retry_after_ms = self.window.retry_after_ms(window_ms, now_ms);
             if let Some(limit) = policy.rate_requests {
-                if self.admitted_at.len() as u64 >= limit {
+                if self.window.requests >= limit {
                     return Err(Refusal::RateRequests {
                         limit,
-                        retry_after_ms: retry_after(self.admitted_at.front().copied()),
+                        retry_after_ms,
                     });
                 }
             }
-            let oldest_settled = self.settled.front().map(|(at, _, _)| *at);
             if let Some(limit) = policy.rate_tokens {
-                let used: u64 = self
-                    .settled
-                    .iter()
-                    .map(|(_, tokens, _)| tokens)
-                    .sum::<u64>()
-                    + self.reserved_tokens;
+                let used = self.window.tokens + self.reserved_tokens;
                 if used >= limit || used + estimate.tokens > limit {
                     return Err(Refusal::RateTokens {
                         limit,
-                        retry_after_ms: retry_after(oldest_settled),
+                        retry_after_ms,
                     });
                 }
             }
             if let Some(limit) = policy.rate_cost_nano_usd {
-                let used: i64 =
-                    self.settled.iter().map(|(_, _, cost)| cost).sum::<i64>() + self.reserved_cost;
+                let used = self.window.cost + self.reserved_cost;
                 if used >= limit || used + estimate.cost_nano_usd > limit {
                     return Err(Refusal::RateCost {
                         limit,
-                        retry_after_ms: retry_after(oldest_settled),
+                        retry_after_ms,
                     });
                 }
             }
-            self.admitted_at.push_back(now_ms);
+            self.window.add(window_ms, now_ms, 1, 0, 0);
         }
         self.inflight += 1;
         self.reserved_cost += estimate.cost_nano_usd;
@@ -361,7 +407,7 @@ impl Ledger {
         cost: i64,
         tokens: u64,
         family: Option<&'static str>,
-        keep_window: bool,
+        window_ms: Option<i64>,
         now_ms: i64,
     ) {
         self.total_cost += cost;
@@ -375,10 +421,18 @@ impl Ledger {
         for period in periods {
             self.period(period, now_ms).cost += cost;
         }
-        if keep_window {
-            self.settled.push_back((now_ms, tokens, cost));
+        if let Some(window_ms) = window_ms {
+            self.window.add(window_ms, now_ms, 0, tokens, cost);
         }
     }
+}
+
+/// The rate window of a policy in ms, if it has rate limits.
+fn window_ms(policy: &KeyPolicy) -> Option<i64> {
+    policy
+        .rate_window_secs
+        .filter(|_| policy.has_rate_limits())
+        .map(|secs| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2))
 }
 
 fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
@@ -400,7 +454,8 @@ pub struct Admission {
     ledger: Arc<Mutex<Ledger>>,
     estimate: Estimate,
     family: Option<&'static str>,
-    keep_window: bool,
+    /// The key's rate window, if it has one: the real figures go into it at settlement.
+    window_ms: Option<i64>,
     open: bool,
 }
 
@@ -410,7 +465,7 @@ impl Admission {
         self.open = false;
         let mut ledger = lock(&self.ledger);
         ledger.release(self.estimate, self.family);
-        ledger.record(cost_nano_usd, tokens, self.family, self.keep_window, now_ms);
+        ledger.record(cost_nano_usd, tokens, self.family, self.window_ms, now_ms);
     }
 }
 
@@ -465,10 +520,7 @@ impl Limiter {
         if let Some(period) = family_period {
             ledger.period(period, now_ms);
         }
-        let window_ms = policy
-            .rate_window_secs
-            .filter(|_| policy.has_rate_limits())
-            .and_then(|secs| i64::try_from(secs.saturating_mul(1000)).ok());
+        let window_ms = window_ms(policy);
         for (at_ms, tokens, cost, model) in &prior.recent {
             let family = model_family(model);
             for period in [Period::Day, Period::Week, Period::Month]
@@ -481,9 +533,8 @@ impl Limiter {
                     ledger.period(period, now_ms).cost += cost;
                 }
             }
-            if window_ms.is_some_and(|window| *at_ms > now_ms - window) {
-                ledger.settled.push_back((*at_ms, *tokens, *cost));
-                ledger.admitted_at.push_back(*at_ms);
+            if let Some(window) = window_ms.filter(|window| *at_ms > now_ms - window) {
+                ledger.window.add(window, *at_ms, 1, *tokens, *cost);
             }
         }
         ledger.total_cost = prior.total_cost_nano_usd;
@@ -507,7 +558,7 @@ impl Limiter {
             ledger,
             estimate,
             family,
-            keep_window: policy.has_rate_limits(),
+            window_ms: window_ms(policy),
             open: true,
         })
     }
@@ -578,20 +629,14 @@ impl Limiter {
                 )
             })
             .collect();
-        let window = policy
-            .rate_window_secs
-            .filter(|_| policy.has_rate_limits())
-            .map(|secs| {
-                ledger.trim_window(
-                    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-                    now_ms,
-                );
-                (
-                    ledger.admitted_at.len() as u64,
-                    ledger.settled.iter().map(|(_, tokens, _)| tokens).sum(),
-                    ledger.settled.iter().map(|(_, _, cost)| cost).sum(),
-                )
-            });
+        let window = window_ms(policy).map(|window_ms| {
+            ledger.window.trim(window_ms, now_ms);
+            (
+                ledger.window.requests,
+                ledger.window.tokens,
+                ledger.window.cost,
+            )
+        });
         Standing {
             inflight: ledger.inflight,
             reserved_cost_nano_usd: ledger.reserved_cost,
@@ -703,7 +748,7 @@ mod tests {
     }
 
     #[test]
-    fn sliding_window_admits_again_exactly_when_the_oldest_request_leaves_it() {
+    fn sliding_window_admits_again_once_the_oldest_bucket_has_left_it() {
         let limiter = Limiter::default();
         let policy = KeyPolicy {
             rate_window_secs: Some(60),
@@ -720,16 +765,20 @@ mod tests {
             limiter
                 .admit("k", &policy, "m", estimate(0, 0), 59_999)
                 .unwrap_err(),
+            // The first request sits in the bucket [0 s, 1 s): it leaves the window at 61 s.
             Refusal::RateRequests {
                 limit: 3,
-                retry_after_ms: 1
+                retry_after_ms: 1_001
             }
         );
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 0), 60_000)
+            .admit("k", &policy, "m", estimate(0, 0), 60_999)
+            .is_err());
+        assert!(limiter
+            .admit("k", &policy, "m", estimate(0, 0), 61_000)
             .is_ok());
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 0), 60_001)
+            .admit("k", &policy, "m", estimate(0, 0), 61_001)
             .is_err());
     }
 
@@ -756,9 +805,12 @@ mod tests {
         assert!(limiter
             .admit("k", &policy, "m", estimate(0, 200), 3_000)
             .is_err());
-        // The first settlement (at 1 s) leaves the 10 s window at 11 s.
+        // The first settlement (bucket [1 s, 2 s)) leaves the 10 s window at 12 s.
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 300), 11_000)
+            .admit("k", &policy, "m", estimate(0, 300), 11_999)
+            .is_err());
+        assert!(limiter
+            .admit("k", &policy, "m", estimate(0, 300), 12_000)
             .is_ok());
     }
 
