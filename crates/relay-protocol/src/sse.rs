@@ -25,7 +25,8 @@ impl SseDecoder {
     /// without an `event:` field is reported with the name `message`, as the standard says.
     pub fn feed(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&str, &str)) {
         let mut rest = chunk;
-        if self.skip_lf {
+        // An empty chunk says nothing about whether a `\r` is followed by `\n`.
+        if self.skip_lf && !rest.is_empty() {
             self.skip_lf = false;
             if let Some(stripped) = rest.strip_prefix(b"\n") {
                 rest = stripped;
@@ -138,6 +139,22 @@ mod tests {
         assert_eq!(
             events,
             vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn an_empty_chunk_between_cr_and_lf_does_not_split_the_line_ending() {
+        let input = b"data: a\r\r\ndata: b\n\n";
+        let whole = decode_in_pieces(input, &[]);
+        // Cut after "data: a\r\r" twice: an empty chunk lands between the \r and the \n.
+        let cut = input.iter().position(|b| *b == b'\n').unwrap();
+        assert_eq!(decode_in_pieces(input, &[cut, cut]), whole);
+        assert_eq!(
+            whole,
+            vec![
+                ("message".into(), "a".into()),
+                ("message".into(), "b".into())
+            ]
         );
     }
 
