@@ -19,6 +19,7 @@ pub mod relay;
 pub mod report;
 pub mod schedule;
 pub mod snapshot;
+pub mod sticky;
 pub mod throttle;
 
 pub use relay::{Relay, RelaySettings};

@@ -51,6 +51,12 @@ pub struct AccountSelector {
 }
 
 impl AccountSelector {
+    /// Marks `account` as just used (when it was chosen another way, e.g. by a sticky session).
+    pub fn touch(&self, account: &AccountEntry) {
+        let stamp = self.use_stamp.fetch_add(1, Ordering::Relaxed) + 1;
+        account.runtime.mark_used(stamp);
+    }
+
     pub fn select(
         &self,
         snapshot: &Snapshot,

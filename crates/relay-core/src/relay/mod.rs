@@ -30,8 +30,9 @@ use crate::keys::{resolve_key, KeyEntry, KeyRejection};
 use crate::limits::{Admission, Estimate, Limiter, Refusal};
 use crate::metrics::Metrics;
 use crate::policy::Service;
-use crate::schedule::{AccountSelector, Candidates, Selection};
+use crate::schedule::{is_routable, AccountSelector, Candidates, Selection};
 use crate::snapshot::SnapshotStore;
+use crate::sticky::{SessionId, StickySessions, SPILL_MS};
 use crate::throttle::AuthThrottle;
 
 pub use capture::CapturedStream;
@@ -100,6 +101,8 @@ pub struct ForwardRequest {
     pub stream: bool,
     /// The request's `max_tokens`, for the worst-case cost estimate.
     pub max_tokens: Option<u64>,
+    /// The conversation this request belongs to (see `relay_protocol::anthropic::session_identity`).
+    pub session: Option<String>,
     /// Whether the body carries a `metadata.user_id` (as Claude Code's requests do).
     pub has_session_metadata: bool,
     /// The TCP peer, for address allowlists.
@@ -213,6 +216,7 @@ pub struct Relay {
     selector: AccountSelector,
     limiter: Limiter,
     auth_throttle: AuthThrottle,
+    sticky: StickySessions,
     usage: UsageSink,
     metrics: Arc<Metrics>,
     settings: RelaySettings,
@@ -236,6 +240,7 @@ impl Relay {
             selector: AccountSelector::default(),
             limiter: Limiter::default(),
             auth_throttle: AuthThrottle::default(),
+            sticky: StickySessions::default(),
             usage,
             metrics,
             settings,
@@ -317,13 +322,31 @@ impl Relay {
         let deadline = request.received_at + self.settings.first_byte_timeout;
         let mut tried: Vec<Arc<AccountEntry>> = Vec::new();
         let mut last_failure: Option<AttemptFailure> = None;
+        let session = request
+            .session
+            .as_deref()
+            .map(|identity| SessionId::new(&request.key.id, identity));
+        let bound = session.and_then(|session| self.sticky.get(session, now_ms()));
         while tried.len() < self.settings.max_attempts {
             let candidates = Candidates {
                 platform,
                 dedicated: request.key.policy.dedicated_account.as_deref(),
                 excluded: &tried,
             };
-            let account = match self.selector.select(&snapshot, &candidates, now_ms()) {
+            let now = now_ms();
+            // The conversation's account first, if it can serve; otherwise the usual choice.
+            let preferred = bound
+                .as_deref()
+                .and_then(|id| snapshot.accounts.iter().find(|account| account.id == id))
+                .filter(|account| is_routable(account, &candidates, now));
+            let selection = match preferred {
+                Some(account) => {
+                    self.selector.touch(account);
+                    Selection::Account(account.clone())
+                }
+                None => self.selector.select(&snapshot, &candidates, now),
+            };
+            let account = match selection {
                 Selection::Account(account) => account,
                 Selection::AllCooling { until_ms } if tried.is_empty() => {
                     let wait_s =
@@ -344,7 +367,10 @@ impl Relay {
             tried.push(account.clone());
             match upstream::attempt(&self.client, &account, &request, deadline).await {
                 Ok(started) => {
-                    return Ok(self.respond(started, &account, &request, tried.len(), admission))
+                    if let Some(session) = session {
+                        self.keep_session(session, bound.as_deref(), &account, &snapshot);
+                    }
+                    return Ok(self.respond(started, &account, &request, tried.len(), admission));
                 }
                 Err(failure) => {
                     self.metrics.upstream_error(failure.kind());
@@ -374,6 +400,32 @@ impl Relay {
             tried.len(),
             admission.take(),
         )
+    }
+
+    /// Binds the conversation to the account that served it, unless it is bound to another
+    /// that is only briefly unavailable (a spill does not move a conversation).
+    fn keep_session(
+        &self,
+        session: SessionId,
+        bound: Option<&str>,
+        served_by: &AccountEntry,
+        snapshot: &crate::snapshot::Snapshot,
+    ) {
+        let now = now_ms();
+        let move_binding = match bound {
+            None => true,
+            Some(id) if id == served_by.id => false,
+            Some(id) => snapshot
+                .accounts
+                .iter()
+                .find(|account| account.id == id)
+                .is_none_or(|account| {
+                    !account.active || account.runtime.cooling_until_ms() - now > SPILL_MS
+                }),
+        };
+        if move_binding {
+            self.sticky.bind(session, &served_by.id, now);
+        }
     }
 
     /// Reserves the request's worst-case cost and a concurrency slot under the key's policy.

@@ -16,7 +16,9 @@ use relay_core::keys::{KeyEntry, KeyRejection};
 use relay_core::metrics::{RequestLabels, RouteLabels};
 use relay_core::relay::{Endpoint, ForwardRequest, RelayBody, RelayError};
 use relay_protocol::anthropic::ErrorType;
+use relay_protocol::anthropic::{session_identity, SessionSource};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::error::{anthropic_error, error, REQUEST_ID_HEADER};
@@ -91,6 +93,10 @@ struct MessagesHead<'a> {
     max_tokens: Option<u64>,
     #[serde(borrow)]
     metadata: Option<Metadata<'a>>,
+    #[serde(borrow)]
+    system: Option<&'a RawValue>,
+    #[serde(borrow)]
+    messages: Option<Vec<&'a RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +164,17 @@ async fn prepare(
         .into_owned();
     let stream = head.stream.unwrap_or(false) && endpoint == Endpoint::Messages;
     let max_tokens = head.max_tokens;
+    let session = session_identity(&SessionSource {
+        user_id: head
+            .metadata
+            .as_ref()
+            .and_then(|metadata| metadata.user_id.as_deref()),
+        system: head.system,
+        first_message: head
+            .messages
+            .as_ref()
+            .and_then(|messages| messages.first().copied()),
+    });
     let has_session_metadata = head
         .metadata
         .as_ref()
@@ -173,6 +190,7 @@ async fn prepare(
         model,
         stream,
         max_tokens,
+        session,
         has_session_metadata,
         client_ip: client_ip(&parts.extensions),
         received_at,

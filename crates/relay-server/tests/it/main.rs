@@ -6,3 +6,4 @@ mod admin_api;
 mod harness;
 mod limits;
 mod relay_path;
+mod sticky;
