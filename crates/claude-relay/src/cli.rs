@@ -75,6 +75,8 @@ enum AccountCommand {
     List(JsonFlag),
     Disable(NameArg),
     Enable(NameArg),
+    /// Clear an account's cooldowns and block (it takes traffic again at once).
+    Reset(NameArg),
 }
 
 #[derive(Debug, Subcommand)]
@@ -560,6 +562,11 @@ async fn run_admin_command(
         Command::Account(AccountCommand::Disable(NameArg { name, json })) => {
             admin.set_account_enabled(&name, false).await?;
             status_changed("account", &name, "disabled", json);
+            Ok(())
+        }
+        Command::Account(AccountCommand::Reset(NameArg { name, json })) => {
+            admin.reset_account(&name).await?;
+            status_changed("account", &name, "reset", json);
             Ok(())
         }
         Command::Account(AccountCommand::Enable(NameArg { name, json })) => {

@@ -1,6 +1,6 @@
 //! Upstream accounts as the request path sees them, with their runtime state.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::crypto::SecretString;
@@ -40,6 +40,22 @@ pub struct AccountRuntime {
     last_used: AtomicU64,
     /// Unix ms until which the account is rate limited (0 = not cooling).
     cooling_until_ms: AtomicI64,
+    /// The same, per model family (opus, sonnet, haiku), for family-level limits.
+    family_cooling_until_ms: [AtomicI64; 3],
+    /// Out of rotation until an operator resets it (e.g. the organization was disabled).
+    blocked: AtomicBool,
+    /// Server errors and connect failures in a row, and how often the account was ejected.
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    /// The store's reset stamp last applied (see `SnapshotStore::reload`).
+    reset_seen_ms: AtomicI64,
+}
+
+/// The model families a rate limit can be scoped to.
+pub const FAMILIES: [&str; 3] = ["opus", "sonnet", "haiku"];
+
+fn family_index(family: &str) -> Option<usize> {
+    FAMILIES.iter().position(|known| *known == family)
 }
 
 impl AccountRuntime {
@@ -57,6 +73,62 @@ impl AccountRuntime {
 
     pub fn cool_until(&self, until_ms: i64) {
         self.cooling_until_ms.fetch_max(until_ms, Ordering::Relaxed);
+    }
+
+    pub fn cool_family_until(&self, family: &str, until_ms: i64) {
+        if let Some(index) = family_index(family) {
+            self.family_cooling_until_ms[index].fetch_max(until_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// When the account can next serve a request of `family` (0 or past: now).
+    pub fn available_at_ms(&self, family: Option<&str>) -> i64 {
+        let family_until = family.and_then(family_index).map_or(0, |index| {
+            self.family_cooling_until_ms[index].load(Ordering::Relaxed)
+        });
+        self.cooling_until_ms().max(family_until)
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Relaxed)
+    }
+
+    pub fn block(&self) {
+        self.blocked.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts a server error or connect failure; returns how many in a row.
+    pub fn record_failure(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts an ejection; returns how many before this one.
+    pub fn record_ejection(&self) -> u32 {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A success: the failure streak and the ejection history end.
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Clears every health mark, once per operator reset stamp.
+    pub fn apply_reset(&self, reset_at_ms: i64) {
+        if reset_at_ms > self.reset_seen_ms.swap(reset_at_ms, Ordering::Relaxed) {
+            self.cooling_until_ms.store(0, Ordering::Relaxed);
+            for family in &self.family_cooling_until_ms {
+                family.store(0, Ordering::Relaxed);
+            }
+            self.blocked.store(false, Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -76,7 +148,8 @@ pub struct AccountEntry {
 }
 
 impl AccountEntry {
-    pub fn is_cooling(&self, now_ms: i64) -> bool {
-        self.runtime.cooling_until_ms() > now_ms
+    /// Whether the account cannot take a request of `family` now (cooling or blocked).
+    pub fn is_out(&self, family: Option<&str>, now_ms: i64) -> bool {
+        self.runtime.is_blocked() || self.runtime.available_at_ms(family) > now_ms
     }
 }

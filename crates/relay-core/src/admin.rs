@@ -397,6 +397,18 @@ impl AdminService {
         }
     }
 
+    /// Clears an account's cooldowns, block and failure history on every running server.
+    pub async fn reset_account(&self, name: &str) -> Result<(), AdminError> {
+        if self.store.reset_account_health(name, now_ms()).await? {
+            Ok(())
+        } else {
+            Err(AdminError::NotFound {
+                what: "account",
+                name: name.to_owned(),
+            })
+        }
+    }
+
     /// Usage totals, over all keys or one key by name.
     pub async fn usage(&self, key_name: Option<&str>) -> Result<UsageTotals, AdminError> {
         let key_id = match key_name {

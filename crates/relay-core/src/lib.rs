@@ -10,6 +10,7 @@ pub mod admin_auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod crypto;
+pub mod health;
 pub mod keys;
 pub mod limits;
 pub mod metrics;

@@ -15,6 +15,8 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, Clone, Copy)]
 pub struct Candidates<'a> {
     pub platform: Platform,
+    /// The requested model's family, for family-scoped rate limits.
+    pub family: Option<&'static str>,
     pub dedicated: Option<&'a str>,
     pub excluded: &'a [Arc<AccountEntry>],
 }
@@ -31,7 +33,7 @@ impl Candidates<'_> {
 
 /// Whether `account` may serve a request of these candidates now.
 pub fn is_routable(account: &AccountEntry, candidates: &Candidates<'_>, now_ms: i64) -> bool {
-    candidates.admits(account) && !account.is_cooling(now_ms)
+    candidates.admits(account) && !account.is_out(candidates.family, now_ms)
 }
 
 #[derive(Debug)]
@@ -76,8 +78,8 @@ impl AccountSelector {
         let earliest_recovery = snapshot
             .accounts
             .iter()
-            .filter(|account| candidates.admits(account))
-            .map(|account| account.runtime.cooling_until_ms())
+            .filter(|account| candidates.admits(account) && !account.runtime.is_blocked())
+            .map(|account| account.runtime.available_at_ms(candidates.family))
             .filter(|until_ms| *until_ms > now_ms)
             .min();
         match earliest_recovery {
@@ -116,6 +118,7 @@ mod tests {
     fn candidates(excluded: &[Arc<AccountEntry>]) -> Candidates<'_> {
         Candidates {
             platform: Platform::Anthropic,
+            family: None,
             dedicated: None,
             excluded,
         }

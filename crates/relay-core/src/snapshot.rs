@@ -123,6 +123,7 @@ impl SnapshotStore {
                 .find(|account| account.id == row.id)
                 .map(|account| account.runtime.clone())
                 .unwrap_or_else(|| Arc::new(AccountRuntime::default()));
+            runtime.apply_reset(row.health_reset_at_ms);
             let base_url = row
                 .base_url
                 .as_deref()

@@ -75,6 +75,8 @@ pub struct AccountRow {
     pub secret_hint: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// When an operator last reset the account's health marks.
+    pub health_reset_at_ms: i64,
 }
 
 #[derive(Debug, Clone)]

@@ -101,6 +101,8 @@ ALTER TABLE relay_keys ADD COLUMN deleted_at_ms INTEGER;
     (
         4,
         r#"
+ALTER TABLE accounts ADD COLUMN health_reset_at_ms INTEGER NOT NULL DEFAULT 0;
+
 CREATE TABLE admin_sessions (
     token_hash    BLOB PRIMARY KEY,
     admin_id      TEXT NOT NULL REFERENCES admins (id) ON DELETE CASCADE,

@@ -409,7 +409,7 @@ impl Store {
     pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, platform, base_url, priority, status, secret_sealed, secret_hint,
-                    created_at_ms, updated_at_ms
+                    created_at_ms, updated_at_ms, health_reset_at_ms
              FROM accounts ORDER BY priority, created_at_ms, name",
         )
         .fetch_all(&self.pool)
@@ -427,9 +427,23 @@ impl Store {
                     secret_hint: row.try_get("secret_hint")?,
                     created_at_ms: row.try_get("created_at_ms")?,
                     updated_at_ms: row.try_get("updated_at_ms")?,
+                    health_reset_at_ms: row.try_get("health_reset_at_ms")?,
                 })
             })
             .collect()
+    }
+
+    /// Stamps an operator's reset of an account's health marks; running servers clear them.
+    pub async fn reset_account_health(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE accounts SET health_reset_at_ms = ?, updated_at_ms = ? WHERE name = ?",
+        )
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     /// Sets an account's status by name; returns false if no such account exists.

@@ -26,6 +26,7 @@ use crate::access::{self, Denial, RequestFacts};
 use crate::accounts::{AccountEntry, Platform};
 use crate::clock::now_ms;
 use crate::crypto::KeyHasher;
+use crate::health::{self, Verdict};
 use crate::keys::{resolve_key, KeyEntry, KeyRejection};
 use crate::limits::{Admission, Estimate, Limiter, Refusal};
 use crate::metrics::Metrics;
@@ -36,6 +37,7 @@ use crate::sticky::{SessionId, StickySessions, SPILL_MS};
 use crate::throttle::AuthThrottle;
 
 pub use capture::CapturedStream;
+pub use upstream::retry_after;
 use upstream::{AttemptFailure, Started, UpstreamClient};
 
 /// Timeouts and bounds of the relay path.
@@ -327,9 +329,11 @@ impl Relay {
             .as_deref()
             .map(|identity| SessionId::new(&request.key.id, identity));
         let bound = session.and_then(|session| self.sticky.get(session, now_ms()));
+        let candidates_family = crate::limits::model_family(&request.model);
         while tried.len() < self.settings.max_attempts {
             let candidates = Candidates {
                 platform,
+                family: candidates_family,
                 dedicated: request.key.policy.dedicated_account.as_deref(),
                 excluded: &tried,
             };
@@ -365,23 +369,22 @@ impl Relay {
                 self.metrics.failovers.inc();
             }
             tried.push(account.clone());
-            match upstream::attempt(&self.client, &account, &request, deadline).await {
+            match self.attempt_account(&account, &request, deadline).await {
                 Ok(started) => {
+                    account.runtime.record_success();
                     if let Some(session) = session {
-                        self.keep_session(session, bound.as_deref(), &account, &snapshot);
+                        self.keep_session(
+                            session,
+                            bound.as_deref(),
+                            &account,
+                            &snapshot,
+                            candidates_family,
+                        );
                     }
                     return Ok(self.respond(started, &account, &request, tried.len(), admission));
                 }
                 Err(failure) => {
-                    self.metrics.upstream_error(failure.kind());
-                    self.note_failure(&account, &failure);
-                    tracing::warn!(
-                        request_id = %request.request_id,
-                        account_id = %account.id,
-                        attempt = tried.len(),
-                        kind = failure.kind(),
-                        "upstream attempt failed before the first byte"
-                    );
+                    self.apply_verdict(&account, &failure, candidates_family, &snapshot, &request);
                     last_failure = Some(failure);
                 }
             }
@@ -410,6 +413,7 @@ impl Relay {
         bound: Option<&str>,
         served_by: &AccountEntry,
         snapshot: &crate::snapshot::Snapshot,
+        family: Option<&'static str>,
     ) {
         let now = now_ms();
         let move_binding = match bound {
@@ -420,7 +424,9 @@ impl Relay {
                 .iter()
                 .find(|account| account.id == id)
                 .is_none_or(|account| {
-                    !account.active || account.runtime.cooling_until_ms() - now > SPILL_MS
+                    !account.active
+                        || account.runtime.is_blocked()
+                        || account.runtime.available_at_ms(family) - now > SPILL_MS
                 }),
         };
         if move_binding {
@@ -466,18 +472,111 @@ impl Relay {
             })
     }
 
-    fn note_failure(&self, account: &AccountEntry, failure: &AttemptFailure) {
-        if let AttemptFailure::Status {
-            status, headers, ..
-        } = failure
-        {
-            if *status == StatusCode::TOO_MANY_REQUESTS {
-                let cooldown = upstream::retry_after(headers)
-                    .unwrap_or(self.settings.default_rate_limit_cooldown)
-                    .clamp(Duration::from_secs(1), Duration::from_secs(3600));
-                let until_ms = now_ms() + millis(cooldown);
+    /// One account's attempts: an overloaded (529) account is retried after a pause, up to
+    /// [`health::OVERLOAD_RETRIES`] times within the deadline, before the caller moves on.
+    async fn attempt_account(
+        &self,
+        account: &AccountEntry,
+        request: &ForwardRequest,
+        deadline: Instant,
+    ) -> Result<Started, AttemptFailure> {
+        let mut retries = 0;
+        loop {
+            let failure = match upstream::attempt(&self.client, account, request, deadline).await {
+                Ok(started) => return Ok(started),
+                Err(failure) => failure,
+            };
+            self.metrics.upstream_error(failure.kind());
+            tracing::warn!(
+                request_id = %request.request_id,
+                account_id = %account.id,
+                kind = failure.kind(),
+                "upstream attempt failed before the first byte"
+            );
+            let overloaded =
+                matches!(&failure, AttemptFailure::Status { status, .. } if status.as_u16() == 529);
+            let pause = health::overload_backoff(retries + 1);
+            if !overloaded
+                || retries >= health::OVERLOAD_RETRIES
+                || Instant::now() + pause >= deadline
+            {
+                return Err(failure);
+            }
+            retries += 1;
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Applies what a failed attempt says about its account, and logs it with the evidence.
+    fn apply_verdict(
+        &self,
+        account: &AccountEntry,
+        failure: &AttemptFailure,
+        family: Option<&'static str>,
+        snapshot: &crate::snapshot::Snapshot,
+        request: &ForwardRequest,
+    ) {
+        let now = now_ms();
+        let verdict = match failure {
+            AttemptFailure::Status {
+                status,
+                headers,
+                body,
+            } => health::classify(
+                *status,
+                headers,
+                body,
+                family,
+                self.settings.default_rate_limit_cooldown,
+                now,
+            ),
+            AttemptFailure::Connect | AttemptFailure::Timeout | AttemptFailure::Interrupted => {
+                Verdict::Failing
+            }
+        };
+        let evidence = failure.evidence();
+        match verdict {
+            Verdict::Healthy | Verdict::Overloaded => {}
+            Verdict::RateLimited {
+                until_ms,
+                family,
+                reason,
+            } => {
+                match family {
+                    Some(family) => account.runtime.cool_family_until(family, until_ms),
+                    None => account.runtime.cool_until(until_ms),
+                }
+                tracing::warn!(account_id = %account.id, family = family.unwrap_or("all"), reason, cooling_s = (until_ms - now) / 1000, %evidence, "account rate limited");
+            }
+            Verdict::Unauthorized { until_ms } => {
                 account.runtime.cool_until(until_ms);
-                tracing::warn!(account_id = %account.id, cooldown_s = cooldown.as_secs(), "upstream rate limited account");
+                tracing::error!(account_id = %account.id, cooling_s = (until_ms - now) / 1000, %evidence, "upstream refused the account's credentials");
+            }
+            Verdict::Blocked => {
+                account.runtime.block();
+                tracing::error!(account_id = %account.id, %evidence, "account blocked by the upstream; out of rotation until reset");
+            }
+            Verdict::Failing => {
+                let failures = account.runtime.record_failure();
+                // Never eject the last account that could serve: a struggling pool is better
+                // than none.
+                let others_serve = || {
+                    let candidates = Candidates {
+                        platform: account.platform,
+                        family,
+                        dedicated: request.key.policy.dedicated_account.as_deref(),
+                        excluded: &[],
+                    };
+                    snapshot
+                        .accounts
+                        .iter()
+                        .any(|other| other.id != account.id && is_routable(other, &candidates, now))
+                };
+                if failures >= health::EJECT_AFTER_FAILURES && others_serve() {
+                    let ejected_for = health::ejection_time(account.runtime.record_ejection());
+                    account.runtime.cool_until(now + millis(ejected_for));
+                    tracing::warn!(account_id = %account.id, failures, ejected_s = ejected_for.as_secs(), %evidence, "account ejected after repeated failures");
+                }
             }
         }
     }

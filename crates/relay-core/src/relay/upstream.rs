@@ -83,6 +83,34 @@ impl AttemptFailure {
         }
     }
 
+    /// What happened, for the log: the status, the reset headers and a short body excerpt.
+    /// Upstream error bodies carry no credentials, and response headers that could identify
+    /// the account are not included.
+    pub fn evidence(&self) -> String {
+        match self {
+            Self::Status {
+                status,
+                headers,
+                body,
+            } => {
+                let resets: Vec<String> = headers
+                    .iter()
+                    .filter(|(name, _)| {
+                        name.as_str() == "retry-after" || name.as_str().ends_with("-reset")
+                    })
+                    .map(|(name, value)| format!("{name}={}", value.to_str().unwrap_or("?")))
+                    .collect();
+                let excerpt: String = String::from_utf8_lossy(body).chars().take(200).collect();
+                format!(
+                    "status={} {} body={excerpt}",
+                    status.as_u16(),
+                    resets.join(" ")
+                )
+            }
+            other => other.kind().to_owned(),
+        }
+    }
+
     /// What the client gets once no account is left: a JSON 429/529 from the upstream passes
     /// through (its message and `retry-after` help the client); anything else is said in our
     /// words, never with the upstream's body (which may be an HTML page or name the account).
@@ -313,7 +341,7 @@ pub(crate) fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
 }
 
 /// The delay an upstream asked for with `retry-after` (seconds form).
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(header::RETRY_AFTER)?
         .to_str()

@@ -4,6 +4,7 @@
 
 mod admin_api;
 mod harness;
+mod health;
 mod limits;
 mod relay_path;
 mod sticky;

@@ -141,11 +141,14 @@ async fn failover_before_the_first_byte_and_rate_limited_accounts_cool_down() {
         account("second", "sk-second", 2),
     ])
     .await;
-    harness.mock.script("sk-first", [Behavior::status(529)]);
+    // Overloaded on every try (one attempt and two same-account retries): the next account.
+    harness
+        .mock
+        .script("sk-first", (0..3).map(|_| Behavior::status(529)));
     let response = harness.send(true, "a").await;
     assert_eq!(response.status(), 200);
     assert!(response.text().await.unwrap().contains("message_stop"));
-    assert_eq!(harness.mock.count_for("sk-first"), 1);
+    assert_eq!(harness.mock.count_for("sk-first"), 3);
     assert_eq!(harness.mock.count_for("sk-second"), 1);
 
     // 429 with retry-after: the account cools, so the next request skips it entirely.
@@ -159,7 +162,7 @@ async fn failover_before_the_first_byte_and_rate_limited_accounts_cool_down() {
     }
     assert_eq!(
         harness.mock.count_for("sk-first"),
-        2,
+        4,
         "a cooling account got traffic"
     );
     assert_eq!(harness.mock.count_for("sk-second"), 3);
@@ -189,7 +192,9 @@ async fn failover_before_the_first_byte_and_rate_limited_accounts_cool_down() {
 async fn exhausted_failover_answers_in_anthropic_shape_and_is_recorded() {
     let harness = Harness::start(vec![account("only", "sk-only", 1)]).await;
     // 529 with a JSON body passes through: the client's own retry logic understands it.
-    harness.mock.script("sk-only", [Behavior::status(529)]);
+    harness
+        .mock
+        .script("sk-only", (0..3).map(|_| Behavior::status(529)));
     let response = harness.send(false, "x").await;
     assert_eq!(error_of(response).await, (529, "overloaded_error".into()));
 
@@ -205,11 +210,6 @@ async fn exhausted_failover_answers_in_anthropic_shape_and_is_recorded() {
     let response = harness.send(false, "x").await;
     assert_eq!(error_of(response).await, (502, "api_error".into()));
 
-    // Upstream 401 means the relay's account is bad, not the client's key.
-    harness.mock.script("sk-only", [Behavior::status(401)]);
-    let response = harness.send(false, "x").await;
-    assert_eq!(response.status(), 502);
-
     // A 400 is the client's fault: passed through as is, no failover.
     harness.mock.script("sk-only", [Behavior::status(400)]);
     let response = harness.send(false, "x").await;
@@ -217,6 +217,17 @@ async fn exhausted_failover_answers_in_anthropic_shape_and_is_recorded() {
         error_of(response).await,
         (400, "invalid_request_error".into())
     );
+
+    // Upstream 401 means the relay's account is bad, not the client's key.
+    harness.mock.script("sk-only", [Behavior::status(401)]);
+    let response = harness.send(false, "x").await;
+    assert_eq!(response.status(), 502);
+    // …and takes that account out of rotation for a while: with no other account, callers are
+    // told when to come back.
+    let response = harness.send(false, "x").await;
+    assert!(response.headers().get("retry-after").is_some());
+    assert_eq!(error_of(response).await, (429, "rate_limit_error".into()));
+    assert_eq!(harness.mock.count_for("sk-only"), 6);
 
     let records = harness.records(4).await;
     let summary: Vec<(u16, &str, Option<&str>)> = records
@@ -234,8 +245,8 @@ async fn exhausted_failover_answers_in_anthropic_shape_and_is_recorded() {
         [
             (529, "upstream_error", Some("overloaded")),
             (502, "upstream_error", Some("server_error")),
-            (502, "upstream_error", Some("unauthorized")),
             (400, "upstream_error", Some("invalid_request_error")),
+            (502, "upstream_error", Some("unauthorized")),
         ]
     );
 }

@@ -69,13 +69,21 @@ async fn a_conversation_spills_for_a_moment_and_moves_when_its_account_is_out() 
     let home = served_by(&harness, 0)[0].clone();
     let other = if home == "sk-a" { "sk-b" } else { "sk-a" };
 
-    // Overloaded once: this turn is served elsewhere, the conversation stays home.
-    harness.mock.script(&home, [Behavior::status(529)]);
+    // Overloaded through its retries: this turn is served elsewhere, the conversation stays.
+    harness
+        .mock
+        .script(&home, (0..3).map(|_| Behavior::status(529)));
     assert_eq!(send(&harness, &harness.key, &turn("c", 1)).await, 200);
     assert_eq!(send(&harness, &harness.key, &turn("c", 2)).await, 200);
     assert_eq!(
         served_by(&harness, 1),
-        [home.clone(), other.to_owned(), home.clone()]
+        [
+            home.clone(),
+            home.clone(),
+            home.clone(),
+            other.to_owned(),
+            home.clone()
+        ]
     );
 
     // Rate limited for ten minutes: the conversation moves, and stays moved.
@@ -90,7 +98,7 @@ async fn a_conversation_spills_for_a_moment_and_moves_when_its_account_is_out() 
         assert_eq!(send(&harness, &harness.key, &turn("c", n)).await, 200);
     }
     assert_eq!(
-        served_by(&harness, 4),
+        served_by(&harness, 6),
         [
             home.clone(),
             other.to_owned(),

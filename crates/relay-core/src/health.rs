@@ -1,0 +1,237 @@
+//! One classification of upstream outcomes into what happens to the account. Pure: the relay
+//! applies the verdict to the account's runtime state and logs it with its evidence.
+
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+
+/// Rate-limit resets further away than this are taken as this (a wrong header must not take an
+/// account out for months).
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Same-account retries of a 529 before trying another account.
+pub const OVERLOAD_RETRIES: u32 = 2;
+/// Server errors or connect failures in a row that eject an account.
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+const EJECTION_BASE: Duration = Duration::from_secs(30);
+const EJECTION_MAX: Duration = Duration::from_secs(600);
+const UNAUTHORIZED_COOLDOWN: Duration = Duration::from_secs(1800);
+const FORBIDDEN_COOLDOWN: Duration = Duration::from_secs(600);
+
+/// What an upstream outcome means for the account that produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to change.
+    Healthy,
+    /// Rate limited until `until_ms`, for one model family or the whole account.
+    RateLimited {
+        until_ms: i64,
+        family: Option<&'static str>,
+        reason: &'static str,
+    },
+    /// Overloaded: retry the same account after a pause, no cooldown.
+    Overloaded,
+    /// Credentials refused: out for a while (an API key does not heal by itself, but an
+    /// operator's fix should not wait for a restart).
+    Unauthorized { until_ms: i64 },
+    /// The organization is disabled or OAuth is not allowed: out until an operator resets it.
+    Blocked,
+    /// A server error or connect failure: counts toward ejection.
+    Failing,
+}
+
+/// The `anthropic-ratelimit-unified-reset` time (Unix seconds) in ms.
+fn unified_reset_ms(headers: &HeaderMap) -> Option<i64> {
+    let seconds: i64 = headers
+        .get("anthropic-ratelimit-unified-reset")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    seconds.checked_mul(1000)
+}
+
+fn says_blocked(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    text.contains("organization has been disabled")
+        || text.contains("oauth authentication is currently not allowed")
+}
+
+fn clamp_until(until_ms: i64, now_ms: i64) -> i64 {
+    let max = now_ms + i64::try_from(MAX_COOLDOWN.as_millis()).unwrap_or(i64::MAX / 2);
+    until_ms.clamp(now_ms + 1000, max)
+}
+
+/// Classifies an upstream status (with its headers and body excerpt) for an account.
+pub fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    family: Option<&'static str>,
+    default_cooldown: Duration,
+    now_ms: i64,
+) -> Verdict {
+    let millis = |duration: Duration| i64::try_from(duration.as_millis()).unwrap_or(i64::MAX / 2);
+    match status.as_u16() {
+        429 => {
+            if let Some(reset_ms) = unified_reset_ms(headers) {
+                return Verdict::RateLimited {
+                    until_ms: clamp_until(reset_ms, now_ms),
+                    family,
+                    reason: "unified limit",
+                };
+            }
+            match crate::relay::retry_after(headers) {
+                Some(delay) => Verdict::RateLimited {
+                    until_ms: clamp_until(now_ms + millis(delay), now_ms),
+                    family: None,
+                    reason: "retry-after",
+                },
+                None => Verdict::RateLimited {
+                    until_ms: clamp_until(now_ms + millis(default_cooldown), now_ms),
+                    family: None,
+                    reason: "no reset given",
+                },
+            }
+        }
+        529 => Verdict::Overloaded,
+        400 | 403 if says_blocked(body) => Verdict::Blocked,
+        401 => Verdict::Unauthorized {
+            until_ms: now_ms + millis(UNAUTHORIZED_COOLDOWN),
+        },
+        403 => Verdict::RateLimited {
+            until_ms: now_ms + millis(FORBIDDEN_COOLDOWN),
+            family: None,
+            reason: "forbidden",
+        },
+        500..=599 => Verdict::Failing,
+        _ => Verdict::Healthy,
+    }
+}
+
+/// How long an account is ejected for its `ejections`-th time in a row: 30 s, doubling, at most
+/// ten minutes.
+pub fn ejection_time(previous_ejections: u32) -> Duration {
+    EJECTION_BASE
+        .saturating_mul(
+            1u32.checked_shl(previous_ejections.min(16))
+                .unwrap_or(u32::MAX),
+        )
+        .min(EJECTION_MAX)
+}
+
+/// The pause before the `attempt`-th same-account retry of an overloaded account.
+pub fn overload_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250 * u64::from(attempt.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn classify_with(
+        status: u16,
+        headers: &[(&'static str, &str)],
+        body: &str,
+        family: Option<&'static str>,
+    ) -> Verdict {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        classify(
+            StatusCode::from_u16(status).unwrap(),
+            &map,
+            body.as_bytes(),
+            family,
+            Duration::from_secs(30),
+            NOW,
+        )
+    }
+
+    #[test]
+    fn rate_limits_cool_until_the_reset_the_upstream_gave() {
+        let reset = (NOW / 1000 + 3600).to_string();
+        assert_eq!(
+            classify_with(
+                429,
+                &[("anthropic-ratelimit-unified-reset", &reset)],
+                "",
+                Some("opus")
+            ),
+            Verdict::RateLimited {
+                until_ms: NOW + 3_600_000,
+                family: Some("opus"),
+                reason: "unified limit"
+            }
+        );
+        assert_eq!(
+            classify_with(429, &[("retry-after", "7")], "", Some("opus")),
+            Verdict::RateLimited {
+                until_ms: NOW + 7_000,
+                family: None,
+                reason: "retry-after"
+            }
+        );
+        assert_eq!(
+            classify_with(429, &[], "", None),
+            Verdict::RateLimited {
+                until_ms: NOW + 30_000,
+                family: None,
+                reason: "no reset given"
+            }
+        );
+        // A reset a year away is clamped to a week; one in the past to a second.
+        let far = (NOW / 1000 + 365 * 86_400).to_string();
+        assert!(matches!(
+            classify_with(429, &[("anthropic-ratelimit-unified-reset", &far)], "", None),
+            Verdict::RateLimited { until_ms, .. } if until_ms == NOW + 7 * 86_400_000
+        ));
+        let past = (NOW / 1000 - 10).to_string();
+        assert!(matches!(
+            classify_with(429, &[("anthropic-ratelimit-unified-reset", &past)], "", None),
+            Verdict::RateLimited { until_ms, .. } if until_ms == NOW + 1000
+        ));
+    }
+
+    #[test]
+    fn bans_overloads_auth_and_server_errors_are_told_apart() {
+        let banned = r#"{"type":"error","error":{"type":"permission_error","message":"This organization has been disabled."}}"#;
+        assert_eq!(classify_with(403, &[], banned, None), Verdict::Blocked);
+        assert_eq!(
+            classify_with(
+                400,
+                &[],
+                "OAuth authentication is currently not allowed for this organization",
+                None
+            ),
+            Verdict::Blocked
+        );
+        assert!(matches!(
+            classify_with(403, &[], "{}", None),
+            Verdict::RateLimited {
+                reason: "forbidden",
+                ..
+            }
+        ));
+        assert_eq!(classify_with(529, &[], "", None), Verdict::Overloaded);
+        assert!(matches!(
+            classify_with(401, &[], "", None),
+            Verdict::Unauthorized { .. }
+        ));
+        assert_eq!(classify_with(502, &[], "", None), Verdict::Failing);
+        assert_eq!(classify_with(400, &[], "{}", None), Verdict::Healthy);
+    }
+
+    #[test]
+    fn ejections_grow_and_are_capped() {
+        assert_eq!(ejection_time(0), Duration::from_secs(30));
+        assert_eq!(ejection_time(1), Duration::from_secs(60));
+        assert_eq!(ejection_time(3), Duration::from_secs(240));
+        assert_eq!(ejection_time(10), Duration::from_secs(600));
+        assert_eq!(ejection_time(u32::MAX), Duration::from_secs(600));
+    }
+}

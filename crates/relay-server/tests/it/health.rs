@@ -1,0 +1,140 @@
+//! Account health: overload retries, ejection, bans, family-scoped limits and manual reset.
+
+use relay_testkit::Behavior;
+
+use crate::harness::{account, messages_body, Harness};
+
+async fn send_model(harness: &Harness, model: &str, prompt: &str) -> u16 {
+    let mut body = messages_body(false, prompt);
+    body["model"] = model.into();
+    harness
+        .post("/v1/messages", body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn an_overloaded_account_is_retried_before_anything_else() {
+    let harness = Harness::start(vec![account("a", "sk-a", 1), account("b", "sk-b", 2)]).await;
+    harness
+        .mock
+        .script("sk-a", [Behavior::status(529), Behavior::status(529)]);
+    assert_eq!(harness.send(false, "x").await.status(), 200);
+    assert_eq!(harness.mock.count_for("sk-a"), 3);
+    assert_eq!(harness.mock.count_for("sk-b"), 0);
+    // No cooldown after an overload: the next request goes to the same account.
+    assert_eq!(harness.send(false, "y").await.status(), 200);
+    assert_eq!(harness.mock.count_for("sk-a"), 4);
+}
+
+#[tokio::test]
+async fn repeated_server_errors_eject_an_account_but_never_the_last_one() {
+    let harness = Harness::start(vec![account("a", "sk-a", 1), account("b", "sk-b", 2)]).await;
+    harness
+        .mock
+        .script("sk-a", (0..3).map(|_| Behavior::status(500)));
+    for n in 0..3 {
+        assert_eq!(
+            harness.send(false, &format!("turn {n}")).await.status(),
+            200
+        );
+    }
+    assert_eq!(harness.mock.count_for("sk-a"), 3);
+    // Ejected after three in a row: the next requests go straight to b.
+    for n in 3..6 {
+        assert_eq!(
+            harness.send(false, &format!("turn {n}")).await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        harness.mock.count_for("sk-a"),
+        3,
+        "an ejected account got traffic"
+    );
+    assert_eq!(harness.mock.count_for("sk-b"), 6);
+
+    let alone = Harness::start(vec![account("only", "sk-only", 1)]).await;
+    alone
+        .mock
+        .script("sk-only", (0..5).map(|_| Behavior::status(500)));
+    for n in 0..5 {
+        let response = alone.send(false, &format!("turn {n}")).await;
+        assert_eq!(
+            response.status(),
+            502,
+            "the last account must stay in rotation"
+        );
+    }
+    assert_eq!(alone.send(false, "recovered").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_disabled_organization_takes_the_account_out_until_an_operator_resets_it() {
+    let harness = Harness::start(vec![account("a", "sk-a", 1), account("b", "sk-b", 2)]).await;
+    harness.mock.script(
+        "sk-a",
+        [Behavior::Status {
+            status: 403,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: r#"{"type":"error","error":{"type":"permission_error","message":"This organization has been disabled."}}"#.into(),
+        }],
+    );
+    for n in 0..5 {
+        assert_eq!(
+            harness.send(false, &format!("turn {n}")).await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        harness.mock.count_for("sk-a"),
+        1,
+        "a blocked account must never be retried"
+    );
+    harness.admin.reset_account("a").await.unwrap();
+    harness.snapshots.reload().await.unwrap();
+    assert_eq!(harness.send(false, "after reset").await.status(), 200);
+    assert_eq!(harness.mock.count_for("sk-a"), 2);
+}
+
+#[tokio::test]
+async fn a_family_limit_cools_only_that_family() {
+    let harness = Harness::start(vec![account("a", "sk-a", 1), account("b", "sk-b", 2)]).await;
+    let reset = (relay_core::clock::now_ms() / 1000 + 3600).to_string();
+    harness.mock.script(
+        "sk-a",
+        [Behavior::status_with_headers(
+            429,
+            &[("anthropic-ratelimit-unified-reset", &reset)],
+        )],
+    );
+    assert_eq!(send_model(&harness, "claude-opus-4-8", "opus 1").await, 200);
+    assert_eq!(send_model(&harness, "claude-opus-4-8", "opus 2").await, 200);
+    assert_eq!(
+        send_model(&harness, "claude-sonnet-4-5", "sonnet").await,
+        200
+    );
+    let served: Vec<(String, String)> = harness
+        .mock
+        .requests()
+        .iter()
+        .map(|request| {
+            (
+                request.api_key.clone(),
+                request.body["model"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        served,
+        [
+            ("sk-a".to_owned(), "claude-opus-4-8".to_owned()),
+            ("sk-b".to_owned(), "claude-opus-4-8".to_owned()),
+            ("sk-b".to_owned(), "claude-opus-4-8".to_owned()),
+            ("sk-a".to_owned(), "claude-sonnet-4-5".to_owned()),
+        ]
+    );
+}
