@@ -77,6 +77,25 @@ enum AccountCommand {
     Enable(NameArg),
     /// Clear an account's cooldowns and block (it takes traffic again at once).
     Reset(NameArg),
+    /// Start signing in a Claude subscription (Pro/Max) account: prints the URL to open.
+    OauthStart {
+        #[arg(long)]
+        name: String,
+    },
+    /// Finish signing in: paste the code the callback page shows.
+    OauthFinish {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        code: String,
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Lower is tried first.
+        #[arg(long, default_value_t = 50)]
+        priority: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -562,6 +581,29 @@ async fn run_admin_command(
         Command::Account(AccountCommand::Disable(NameArg { name, json })) => {
             admin.set_account_enabled(&name, false).await?;
             status_changed("account", &name, "disabled", json);
+            Ok(())
+        }
+        Command::Account(AccountCommand::OauthStart { name }) => {
+            let url = admin.start_oauth(&name, &config.relay.oauth).await?;
+            out(&url);
+            notice("open this URL, sign in, and pass the code it shows to `account oauth-finish`");
+            Ok(())
+        }
+        Command::Account(AccountCommand::OauthFinish {
+            name,
+            code,
+            base_url,
+            priority,
+            json,
+        }) => {
+            let account = admin
+                .finish_oauth(&name, &code, &config.relay.oauth, base_url, priority)
+                .await?;
+            if json {
+                print_json(&serde_json::to_value(&account)?);
+            } else {
+                out(&format!("added subscription account '{}'", account.name));
+            }
             Ok(())
         }
         Command::Account(AccountCommand::Reset(NameArg { name, json })) => {

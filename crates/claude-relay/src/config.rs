@@ -28,6 +28,19 @@ struct FileConfig {
     server: FileServer,
     #[serde(default)]
     keys: FileKeys,
+    #[serde(default)]
+    oauth: FileOAuth,
+}
+
+/// Where Claude subscription sign-in goes (Anthropic's endpoints unless overridden).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOAuth {
+    authorize_url: Option<String>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    scopes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,7 +165,32 @@ impl Config {
             Some(seconds) => Duration::from_secs(seconds),
             None => default,
         };
+        let oauth_defaults = relay_core::oauth::OAuthSettings::default();
+        let oauth = relay_core::oauth::OAuthSettings {
+            authorize_url: file
+                .oauth
+                .authorize_url
+                .unwrap_or(oauth_defaults.authorize_url),
+            token_url: var("CLAUDE_RELAY_OAUTH_TOKEN_URL")
+                .or(file.oauth.token_url)
+                .unwrap_or(oauth_defaults.token_url),
+            client_id: file.oauth.client_id.unwrap_or(oauth_defaults.client_id),
+            redirect_uri: file
+                .oauth
+                .redirect_uri
+                .unwrap_or(oauth_defaults.redirect_uri),
+            scopes: file.oauth.scopes.unwrap_or(oauth_defaults.scopes),
+        };
+        for (name, url) in [
+            ("oauth.authorize_url", &oauth.authorize_url),
+            ("oauth.token_url", &oauth.token_url),
+        ] {
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                problems.push(format!("{name}: '{url}' is not an http(s) URL"));
+            }
+        }
         let relay = RelaySettings {
+            oauth,
             connect_timeout: secs(
                 file.upstream.connect_timeout_secs,
                 defaults.connect_timeout,

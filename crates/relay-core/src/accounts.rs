@@ -4,32 +4,42 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::crypto::SecretString;
+use crate::oauth::{OAuthSession, OAuthTokens};
 
 /// Where an account's requests go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Platform {
     /// Anthropic's API with a Console key, or any Anthropic-compatible relay via a base URL.
     Anthropic,
+    /// A Claude Pro/Max subscription through its OAuth tokens (or a setup token).
+    ClaudeOauth,
 }
 
 impl Platform {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Anthropic => "anthropic",
+            Self::ClaudeOauth => "claude-oauth",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "anthropic" => Some(Self::Anthropic),
+            "claude-oauth" => Some(Self::ClaudeOauth),
             _ => None,
         }
     }
 
     pub fn default_base_url(self) -> &'static str {
         match self {
-            Self::Anthropic => "https://api.anthropic.com",
+            Self::Anthropic | Self::ClaudeOauth => "https://api.anthropic.com",
         }
+    }
+
+    /// Whether accounts of this platform serve the Anthropic Messages API.
+    pub fn speaks_anthropic(self) -> bool {
+        matches!(self, Self::Anthropic | Self::ClaudeOauth)
     }
 }
 
@@ -49,6 +59,8 @@ pub struct AccountRuntime {
     ejections: AtomicU32,
     /// The store's reset stamp last applied (see `SnapshotStore::reload`).
     reset_seen_ms: AtomicI64,
+    /// A subscription account's live tokens (kept across reloads so a refresh is never lost).
+    oauth: std::sync::Mutex<Option<Arc<OAuthSession>>>,
 }
 
 /// The model families a rate limit can be scoped to.
@@ -118,6 +130,26 @@ impl AccountRuntime {
         }
     }
 
+    /// The account's OAuth session, created from the stored tokens the first time and then
+    /// only updated by them when they are newer.
+    pub fn oauth_session(&self, stored: OAuthTokens) -> Arc<OAuthSession> {
+        let mut session = self
+            .oauth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match session.as_ref() {
+            Some(existing) => {
+                existing.adopt_if_newer(&stored);
+                existing.clone()
+            }
+            None => {
+                let created = Arc::new(OAuthSession::new(stored));
+                *session = Some(created.clone());
+                created
+            }
+        }
+    }
+
     /// Clears every health mark, once per operator reset stamp.
     pub fn apply_reset(&self, reset_at_ms: i64) {
         if reset_at_ms > self.reset_seen_ms.swap(reset_at_ms, Ordering::Relaxed) {
@@ -143,7 +175,10 @@ pub struct AccountEntry {
     /// Lower is tried first.
     pub priority: i64,
     pub active: bool,
+    /// The stored credential: an API key, or (subscription accounts) the tokens as JSON.
     pub api_key: SecretString,
+    /// Set for subscription accounts: the live tokens.
+    pub oauth: Option<Arc<OAuthSession>>,
     pub runtime: Arc<AccountRuntime>,
 }
 

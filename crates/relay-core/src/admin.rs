@@ -8,6 +8,7 @@ use crate::accounts::Platform;
 use crate::clock::now_ms;
 use crate::crypto::{MasterKey, SecretBox, SecretString};
 use crate::keys::{generate_key, KeyEntry};
+use crate::oauth::{self, OAuthSettings, OAuthTokens, Pkce};
 use crate::policy::KeyPolicy;
 use crate::snapshot::account_secret_binding;
 
@@ -329,7 +330,7 @@ impl AdminService {
         validate_name("account", &input.name)?;
         let platform = Platform::parse(&input.platform).ok_or_else(|| {
             AdminError::Invalid(format!(
-                "unknown platform '{}'; supported: anthropic",
+                "unknown platform '{}'; supported: anthropic, claude-oauth",
                 input.platform
             ))
         })?;
@@ -350,7 +351,18 @@ impl AdminService {
             ));
         }
         let id = uuid::Uuid::new_v4().to_string();
-        let secret = SecretString::new(api_key.to_owned());
+        // A subscription account added with a key is a setup token (`claude setup-token`).
+        let stored = match platform {
+            Platform::Anthropic => api_key.to_owned(),
+            Platform::ClaudeOauth => OAuthTokens {
+                access_token: api_key.to_owned(),
+                refresh_token: None,
+                expires_at_ms: None,
+            }
+            .to_json(),
+        };
+        let hint = SecretString::new(api_key.to_owned()).hint();
+        let secret = SecretString::new(stored);
         let sealed = self
             .secret_box
             .seal(secret.expose(), &account_secret_binding(&id));
@@ -362,7 +374,7 @@ impl AdminService {
                 base_url,
                 priority: input.priority,
                 secret_sealed: sealed,
-                secret_hint: secret.hint(),
+                secret_hint: hint,
                 created_at_ms: now_ms(),
             })
             .await?;
@@ -395,6 +407,81 @@ impl AdminService {
                 name: name.to_owned(),
             })
         }
+    }
+
+    /// Starts authorizing a subscription account: returns the URL the operator opens. The
+    /// verifier waits, sealed, for [`AdminService::finish_oauth`].
+    pub async fn start_oauth(
+        &self,
+        name: &str,
+        settings: &OAuthSettings,
+    ) -> Result<String, AdminError> {
+        validate_name("account", name)?;
+        let pkce = Pkce::generate();
+        let sealed = self
+            .secret_box
+            .seal(&pkce.verifier, &format!("oauth-pending:{name}"));
+        let settings_json = serde_json::json!({"token_url": settings.token_url}).to_string();
+        self.store
+            .save_oauth_pending(name, &pkce.state, &sealed, &settings_json, now_ms())
+            .await?;
+        Ok(oauth::authorize_url(settings, &pkce))
+    }
+
+    /// Exchanges the code the operator pasted and adds the subscription account.
+    pub async fn finish_oauth(
+        &self,
+        name: &str,
+        pasted_code: &str,
+        settings: &OAuthSettings,
+        base_url: Option<String>,
+        priority: i64,
+    ) -> Result<AccountRow, AdminError> {
+        let (state, sealed, _) = self.store.take_oauth_pending(name).await?.ok_or_else(|| {
+            AdminError::Invalid(format!(
+                "no authorization was started for '{name}'; run oauth-start first"
+            ))
+        })?;
+        let verifier = self
+            .secret_box
+            .open(&sealed, &format!("oauth-pending:{name}"))
+            .map_err(|_| AdminError::Invalid("the pending authorization cannot be read".into()))?;
+        let client = crate::relay::build_client(std::time::Duration::from_secs(10));
+        let tokens = oauth::exchange_code(
+            &client,
+            settings,
+            pasted_code,
+            verifier.expose(),
+            &state,
+            now_ms(),
+        )
+        .await
+        .map_err(|error| AdminError::Invalid(error.to_string()))?;
+        self.add_oauth_account(name, &tokens, base_url, priority)
+            .await
+    }
+
+    async fn add_oauth_account(
+        &self,
+        name: &str,
+        tokens: &OAuthTokens,
+        base_url: Option<String>,
+        priority: i64,
+    ) -> Result<AccountRow, AdminError> {
+        let row = self
+            .add_account(NewAccountInput {
+                platform: Platform::ClaudeOauth.as_str().to_owned(),
+                name: name.to_owned(),
+                api_key: tokens.access_token.clone(),
+                base_url,
+                priority,
+            })
+            .await?;
+        let sealed = self
+            .secret_box
+            .seal(&tokens.to_json(), &account_secret_binding(&row.id));
+        self.store.update_account_secret(&row.id, &sealed).await?;
+        Ok(row)
     }
 
     /// Clears an account's cooldowns, block and failure history on every running server.

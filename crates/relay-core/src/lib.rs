@@ -14,6 +14,7 @@ pub mod health;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod oauth;
 pub mod policy;
 pub mod pricing;
 pub mod relay;

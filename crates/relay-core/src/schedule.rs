@@ -25,7 +25,7 @@ impl Candidates<'_> {
     /// Whether `account` belongs to the candidates at all, cooling or not.
     fn admits(&self, account: &AccountEntry) -> bool {
         account.active
-            && account.platform == self.platform
+            && account.platform.speaks_anthropic() == self.platform.speaks_anthropic()
             && self.dedicated.is_none_or(|name| account.name == name)
             && !self.excluded.iter().any(|tried| tried.id == account.id)
     }
@@ -104,6 +104,7 @@ mod tests {
             priority,
             active,
             api_key: SecretString::new("k".into()),
+            oauth: None,
             runtime: Arc::new(AccountRuntime::default()),
         })
     }

@@ -12,6 +12,7 @@ use relay_store::Store;
 use crate::accounts::{AccountEntry, AccountRuntime, Platform};
 use crate::crypto::{MasterKey, SecretBox};
 use crate::keys::KeyEntry;
+use crate::oauth::OAuthTokens;
 use crate::policy::KeyPolicy;
 
 pub const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
@@ -58,6 +59,19 @@ impl SnapshotStore {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Seals and stores an account's new credential (e.g. refreshed tokens). Running servers
+    /// pick it up like any other change.
+    pub async fn save_account_secret(
+        &self,
+        account_id: &str,
+        plaintext: &str,
+    ) -> Result<(), relay_store::StoreError> {
+        let sealed = self
+            .secret_box
+            .seal(plaintext, &account_secret_binding(account_id));
+        self.store.update_account_secret(account_id, &sealed).await
     }
 
     /// Whether the store answers.
@@ -124,6 +138,15 @@ impl SnapshotStore {
                 .map(|account| account.runtime.clone())
                 .unwrap_or_else(|| Arc::new(AccountRuntime::default()));
             runtime.apply_reset(row.health_reset_at_ms);
+            let oauth = if platform == Platform::ClaudeOauth {
+                let Some(tokens) = OAuthTokens::from_json(api_key.expose()) else {
+                    tracing::error!(account_id = %row.id, "skipping subscription account with unreadable tokens");
+                    continue;
+                };
+                Some(runtime.oauth_session(tokens))
+            } else {
+                None
+            };
             let base_url = row
                 .base_url
                 .as_deref()
@@ -138,6 +161,7 @@ impl SnapshotStore {
                 priority: row.priority,
                 active: row.status == "active",
                 api_key,
+                oauth,
                 runtime,
             }));
         }

@@ -101,13 +101,25 @@ ALTER TABLE relay_keys ADD COLUMN deleted_at_ms INTEGER;
     (
         4,
         r#"
-ALTER TABLE accounts ADD COLUMN health_reset_at_ms INTEGER NOT NULL DEFAULT 0;
-
 CREATE TABLE admin_sessions (
     token_hash    BLOB PRIMARY KEY,
     admin_id      TEXT NOT NULL REFERENCES admins (id) ON DELETE CASCADE,
     created_at_ms INTEGER NOT NULL,
     expires_at_ms INTEGER NOT NULL
+);
+"#,
+    ),
+    (
+        5,
+        r#"
+ALTER TABLE accounts ADD COLUMN health_reset_at_ms INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE oauth_pending (
+    name            TEXT PRIMARY KEY,
+    state           TEXT NOT NULL,
+    verifier_sealed BLOB NOT NULL,
+    settings        TEXT NOT NULL,
+    created_at_ms   INTEGER NOT NULL
 );
 "#,
     ),

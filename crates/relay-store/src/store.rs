@@ -433,6 +433,67 @@ impl Store {
             .collect()
     }
 
+    /// Replaces an account's sealed credential (refreshed tokens).
+    pub async fn update_account_secret(
+        &self,
+        account_id: &str,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE accounts SET secret_sealed = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(account_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Remembers a started OAuth authorization until its code comes back.
+    pub async fn save_oauth_pending(
+        &self,
+        name: &str,
+        state: &str,
+        verifier_sealed: &[u8],
+        settings_json: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO oauth_pending (name, state, verifier_sealed, settings, created_at_ms)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET state = excluded.state,
+                 verifier_sealed = excluded.verifier_sealed, settings = excluded.settings,
+                 created_at_ms = excluded.created_at_ms",
+        )
+        .bind(name)
+        .bind(state)
+        .bind(verifier_sealed)
+        .bind(settings_json)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes (and forgets) a started authorization: `(state, verifier_sealed, settings)`.
+    pub async fn take_oauth_pending(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, Vec<u8>, String)>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM oauth_pending WHERE name = ? RETURNING state, verifier_sealed, settings",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok((
+                row.try_get("state")?,
+                row.try_get("verifier_sealed")?,
+                row.try_get("settings")?,
+            ))
+        })
+        .transpose()
+    }
+
     /// Stamps an operator's reset of an account's health marks; running servers clear them.
     pub async fn reset_account_health(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
         let result = sqlx::query(

@@ -84,6 +84,19 @@ pub struct RecordedRequest {
 struct MockState {
     requests: Mutex<Vec<RecordedRequest>>,
     scripts: Mutex<HashMap<String, VecDeque<Behavior>>>,
+    oauth: Mutex<OAuthMock>,
+}
+
+/// A mock of Anthropic's OAuth token endpoint with rotating refresh tokens: each refresh token
+/// works once; reusing one is `invalid_grant`, as with the real server.
+#[derive(Debug, Default)]
+struct OAuthMock {
+    issued: u32,
+    refreshes: u32,
+    current_refresh: Option<String>,
+    valid_access: std::collections::HashSet<String>,
+    expires_in_s: Option<i64>,
+    delay: Duration,
 }
 
 /// A running mock; stops when dropped.
@@ -104,6 +117,7 @@ impl MockUpstream {
     pub async fn start() -> Self {
         let state = Arc::new(MockState::default());
         let app = Router::new()
+            .route("/v1/oauth/token", post(oauth_token))
             .route("/v1/messages", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
             .with_state(state.clone());
@@ -146,6 +160,42 @@ impl MockUpstream {
             .unwrap_or_default()
     }
 
+    /// The token endpoint's URL (for `OAuthSettings::token_url`).
+    pub fn token_url(&self) -> String {
+        format!("{}/v1/oauth/token", self.url())
+    }
+
+    /// Lifetime of the tokens issued from now on, and how long the token endpoint takes.
+    pub fn set_token_behavior(&self, expires_in_s: i64, delay: Duration) {
+        if let Ok(mut oauth) = self.state.oauth.lock() {
+            oauth.expires_in_s = Some(expires_in_s);
+            oauth.delay = delay;
+        }
+    }
+
+    /// How many refresh grants succeeded.
+    pub fn refresh_count(&self) -> u32 {
+        self.state
+            .oauth
+            .lock()
+            .map(|oauth| oauth.refreshes)
+            .unwrap_or(0)
+    }
+
+    /// Makes the current refresh token unusable (as if revoked).
+    pub fn revoke_refresh(&self) {
+        if let Ok(mut oauth) = self.state.oauth.lock() {
+            oauth.current_refresh = None;
+        }
+    }
+
+    /// Revokes an access token early: requests with it get 401.
+    pub fn revoke_access(&self, token: &str) {
+        if let Ok(mut oauth) = self.state.oauth.lock() {
+            oauth.valid_access.remove(token);
+        }
+    }
+
     /// How many requests carried this upstream API key.
     pub fn count_for(&self, api_key: &str) -> usize {
         self.requests()
@@ -153,6 +203,15 @@ impl MockUpstream {
             .filter(|request| request.api_key == api_key)
             .count()
     }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
 }
 
 fn record(
@@ -165,8 +224,9 @@ fn record(
     let api_key = headers
         .get("x-api-key")
         .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+        .map(str::to_owned)
+        .or_else(|| bearer(headers))
+        .unwrap_or_default();
     let behavior = state
         .scripts
         .lock()
@@ -209,6 +269,70 @@ fn json_response(status: u16, headers: &[(String, String)], body: String) -> Res
         builder = builder.header(name.as_str(), value.as_str());
     }
     builder.body(Body::from(body)).unwrap_or_default()
+}
+
+/// A subscription token the mock issued must still be valid; anything else is not checked.
+fn subscription_refused(state: &MockState, headers: &HeaderMap) -> Option<Response> {
+    let token = bearer(headers)?;
+    if !token.starts_with("mock-access-") {
+        return None;
+    }
+    let valid = state
+        .oauth
+        .lock()
+        .map(|oauth| oauth.valid_access.contains(&token))
+        .unwrap_or(false);
+    (!valid).then(|| {
+        json_response(
+            401,
+            &[],
+            json!({"type":"error","error":{"type":"authentication_error","message":"OAuth token has expired"}}).to_string(),
+        )
+    })
+}
+
+async fn oauth_token(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (_, _, _, body) = read_json(request).await;
+    let delay = state
+        .oauth
+        .lock()
+        .map(|oauth| oauth.delay)
+        .unwrap_or_default();
+    tokio::time::sleep(delay).await;
+    let Ok(mut oauth) = state.oauth.lock() else {
+        return json_response(500, &[], "{}".into());
+    };
+    let granted = match body["grant_type"].as_str() {
+        Some("authorization_code") => {
+            body["code"] == "mock-code"
+                && body["code_verifier"]
+                    .as_str()
+                    .is_some_and(|v| v.len() >= 43)
+        }
+        Some("refresh_token") => {
+            let valid = oauth.current_refresh.is_some()
+                && body["refresh_token"].as_str() == oauth.current_refresh.as_deref();
+            if valid {
+                oauth.refreshes += 1;
+            }
+            valid
+        }
+        _ => false,
+    };
+    if !granted {
+        return json_response(400, &[], json!({"error": "invalid_grant", "error_description": "grant is invalid or was already used"}).to_string());
+    }
+    oauth.issued += 1;
+    let access = format!("mock-access-{}", oauth.issued);
+    let refresh = format!("mock-refresh-{}", oauth.issued);
+    oauth.valid_access.insert(access.clone());
+    oauth.current_refresh = Some(refresh.clone());
+    let expires_in = oauth.expires_in_s.unwrap_or(3600);
+    json_response(
+        200,
+        &[],
+        json!({"access_token": access, "refresh_token": refresh, "expires_in": expires_in, "token_type": "Bearer"}).to_string(),
+    )
 }
 
 async fn count_tokens(State(state): State<Arc<MockState>>, request: Request) -> Response {
@@ -351,6 +475,9 @@ fn usage_json(usage: &MockUsage, output_tokens: u64) -> Value {
 async fn messages(State(state): State<Arc<MockState>>, request: Request) -> Response {
     let (path, query, headers, body) = read_json(request).await;
     let behavior = record(&state, &path, query, &headers, &body);
+    if let Some(refused) = subscription_refused(&state, &headers) {
+        return refused;
+    }
     let mut gap = Duration::ZERO;
     let mut abort_after = None;
     match behavior {

@@ -507,3 +507,91 @@ async fn batch_keys_trash_restore_and_csv_export() {
     }
     drop(relay);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_accounts_sign_in_from_the_cli_and_setup_tokens_import() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(crate::support::BINARY)
+            .args(args)
+            .env("CLAUDE_RELAY_DATA_DIR", &data_dir)
+            .env("CLAUDE_RELAY_OAUTH_TOKEN_URL", mock.token_url())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let url = run(&["account", "oauth-start", "--name", "max"]);
+    assert!(
+        url.starts_with("https://claude.ai/oauth/authorize?"),
+        "{url}"
+    );
+    assert!(url.contains("code_challenge_method=S256"));
+    let state = url
+        .trim()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("state="))
+        .unwrap()
+        .to_owned();
+    let added = run(&[
+        "account",
+        "oauth-finish",
+        "--name",
+        "max",
+        "--code",
+        &format!("mock-code#{state}"),
+        "--base-url",
+        &mock.url(),
+        "--priority",
+        "1",
+        "--json",
+    ]);
+    let added: serde_json::Value = serde_json::from_str(&added).unwrap();
+    assert_eq!(added["platform"], "claude-oauth");
+    // A setup token from `claude setup-token` is imported as a key.
+    run(&[
+        "account",
+        "add",
+        "--platform",
+        "claude-oauth",
+        "--name",
+        "setup",
+        "--api-key",
+        "sk-ant-oat01-setup-token",
+        "--base-url",
+        &mock.url(),
+        "--priority",
+        "2",
+    ]);
+    cli(&data_dir, &["account", "disable", "max"]);
+    let key = create_key(&data_dir, "member");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", relay.url))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request = mock
+        .requests()
+        .into_iter()
+        .find(|request| request.path == "/v1/messages")
+        .unwrap();
+    assert_eq!(
+        request.headers["authorization"],
+        "Bearer sk-ant-oat01-setup-token"
+    );
+    let logs = relay.stderr();
+    assert!(
+        !logs.contains("sk-ant-oat01-setup-token") && !logs.contains("mock-refresh"),
+        "secrets in logs"
+    );
+}

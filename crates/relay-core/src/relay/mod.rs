@@ -30,6 +30,7 @@ use crate::health::{self, Verdict};
 use crate::keys::{resolve_key, KeyEntry, KeyRejection};
 use crate::limits::{Admission, Estimate, Limiter, Refusal};
 use crate::metrics::Metrics;
+use crate::oauth::{self, OAuthSession, OAuthSettings};
 use crate::policy::Service;
 use crate::schedule::{is_routable, AccountSelector, Candidates, Selection};
 use crate::snapshot::SnapshotStore;
@@ -38,7 +39,8 @@ use crate::throttle::AuthThrottle;
 
 pub use capture::CapturedStream;
 pub use upstream::retry_after;
-use upstream::{AttemptFailure, Started, UpstreamClient};
+pub use upstream::{build_client, UpstreamClient};
+use upstream::{AttemptFailure, Started, UpstreamAuth};
 
 /// Timeouts and bounds of the relay path.
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct RelaySettings {
     pub max_attempts: usize,
     /// Cooldown after a 429 that named no reset time.
     pub default_rate_limit_cooldown: Duration,
+    /// Where subscription accounts refresh their tokens.
+    pub oauth: OAuthSettings,
 }
 
 impl Default for RelaySettings {
@@ -62,6 +66,7 @@ impl Default for RelaySettings {
             idle_timeout: Duration::from_secs(300),
             max_attempts: 3,
             default_rate_limit_cooldown: Duration::from_secs(30),
+            oauth: OAuthSettings::default(),
         }
     }
 }
@@ -481,11 +486,21 @@ impl Relay {
         deadline: Instant,
     ) -> Result<Started, AttemptFailure> {
         let mut retries = 0;
+        let mut refreshed_after_401 = false;
         loop {
-            let failure = match upstream::attempt(&self.client, account, request, deadline).await {
-                Ok(started) => return Ok(started),
-                Err(failure) => failure,
+            let token;
+            let auth = match &account.oauth {
+                None => UpstreamAuth::ApiKey(account.api_key.expose()),
+                Some(session) => {
+                    token = self.access_token(account, session, false).await?;
+                    UpstreamAuth::Subscription(&token)
+                }
             };
+            let failure =
+                match upstream::attempt(&self.client, account, auth, request, deadline).await {
+                    Ok(started) => return Ok(started),
+                    Err(failure) => failure,
+                };
             self.metrics.upstream_error(failure.kind());
             tracing::warn!(
                 request_id = %request.request_id,
@@ -493,10 +508,21 @@ impl Relay {
                 kind = failure.kind(),
                 "upstream attempt failed before the first byte"
             );
-            let overloaded =
-                matches!(&failure, AttemptFailure::Status { status, .. } if status.as_u16() == 529);
+            let status = match &failure {
+                AttemptFailure::Status { status, .. } => status.as_u16(),
+                _ => 0,
+            };
+            // A subscription token the upstream refuses may just have been revoked early:
+            // refresh once and try again.
+            if status == 401 && !refreshed_after_401 {
+                if let Some(session) = &account.oauth {
+                    refreshed_after_401 = true;
+                    self.access_token(account, session, true).await?;
+                    continue;
+                }
+            }
             let pause = health::overload_backoff(retries + 1);
-            if !overloaded
+            if status != 529
                 || retries >= health::OVERLOAD_RETRIES
                 || Instant::now() + pause >= deadline
             {
@@ -504,6 +530,50 @@ impl Relay {
             }
             retries += 1;
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// A subscription account's access token, refreshed ahead of expiry (or now, if `force`).
+    /// Only one refresh per account is ever in flight: a rotating refresh token used twice is
+    /// burnt, so whoever waits for the lock finds the new token and uses it.
+    async fn access_token(
+        &self,
+        account: &AccountEntry,
+        session: &OAuthSession,
+        force: bool,
+    ) -> Result<String, AttemptFailure> {
+        let seen = session.tokens();
+        if !force && !seen.needs_refresh(now_ms()) {
+            return Ok(seen.access_token);
+        }
+        let _refreshing = session.refresh_lock().await;
+        let now = now_ms();
+        let current = session.tokens();
+        if current.access_token != seen.access_token && !current.needs_refresh(now) {
+            return Ok(current.access_token);
+        }
+        let Some(refresh_token) = current.refresh_token.clone() else {
+            // A setup token: nothing to refresh with.
+            return Ok(current.access_token);
+        };
+        match oauth::refresh(&self.client, &self.settings.oauth, &refresh_token, now).await {
+            Ok(tokens) => {
+                session.set(tokens.clone());
+                tracing::info!(account_id = %account.id, "refreshed subscription tokens");
+                if let Err(error) = self
+                    .snapshots
+                    .save_account_secret(&account.id, &tokens.to_json())
+                    .await
+                {
+                    // The tokens work in this process; a restart would need a new sign-in.
+                    tracing::error!(account_id = %account.id, %error, "cannot store refreshed tokens");
+                }
+                Ok(tokens.access_token)
+            }
+            Err(error) => {
+                tracing::error!(account_id = %account.id, %error, "subscription token refresh failed");
+                Err(AttemptFailure::Credentials)
+            }
         }
     }
 
@@ -533,6 +603,9 @@ impl Relay {
             AttemptFailure::Connect | AttemptFailure::Timeout | AttemptFailure::Interrupted => {
                 Verdict::Failing
             }
+            AttemptFailure::Credentials => Verdict::Unauthorized {
+                until_ms: now + 1_800_000,
+            },
         };
         let evidence = failure.evidence();
         match verdict {

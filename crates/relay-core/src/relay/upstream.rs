@@ -25,11 +25,11 @@ const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// The pooled HTTP client every upstream request goes through (HTTP/1.1 and, over TLS, HTTP/2).
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Builds the client: rustls with the webpki roots, no proxy from the environment, no redirects
 /// (hyper follows none), TCP_NODELAY, a connect timeout, pooled keep-alive connections.
-pub(crate) fn build_client(connect_timeout: Duration) -> UpstreamClient {
+pub fn build_client(connect_timeout: Duration) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -61,6 +61,8 @@ pub(crate) enum AttemptFailure {
     Timeout,
     /// The upstream answered 2xx but the body broke before its first byte.
     Interrupted,
+    /// A subscription account's tokens could not be refreshed.
+    Credentials,
     Status {
         status: StatusCode,
         headers: HeaderMap,
@@ -74,6 +76,7 @@ impl AttemptFailure {
             Self::Connect => "connect",
             Self::Timeout => "timeout",
             Self::Interrupted => "interrupted",
+            Self::Credentials => "refresh_failed",
             Self::Status { status, .. } => match status.as_u16() {
                 429 => "rate_limited",
                 529 => "overloaded",
@@ -127,6 +130,10 @@ impl AttemptFailure {
             Self::Interrupted => Err(RelayError::new(
                 ErrorType::BadGateway,
                 "the upstream closed the connection before responding",
+            )),
+            Self::Credentials => Err(RelayError::new(
+                ErrorType::BadGateway,
+                "the upstream account's credentials could not be renewed",
             )),
             Self::Status {
                 status,
@@ -183,6 +190,7 @@ fn is_retryable(status: StatusCode) -> bool {
 pub(crate) async fn attempt(
     client: &UpstreamClient,
     account: &AccountEntry,
+    auth: UpstreamAuth<'_>,
     request: &ForwardRequest,
     deadline: Instant,
 ) -> Result<Started, AttemptFailure> {
@@ -196,7 +204,7 @@ pub(crate) async fn attempt(
     let mut upstream_request = Request::new(Full::new(request.body.clone()));
     *upstream_request.method_mut() = Method::POST;
     *upstream_request.uri_mut() = url.parse().map_err(|_| AttemptFailure::Connect)?;
-    *upstream_request.headers_mut() = upstream_request_headers(&request.headers, account);
+    *upstream_request.headers_mut() = upstream_request_headers(&request.headers, auth);
     // One timer for the whole attempt (response head and first byte share the deadline).
     let first_byte = async {
         let response = client
@@ -288,9 +296,18 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "x-real-ip",
 ];
 
+/// How a request authenticates upstream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum UpstreamAuth<'a> {
+    /// `x-api-key` (Console keys, Anthropic-compatible relays).
+    ApiKey(&'a str),
+    /// `Authorization: Bearer` with the OAuth beta (subscription accounts).
+    Subscription(&'a str),
+}
+
 pub(crate) fn upstream_request_headers(
     client_headers: &HeaderMap,
-    account: &AccountEntry,
+    auth: UpstreamAuth<'_>,
 ) -> HeaderMap {
     // Headers named in `Connection` are hop-by-hop too.
     let connection_named: Vec<String> = client_headers
@@ -316,9 +333,34 @@ pub(crate) fn upstream_request_headers(
             HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
         );
     }
-    if let Ok(mut credential) = HeaderValue::from_str(account.api_key.expose()) {
-        credential.set_sensitive(true);
-        headers.insert(HeaderName::from_static("x-api-key"), credential);
+    match auth {
+        UpstreamAuth::ApiKey(key) => {
+            if let Ok(mut credential) = HeaderValue::from_str(key) {
+                credential.set_sensitive(true);
+                headers.insert(HeaderName::from_static("x-api-key"), credential);
+            }
+        }
+        UpstreamAuth::Subscription(token) => {
+            if let Ok(mut credential) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                credential.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, credential);
+            }
+            let betas: Vec<String> = headers
+                .get_all("anthropic-beta")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .map(|beta| beta.trim().to_owned())
+                .filter(|beta| !beta.is_empty())
+                .collect();
+            if !betas.iter().any(|beta| beta == crate::oauth::OAUTH_BETA) {
+                let mut all = betas;
+                all.push(crate::oauth::OAUTH_BETA.to_owned());
+                if let Ok(value) = HeaderValue::from_str(&all.join(",")) {
+                    headers.insert(HeaderName::from_static("anthropic-beta"), value);
+                }
+            }
+        }
     }
     headers
 }
@@ -370,6 +412,7 @@ mod tests {
             priority: 1,
             active: true,
             api_key: SecretString::new("sk-upstream".into()),
+            oauth: None,
             runtime: Arc::new(AccountRuntime::default()),
         };
         let mut client = HeaderMap::new();
@@ -390,7 +433,8 @@ mod tests {
         );
         client.insert("anthropic-version", HeaderValue::from_static("2026-10-21"));
         client.insert("user-agent", HeaderValue::from_static("claude-cli/2.1.197"));
-        let forwarded = upstream_request_headers(&client, &account);
+        let forwarded =
+            upstream_request_headers(&client, UpstreamAuth::ApiKey(account.api_key.expose()));
         assert_eq!(forwarded.get("x-api-key").unwrap(), "sk-upstream");
         assert!(forwarded.get("authorization").is_none());
         assert!(forwarded.get("x-secret-hop").is_none());
@@ -402,6 +446,14 @@ mod tests {
         );
         assert_eq!(forwarded.get("anthropic-version").unwrap(), "2026-10-21");
         assert_eq!(forwarded.get("user-agent").unwrap(), "claude-cli/2.1.197");
+
+        let subscription = upstream_request_headers(&client, UpstreamAuth::Subscription("tok"));
+        assert_eq!(subscription.get("authorization").unwrap(), "Bearer tok");
+        assert!(subscription.get("x-api-key").is_none());
+        assert_eq!(
+            subscription.get("anthropic-beta").unwrap(),
+            "claude-code-20250219,oauth-2025-04-20"
+        );
     }
 
     #[test]

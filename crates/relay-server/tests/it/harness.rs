@@ -61,7 +61,7 @@ impl Harness {
 
     pub async fn start_with(
         accounts: Vec<AccountSpec>,
-        relay_settings: RelaySettings,
+        mut relay_settings: RelaySettings,
         server_settings: ServerSettings,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -69,6 +69,7 @@ impl Harness {
             .await
             .unwrap();
         let mock = MockUpstream::start().await;
+        relay_settings.oauth = oauth_settings(&mock);
         let admin = AdminService::new(installation.store.clone(), &installation.master_key);
         for spec in accounts {
             admin
@@ -207,6 +208,14 @@ impl Harness {
             .unwrap();
         records.reverse();
         records
+    }
+}
+
+/// OAuth settings pointing at the mock's token endpoint.
+pub fn oauth_settings(mock: &MockUpstream) -> relay_core::oauth::OAuthSettings {
+    relay_core::oauth::OAuthSettings {
+        token_url: mock.token_url(),
+        ..relay_core::oauth::OAuthSettings::default()
     }
 }
 

@@ -8,3 +8,4 @@ mod health;
 mod limits;
 mod relay_path;
 mod sticky;
+mod subscription;
