@@ -33,7 +33,7 @@ enum Command {
     Serve,
     /// Manage upstream accounts.
     #[command(subcommand)]
-    Account(AccountCommand),
+    Account(Box<AccountCommand>),
     /// Manage relay keys.
     #[command(subcommand)]
     Key(Box<KeyCommand>),
@@ -69,6 +69,16 @@ enum AccountCommand {
         /// Lower is tried first.
         #[arg(long, default_value_t = 50)]
         priority: i64,
+        #[command(flatten)]
+        settings: AccountSettingsArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an account's scheduling settings; flags not given keep their value.
+    Edit {
+        name: String,
+        #[command(flatten)]
+        settings: AccountSettingsArgs,
         #[arg(long)]
         json: bool,
     },
@@ -191,6 +201,68 @@ enum AdminCommand {
     },
 }
 
+/// How an account takes part in scheduling.
+#[derive(Debug, Args, Clone)]
+struct AccountSettingsArgs {
+    /// Share of traffic in its priority tier under weighted scheduling.
+    #[arg(long)]
+    weight: Option<u32>,
+    /// Take the account out of (false) or back into (true) scheduling.
+    #[arg(long)]
+    schedulable: Option<bool>,
+    /// A model it serves (repeatable; `claude-sonnet-*` is a prefix). Replaces the list.
+    #[arg(long = "model", value_name = "MODEL")]
+    models: Vec<String>,
+    /// Send a client model under another name: `claude-opus-4-8=glm-4.6` (repeatable).
+    #[arg(long = "map-model", value_name = "FROM=TO")]
+    map_models: Vec<String>,
+    /// Requests in flight on this account at once (0 removes the limit).
+    #[arg(long = "account-concurrency", value_name = "N")]
+    concurrency: Option<u32>,
+    /// A group keys can be bound to (repeatable). Replaces the list.
+    #[arg(long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
+    #[arg(long)]
+    notes: Option<String>,
+}
+
+impl AccountSettingsArgs {
+    fn apply(
+        self,
+        settings: &mut relay_core::account_settings::AccountSettings,
+    ) -> anyhow::Result<()> {
+        if let Some(weight) = self.weight {
+            settings.weight = Some(weight);
+        }
+        if let Some(schedulable) = self.schedulable {
+            settings.schedulable = Some(schedulable);
+        }
+        if !self.models.is_empty() {
+            settings.models = Some(self.models);
+        }
+        if !self.map_models.is_empty() {
+            let mut map = std::collections::BTreeMap::new();
+            for pair in &self.map_models {
+                let (from, to) = pair
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--map-model takes FROM=TO, got '{pair}'"))?;
+                map.insert(from.trim().to_owned(), to.trim().to_owned());
+            }
+            settings.model_map = Some(map);
+        }
+        if let Some(concurrency) = self.concurrency {
+            settings.concurrency = zero_removes(concurrency);
+        }
+        if !self.groups.is_empty() {
+            settings.groups = Some(self.groups);
+        }
+        if let Some(notes) = self.notes {
+            settings.notes = (!notes.is_empty()).then_some(notes);
+        }
+        Ok(())
+    }
+}
+
 /// A key's limits. A value of 0 removes that limit.
 #[derive(Debug, Args)]
 struct PolicyArgs {
@@ -248,6 +320,9 @@ struct PolicyArgs {
     /// Send this key's requests only to this upstream account.
     #[arg(long, value_name = "ACCOUNT")]
     dedicated_account: Option<String>,
+    /// Send this key's requests only to the accounts of this group.
+    #[arg(long, value_name = "GROUP")]
+    account_group: Option<String>,
     /// The key stops working at this date (2026-12-31 or 2026-12-31T18:00:00Z, UTC).
     #[arg(long, value_name = "DATE")]
     expires_at: Option<String>,
@@ -281,6 +356,7 @@ struct PolicyChanges {
     allowed_clients: Option<Option<Vec<String>>>,
     allowed_ips: Option<Option<Vec<String>>>,
     dedicated_account: Option<Option<String>>,
+    account_group: Option<Option<String>>,
     expires_at_ms: Option<Option<i64>>,
     expires_after_first_use_secs: Option<Option<u64>>,
 }
@@ -371,6 +447,7 @@ impl PolicyArgs {
             allowed_clients: list_change(self.allow_clients.clone()),
             allowed_ips: list_change(self.allow_ips.clone()),
             dedicated_account: self.dedicated_account.clone().map(Some),
+            account_group: self.account_group.clone().map(Some),
             expires_at_ms: self
                 .expires_at
                 .as_deref()
@@ -400,6 +477,7 @@ impl PolicyChanges {
                 "allowed-ips" => self.allowed_ips = Some(None),
                 "services" => self.services = Some(None),
                 "dedicated-account" => self.dedicated_account = Some(None),
+                "account-group" => self.account_group = Some(None),
                 "expiry" => {
                     self.expires_at_ms = Some(None);
                     self.expires_after_first_use_secs = Some(None);
@@ -443,6 +521,7 @@ impl PolicyChanges {
         set(&mut policy.allowed_clients, self.allowed_clients);
         set(&mut policy.allowed_ips, self.allowed_ips);
         set(&mut policy.dedicated_account, self.dedicated_account);
+        set(&mut policy.account_group, self.account_group);
         set(&mut policy.expires_at_ms, self.expires_at_ms);
         set(
             &mut policy.expires_after_first_use_secs,
@@ -528,93 +607,8 @@ async fn run_admin_command(
 ) -> anyhow::Result<()> {
     match command {
         Command::Serve | Command::CheckConfig => Ok(()),
-        Command::Account(AccountCommand::Add {
-            platform,
-            name,
-            api_key,
-            base_url,
-            priority,
-            json,
-        }) => {
-            let account = admin
-                .add_account(NewAccountInput {
-                    platform,
-                    name,
-                    api_key,
-                    base_url,
-                    priority,
-                })
-                .await?;
-            if json {
-                print_json(&serde_json::to_value(&account)?);
-            } else {
-                out(&format!(
-                    "added {} account '{}' (key {}, priority {})",
-                    account.platform, account.name, account.secret_hint, account.priority
-                ));
-            }
-            Ok(())
-        }
-        Command::Account(AccountCommand::List(JsonFlag { json })) => {
-            let accounts = admin.list_accounts().await?;
-            if json {
-                print_json(&serde_json::to_value(&accounts)?);
-            } else {
-                out(&format!(
-                    "{:<24} {:<10} {:<9} {:>8}  {:<10} BASE URL",
-                    "NAME", "PLATFORM", "STATUS", "PRIORITY", "KEY"
-                ));
-                for account in accounts {
-                    out(&format!(
-                        "{:<24} {:<10} {:<9} {:>8}  {:<10} {}",
-                        account.name,
-                        account.platform,
-                        account.status,
-                        account.priority,
-                        account.secret_hint,
-                        account.base_url.as_deref().unwrap_or("(default)")
-                    ));
-                }
-            }
-            Ok(())
-        }
-        Command::Account(AccountCommand::Disable(NameArg { name, json })) => {
-            admin.set_account_enabled(&name, false).await?;
-            status_changed("account", &name, "disabled", json);
-            Ok(())
-        }
-        Command::Account(AccountCommand::OauthStart { name }) => {
-            let url = admin.start_oauth(&name, &config.relay.oauth).await?;
-            out(&url);
-            notice("open this URL, sign in, and pass the code it shows to `account oauth-finish`");
-            Ok(())
-        }
-        Command::Account(AccountCommand::OauthFinish {
-            name,
-            code,
-            base_url,
-            priority,
-            json,
-        }) => {
-            let account = admin
-                .finish_oauth(&name, &code, &config.relay.oauth, base_url, priority)
-                .await?;
-            if json {
-                print_json(&serde_json::to_value(&account)?);
-            } else {
-                out(&format!("added subscription account '{}'", account.name));
-            }
-            Ok(())
-        }
-        Command::Account(AccountCommand::Reset(NameArg { name, json })) => {
-            admin.reset_account(&name).await?;
-            status_changed("account", &name, "reset", json);
-            Ok(())
-        }
-        Command::Account(AccountCommand::Enable(NameArg { name, json })) => {
-            admin.set_account_enabled(&name, true).await?;
-            status_changed("account", &name, "active", json);
-            Ok(())
+        Command::Account(account_command) => {
+            run_account_command(*account_command, admin, config).await
         }
         Command::Key(key_command) => run_key_command(*key_command, admin).await,
         Command::Usage { key, json } => {
@@ -682,6 +676,134 @@ async fn run_admin_command(
                     "password of '{username}' set from CLAUDE_RELAY_ADMIN_PASSWORD"
                 ));
             }
+            Ok(())
+        }
+    }
+}
+
+async fn run_account_command(
+    command: AccountCommand,
+    admin: &AdminService,
+    config: &Config,
+) -> anyhow::Result<()> {
+    match command {
+        AccountCommand::Add {
+            platform,
+            name,
+            api_key,
+            base_url,
+            priority,
+            settings,
+            json,
+        } => {
+            let account = admin
+                .add_account(NewAccountInput {
+                    platform,
+                    name: name.clone(),
+                    api_key,
+                    base_url,
+                    priority,
+                })
+                .await?;
+            let mut apply_error = None;
+            admin
+                .edit_account_settings(&name, |current| {
+                    apply_error = settings.apply(current).err();
+                })
+                .await?;
+            if let Some(error) = apply_error {
+                return Err(error);
+            }
+            if json {
+                print_json(&serde_json::to_value(&account)?);
+            } else {
+                out(&format!(
+                    "added {} account '{}' (key {}, priority {})",
+                    account.platform, account.name, account.secret_hint, account.priority
+                ));
+            }
+            Ok(())
+        }
+        AccountCommand::List(JsonFlag { json }) => {
+            let accounts = admin.list_accounts().await?;
+            if json {
+                print_json(&serde_json::to_value(&accounts)?);
+            } else {
+                out(&format!(
+                    "{:<24} {:<10} {:<9} {:>8}  {:<10} BASE URL",
+                    "NAME", "PLATFORM", "STATUS", "PRIORITY", "KEY"
+                ));
+                for account in accounts {
+                    out(&format!(
+                        "{:<24} {:<10} {:<9} {:>8}  {:<10} {}",
+                        account.name,
+                        account.platform,
+                        account.status,
+                        account.priority,
+                        account.secret_hint,
+                        account.base_url.as_deref().unwrap_or("(default)")
+                    ));
+                }
+            }
+            Ok(())
+        }
+        AccountCommand::Disable(NameArg { name, json }) => {
+            admin.set_account_enabled(&name, false).await?;
+            status_changed("account", &name, "disabled", json);
+            Ok(())
+        }
+        AccountCommand::OauthStart { name } => {
+            let url = admin.start_oauth(&name, &config.relay.oauth).await?;
+            out(&url);
+            notice("open this URL, sign in, and pass the code it shows to `account oauth-finish`");
+            Ok(())
+        }
+        AccountCommand::OauthFinish {
+            name,
+            code,
+            base_url,
+            priority,
+            json,
+        } => {
+            let account = admin
+                .finish_oauth(&name, &code, &config.relay.oauth, base_url, priority)
+                .await?;
+            if json {
+                print_json(&serde_json::to_value(&account)?);
+            } else {
+                out(&format!("added subscription account '{}'", account.name));
+            }
+            Ok(())
+        }
+        AccountCommand::Edit {
+            name,
+            settings,
+            json,
+        } => {
+            let mut apply_error = None;
+            let updated = admin
+                .edit_account_settings(&name, |current| {
+                    apply_error = settings.apply(current).err();
+                })
+                .await?;
+            if let Some(error) = apply_error {
+                return Err(error);
+            }
+            if json {
+                print_json(&json!({ "name": name, "settings": updated }));
+            } else {
+                out(&format!("account '{name}' settings: {}", updated.to_json()));
+            }
+            Ok(())
+        }
+        AccountCommand::Reset(NameArg { name, json }) => {
+            admin.reset_account(&name).await?;
+            status_changed("account", &name, "reset", json);
+            Ok(())
+        }
+        AccountCommand::Enable(NameArg { name, json }) => {
+            admin.set_account_enabled(&name, true).await?;
+            status_changed("account", &name, "active", json);
             Ok(())
         }
     }

@@ -30,6 +30,15 @@ struct FileConfig {
     keys: FileKeys,
     #[serde(default)]
     oauth: FileOAuth,
+    #[serde(default)]
+    scheduling: FileScheduling,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileScheduling {
+    /// `lru` (default) or `weighted`.
+    strategy: Option<String>,
 }
 
 /// Where Claude subscription sign-in goes (Anthropic's endpoints unless overridden).
@@ -189,8 +198,19 @@ impl Config {
                 problems.push(format!("{name}: '{url}' is not an http(s) URL"));
             }
         }
+        let strategy = match file.scheduling.strategy.as_deref().unwrap_or("lru") {
+            "lru" => relay_core::schedule::Strategy::LeastRecentlyUsed,
+            "weighted" => relay_core::schedule::Strategy::Weighted,
+            other => {
+                problems.push(format!(
+                    "scheduling.strategy: '{other}' is not lru or weighted"
+                ));
+                relay_core::schedule::Strategy::LeastRecentlyUsed
+            }
+        };
         let relay = RelaySettings {
             oauth,
+            strategy,
             connect_timeout: secs(
                 file.upstream.connect_timeout_secs,
                 defaults.connect_timeout,

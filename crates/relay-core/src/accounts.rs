@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::account_settings::AccountSettings;
 use crate::crypto::SecretString;
 use crate::oauth::{OAuthSession, OAuthTokens};
 
@@ -61,6 +62,30 @@ pub struct AccountRuntime {
     reset_seen_ms: AtomicI64,
     /// A subscription account's live tokens (kept across reloads so a refresh is never lost).
     oauth: std::sync::Mutex<Option<Arc<OAuthSession>>>,
+    /// Requests in flight on this account (held by [`AccountSlot`]s).
+    in_flight: AtomicU32,
+}
+
+/// One request's place on an account, for the account's concurrency limit; released on drop,
+/// whatever the request's ending.
+#[derive(Debug)]
+pub struct AccountSlot {
+    runtime: Arc<AccountRuntime>,
+}
+
+impl AccountSlot {
+    pub fn take(runtime: &Arc<AccountRuntime>) -> Self {
+        runtime.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            runtime: runtime.clone(),
+        }
+    }
+}
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        self.runtime.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The model families a rate limit can be scoped to.
@@ -99,6 +124,10 @@ impl AccountRuntime {
             self.family_cooling_until_ms[index].load(Ordering::Relaxed)
         });
         self.cooling_until_ms().max(family_until)
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn is_blocked(&self) -> bool {
@@ -179,12 +208,36 @@ pub struct AccountEntry {
     pub api_key: SecretString,
     /// Set for subscription accounts: the live tokens.
     pub oauth: Option<Arc<OAuthSession>>,
+    pub settings: AccountSettings,
     pub runtime: Arc<AccountRuntime>,
 }
 
 impl AccountEntry {
-    /// Whether the account cannot take a request of `family` now (cooling or blocked).
+    /// A copy sharing the credential's session and a fresh runtime (for tests and tools).
+    pub fn clone_shallow(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            platform: self.platform,
+            base_url: self.base_url.clone(),
+            priority: self.priority,
+            active: self.active,
+            api_key: self.api_key.clone(),
+            oauth: self.oauth.clone(),
+            settings: self.settings.clone(),
+            runtime: Arc::new(AccountRuntime::default()),
+        }
+    }
+
+    /// Whether the account cannot take a request of `family` now: cooling, blocked, switched
+    /// out of scheduling, or at its concurrency limit.
     pub fn is_out(&self, family: Option<&str>, now_ms: i64) -> bool {
-        self.runtime.is_blocked() || self.runtime.available_at_ms(family) > now_ms
+        self.runtime.is_blocked()
+            || !self.settings.schedulable()
+            || self.runtime.available_at_ms(family) > now_ms
+            || self
+                .settings
+                .concurrency
+                .is_some_and(|limit| self.runtime.in_flight() >= limit)
     }
 }

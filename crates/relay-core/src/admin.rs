@@ -4,6 +4,7 @@
 pub use relay_store::{AccountRow, KeyMeta, KeyRow, StoreError, UsageTotals};
 use relay_store::{NewAccount, NewKey, Store, UsageFilter};
 
+use crate::account_settings::AccountSettings;
 use crate::accounts::Platform;
 use crate::clock::now_ms;
 use crate::crypto::{MasterKey, SecretBox, SecretString};
@@ -482,6 +483,32 @@ impl AdminService {
             .seal(&tokens.to_json(), &account_secret_binding(&row.id));
         self.store.update_account_secret(&row.id, &sealed).await?;
         Ok(row)
+    }
+
+    /// Changes an account's scheduling settings: `edit` gets the current ones.
+    pub async fn edit_account_settings(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut AccountSettings),
+    ) -> Result<AccountSettings, AdminError> {
+        let row = self
+            .store
+            .list_accounts()
+            .await?
+            .into_iter()
+            .find(|account| account.name == name)
+            .ok_or(AdminError::NotFound {
+                what: "account",
+                name: name.to_owned(),
+            })?;
+        let mut settings =
+            AccountSettings::from_json(&row.settings).map_err(AdminError::Invalid)?;
+        edit(&mut settings);
+        settings.validate().map_err(AdminError::Invalid)?;
+        self.store
+            .set_account_settings(name, &settings.to_json(), now_ms())
+            .await?;
+        Ok(settings)
     }
 
     /// Clears an account's cooldowns, block and failure history on every running server.

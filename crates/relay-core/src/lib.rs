@@ -4,6 +4,7 @@
 //! request ([`relay::ForwardRequest`]) and renders whatever it returns; the CLI calls [`admin`].
 
 pub mod access;
+pub mod account_settings;
 pub mod accounts;
 pub mod admin;
 pub mod admin_auth;

@@ -56,6 +56,9 @@ pub struct KeyPolicy {
     /// The only upstream account this key's requests go to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dedicated_account: Option<String>,
+    /// The group of accounts this key's requests go to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_group: Option<String>,
     /// The key stops working at this moment (Unix ms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,

@@ -5,6 +5,8 @@
 //! here on top of the same predicate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::Rng;
 use std::sync::Arc;
 
 use crate::accounts::{AccountEntry, Platform};
@@ -15,8 +17,11 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, Clone, Copy)]
 pub struct Candidates<'a> {
     pub platform: Platform,
-    /// The requested model's family, for family-scoped rate limits.
+    /// The requested model, and its family for family-scoped rate limits.
+    pub model: &'a str,
     pub family: Option<&'static str>,
+    /// The key's account group, if it is bound to one.
+    pub group: Option<&'a str>,
     pub dedicated: Option<&'a str>,
     pub excluded: &'a [Arc<AccountEntry>],
 }
@@ -27,6 +32,10 @@ impl Candidates<'_> {
         account.active
             && account.platform.speaks_anthropic() == self.platform.speaks_anthropic()
             && self.dedicated.is_none_or(|name| account.name == name)
+            && self
+                .group
+                .is_none_or(|group| account.settings.in_group(group))
+            && account.settings.serves(self.model)
             && !self.excluded.iter().any(|tried| tried.id == account.id)
     }
 }
@@ -47,12 +56,30 @@ pub enum Selection {
     NoAccount,
 }
 
+/// How an account is chosen within the best priority tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// The least recently used (spreads load evenly).
+    #[default]
+    LeastRecentlyUsed,
+    /// At random, in proportion to the accounts' weights.
+    Weighted,
+}
+
 #[derive(Debug, Default)]
 pub struct AccountSelector {
     use_stamp: AtomicU64,
+    strategy: Strategy,
 }
 
 impl AccountSelector {
+    pub fn new(strategy: Strategy) -> Self {
+        Self {
+            use_stamp: AtomicU64::new(0),
+            strategy,
+        }
+    }
+
     /// Marks `account` as just used (when it was chosen another way, e.g. by a sticky session).
     pub fn touch(&self, account: &AccountEntry) {
         let stamp = self.use_stamp.fetch_add(1, Ordering::Relaxed) + 1;
@@ -65,11 +92,44 @@ impl AccountSelector {
         candidates: &Candidates<'_>,
         now_ms: i64,
     ) -> Selection {
-        let chosen = snapshot
+        let routable: Vec<&Arc<AccountEntry>> = snapshot
             .accounts
             .iter()
             .filter(|account| is_routable(account, candidates, now_ms))
-            .min_by_key(|account| (account.priority, account.runtime.last_used()));
+            .collect();
+        let best_tier = routable.iter().map(|account| account.priority).min();
+        let tier: Vec<&Arc<AccountEntry>> = routable
+            .into_iter()
+            .filter(|account| Some(account.priority) == best_tier)
+            .collect();
+        let chosen = match self.strategy {
+            Strategy::LeastRecentlyUsed => tier
+                .iter()
+                .min_by_key(|account| account.runtime.last_used())
+                .copied(),
+            Strategy::Weighted => {
+                let total: u64 = tier
+                    .iter()
+                    .map(|account| u64::from(account.settings.weight()))
+                    .sum();
+                let mut ticket = if total == 0 {
+                    0
+                } else {
+                    rand::thread_rng().gen_range(0..total)
+                };
+                tier.iter()
+                    .find(|account| {
+                        let weight = u64::from(account.settings.weight());
+                        if ticket < weight {
+                            true
+                        } else {
+                            ticket -= weight;
+                            false
+                        }
+                    })
+                    .copied()
+            }
+        };
         if let Some(account) = chosen {
             let stamp = self.use_stamp.fetch_add(1, Ordering::Relaxed) + 1;
             account.runtime.mark_used(stamp);
@@ -105,6 +165,7 @@ mod tests {
             active,
             api_key: SecretString::new("k".into()),
             oauth: None,
+            settings: crate::account_settings::AccountSettings::default(),
             runtime: Arc::new(AccountRuntime::default()),
         })
     }
@@ -119,7 +180,9 @@ mod tests {
     fn candidates(excluded: &[Arc<AccountEntry>]) -> Candidates<'_> {
         Candidates {
             platform: Platform::Anthropic,
+            model: "claude-sonnet-4-5",
             family: None,
+            group: None,
             dedicated: None,
             excluded,
         }
@@ -179,5 +242,164 @@ mod tests {
             selector.select(&snapshot, &candidates(&[a, c]), 6_000),
             Selection::NoAccount
         ));
+    }
+
+    use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, proptest};
+    use proptest::strategy::Strategy as _;
+
+    #[derive(Debug, Clone)]
+    struct AccountState {
+        priority: i64,
+        active: bool,
+        schedulable: bool,
+        cooling: bool,
+        family_cooling: bool,
+        blocked: bool,
+        sonnet_only: bool,
+        in_group: bool,
+        full: bool,
+        weight: u32,
+    }
+
+    fn account_state() -> impl proptest::strategy::Strategy<Value = AccountState> {
+        (
+            0i64..3,
+            any::<bool>(),
+            prop::bool::weighted(0.8),
+            prop::bool::weighted(0.3),
+            prop::bool::weighted(0.2),
+            prop::bool::weighted(0.1),
+            any::<bool>(),
+            any::<bool>(),
+            prop::bool::weighted(0.2),
+            1u32..5,
+        )
+            .prop_map(
+                |(
+                    priority,
+                    active,
+                    schedulable,
+                    cooling,
+                    family_cooling,
+                    blocked,
+                    sonnet_only,
+                    in_group,
+                    full,
+                    weight,
+                )| {
+                    AccountState {
+                        priority,
+                        active,
+                        schedulable,
+                        cooling,
+                        family_cooling,
+                        blocked,
+                        sonnet_only,
+                        in_group,
+                        full,
+                        weight,
+                    }
+                },
+            )
+    }
+
+    fn build(index: usize, state: &AccountState) -> Arc<AccountEntry> {
+        let settings = crate::account_settings::AccountSettings {
+            weight: Some(state.weight),
+            schedulable: Some(state.schedulable),
+            models: state
+                .sonnet_only
+                .then(|| vec!["claude-sonnet-*".to_owned()]),
+            groups: state.in_group.then(|| vec!["team".to_owned()]),
+            concurrency: state.full.then_some(1),
+            ..Default::default()
+        };
+        let account = AccountEntry {
+            settings,
+            ..(*self::account(&format!("acct-{index}"), state.priority, state.active))
+                .clone_shallow()
+        };
+        if state.cooling {
+            account.runtime.cool_until(5_000);
+        }
+        if state.family_cooling {
+            account.runtime.cool_family_until("opus", 5_000);
+        }
+        if state.blocked {
+            account.runtime.block();
+        }
+        let account = Arc::new(account);
+        if state.full {
+            std::mem::forget(crate::accounts::AccountSlot::take(&account.runtime));
+        }
+        account
+    }
+
+    proptest! {
+        /// Whatever the accounts' states and the request, every path picks only accounts that
+        /// `is_routable` accepts, and finds one whenever one exists.
+        #[test]
+        fn the_selector_never_picks_an_unroutable_account(
+            states in proptest::collection::vec(account_state(), 1..8),
+            opus in any::<bool>(),
+            grouped in any::<bool>(),
+            weighted in any::<bool>(),
+            dedicated_index in proptest::option::of(0usize..8),
+        ) {
+            let accounts: Vec<Arc<AccountEntry>> = states.iter().enumerate().map(|(index, state)| build(index, state)).collect();
+            let snapshot = snapshot(accounts.clone());
+            let model = if opus { "claude-opus-4-8" } else { "claude-sonnet-4-5" };
+            let dedicated = dedicated_index.map(|index| format!("acct-{index}"));
+            let candidates = Candidates {
+                platform: Platform::Anthropic,
+                model,
+                family: crate::limits::model_family(model),
+                group: grouped.then_some("team"),
+                dedicated: dedicated.as_deref(),
+                excluded: &[],
+            };
+            let selector = AccountSelector::new(if weighted { super::Strategy::Weighted } else { super::Strategy::LeastRecentlyUsed });
+            let any_routable = accounts.iter().any(|account| is_routable(account, &candidates, 1_000));
+            for _ in 0..5 {
+                match selector.select(&snapshot, &candidates, 1_000) {
+                    Selection::Account(account) => {
+                        prop_assert!(is_routable(&account, &candidates, 1_000));
+                        let best = accounts.iter().filter(|a| is_routable(a, &candidates, 1_000)).map(|a| a.priority).min();
+                        prop_assert_eq!(Some(account.priority), best, "a lower priority tier was skipped");
+                    }
+                    _ => prop_assert!(!any_routable, "a routable account was not found"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_selection_follows_the_weights() {
+        let accounts: Vec<Arc<AccountEntry>> = [1u32, 2, 7]
+            .iter()
+            .enumerate()
+            .map(|(index, weight)| {
+                Arc::new(AccountEntry {
+                    settings: crate::account_settings::AccountSettings {
+                        weight: Some(*weight),
+                        ..Default::default()
+                    },
+                    ..(*account(&format!("w{index}"), 1, true)).clone_shallow()
+                })
+            })
+            .collect();
+        let snapshot = snapshot(accounts);
+        let selector = AccountSelector::new(super::Strategy::Weighted);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..20_000 {
+            if let Selection::Account(account) = selector.select(&snapshot, &candidates(&[]), 1_000)
+            {
+                *counts.entry(account.id.clone()).or_insert(0u32) += 1;
+            }
+        }
+        for (id, weight) in [("w0", 0.1), ("w1", 0.2), ("w2", 0.7)] {
+            let share = f64::from(counts[id]) / 20_000.0;
+            assert!((share - weight).abs() < 0.02, "{id}: {share} vs {weight}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use relay_store::Store;
 
+use crate::account_settings::AccountSettings;
 use crate::accounts::{AccountEntry, AccountRuntime, Platform};
 use crate::crypto::{MasterKey, SecretBox};
 use crate::keys::KeyEntry;
@@ -153,6 +154,13 @@ impl SnapshotStore {
                 .unwrap_or(platform.default_base_url())
                 .trim_end_matches('/')
                 .to_owned();
+            let settings = match AccountSettings::from_json(&row.settings) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    tracing::error!(account_id = %row.id, %error, "skipping account with unreadable settings");
+                    continue;
+                }
+            };
             accounts.push(Arc::new(AccountEntry {
                 id: row.id,
                 name: row.name,
@@ -162,6 +170,7 @@ impl SnapshotStore {
                 active: row.status == "active",
                 api_key,
                 oauth,
+                settings,
                 runtime,
             }));
         }

@@ -77,6 +77,9 @@ pub struct AccountRow {
     pub updated_at_ms: i64,
     /// When an operator last reset the account's health marks.
     pub health_reset_at_ms: i64,
+    /// Scheduling settings as JSON (see `relay-core::account_settings`).
+    #[serde(skip)]
+    pub settings: String,
 }
 
 #[derive(Debug, Clone)]

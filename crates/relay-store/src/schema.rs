@@ -123,4 +123,10 @@ CREATE TABLE oauth_pending (
 );
 "#,
     ),
+    (
+        6,
+        r#"
+ALTER TABLE accounts ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+"#,
+    ),
 ];

@@ -409,7 +409,7 @@ impl Store {
     pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, platform, base_url, priority, status, secret_sealed, secret_hint,
-                    created_at_ms, updated_at_ms, health_reset_at_ms
+                    created_at_ms, updated_at_ms, health_reset_at_ms, settings
              FROM accounts ORDER BY priority, created_at_ms, name",
         )
         .fetch_all(&self.pool)
@@ -428,9 +428,27 @@ impl Store {
                     created_at_ms: row.try_get("created_at_ms")?,
                     updated_at_ms: row.try_get("updated_at_ms")?,
                     health_reset_at_ms: row.try_get("health_reset_at_ms")?,
+                    settings: row.try_get("settings")?,
                 })
             })
             .collect()
+    }
+
+    /// Replaces an account's scheduling settings by name; returns false if no such account.
+    pub async fn set_account_settings(
+        &self,
+        name: &str,
+        settings: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE accounts SET settings = ?, updated_at_ms = ? WHERE name = ?")
+                .bind(settings)
+                .bind(now_ms)
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     /// Replaces an account's sealed credential (refreshed tokens).

@@ -19,6 +19,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::upstream::Started;
 use super::RecordContext;
+use crate::accounts::AccountSlot;
 use crate::metrics::Metrics;
 
 /// Non-streaming bodies are kept (as shared chunks) to read their usage at the end; beyond this
@@ -132,6 +133,8 @@ pub struct CapturedStream<B = Incoming> {
     idle_timeout: Duration,
     last_chunk_at: Instant,
     capture: Option<Capture>,
+    /// The account's concurrency slot, released when the response ends.
+    slot: Option<AccountSlot>,
 }
 
 impl<B> std::fmt::Debug for CapturedStream<B> {
@@ -169,10 +172,18 @@ impl CapturedStream<Incoming> {
 }
 
 impl<B> CapturedStream<B> {
+    /// Keeps the account's concurrency slot until the response ends.
+    pub(crate) fn hold(&mut self, slot: AccountSlot) {
+        if self.capture.is_some() {
+            self.slot = Some(slot);
+        }
+    }
+
     fn finish(&mut self, ending: Ending) {
         if let Some(capture) = self.capture.take() {
             capture.finish(ending);
         }
+        self.slot = None;
     }
 }
 
@@ -197,6 +208,7 @@ where
             idle_timeout,
             last_chunk_at: Instant::now(),
             capture: Some(capture),
+            slot: None,
         };
         // An empty upstream body has already ended.
         if stream.first_chunk.is_none() {

@@ -23,7 +23,7 @@ use relay_store::{UsageRecord, UsageSink};
 use tokio::time::Instant;
 
 use crate::access::{self, Denial, RequestFacts};
-use crate::accounts::{AccountEntry, Platform};
+use crate::accounts::{AccountEntry, AccountSlot, Platform};
 use crate::clock::now_ms;
 use crate::crypto::KeyHasher;
 use crate::health::{self, Verdict};
@@ -32,7 +32,7 @@ use crate::limits::{Admission, Estimate, Limiter, Refusal};
 use crate::metrics::Metrics;
 use crate::oauth::{self, OAuthSession, OAuthSettings};
 use crate::policy::Service;
-use crate::schedule::{is_routable, AccountSelector, Candidates, Selection};
+use crate::schedule::{is_routable, AccountSelector, Candidates, Selection, Strategy};
 use crate::snapshot::SnapshotStore;
 use crate::sticky::{SessionId, StickySessions, SPILL_MS};
 use crate::throttle::AuthThrottle;
@@ -56,6 +56,8 @@ pub struct RelaySettings {
     pub default_rate_limit_cooldown: Duration,
     /// Where subscription accounts refresh their tokens.
     pub oauth: OAuthSettings,
+    /// How an account is chosen within a priority tier.
+    pub strategy: Strategy,
 }
 
 impl Default for RelaySettings {
@@ -67,6 +69,7 @@ impl Default for RelaySettings {
             max_attempts: 3,
             default_rate_limit_cooldown: Duration::from_secs(30),
             oauth: OAuthSettings::default(),
+            strategy: Strategy::default(),
         }
     }
 }
@@ -244,7 +247,7 @@ impl Relay {
             client,
             snapshots,
             hasher,
-            selector: AccountSelector::default(),
+            selector: AccountSelector::new(settings.strategy),
             limiter: Limiter::default(),
             auth_throttle: AuthThrottle::default(),
             sticky: StickySessions::default(),
@@ -338,7 +341,9 @@ impl Relay {
         while tried.len() < self.settings.max_attempts {
             let candidates = Candidates {
                 platform,
+                model: &request.model,
                 family: candidates_family,
+                group: request.key.policy.account_group.as_deref(),
                 dedicated: request.key.policy.dedicated_account.as_deref(),
                 excluded: &tried,
             };
@@ -374,6 +379,8 @@ impl Relay {
                 self.metrics.failovers.inc();
             }
             tried.push(account.clone());
+            // Held for the whole response (or dropped with a failed attempt).
+            let slot = AccountSlot::take(&account.runtime);
             match self.attempt_account(&account, &request, deadline).await {
                 Ok(started) => {
                     account.runtime.record_success();
@@ -386,7 +393,12 @@ impl Relay {
                             candidates_family,
                         );
                     }
-                    return Ok(self.respond(started, &account, &request, tried.len(), admission));
+                    let mut response =
+                        self.respond(started, &account, &request, tried.len(), admission);
+                    if let RelayBody::Streaming(stream) = &mut response.body {
+                        stream.hold(slot);
+                    }
+                    return Ok(response);
                 }
                 Err(failure) => {
                     self.apply_verdict(&account, &failure, candidates_family, &snapshot, &request);
@@ -636,7 +648,9 @@ impl Relay {
                 let others_serve = || {
                     let candidates = Candidates {
                         platform: account.platform,
+                        model: &request.model,
                         family,
+                        group: request.key.policy.account_group.as_deref(),
                         dedicated: request.key.policy.dedicated_account.as_deref(),
                         excluded: &[],
                     };

@@ -201,7 +201,11 @@ pub(crate) async fn attempt(
         url.push('?');
         url.push_str(query);
     }
-    let mut upstream_request = Request::new(Full::new(request.body.clone()));
+    let body = match account.settings.map_model(&request.model) {
+        Some(upstream_model) => with_model(&request.body, upstream_model),
+        None => request.body.clone(),
+    };
+    let mut upstream_request = Request::new(Full::new(body));
     *upstream_request.method_mut() = Method::POST;
     *upstream_request.uri_mut() = url.parse().map_err(|_| AttemptFailure::Connect)?;
     *upstream_request.headers_mut() = upstream_request_headers(&request.headers, auth);
@@ -239,6 +243,21 @@ pub(crate) async fn attempt(
     tokio::time::timeout_at(deadline, first_byte)
         .await
         .unwrap_or(Err(AttemptFailure::Timeout))
+}
+
+/// The body with its `model` replaced (the one change model mapping makes; everything else is
+/// kept). Falls back to the original body if it cannot be rewritten.
+fn with_model(body: &Bytes, model: &str) -> Bytes {
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice(body) else {
+        return body.clone();
+    };
+    object.insert(
+        "model".to_owned(),
+        serde_json::Value::String(model.to_owned()),
+    );
+    serde_json::to_vec(&object)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| body.clone())
 }
 
 /// The next data chunk of a body, skipping trailers; `None` at the end.
@@ -413,6 +432,7 @@ mod tests {
             active: true,
             api_key: SecretString::new("sk-upstream".into()),
             oauth: None,
+            settings: crate::account_settings::AccountSettings::default(),
             runtime: Arc::new(AccountRuntime::default()),
         };
         let mut client = HeaderMap::new();

@@ -138,3 +138,118 @@ async fn a_family_limit_cools_only_that_family() {
         ]
     );
 }
+
+#[tokio::test]
+async fn account_settings_steer_requests_models_groups_and_slots() {
+    use relay_core::policy::KeyPolicy;
+    let harness = Harness::start(vec![
+        account("sonnet-only", "sk-s", 1),
+        account("general", "sk-g", 2),
+    ])
+    .await;
+    harness
+        .admin
+        .edit_account_settings("sonnet-only", |settings| {
+            settings.models = Some(vec!["claude-sonnet-*".into()]);
+            settings.groups = Some(vec!["team-a".into()]);
+        })
+        .await
+        .unwrap();
+    harness
+        .admin
+        .edit_account_settings("general", |settings| {
+            settings.model_map =
+                Some([("claude-opus-4-8".to_owned(), "glm-4.6".to_owned())].into());
+        })
+        .await
+        .unwrap();
+    harness.snapshots.reload().await.unwrap();
+
+    // Models: opus goes past the sonnet-only account, and is renamed for the general one.
+    assert_eq!(send_model(&harness, "claude-opus-4-8", "o").await, 200);
+    assert_eq!(send_model(&harness, "claude-sonnet-4-5", "s").await, 200);
+    let seen: Vec<(String, String)> = harness
+        .mock
+        .requests()
+        .iter()
+        .map(|request| {
+            (
+                request.api_key.clone(),
+                request.body["model"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("sk-g".to_owned(), "glm-4.6".to_owned()),
+            ("sk-s".to_owned(), "claude-sonnet-4-5".to_owned())
+        ]
+    );
+    let renamed = &harness.mock.requests()[0].body;
+    assert_eq!(renamed["max_tokens"], 64, "only the model changes");
+    assert_eq!(renamed["messages"][0]["content"], "o");
+
+    // Groups: a key bound to team-a only reaches its members.
+    let (grouped, _) = harness
+        .key_with(
+            "grouped",
+            &KeyPolicy {
+                account_group: Some("team-a".into()),
+                ..KeyPolicy::default()
+            },
+        )
+        .await;
+    let mut body = messages_body(false, "g");
+    body["model"] = "claude-opus-4-8".into();
+    let refused = harness
+        .client
+        .post(format!("{}/v1/messages", harness.url))
+        .header("x-api-key", &grouped)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        503,
+        "the group has no account serving opus"
+    );
+
+    // Schedulable switch: off takes the account out without disabling it.
+    harness
+        .admin
+        .edit_account_settings("sonnet-only", |settings| settings.schedulable = Some(false))
+        .await
+        .unwrap();
+    harness.snapshots.reload().await.unwrap();
+    assert_eq!(send_model(&harness, "claude-sonnet-4-5", "s2").await, 200);
+    assert_eq!(harness.mock.requests().last().unwrap().api_key, "sk-g");
+}
+
+#[tokio::test]
+async fn an_account_at_its_concurrency_limit_is_passed_over_until_a_slot_frees() {
+    let harness = Harness::start(vec![
+        account("small", "sk-small", 1),
+        account("big", "sk-big", 2),
+    ])
+    .await;
+    harness
+        .admin
+        .edit_account_settings("small", |settings| settings.concurrency = Some(1))
+        .await
+        .unwrap();
+    harness.snapshots.reload().await.unwrap();
+    harness.mock.script(
+        "sk-small",
+        [Behavior::SlowEvents(std::time::Duration::from_millis(100))],
+    );
+    let slow = harness.send(true, "long answer please one two").await;
+    // While the first stream holds small's only slot, the next request goes to big.
+    assert_eq!(harness.send(false, "second").await.status(), 200);
+    assert_eq!(harness.mock.requests().last().unwrap().api_key, "sk-big");
+    assert!(slow.text().await.unwrap().contains("message_stop"));
+    // The slot is back: small takes traffic again.
+    assert_eq!(harness.send(false, "third").await.status(), 200);
+    assert_eq!(harness.mock.requests().last().unwrap().api_key, "sk-small");
+}
