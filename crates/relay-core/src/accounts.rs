@@ -126,6 +126,18 @@ impl AccountRuntime {
         self.cooling_until_ms().max(family_until)
     }
 
+    pub fn family_cooling_until_ms(&self) -> Vec<(&'static str, i64)> {
+        FAMILIES
+            .iter()
+            .zip(&self.family_cooling_until_ms)
+            .map(|(family, until)| (*family, until.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }

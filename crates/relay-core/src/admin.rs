@@ -485,6 +485,38 @@ impl AdminService {
         Ok(row)
     }
 
+    /// Applies a JSON merge patch to an account's settings (`null` removes a field).
+    pub async fn patch_account_settings(
+        &self,
+        name: &str,
+        patch: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<AccountSettings, AdminError> {
+        let mut merged = None;
+        let result = self
+            .edit_account_settings(name, |current| {
+                let mut object = match serde_json::to_value(&*current) {
+                    Ok(serde_json::Value::Object(object)) => object,
+                    _ => serde_json::Map::new(),
+                };
+                for (field, value) in patch {
+                    if value.is_null() {
+                        object.remove(field);
+                    } else {
+                        object.insert(field.clone(), value.clone());
+                    }
+                }
+                match serde_json::from_value::<AccountSettings>(serde_json::Value::Object(object)) {
+                    Ok(settings) => *current = settings,
+                    Err(error) => merged = Some(error.to_string()),
+                }
+            })
+            .await;
+        match merged {
+            Some(error) => Err(AdminError::Invalid(format!("settings: {error}"))),
+            None => result,
+        }
+    }
+
     /// Changes an account's scheduling settings: `edit` gets the current ones.
     pub async fn edit_account_settings(
         &self,

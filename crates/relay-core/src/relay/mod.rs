@@ -74,6 +74,28 @@ impl Default for RelaySettings {
     }
 }
 
+/// An account's live state, as this process sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccountStatus {
+    pub name: String,
+    pub platform: &'static str,
+    /// `active`, `cooling`, `blocked`, `unschedulable` or `disabled`.
+    pub state: &'static str,
+    pub cooling_until_ms: Option<i64>,
+    pub family_cooling_until_ms: Vec<(&'static str, i64)>,
+    pub in_flight: u32,
+    pub consecutive_failures: u32,
+}
+
+/// The result of a test-connection request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectionTest {
+    pub ok: bool,
+    pub status: Option<u16>,
+    pub latency_ms: i64,
+    pub detail: String,
+}
+
 /// The Anthropic endpoints the relay forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -259,6 +281,116 @@ impl Relay {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Every account's live state in this process, for operators.
+    pub fn account_statuses(&self) -> Vec<AccountStatus> {
+        let now = now_ms();
+        self.snapshots
+            .current()
+            .accounts
+            .iter()
+            .map(|account| {
+                let runtime = &account.runtime;
+                let cooling_until = runtime.cooling_until_ms();
+                let state = if !account.active {
+                    "disabled"
+                } else if runtime.is_blocked() {
+                    "blocked"
+                } else if cooling_until > now {
+                    "cooling"
+                } else if !account.settings.schedulable() {
+                    "unschedulable"
+                } else {
+                    "active"
+                };
+                AccountStatus {
+                    name: account.name.clone(),
+                    platform: account.platform.as_str(),
+                    state,
+                    cooling_until_ms: (cooling_until > now).then_some(cooling_until),
+                    family_cooling_until_ms: runtime
+                        .family_cooling_until_ms()
+                        .into_iter()
+                        .filter(|(_, until)| *until > now)
+                        .collect(),
+                    in_flight: runtime.in_flight(),
+                    consecutive_failures: runtime.consecutive_failures(),
+                }
+            })
+            .collect()
+    }
+
+    /// Sends a one-token request through an account and says how it went.
+    pub async fn test_account(&self, name: &str) -> Option<ConnectionTest> {
+        let account = self
+            .snapshots
+            .current()
+            .accounts
+            .iter()
+            .find(|account| account.name == name)?
+            .clone();
+        let model = account
+            .settings
+            .models
+            .as_ref()
+            .and_then(|models| models.iter().find(|model| !model.ends_with('*')).cloned())
+            .unwrap_or_else(|| "claude-haiku-4-5".to_owned());
+        let body = serde_json::json!({
+            "model": model,
+            "max_tokens": 1,
+            "messages": [{"role": "user", "content": "ping"}],
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let started = Instant::now();
+        let request = ForwardRequest {
+            request_id: "connection-test".to_owned(),
+            key: Arc::new(KeyEntry {
+                id: String::new(),
+                name: String::new(),
+                active: true,
+                policy: crate::policy::KeyPolicy::default(),
+            }),
+            endpoint: Endpoint::Messages,
+            query: None,
+            headers,
+            body: Bytes::from(body.to_string()),
+            model,
+            stream: false,
+            max_tokens: Some(1),
+            session: None,
+            has_session_metadata: false,
+            client_ip: None,
+            received_at: started,
+        };
+        let deadline = started + Duration::from_secs(30);
+        let outcome = self.attempt_account(&account, &request, deadline).await;
+        let latency_ms = millis(started.elapsed());
+        Some(match outcome {
+            Ok(started) => ConnectionTest {
+                ok: started.status.is_success(),
+                status: Some(started.status.as_u16()),
+                latency_ms,
+                detail: format!("upstream answered {}", started.status),
+            },
+            Err(failure) => ConnectionTest {
+                ok: false,
+                status: match &failure {
+                    AttemptFailure::Status { status, .. } => Some(status.as_u16()),
+                    _ => None,
+                },
+                latency_ms,
+                detail: failure.evidence(),
+            },
+        })
+    }
+
+    pub fn oauth_settings(&self) -> &OAuthSettings {
+        &self.settings.oauth
     }
 
     pub fn limiter(&self) -> &Limiter {

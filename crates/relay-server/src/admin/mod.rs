@@ -41,6 +41,15 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
             get(get_key).patch(patch_key).delete(delete_key),
         )
         .route("/admin/v1/keys/{name}/restore", post(restore_key))
+        .route("/admin/v1/accounts", get(list_accounts).post(add_account))
+        .route("/admin/v1/accounts/oauth/start", post(oauth_start))
+        .route("/admin/v1/accounts/oauth/finish", post(oauth_finish))
+        .route(
+            "/admin/v1/accounts/{name}",
+            axum::routing::patch(patch_account),
+        )
+        .route("/admin/v1/accounts/{name}/reset", post(reset_account))
+        .route("/admin/v1/accounts/{name}/test", post(test_account))
         .route_layer(middleware::from_fn_with_state(state, require_admin));
     Router::new()
         .route("/admin/v1/login", post(login))
@@ -410,4 +419,165 @@ async fn export_keys(State(state): State<AppState>) -> ApiResult {
         HeaderValue::from_static("text/csv; charset=utf-8"),
     );
     Ok(response)
+}
+
+fn account_json(
+    account: &relay_core::admin::AccountRow,
+    status: Option<&relay_core::relay::AccountStatus>,
+) -> Value {
+    let mut value = serde_json::to_value(account).unwrap_or_default();
+    value["settings"] = serde_json::from_str(&account.settings).unwrap_or_default();
+    value["live"] = serde_json::to_value(status).unwrap_or_default();
+    value
+}
+
+async fn list_accounts(State(state): State<AppState>) -> ApiResult {
+    let statuses = state.relay.account_statuses();
+    let accounts = state.admin.list_accounts().await?;
+    let listed: Vec<Value> = accounts
+        .iter()
+        .map(|account| {
+            account_json(
+                account,
+                statuses.iter().find(|status| status.name == account.name),
+            )
+        })
+        .collect();
+    Ok(Json(json!({"accounts": listed})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddAccountBody {
+    platform: String,
+    name: String,
+    /// An API key, or for `claude-oauth` a setup token.
+    api_key: String,
+    base_url: Option<String>,
+    #[serde(default = "default_priority")]
+    priority: i64,
+    settings: Option<serde_json::Map<String, Value>>,
+}
+
+fn default_priority() -> i64 {
+    50
+}
+
+async fn add_account(State(state): State<AppState>, request: Request) -> ApiResult {
+    let body: AddAccountBody = read_json(request.into_body()).await?;
+    let name = body.name.clone();
+    let row = state
+        .admin
+        .add_account(relay_core::admin::NewAccountInput {
+            platform: body.platform,
+            name: body.name,
+            api_key: body.api_key,
+            base_url: body.base_url,
+            priority: body.priority,
+        })
+        .await?;
+    if let Some(settings) = &body.settings {
+        state.admin.patch_account_settings(&name, settings).await?;
+    }
+    Ok((StatusCode::CREATED, Json(account_json(&row, None))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountPatch {
+    settings: Option<serde_json::Map<String, Value>>,
+    status: Option<String>,
+}
+
+async fn patch_account(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> ApiResult {
+    let patch: AccountPatch = read_json(request.into_body()).await?;
+    if let Some(settings) = &patch.settings {
+        state.admin.patch_account_settings(&name, settings).await?;
+    }
+    match patch.status.as_deref() {
+        None => {}
+        Some("active") => state.admin.set_account_enabled(&name, true).await?,
+        Some("disabled") => state.admin.set_account_enabled(&name, false).await?,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("status '{other}' is not active or disabled"),
+            ))
+        }
+    }
+    let account = state
+        .admin
+        .list_accounts()
+        .await?
+        .into_iter()
+        .find(|account| account.name == name)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no account named '{name}'"),
+            )
+        })?;
+    Ok(Json(account_json(&account, None)).into_response())
+}
+
+async fn reset_account(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    state.admin.reset_account(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn test_account(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let result = state.relay.test_account(&name).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no account named '{name}'"),
+        )
+    })?;
+    Ok(Json(result).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OAuthStartBody {
+    name: String,
+}
+
+async fn oauth_start(State(state): State<AppState>, request: Request) -> ApiResult {
+    let body: OAuthStartBody = read_json(request.into_body()).await?;
+    let url = state
+        .admin
+        .start_oauth(&body.name, state.relay.oauth_settings())
+        .await?;
+    Ok(Json(json!({"authorize_url": url})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OAuthFinishBody {
+    name: String,
+    code: String,
+    base_url: Option<String>,
+    #[serde(default = "default_priority")]
+    priority: i64,
+}
+
+async fn oauth_finish(State(state): State<AppState>, request: Request) -> ApiResult {
+    let body: OAuthFinishBody = read_json(request.into_body()).await?;
+    let row = state
+        .admin
+        .finish_oauth(
+            &body.name,
+            &body.code,
+            state.relay.oauth_settings(),
+            body.base_url,
+            body.priority,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(account_json(&row, None))).into_response())
 }

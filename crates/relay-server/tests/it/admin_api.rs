@@ -217,3 +217,122 @@ async fn keys_are_managed_end_to_end_through_the_admin_api() {
         401
     );
 }
+
+#[tokio::test]
+async fn accounts_are_managed_tested_and_watched_through_the_admin_api() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let token = login(&harness).await;
+    let created = admin(&harness, &token, Method::POST, "/admin/v1/accounts")
+        .json(&json!({
+            "platform": "anthropic", "name": "backup", "api_key": "sk-backup-secret",
+            "base_url": harness.mock.url(), "priority": 5,
+            "settings": {"weight": 3, "groups": ["team"], "notes": "spare"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert!(!created.to_string().contains("sk-backup-secret"));
+    let patched: Value = admin(&harness, &token, Method::PATCH, "/admin/v1/accounts/backup")
+        .json(&json!({"settings": {"weight": null, "concurrency": 4}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        patched["settings"],
+        json!({"concurrency": 4, "groups": ["team"], "notes": "spare"})
+    );
+
+    // Test connection: a healthy account, then one the upstream refuses.
+    let test: Value = admin(
+        &harness,
+        &token,
+        Method::POST,
+        "/admin/v1/accounts/main/test",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(test["ok"], true, "{test}");
+    assert_eq!(test["status"], 200);
+    harness
+        .mock
+        .script("sk-main", [relay_testkit::Behavior::status(401)]);
+    let test: Value = admin(
+        &harness,
+        &token,
+        Method::POST,
+        "/admin/v1/accounts/main/test",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(test["ok"], false);
+    assert_eq!(test["status"], 401);
+
+    // Live state: a 429 shows the account cooling, and a reset clears it.
+    harness.snapshots.reload().await.unwrap();
+    harness.mock.script(
+        "sk-main",
+        [relay_testkit::Behavior::status_with_headers(
+            429,
+            &[("retry-after", "600")],
+        )],
+    );
+    assert_eq!(harness.send(false, "x").await.status(), 200);
+    let listed: Value = admin(&harness, &token, Method::GET, "/admin/v1/accounts")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let main = listed["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|account| account["name"] == "main")
+        .unwrap()
+        .clone();
+    assert_eq!(main["live"]["state"], "cooling", "{main}");
+    assert_eq!(
+        admin(
+            &harness,
+            &token,
+            Method::POST,
+            "/admin/v1/accounts/main/reset"
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        204
+    );
+    harness.snapshots.reload().await.unwrap();
+    let listed: Value = admin(&harness, &token, Method::GET, "/admin/v1/accounts")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let main = listed["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|account| account["name"] == "main")
+        .unwrap()
+        .clone();
+    assert_eq!(main["live"]["state"], "active", "{main}");
+}
