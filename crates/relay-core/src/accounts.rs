@@ -64,6 +64,49 @@ pub struct AccountRuntime {
     oauth: std::sync::Mutex<Option<Arc<OAuthSession>>>,
     /// Requests in flight on this account (held by [`AccountSlot`]s).
     in_flight: AtomicU32,
+    /// The subscription windows as the last response reported them.
+    windows: std::sync::Mutex<Option<UsageWindows>>,
+    /// A window is close to its limit (`allowed_warning`): prefer other accounts.
+    window_warning: AtomicBool,
+}
+
+/// What `anthropic-ratelimit-unified-*` response headers say about a subscription's windows.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct UsageWindows {
+    pub five_hour_status: Option<String>,
+    pub five_hour_reset_ms: Option<i64>,
+    pub seven_day_status: Option<String>,
+    pub seven_day_reset_ms: Option<i64>,
+}
+
+impl UsageWindows {
+    /// Reads the unified headers; `None` when the response carries none.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let reset = |name: &str| {
+            text(name)
+                .and_then(|value| value.trim().parse::<i64>().ok())
+                .map(|s| s * 1000)
+        };
+        let windows = Self {
+            five_hour_status: text("anthropic-ratelimit-unified-5h-status"),
+            five_hour_reset_ms: reset("anthropic-ratelimit-unified-5h-reset"),
+            seven_day_status: text("anthropic-ratelimit-unified-7d-status"),
+            seven_day_reset_ms: reset("anthropic-ratelimit-unified-7d-reset"),
+        };
+        (windows != Self::default()).then_some(windows)
+    }
+
+    fn warning(&self) -> bool {
+        [&self.five_hour_status, &self.seven_day_status]
+            .iter()
+            .any(|status| status.as_deref().is_some_and(|status| status != "allowed"))
+    }
 }
 
 /// One request's place on an account, for the account's concurrency limit; released on drop,
@@ -136,6 +179,28 @@ impl AccountRuntime {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Records the windows a response reported.
+    pub fn observe_windows(&self, windows: UsageWindows) {
+        self.window_warning
+            .store(windows.warning(), Ordering::Relaxed);
+        *self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(windows);
+    }
+
+    pub fn windows(&self) -> Option<UsageWindows> {
+        self.windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether a subscription window is near its limit.
+    pub fn window_warning(&self) -> bool {
+        self.window_warning.load(Ordering::Relaxed)
     }
 
     pub fn in_flight(&self) -> u32 {

@@ -102,6 +102,14 @@ impl AccountSelector {
             .into_iter()
             .filter(|account| Some(account.priority) == best_tier)
             .collect();
+        // Accounts whose subscription window is near its limit go last: more remaining
+        // capacity first.
+        let roomy: Vec<&Arc<AccountEntry>> = tier
+            .iter()
+            .copied()
+            .filter(|account| !account.runtime.window_warning())
+            .collect();
+        let tier = if roomy.is_empty() { tier } else { roomy };
         let chosen = match self.strategy {
             Strategy::LeastRecentlyUsed => tier
                 .iter()

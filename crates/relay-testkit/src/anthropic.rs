@@ -31,6 +31,8 @@ pub enum Behavior {
     AbortAfterEvents(usize),
     /// Stream normally but pause this long between events.
     SlowEvents(Duration),
+    /// Answer normally, with these extra response headers.
+    NormalWithHeaders(Vec<(String, String)>),
 }
 
 impl Behavior {
@@ -480,7 +482,9 @@ async fn messages(State(state): State<Arc<MockState>>, request: Request) -> Resp
     }
     let mut gap = Duration::ZERO;
     let mut abort_after = None;
+    let mut extra_headers = Vec::new();
     match behavior {
+        Behavior::NormalWithHeaders(headers) => extra_headers = headers,
         Behavior::Status {
             status,
             headers,
@@ -512,7 +516,7 @@ async fn messages(State(state): State<Arc<MockState>>, request: Request) -> Resp
             "content": content, "stop_reason": stop_reason, "stop_sequence": null,
             "usage": usage_json(&usage, output),
         });
-        return json_response(200, &[], message.to_string());
+        return json_response(200, &extra_headers, message.to_string());
     }
     let events = sse_events(&model, &reply, &usage, output, stop_reason);
     let limit = abort_after.unwrap_or(usize::MAX);

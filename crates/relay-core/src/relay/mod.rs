@@ -23,7 +23,7 @@ use relay_store::{UsageRecord, UsageSink};
 use tokio::time::Instant;
 
 use crate::access::{self, Denial, RequestFacts};
-use crate::accounts::{AccountEntry, AccountSlot, Platform};
+use crate::accounts::{AccountEntry, AccountSlot, Platform, UsageWindows};
 use crate::clock::now_ms;
 use crate::crypto::KeyHasher;
 use crate::health::{self, Verdict};
@@ -85,6 +85,8 @@ pub struct AccountStatus {
     pub family_cooling_until_ms: Vec<(&'static str, i64)>,
     pub in_flight: u32,
     pub consecutive_failures: u32,
+    /// Subscription windows from the last response (5-hour and weekly status and resets).
+    pub windows: Option<UsageWindows>,
 }
 
 /// The result of a test-connection request.
@@ -316,6 +318,7 @@ impl Relay {
                         .collect(),
                     in_flight: runtime.in_flight(),
                     consecutive_failures: runtime.consecutive_failures(),
+                    windows: runtime.windows(),
                 }
             })
             .collect()
@@ -516,6 +519,9 @@ impl Relay {
             match self.attempt_account(&account, &request, deadline).await {
                 Ok(started) => {
                     account.runtime.record_success();
+                    if let Some(windows) = UsageWindows::from_headers(&started.headers) {
+                        account.runtime.observe_windows(windows);
+                    }
                     if let Some(session) = session {
                         self.keep_session(
                             session,

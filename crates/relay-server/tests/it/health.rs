@@ -253,3 +253,53 @@ async fn an_account_at_its_concurrency_limit_is_passed_over_until_a_slot_frees()
     assert_eq!(harness.send(false, "third").await.status(), 200);
     assert_eq!(harness.mock.requests().last().unwrap().api_key, "sk-small");
 }
+
+#[tokio::test]
+async fn accounts_near_a_subscription_window_limit_go_last() {
+    let harness = Harness::start(vec![account("a", "sk-a", 1), account("b", "sk-b", 1)]).await;
+    let reset = (relay_core::clock::now_ms() / 1000 + 3600).to_string();
+    let warning = |key: &str| {
+        harness.mock.script(
+            key,
+            [Behavior::NormalWithHeaders(vec![
+                (
+                    "anthropic-ratelimit-unified-5h-status".into(),
+                    "allowed_warning".into(),
+                ),
+                ("anthropic-ratelimit-unified-5h-reset".into(), reset.clone()),
+                (
+                    "anthropic-ratelimit-unified-7d-status".into(),
+                    "allowed".into(),
+                ),
+            ])],
+        );
+    };
+    warning("sk-a");
+    // The first request reaches a (first of equals) and learns its 5-hour window is nearly used.
+    assert_eq!(harness.send(false, "first").await.status(), 200);
+    let warned = harness.mock.requests()[0].api_key.clone();
+    assert_eq!(warned, "sk-a");
+    let other = "sk-b";
+    // Least-recently-used alone would alternate; the warned account now goes last.
+    for n in 0..4 {
+        assert_eq!(
+            harness.send(false, &format!("next {n}")).await.status(),
+            200
+        );
+    }
+    let after: Vec<String> = harness.mock.requests()[1..]
+        .iter()
+        .map(|request| request.api_key.clone())
+        .collect();
+    assert_eq!(after, [other, other, other, other]);
+    let statuses = harness.relay.account_statuses();
+    let windows = statuses
+        .iter()
+        .find(|status| status.name == if warned == "sk-a" { "a" } else { "b" })
+        .unwrap()
+        .windows
+        .clone()
+        .unwrap();
+    assert_eq!(windows.five_hour_status.as_deref(), Some("allowed_warning"));
+    assert_eq!(windows.seven_day_status.as_deref(), Some("allowed"));
+}
