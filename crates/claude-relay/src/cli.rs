@@ -219,6 +219,9 @@ struct AccountSettingsArgs {
     /// Requests in flight on this account at once (0 removes the limit).
     #[arg(long = "account-concurrency", value_name = "N")]
     concurrency: Option<u32>,
+    /// Cost this account may serve per UTC day, in USD (0 removes the limit).
+    #[arg(long = "account-daily-cost-usd", value_name = "USD")]
+    daily_cost_usd: Option<String>,
     /// A group keys can be bound to (repeatable). Replaces the list.
     #[arg(long = "group", value_name = "GROUP")]
     groups: Vec<String>,
@@ -252,6 +255,10 @@ impl AccountSettingsArgs {
         }
         if let Some(concurrency) = self.concurrency {
             settings.concurrency = zero_removes(concurrency);
+        }
+        if let Some(text) = &self.daily_cost_usd {
+            settings.daily_cost_nano_usd =
+                zero_removes(parse_usd(text).map_err(anyhow::Error::msg)?);
         }
         if !self.groups.is_empty() {
             settings.groups = Some(self.groups);

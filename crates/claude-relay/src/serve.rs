@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             relay_core::clock::now_ms(),
         )
         .await?;
+    relay.seed_account_costs().await?;
     let state = AppState {
         relay: Arc::new(relay),
         settings: Arc::new(config.server.clone()),

@@ -24,6 +24,9 @@ pub struct AccountSettings {
     /// Requests in flight on this account at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Cost this account may serve per UTC day; past it, it sits out until midnight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_cost_nano_usd: Option<i64>,
     /// Groups keys can be bound to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,

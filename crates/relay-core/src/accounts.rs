@@ -68,6 +68,8 @@ pub struct AccountRuntime {
     windows: std::sync::Mutex<Option<UsageWindows>>,
     /// A window is close to its limit (`allowed_warning`): prefer other accounts.
     window_warning: AtomicBool,
+    /// Cost served today (UTC), for the account's daily cost limit: `(day, nano-USD)`.
+    day_cost: std::sync::Mutex<(i64, i64)>,
 }
 
 /// What `anthropic-ratelimit-unified-*` response headers say about a subscription's windows.
@@ -179,6 +181,30 @@ impl AccountRuntime {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    pub fn add_day_cost(&self, cost_nano_usd: i64, now_ms: i64) {
+        let today = now_ms.div_euclid(86_400_000);
+        let mut day = self
+            .day_cost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if day.0 != today {
+            *day = (today, 0);
+        }
+        day.1 += cost_nano_usd;
+    }
+
+    pub fn day_cost(&self, now_ms: i64) -> i64 {
+        let day = self
+            .day_cost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if day.0 == now_ms.div_euclid(86_400_000) {
+            day.1
+        } else {
+            0
+        }
     }
 
     /// Records the windows a response reported.
@@ -316,5 +342,9 @@ impl AccountEntry {
                 .settings
                 .concurrency
                 .is_some_and(|limit| self.runtime.in_flight() >= limit)
+            || self
+                .settings
+                .daily_cost_nano_usd
+                .is_some_and(|limit| self.runtime.day_cost(now_ms) >= limit)
     }
 }

@@ -319,6 +319,23 @@ impl Store {
         Ok(names)
     }
 
+    /// Each account's cost since `since_ms`.
+    pub async fn account_costs_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account_id, COALESCE(SUM(cost_nano_usd), 0) AS cost FROM usage_records
+             WHERE created_at_ms >= ? AND account_id IS NOT NULL GROUP BY account_id",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("account_id")?, row.try_get("cost")?)))
+            .collect()
+    }
+
     /// Every key's lifetime spend and first use.
     pub async fn key_spend(&self) -> Result<Vec<KeySpend>, StoreError> {
         let rows = sqlx::query(

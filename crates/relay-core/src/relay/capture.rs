@@ -349,6 +349,7 @@ mod tests {
             user_agent: None,
             created_at_ms: 1,
             admission: None,
+            account_runtime: None,
         };
         let capture = Capture {
             tracker: MessagesUsageTracker::new(),

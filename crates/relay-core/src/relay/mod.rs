@@ -193,6 +193,8 @@ pub(crate) struct RecordContext {
     pub user_agent: Option<String>,
     pub created_at_ms: i64,
     pub admission: Option<Admission>,
+    /// The account that served the request, whose daily cost the request adds to.
+    pub account_runtime: Option<Arc<crate::accounts::AccountRuntime>>,
 }
 
 impl RecordContext {
@@ -213,6 +215,9 @@ impl RecordContext {
         };
         if let Some(admission) = self.admission.take() {
             admission.settle(cost_nano_usd.unwrap_or(0), usage.total_tokens(), now_ms());
+        }
+        if let Some(runtime) = self.account_runtime.take() {
+            runtime.add_day_cost(cost_nano_usd.unwrap_or(0), now_ms());
         }
         UsageRecord {
             request_id: self.request_id,
@@ -390,6 +395,24 @@ impl Relay {
                 detail: failure.evidence(),
             },
         })
+    }
+
+    /// Seeds each account's cost of the day from the usage records (its daily limit survives a
+    /// restart).
+    pub async fn seed_account_costs(&self) -> Result<(), relay_store::StoreError> {
+        let now = now_ms();
+        let day_start = crate::limits::Period::Day.start(now);
+        let costs = self
+            .snapshots
+            .store()
+            .account_costs_since(day_start)
+            .await?;
+        for account in &self.snapshots.current().accounts {
+            if let Some((_, cost)) = costs.iter().find(|(id, _)| *id == account.id) {
+                account.runtime.add_day_cost(*cost, now);
+            }
+        }
+        Ok(())
     }
 
     pub fn oauth_settings(&self) -> &OAuthSettings {
@@ -859,6 +882,7 @@ impl Relay {
                 .map(str::to_owned),
             created_at_ms: now_ms(),
             admission,
+            account_runtime: None,
         }
     }
 
@@ -880,6 +904,7 @@ impl Relay {
             admission,
         );
         context.ttfb = Some(ttfb);
+        context.account_runtime = Some(account.runtime.clone());
         let headers = upstream::client_response_headers(&started.headers);
         let is_sse = headers
             .get(http::header::CONTENT_TYPE)

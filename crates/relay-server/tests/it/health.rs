@@ -303,3 +303,43 @@ async fn accounts_near_a_subscription_window_limit_go_last() {
     assert_eq!(windows.five_hour_status.as_deref(), Some("allowed_warning"));
     assert_eq!(windows.seven_day_status.as_deref(), Some("allowed"));
 }
+
+#[tokio::test]
+async fn an_account_past_its_daily_cost_sits_out() {
+    let harness = Harness::start(vec![
+        account("capped", "sk-capped", 1),
+        account("spare", "sk-spare", 2),
+    ])
+    .await;
+    harness
+        .admin
+        .edit_account_settings("capped", |settings| settings.daily_cost_nano_usd = Some(1))
+        .await
+        .unwrap();
+    harness.snapshots.reload().await.unwrap();
+    for n in 0..3 {
+        assert_eq!(
+            harness.send(false, &format!("turn {n}")).await.status(),
+            200
+        );
+    }
+    let served: Vec<String> = harness
+        .mock
+        .requests()
+        .iter()
+        .map(|request| request.api_key.clone())
+        .collect();
+    assert_eq!(served, ["sk-capped", "sk-spare", "sk-spare"]);
+    // What it served today is what it is measured by.
+    harness.records(3).await;
+    let capped = harness
+        .snapshots
+        .current()
+        .accounts
+        .iter()
+        .find(|a| a.name == "capped")
+        .unwrap()
+        .clone();
+    let before = capped.runtime.day_cost(relay_core::clock::now_ms());
+    assert!(before > 1);
+}
