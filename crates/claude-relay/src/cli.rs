@@ -227,9 +227,26 @@ struct AccountSettingsArgs {
     groups: Vec<String>,
     #[arg(long)]
     notes: Option<String>,
+    /// Send this account's requests through a proxy: http://, https:// or socks5://
+    /// [user:pass@]host:port (prefer CLAUDE_RELAY_ACCOUNT_PROXY, which keeps it out of `ps`).
+    #[arg(long, env = "CLAUDE_RELAY_ACCOUNT_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
+    /// Remove the account's proxy.
+    #[arg(long, conflicts_with = "proxy")]
+    no_proxy: bool,
 }
 
 impl AccountSettingsArgs {
+    /// Applies `--proxy` / `--no-proxy`, if given.
+    async fn apply_proxy(&self, admin: &AdminService, name: &str) -> anyhow::Result<()> {
+        if self.no_proxy {
+            admin.set_account_proxy(name, None).await?;
+        } else if let Some(url) = &self.proxy {
+            admin.set_account_proxy(name, Some(url)).await?;
+        }
+        Ok(())
+    }
+
     fn apply(
         self,
         settings: &mut relay_core::account_settings::AccountSettings,
@@ -712,6 +729,7 @@ async fn run_account_command(
                     priority,
                 })
                 .await?;
+            settings.apply_proxy(admin, &name).await?;
             let mut apply_error = None;
             admin
                 .edit_account_settings(&name, |current| {
@@ -734,7 +752,17 @@ async fn run_account_command(
         AccountCommand::List(JsonFlag { json }) => {
             let accounts = admin.list_accounts().await?;
             if json {
-                print_json(&serde_json::to_value(&accounts)?);
+                let listed: Vec<serde_json::Value> = accounts
+                    .iter()
+                    .map(|account| {
+                        let mut value = serde_json::to_value(account).unwrap_or_default();
+                        value["settings"] =
+                            serde_json::from_str(&account.settings).unwrap_or_default();
+                        value["proxy"] = json!(admin.masked_proxy(account));
+                        value
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(listed));
             } else {
                 out(&format!(
                     "{:<24} {:<10} {:<9} {:>8}  {:<10} BASE URL",
@@ -787,6 +815,7 @@ async fn run_account_command(
             settings,
             json,
         } => {
+            settings.apply_proxy(admin, &name).await?;
             let mut apply_error = None;
             let updated = admin
                 .edit_account_settings(&name, |current| {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::account_settings::AccountSettings;
 use crate::crypto::SecretString;
 use crate::oauth::{OAuthSession, OAuthTokens};
+use crate::proxy::ProxyConfig;
 
 /// Where an account's requests go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +313,8 @@ pub struct AccountEntry {
     /// Set for subscription accounts: the live tokens.
     pub oauth: Option<Arc<OAuthSession>>,
     pub settings: AccountSettings,
+    /// The outbound proxy this account's requests go through.
+    pub proxy: Option<ProxyConfig>,
     pub runtime: Arc<AccountRuntime>,
 }
 
@@ -328,6 +331,7 @@ impl AccountEntry {
             api_key: self.api_key.clone(),
             oauth: self.oauth.clone(),
             settings: self.settings.clone(),
+            proxy: self.proxy.clone(),
             runtime: Arc::new(AccountRuntime::default()),
         }
     }

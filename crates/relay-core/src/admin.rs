@@ -11,6 +11,7 @@ use crate::crypto::{MasterKey, SecretBox, SecretString};
 use crate::keys::{generate_key, KeyEntry};
 use crate::oauth::{self, OAuthSettings, OAuthTokens, Pkce};
 use crate::policy::KeyPolicy;
+use crate::proxy::ProxyConfig;
 use crate::snapshot::account_secret_binding;
 
 #[derive(Debug, thiserror::Error)]
@@ -447,7 +448,9 @@ impl AdminService {
             .secret_box
             .open(&sealed, &format!("oauth-pending:{name}"))
             .map_err(|_| AdminError::Invalid("the pending authorization cannot be read".into()))?;
-        let client = crate::relay::build_client(std::time::Duration::from_secs(10));
+        let client = crate::relay::AnyClient::Direct(crate::relay::build_client(
+            std::time::Duration::from_secs(10),
+        ));
         let tokens = oauth::exchange_code(
             &client,
             settings,
@@ -541,6 +544,54 @@ impl AdminService {
             .set_account_settings(name, &settings.to_json(), now_ms())
             .await?;
         Ok(settings)
+    }
+
+    /// An account's proxy with the password hidden, if it has one.
+    pub fn masked_proxy(&self, account: &AccountRow) -> Option<String> {
+        let sealed = account.proxy_sealed.as_ref()?;
+        let url = self
+            .secret_box
+            .open(sealed, &crate::snapshot::account_proxy_binding(&account.id))
+            .ok()?;
+        ProxyConfig::parse(url.expose())
+            .ok()
+            .map(|proxy| proxy.masked())
+    }
+
+    /// Sets (or with `None` clears) the proxy an account's requests go through.
+    pub async fn set_account_proxy(
+        &self,
+        name: &str,
+        proxy_url: Option<&str>,
+    ) -> Result<Option<String>, AdminError> {
+        let account = self
+            .store
+            .list_accounts()
+            .await?
+            .into_iter()
+            .find(|account| account.name == name)
+            .ok_or(AdminError::NotFound {
+                what: "account",
+                name: name.to_owned(),
+            })?;
+        let masked = match proxy_url {
+            None => {
+                self.store.set_account_proxy(name, None, now_ms()).await?;
+                None
+            }
+            Some(url) => {
+                let proxy = ProxyConfig::parse(url).map_err(AdminError::Invalid)?;
+                let sealed = self.secret_box.seal(
+                    url.trim(),
+                    &crate::snapshot::account_proxy_binding(&account.id),
+                );
+                self.store
+                    .set_account_proxy(name, Some(&sealed), now_ms())
+                    .await?;
+                Some(proxy.masked())
+            }
+        };
+        Ok(masked)
     }
 
     /// Clears an account's cooldowns, block and failure history on every running server.

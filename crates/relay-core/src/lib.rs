@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod pricing;
+pub mod proxy;
 pub mod relay;
 pub mod report;
 pub mod schedule;

@@ -13,7 +13,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::relay::UpstreamClient;
+use crate::relay::AnyClient;
 
 /// Refresh this long before the access token expires.
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(300);
@@ -147,7 +147,7 @@ struct TokenResponse {
 }
 
 async fn token_request(
-    client: &UpstreamClient,
+    client: &AnyClient,
     settings: &OAuthSettings,
     body: serde_json::Value,
     now_ms: i64,
@@ -197,7 +197,7 @@ async fn token_request(
 
 /// Exchanges the code the operator pasted (`code#state`, as the callback page shows it).
 pub async fn exchange_code(
-    client: &UpstreamClient,
+    client: &AnyClient,
     settings: &OAuthSettings,
     pasted: &str,
     pkce_verifier: &str,
@@ -223,7 +223,7 @@ pub async fn exchange_code(
 }
 
 pub async fn refresh(
-    client: &UpstreamClient,
+    client: &AnyClient,
     settings: &OAuthSettings,
     refresh_token: &str,
     now_ms: i64,

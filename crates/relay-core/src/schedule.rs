@@ -174,6 +174,7 @@ mod tests {
             api_key: SecretString::new("k".into()),
             oauth: None,
             settings: crate::account_settings::AccountSettings::default(),
+            proxy: None,
             runtime: Arc::new(AccountRuntime::default()),
         })
     }

@@ -15,6 +15,7 @@ use crate::crypto::{MasterKey, SecretBox};
 use crate::keys::KeyEntry;
 use crate::oauth::OAuthTokens;
 use crate::policy::KeyPolicy;
+use crate::proxy::ProxyConfig;
 
 pub const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -25,6 +26,11 @@ pub struct Snapshot {
     pub keys: HashMap<[u8; 32], Arc<KeyEntry>>,
     /// Ordered by priority.
     pub accounts: Vec<Arc<AccountEntry>>,
+}
+
+/// Associated data binding an account's sealed proxy URL to its row.
+pub fn account_proxy_binding(account_id: &str) -> String {
+    format!("account:{account_id}:proxy")
 }
 
 /// Associated data binding an account's sealed credential to its row.
@@ -161,6 +167,24 @@ impl SnapshotStore {
                     continue;
                 }
             };
+            let proxy = match &row.proxy_sealed {
+                None => None,
+                Some(sealed) => {
+                    let parsed = self
+                        .secret_box
+                        .open(sealed, &account_proxy_binding(&row.id))
+                        .map_err(|error| error.to_string())
+                        .and_then(|url| ProxyConfig::parse(url.expose()));
+                    match parsed {
+                        Ok(proxy) => Some(proxy),
+                        Err(error) => {
+                            // Sending without the proxy could leak the operator's address.
+                            tracing::error!(account_id = %row.id, %error, "skipping account whose proxy cannot be read");
+                            continue;
+                        }
+                    }
+                }
+            };
             accounts.push(Arc::new(AccountEntry {
                 id: row.id,
                 name: row.name,
@@ -171,6 +195,7 @@ impl SnapshotStore {
                 api_key,
                 oauth,
                 settings,
+                proxy,
                 runtime,
             }));
         }

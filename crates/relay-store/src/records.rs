@@ -80,6 +80,9 @@ pub struct AccountRow {
     /// Scheduling settings as JSON (see `relay-core::account_settings`).
     #[serde(skip)]
     pub settings: String,
+    /// The outbound proxy URL, sealed (it may carry a password).
+    #[serde(skip)]
+    pub proxy_sealed: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]

@@ -129,4 +129,10 @@ CREATE TABLE oauth_pending (
 ALTER TABLE accounts ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
 "#,
     ),
+    (
+        7,
+        r#"
+ALTER TABLE accounts ADD COLUMN proxy_sealed BLOB;
+"#,
+    ),
 ];

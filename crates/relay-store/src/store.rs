@@ -426,7 +426,7 @@ impl Store {
     pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, platform, base_url, priority, status, secret_sealed, secret_hint,
-                    created_at_ms, updated_at_ms, health_reset_at_ms, settings
+                    created_at_ms, updated_at_ms, health_reset_at_ms, settings, proxy_sealed
              FROM accounts ORDER BY priority, created_at_ms, name",
         )
         .fetch_all(&self.pool)
@@ -446,6 +446,7 @@ impl Store {
                     updated_at_ms: row.try_get("updated_at_ms")?,
                     health_reset_at_ms: row.try_get("health_reset_at_ms")?,
                     settings: row.try_get("settings")?,
+                    proxy_sealed: row.try_get("proxy_sealed")?,
                 })
             })
             .collect()
@@ -461,6 +462,23 @@ impl Store {
         let result =
             sqlx::query("UPDATE accounts SET settings = ?, updated_at_ms = ? WHERE name = ?")
                 .bind(settings)
+                .bind(now_ms)
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Sets or clears an account's sealed proxy URL by name; returns false if no such account.
+    pub async fn set_account_proxy(
+        &self,
+        name: &str,
+        sealed: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE accounts SET proxy_sealed = ?, updated_at_ms = ? WHERE name = ?")
+                .bind(sealed)
                 .bind(now_ms)
                 .bind(name)
                 .execute(&self.pool)

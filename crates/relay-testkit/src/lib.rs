@@ -11,5 +11,7 @@
 //! [`Behavior`]s with [`MockUpstream::script`]; unscripted requests are answered normally.
 
 mod anthropic;
+mod proxy;
 
 pub use anthropic::{expected_usage, Behavior, MockUpstream, MockUsage, RecordedRequest};
+pub use proxy::{ProxyProtocol, TestProxy};

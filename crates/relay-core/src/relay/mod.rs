@@ -39,7 +39,7 @@ use crate::throttle::AuthThrottle;
 
 pub use capture::CapturedStream;
 pub use upstream::retry_after;
-pub use upstream::{build_client, UpstreamClient};
+pub use upstream::{build_client, AnyClient, UpstreamClient};
 use upstream::{AttemptFailure, Started, UpstreamAuth};
 
 /// Timeouts and bounds of the relay path.
@@ -250,6 +250,8 @@ fn millis(duration: Duration) -> i64 {
 #[derive(Debug)]
 pub struct Relay {
     client: UpstreamClient,
+    proxied_clients:
+        std::sync::Mutex<std::collections::HashMap<crate::proxy::ProxyConfig, AnyClient>>,
     snapshots: Arc<SnapshotStore>,
     hasher: KeyHasher,
     selector: AccountSelector,
@@ -274,6 +276,7 @@ impl Relay {
         let client = upstream::build_client(settings.connect_timeout);
         Self {
             client,
+            proxied_clients: std::sync::Mutex::default(),
             snapshots,
             hasher,
             selector: AccountSelector::new(settings.strategy),
@@ -413,6 +416,21 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// The client for an account: direct, or through its proxy (one pool per proxy).
+    fn client_for(&self, account: &AccountEntry) -> AnyClient {
+        let Some(proxy) = &account.proxy else {
+            return AnyClient::Direct(self.client.clone());
+        };
+        let mut clients = self
+            .proxied_clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients
+            .entry(proxy.clone())
+            .or_insert_with(|| upstream::build_proxied_client(proxy, self.settings.connect_timeout))
+            .clone()
     }
 
     pub fn oauth_settings(&self) -> &OAuthSettings {
@@ -669,11 +687,11 @@ impl Relay {
                     UpstreamAuth::Subscription(&token)
                 }
             };
-            let failure =
-                match upstream::attempt(&self.client, account, auth, request, deadline).await {
-                    Ok(started) => return Ok(started),
-                    Err(failure) => failure,
-                };
+            let client = self.client_for(account);
+            let failure = match upstream::attempt(&client, account, auth, request, deadline).await {
+                Ok(started) => return Ok(started),
+                Err(failure) => failure,
+            };
             self.metrics.upstream_error(failure.kind());
             tracing::warn!(
                 request_id = %request.request_id,
@@ -729,7 +747,14 @@ impl Relay {
             // A setup token: nothing to refresh with.
             return Ok(current.access_token);
         };
-        match oauth::refresh(&self.client, &self.settings.oauth, &refresh_token, now).await {
+        match oauth::refresh(
+            &self.client_for(account),
+            &self.settings.oauth,
+            &refresh_token,
+            now,
+        )
+        .await
+        {
             Ok(tokens) => {
                 session.set(tokens.clone());
                 tracing::info!(account_id = %account.id, "refreshed subscription tokens");

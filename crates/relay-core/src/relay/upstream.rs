@@ -9,14 +9,16 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use relay_protocol::anthropic::ErrorType;
 use tokio::time::Instant;
 
 use super::{ForwardRequest, RelayBody, RelayError, RelayResponse};
 use crate::accounts::AccountEntry;
+use crate::proxy::{ProxyConfig, ProxyKind};
 
 /// How much of a failed attempt's body is kept, for passing on or as evidence.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -24,26 +26,92 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
-/// The pooled HTTP client every upstream request goes through (HTTP/1.1 and, over TLS, HTTP/2).
+/// The pooled HTTP client every direct upstream request goes through (HTTP/1.1 and, over TLS,
+/// HTTP/2).
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the client: rustls with the webpki roots, no proxy from the environment, no redirects
-/// (hyper follows none), TCP_NODELAY, a connect timeout, pooled keep-alive connections.
-pub fn build_client(connect_timeout: Duration) -> UpstreamClient {
+/// A client, direct or through an account's proxy (each proxy keeps its own pool).
+#[derive(Debug, Clone)]
+pub enum AnyClient {
+    Direct(UpstreamClient),
+    Tunnel(Client<HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>),
+    TlsTunnel(Client<HttpsConnector<Tunnel<HttpsConnector<HttpConnector>>>, Full<Bytes>>),
+    Socks(Client<HttpsConnector<SocksV5<HttpConnector>>, Full<Bytes>>),
+}
+
+impl AnyClient {
+    pub fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            Self::Direct(client) => client.request(request),
+            Self::Tunnel(client) => client.request(request),
+            Self::TlsTunnel(client) => client.request(request),
+            Self::Socks(client) => client.request(request),
+        }
+    }
+}
+
+fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    http
+}
+
+fn tls<C>(connector: C) -> HttpsConnector<C> {
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(connector)
+}
+
+fn pooled<C>(connector: C) -> Client<C, Full<Bytes>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(TokioTimer::new())
-        .build(https)
+        .build(connector)
+}
+
+/// Builds the direct client: rustls with the webpki roots, no proxy from the environment, no
+/// redirects (hyper follows none), TCP_NODELAY, a connect timeout, pooled connections.
+pub fn build_client(connect_timeout: Duration) -> UpstreamClient {
+    pooled(tls(http_connector(connect_timeout)))
+}
+
+/// Builds a client that reaches upstreams through `proxy`.
+pub fn build_proxied_client(proxy: &ProxyConfig, connect_timeout: Duration) -> AnyClient {
+    match proxy.kind {
+        ProxyKind::Http | ProxyKind::Https => {
+            let auth = proxy.basic_auth();
+            if proxy.kind == ProxyKind::Http {
+                let mut tunnel =
+                    Tunnel::new(proxy.address.clone(), http_connector(connect_timeout));
+                if let Some(auth) = auth {
+                    tunnel = tunnel.with_auth(auth);
+                }
+                AnyClient::Tunnel(pooled(tls(tunnel)))
+            } else {
+                let mut tunnel =
+                    Tunnel::new(proxy.address.clone(), tls(http_connector(connect_timeout)));
+                if let Some(auth) = auth {
+                    tunnel = tunnel.with_auth(auth);
+                }
+                AnyClient::TlsTunnel(pooled(tls(tunnel)))
+            }
+        }
+        ProxyKind::Socks5 => {
+            let mut socks = SocksV5::new(proxy.address.clone(), http_connector(connect_timeout));
+            if let Some((user, pass)) = &proxy.credentials {
+                socks = socks.with_auth(user.clone(), pass.clone());
+            }
+            AnyClient::Socks(pooled(tls(socks)))
+        }
+    }
 }
 
 /// An upstream that answered and produced its first body byte (or an empty body).
@@ -188,7 +256,7 @@ fn is_retryable(status: StatusCode) -> bool {
 
 /// Sends the request to `account` and waits, until `deadline`, for the first body byte.
 pub(crate) async fn attempt(
-    client: &UpstreamClient,
+    client: &AnyClient,
     account: &AccountEntry,
     auth: UpstreamAuth<'_>,
     request: &ForwardRequest,
@@ -433,6 +501,7 @@ mod tests {
             api_key: SecretString::new("sk-upstream".into()),
             oauth: None,
             settings: crate::account_settings::AccountSettings::default(),
+            proxy: None,
             runtime: Arc::new(AccountRuntime::default()),
         };
         let mut client = HeaderMap::new();

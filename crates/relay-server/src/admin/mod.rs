@@ -428,6 +428,7 @@ fn account_json(
     let mut value = serde_json::to_value(account).unwrap_or_default();
     value["settings"] = serde_json::from_str(&account.settings).unwrap_or_default();
     value["live"] = serde_json::to_value(status).unwrap_or_default();
+    value["has_proxy"] = json!(account.proxy_sealed.is_some());
     value
 }
 
@@ -457,6 +458,8 @@ struct AddAccountBody {
     #[serde(default = "default_priority")]
     priority: i64,
     settings: Option<serde_json::Map<String, Value>>,
+    /// `http://`, `https://` or `socks5://[user:pass@]host:port`.
+    proxy: Option<String>,
 }
 
 fn default_priority() -> i64 {
@@ -479,6 +482,9 @@ async fn add_account(State(state): State<AppState>, request: Request) -> ApiResu
     if let Some(settings) = &body.settings {
         state.admin.patch_account_settings(&name, settings).await?;
     }
+    if let Some(proxy) = &body.proxy {
+        state.admin.set_account_proxy(&name, Some(proxy)).await?;
+    }
     Ok((StatusCode::CREATED, Json(account_json(&row, None))).into_response())
 }
 
@@ -487,6 +493,18 @@ async fn add_account(State(state): State<AppState>, request: Request) -> ApiResu
 struct AccountPatch {
     settings: Option<serde_json::Map<String, Value>>,
     status: Option<String>,
+    /// A proxy URL, or `null` to remove it.
+    #[serde(default, deserialize_with = "present")]
+    proxy: Option<Option<String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 async fn patch_account(
@@ -497,6 +515,12 @@ async fn patch_account(
     let patch: AccountPatch = read_json(request.into_body()).await?;
     if let Some(settings) = &patch.settings {
         state.admin.patch_account_settings(&name, settings).await?;
+    }
+    if let Some(proxy) = &patch.proxy {
+        state
+            .admin
+            .set_account_proxy(&name, proxy.as_deref())
+            .await?;
     }
     match patch.status.as_deref() {
         None => {}

@@ -343,3 +343,66 @@ async fn an_account_past_its_daily_cost_sits_out() {
     let before = capped.runtime.day_cost(relay_core::clock::now_ms());
     assert!(before > 1);
 }
+
+#[tokio::test]
+async fn accounts_reach_their_upstream_through_http_and_socks5_proxies() {
+    use relay_testkit::{ProxyProtocol, TestProxy};
+    let harness = Harness::start(vec![
+        account("via-http", "sk-http", 1),
+        account("via-socks", "sk-socks", 2),
+    ])
+    .await;
+    let http_proxy = TestProxy::start(ProxyProtocol::HttpConnect, Some(("relay", "p@ss"))).await;
+    let socks_proxy = TestProxy::start(ProxyProtocol::Socks5, Some(("relay", "hunter2"))).await;
+    let masked = harness
+        .admin
+        .set_account_proxy("via-http", Some(&http_proxy.url(Some(("relay", "p%40ss")))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !masked.contains("p%40ss") && masked.contains("relay:***@"),
+        "{masked}"
+    );
+    harness
+        .admin
+        .set_account_proxy(
+            "via-socks",
+            Some(&socks_proxy.url(Some(("relay", "hunter2")))),
+        )
+        .await
+        .unwrap();
+    harness.snapshots.reload().await.unwrap();
+    assert_eq!(harness.send(false, "through http").await.status(), 200);
+    assert_eq!(
+        http_proxy.tunnels(),
+        1,
+        "the request did not go through the HTTP proxy"
+    );
+    harness
+        .admin
+        .set_account_enabled("via-http", false)
+        .await
+        .unwrap();
+    harness.snapshots.reload().await.unwrap();
+    assert_eq!(harness.send(false, "through socks").await.status(), 200);
+    assert_eq!(
+        socks_proxy.tunnels(),
+        1,
+        "the request did not go through the SOCKS5 proxy"
+    );
+
+    // Wrong proxy credentials: no tunnel, the request fails rather than going direct.
+    harness
+        .admin
+        .set_account_proxy(
+            "via-socks",
+            Some(&socks_proxy.url(Some(("relay", "wrong")))),
+        )
+        .await
+        .unwrap();
+    harness.snapshots.reload().await.unwrap();
+    assert_eq!(harness.send(false, "bad credentials").await.status(), 502);
+    assert_eq!(socks_proxy.tunnels(), 1);
+    assert_eq!(harness.mock.requests().len(), 2);
+}
