@@ -87,6 +87,8 @@ enum AccountCommand {
     Enable(NameArg),
     /// Clear an account's cooldowns and block (it takes traffic again at once).
     Reset(NameArg),
+    /// Show an account's recent health events and their evidence.
+    Events(NameArg),
     /// Start signing in a Claude subscription (Pro/Max) account: prints the URL to open.
     OauthStart {
         #[arg(long)]
@@ -829,6 +831,25 @@ async fn run_account_command(
                 print_json(&json!({ "name": name, "settings": updated }));
             } else {
                 out(&format!("account '{name}' settings: {}", updated.to_json()));
+            }
+            Ok(())
+        }
+        AccountCommand::Events(NameArg { name, json }) => {
+            let events = admin.account_events(&name, 50).await?;
+            if json {
+                print_json(&serde_json::to_value(&events)?);
+            } else {
+                for event in events {
+                    out(&format!(
+                        "{} {:<14} until {:<14} {}",
+                        event.at_ms,
+                        event.kind,
+                        event
+                            .until_ms
+                            .map_or("-".to_owned(), |until| until.to_string()),
+                        event.evidence
+                    ));
+                }
             }
             Ok(())
         }

@@ -71,6 +71,8 @@ pub struct AccountRuntime {
     window_warning: AtomicBool,
     /// Cost served today (UTC), for the account's daily cost limit: `(day, nano-USD)`.
     day_cost: std::sync::Mutex<(i64, i64)>,
+    /// The last health change: kind and evidence.
+    reason: std::sync::Mutex<Option<String>>,
 }
 
 /// What `anthropic-ratelimit-unified-*` response headers say about a subscription's windows.
@@ -184,6 +186,21 @@ impl AccountRuntime {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
+    pub fn set_reason(&self, kind: &str, evidence: &str) {
+        *self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(format!("{kind}: {evidence}"));
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn add_day_cost(&self, cost_nano_usd: i64, now_ms: i64) {
         let today = now_ms.div_euclid(86_400_000);
         let mut day = self
@@ -293,6 +310,11 @@ impl AccountRuntime {
             self.blocked.store(false, Ordering::Relaxed);
             self.consecutive_failures.store(0, Ordering::Relaxed);
             self.ejections.store(0, Ordering::Relaxed);
+            *self
+                .reason
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some("reset by an operator".to_owned());
         }
     }
 }

@@ -546,6 +546,25 @@ impl AdminService {
         Ok(settings)
     }
 
+    /// An account's most recent health events, newest first.
+    pub async fn account_events(
+        &self,
+        name: &str,
+        limit: i64,
+    ) -> Result<Vec<relay_store::AccountEvent>, AdminError> {
+        let account = self
+            .store
+            .list_accounts()
+            .await?
+            .into_iter()
+            .find(|account| account.name == name)
+            .ok_or(AdminError::NotFound {
+                what: "account",
+                name: name.to_owned(),
+            })?;
+        Ok(self.store.account_events(&account.id, limit).await?)
+    }
+
     /// An account's proxy with the password hidden, if it has one.
     pub fn masked_proxy(&self, account: &AccountRow) -> Option<String> {
         let sealed = account.proxy_sealed.as_ref()?;

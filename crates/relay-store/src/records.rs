@@ -139,3 +139,15 @@ pub struct UsageTotals {
     pub partial_requests: i64,
     pub failed_requests: i64,
 }
+
+/// A change of an account's health, with what caused it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountEvent {
+    pub account_id: String,
+    pub at_ms: i64,
+    /// `rate_limited`, `unauthorized`, `blocked`, `ejected`, `refresh_failed`, `reset`.
+    pub kind: String,
+    pub until_ms: Option<i64>,
+    /// Status, reset headers and a body excerpt; never a credential.
+    pub evidence: String,
+}

@@ -135,4 +135,18 @@ ALTER TABLE accounts ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE accounts ADD COLUMN proxy_sealed BLOB;
 "#,
     ),
+    (
+        8,
+        r#"
+CREATE TABLE account_events (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id    TEXT NOT NULL,
+    at_ms         INTEGER NOT NULL,
+    kind          TEXT NOT NULL,
+    until_ms      INTEGER,
+    evidence      TEXT NOT NULL
+);
+CREATE INDEX account_events_account_time ON account_events (account_id, at_ms);
+"#,
+    ),
 ];

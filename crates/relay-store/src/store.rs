@@ -8,8 +8,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::records::{
-    AccountRow, AdminRow, KeyMeta, KeyRow, KeySpend, NewAccount, NewKey, UsageFilter, UsageRecord,
-    UsageTotals,
+    AccountEvent, AccountRow, AdminRow, KeyMeta, KeyRow, KeySpend, NewAccount, NewKey, UsageFilter,
+    UsageRecord, UsageTotals,
 };
 use crate::schema::MIGRATIONS;
 use crate::StoreError;
@@ -317,6 +317,47 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(names)
+    }
+
+    pub async fn insert_account_event(&self, event: &AccountEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO account_events (account_id, at_ms, kind, until_ms, evidence) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&event.account_id)
+        .bind(event.at_ms)
+        .bind(&event.kind)
+        .bind(event.until_ms)
+        .bind(&event.evidence)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An account's most recent health events, newest first.
+    pub async fn account_events(
+        &self,
+        account_id: &str,
+        limit: i64,
+    ) -> Result<Vec<AccountEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account_id, at_ms, kind, until_ms, evidence FROM account_events
+             WHERE account_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(account_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AccountEvent {
+                    account_id: row.try_get("account_id")?,
+                    at_ms: row.try_get("at_ms")?,
+                    kind: row.try_get("kind")?,
+                    until_ms: row.try_get("until_ms")?,
+                    evidence: row.try_get("evidence")?,
+                })
+            })
+            .collect()
     }
 
     /// Each account's cost since `since_ms`.

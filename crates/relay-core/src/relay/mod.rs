@@ -87,6 +87,8 @@ pub struct AccountStatus {
     pub consecutive_failures: u32,
     /// Subscription windows from the last response (5-hour and weekly status and resets).
     pub windows: Option<UsageWindows>,
+    /// The last health change and its evidence.
+    pub reason: Option<String>,
 }
 
 /// The result of a test-connection request.
@@ -293,6 +295,30 @@ impl Relay {
         &self.metrics
     }
 
+    /// Records a change of an account's health, with its evidence, off the request path.
+    fn record_event(
+        &self,
+        account: &AccountEntry,
+        kind: &'static str,
+        until_ms: Option<i64>,
+        evidence: &str,
+    ) {
+        account.runtime.set_reason(kind, evidence);
+        let event = relay_store::AccountEvent {
+            account_id: account.id.clone(),
+            at_ms: now_ms(),
+            kind: kind.to_owned(),
+            until_ms,
+            evidence: evidence.to_owned(),
+        };
+        let snapshots = self.snapshots.clone();
+        tokio::spawn(async move {
+            if let Err(error) = snapshots.store().insert_account_event(&event).await {
+                tracing::warn!(%error, "cannot record an account event");
+            }
+        });
+    }
+
     /// Every account's live state in this process, for operators.
     pub fn account_statuses(&self) -> Vec<AccountStatus> {
         let now = now_ms();
@@ -327,6 +353,7 @@ impl Relay {
                     in_flight: runtime.in_flight(),
                     consecutive_failures: runtime.consecutive_failures(),
                     windows: runtime.windows(),
+                    reason: runtime.reason(),
                 }
             })
             .collect()
@@ -806,6 +833,22 @@ impl Relay {
             },
         };
         let evidence = failure.evidence();
+        let event = match &verdict {
+            Verdict::Healthy | Verdict::Overloaded | Verdict::Failing => None,
+            Verdict::RateLimited { until_ms, .. } => Some(("rate_limited", Some(*until_ms))),
+            Verdict::Unauthorized { until_ms } => Some((
+                if matches!(failure, AttemptFailure::Credentials) {
+                    "refresh_failed"
+                } else {
+                    "unauthorized"
+                },
+                Some(*until_ms),
+            )),
+            Verdict::Blocked => Some(("blocked", None)),
+        };
+        if let Some((kind, until_ms)) = event {
+            self.record_event(account, kind, until_ms, &evidence);
+        }
         match verdict {
             Verdict::Healthy | Verdict::Overloaded => {}
             Verdict::RateLimited {
@@ -848,6 +891,12 @@ impl Relay {
                 if failures >= health::EJECT_AFTER_FAILURES && others_serve() {
                     let ejected_for = health::ejection_time(account.runtime.record_ejection());
                     account.runtime.cool_until(now + millis(ejected_for));
+                    self.record_event(
+                        account,
+                        "ejected",
+                        Some(now + millis(ejected_for)),
+                        &evidence,
+                    );
                     tracing::warn!(account_id = %account.id, failures, ejected_s = ejected_for.as_secs(), %evidence, "account ejected after repeated failures");
                 }
             }

@@ -50,6 +50,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/admin/v1/accounts/{name}/reset", post(reset_account))
         .route("/admin/v1/accounts/{name}/test", post(test_account))
+        .route("/admin/v1/accounts/{name}/events", get(account_events))
         .route_layer(middleware::from_fn_with_state(state, require_admin));
     Router::new()
         .route("/admin/v1/login", post(login))
@@ -604,4 +605,9 @@ async fn oauth_finish(State(state): State<AppState>, request: Request) -> ApiRes
         )
         .await?;
     Ok((StatusCode::CREATED, Json(account_json(&row, None))).into_response())
+}
+
+async fn account_events(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let events = state.admin.account_events(&name, 100).await?;
+    Ok(Json(json!({"events": events})).into_response())
 }
