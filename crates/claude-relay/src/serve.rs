@@ -88,8 +88,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState {
         relay: Arc::new(relay),
         settings: Arc::new(config.server.clone()),
-        admin: AdminService::new(installation.store.clone(), &installation.master_key),
-        admin_auth: AdminAuth::new(installation.store.clone()),
+        admin: Arc::new(AdminService::new(
+            installation.store.clone(),
+            &installation.master_key,
+        )),
+        admin_auth: Arc::new(AdminAuth::new(installation.store.clone())),
     };
     let listener = TcpListener::bind(config.listen)
         .await

@@ -92,32 +92,43 @@ impl AccountSelector {
         candidates: &Candidates<'_>,
         now_ms: i64,
     ) -> Selection {
-        let routable: Vec<&Arc<AccountEntry>> = snapshot
+        // The best priority tier among routable accounts, and whether any of it has room in
+        // its subscription windows (those near a limit go last).
+        let mut best: Option<(i64, bool)> = None;
+        for account in snapshot
             .accounts
             .iter()
             .filter(|account| is_routable(account, candidates, now_ms))
-            .collect();
-        let best_tier = routable.iter().map(|account| account.priority).min();
-        let tier: Vec<&Arc<AccountEntry>> = routable
-            .into_iter()
-            .filter(|account| Some(account.priority) == best_tier)
-            .collect();
-        // Accounts whose subscription window is near its limit go last: more remaining
-        // capacity first.
-        let roomy: Vec<&Arc<AccountEntry>> = tier
-            .iter()
-            .copied()
-            .filter(|account| !account.runtime.window_warning())
-            .collect();
-        let tier = if roomy.is_empty() { tier } else { roomy };
+        {
+            let roomy = !account.runtime.window_warning();
+            best = match best {
+                Some((priority, any_roomy)) if priority < account.priority => {
+                    Some((priority, any_roomy))
+                }
+                Some((priority, any_roomy)) if priority == account.priority => {
+                    Some((priority, any_roomy || roomy))
+                }
+                _ => Some((account.priority, roomy)),
+            };
+        }
+        let in_tier = |account: &&Arc<AccountEntry>| {
+            best.is_some_and(|(priority, any_roomy)| {
+                account.priority == priority
+                    && (!any_roomy || !account.runtime.window_warning())
+                    && is_routable(account, candidates, now_ms)
+            })
+        };
         let chosen = match self.strategy {
-            Strategy::LeastRecentlyUsed => tier
+            Strategy::LeastRecentlyUsed => snapshot
+                .accounts
                 .iter()
-                .min_by_key(|account| account.runtime.last_used())
-                .copied(),
+                .filter(in_tier)
+                .min_by_key(|account| account.runtime.last_used()),
             Strategy::Weighted => {
-                let total: u64 = tier
+                let total: u64 = snapshot
+                    .accounts
                     .iter()
+                    .filter(in_tier)
                     .map(|account| u64::from(account.settings.weight()))
                     .sum();
                 let mut ticket = if total == 0 {
@@ -125,17 +136,15 @@ impl AccountSelector {
                 } else {
                     rand::thread_rng().gen_range(0..total)
                 };
-                tier.iter()
-                    .find(|account| {
-                        let weight = u64::from(account.settings.weight());
-                        if ticket < weight {
-                            true
-                        } else {
-                            ticket -= weight;
-                            false
-                        }
-                    })
-                    .copied()
+                snapshot.accounts.iter().filter(in_tier).find(|account| {
+                    let weight = u64::from(account.settings.weight());
+                    if ticket < weight {
+                        true
+                    } else {
+                        ticket -= weight;
+                        false
+                    }
+                })
             }
         };
         if let Some(account) = chosen {

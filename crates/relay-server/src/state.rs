@@ -12,6 +12,6 @@ use crate::ServerSettings;
 pub struct AppState {
     pub relay: Arc<Relay>,
     pub settings: Arc<ServerSettings>,
-    pub admin: AdminService,
-    pub admin_auth: AdminAuth,
+    pub admin: Arc<AdminService>,
+    pub admin_auth: Arc<AdminAuth>,
 }

@@ -251,9 +251,10 @@ fn millis(duration: Duration) -> i64 {
 /// The relay: shared by every request, cheap to use concurrently.
 #[derive(Debug)]
 pub struct Relay {
-    client: UpstreamClient,
+    /// The direct client (most accounts), and one per proxy.
+    client: Arc<AnyClient>,
     proxied_clients:
-        std::sync::Mutex<std::collections::HashMap<crate::proxy::ProxyConfig, AnyClient>>,
+        std::sync::Mutex<std::collections::HashMap<crate::proxy::ProxyConfig, Arc<AnyClient>>>,
     snapshots: Arc<SnapshotStore>,
     hasher: KeyHasher,
     selector: AccountSelector,
@@ -275,7 +276,9 @@ impl Relay {
     ) -> Self {
         // Upstream URLs are operator configuration: the environment's proxy settings are not
         // consulted and redirects are not followed, so credentials cannot be sent elsewhere.
-        let client = upstream::build_client(settings.connect_timeout);
+        let client = Arc::new(AnyClient::Direct(upstream::build_client(
+            settings.connect_timeout,
+        )));
         Self {
             client,
             proxied_clients: std::sync::Mutex::default(),
@@ -446,9 +449,9 @@ impl Relay {
     }
 
     /// The client for an account: direct, or through its proxy (one pool per proxy).
-    fn client_for(&self, account: &AccountEntry) -> AnyClient {
+    fn client_for(&self, account: &AccountEntry) -> Arc<AnyClient> {
         let Some(proxy) = &account.proxy else {
-            return AnyClient::Direct(self.client.clone());
+            return self.client.clone();
         };
         let mut clients = self
             .proxied_clients
@@ -456,7 +459,12 @@ impl Relay {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         clients
             .entry(proxy.clone())
-            .or_insert_with(|| upstream::build_proxied_client(proxy, self.settings.connect_timeout))
+            .or_insert_with(|| {
+                Arc::new(upstream::build_proxied_client(
+                    proxy,
+                    self.settings.connect_timeout,
+                ))
+            })
             .clone()
     }
 

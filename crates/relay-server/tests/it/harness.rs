@@ -110,8 +110,10 @@ impl Harness {
         let state = AppState {
             relay: relay.clone(),
             settings: Arc::new(server_settings.clone()),
-            admin: admin.clone(),
-            admin_auth: relay_core::admin_auth::AdminAuth::new(installation.store.clone()),
+            admin: Arc::new(admin.clone()),
+            admin_auth: Arc::new(relay_core::admin_auth::AdminAuth::new(
+                installation.store.clone(),
+            )),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
