@@ -32,6 +32,10 @@ pub struct AccountSettings {
     pub groups: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
+    /// A subscription's tier (`max`, `pro`, `free`), detected at sign-in; Pro plans have no
+    /// Opus, so such accounts are not offered Opus requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
 }
 
 fn matches(pattern: &str, model: &str) -> bool {
@@ -64,6 +68,11 @@ impl AccountSettings {
 
     /// Whether the account serves `model` (a mapped model counts as served).
     pub fn serves(&self, model: &str) -> bool {
+        let opus_without_access = matches!(self.tier.as_deref(), Some("pro" | "free"))
+            && crate::pricing::canonical_model(model).contains("opus");
+        if opus_without_access {
+            return false;
+        }
         let mapped = self
             .model_map
             .as_ref()

@@ -485,6 +485,17 @@ impl AdminService {
             .secret_box
             .seal(&tokens.to_json(), &account_secret_binding(&row.id));
         self.store.update_account_secret(&row.id, &sealed).await?;
+        let client = crate::relay::AnyClient::Direct(crate::relay::build_client(
+            std::time::Duration::from_secs(10),
+        ));
+        let base = row
+            .base_url
+            .clone()
+            .unwrap_or_else(|| Platform::ClaudeOauth.default_base_url().to_owned());
+        if let Some(tier) = oauth::subscription_tier(&client, &base, &tokens.access_token).await {
+            self.edit_account_settings(name, |settings| settings.tier = Some(tier.to_owned()))
+                .await?;
+        }
         Ok(row)
     }
 

@@ -241,6 +241,56 @@ pub async fn refresh(
     Ok(tokens)
 }
 
+#[derive(Deserialize, Default)]
+struct Profile {
+    #[serde(default)]
+    account: ProfileAccount,
+}
+
+#[derive(Deserialize, Default)]
+struct ProfileAccount {
+    #[serde(default)]
+    has_claude_max: bool,
+    #[serde(default)]
+    has_claude_pro: bool,
+}
+
+/// The subscription tier (`max`, `pro` or `free`) from the OAuth profile endpoint, or `None`
+/// when it cannot be read (the account still works; only the Opus check is skipped).
+pub async fn subscription_tier(
+    client: &AnyClient,
+    base_url: &str,
+    access_token: &str,
+) -> Option<&'static str> {
+    let mut request = Request::new(Full::new(Bytes::new()));
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = format!("{}/api/oauth/profile", base_url.trim_end_matches('/'))
+        .parse()
+        .ok()?;
+    let headers = request.headers_mut();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&format!("Bearer {access_token}")).ok()?,
+    );
+    headers.insert("anthropic-beta", http::HeaderValue::from_static(OAUTH_BETA));
+    let fetch = async {
+        let response = client.request(request).await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        serde_json::from_slice::<Profile>(&body).ok()
+    };
+    let profile = tokio::time::timeout(TOKEN_TIMEOUT, fetch).await.ok()??;
+    Some(if profile.account.has_claude_max {
+        "max"
+    } else if profile.account.has_claude_pro {
+        "pro"
+    } else {
+        "free"
+    })
+}
+
 /// A subscription account's live tokens, kept across snapshot reloads, with the lock that
 /// makes refreshes one at a time.
 #[derive(Debug)]

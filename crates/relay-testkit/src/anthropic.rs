@@ -99,6 +99,8 @@ struct OAuthMock {
     valid_access: std::collections::HashSet<String>,
     expires_in_s: Option<i64>,
     delay: Duration,
+    /// The plan the profile endpoint reports: `max` (default) or `pro`.
+    plan: Option<String>,
 }
 
 /// A running mock; stops when dropped.
@@ -120,6 +122,7 @@ impl MockUpstream {
         let state = Arc::new(MockState::default());
         let app = Router::new()
             .route("/v1/oauth/token", post(oauth_token))
+            .route("/api/oauth/profile", axum::routing::get(oauth_profile))
             .route("/v1/messages", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
             .with_state(state.clone());
@@ -182,6 +185,13 @@ impl MockUpstream {
             .lock()
             .map(|oauth| oauth.refreshes)
             .unwrap_or(0)
+    }
+
+    /// The plan the profile endpoint reports (`max` or `pro`).
+    pub fn set_plan(&self, plan: &str) {
+        if let Ok(mut oauth) = self.state.oauth.lock() {
+            oauth.plan = Some(plan.to_owned());
+        }
     }
 
     /// Makes the current refresh token unusable (as if revoked).
@@ -291,6 +301,24 @@ fn subscription_refused(state: &MockState, headers: &HeaderMap) -> Option<Respon
             json!({"type":"error","error":{"type":"authentication_error","message":"OAuth token has expired"}}).to_string(),
         )
     })
+}
+
+async fn oauth_profile(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = subscription_refused(&state, &headers) {
+        return refused;
+    }
+    let plan = state
+        .oauth
+        .lock()
+        .ok()
+        .and_then(|oauth| oauth.plan.clone())
+        .unwrap_or_else(|| "max".to_owned());
+    json_response(
+        200,
+        &[],
+        json!({"account": {"has_claude_max": plan == "max", "has_claude_pro": plan == "pro"}})
+            .to_string(),
+    )
 }
 
 async fn oauth_token(State(state): State<Arc<MockState>>, request: Request) -> Response {

@@ -161,3 +161,33 @@ async fn a_burnt_refresh_token_takes_the_account_out_and_traffic_fails_over() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_subscription_tier_is_detected_and_pro_plans_get_no_opus() {
+    let harness = Harness::start(vec![account("console", "sk-console", 2)]).await;
+    harness.mock.set_plan("pro");
+    sign_in(&harness, "pro-plan", 1).await;
+    let listed = harness.admin.list_accounts().await.unwrap();
+    let pro = listed
+        .iter()
+        .find(|account| account.name == "pro-plan")
+        .unwrap();
+    assert!(
+        pro.settings.contains("\"tier\":\"pro\""),
+        "{}",
+        pro.settings
+    );
+    let mut opus = crate::harness::messages_body(false, "opus please");
+    opus["model"] = "claude-opus-4-8".into();
+    assert_eq!(
+        harness
+            .post("/v1/messages", opus)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(harness.send(false, "sonnet please").await.status(), 200);
+    assert_eq!(tokens_used(&harness.mock), ["sk-console", "mock-access-1"]);
+}
