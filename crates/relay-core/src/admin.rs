@@ -531,14 +531,8 @@ impl AdminService {
         }
     }
 
-    /// Changes an account's scheduling settings: `edit` gets the current ones.
-    pub async fn edit_account_settings(
-        &self,
-        name: &str,
-        edit: impl FnOnce(&mut AccountSettings),
-    ) -> Result<AccountSettings, AdminError> {
-        let row = self
-            .store
+    async fn account_row(&self, name: &str) -> Result<AccountRow, AdminError> {
+        self.store
             .list_accounts()
             .await?
             .into_iter()
@@ -546,7 +540,16 @@ impl AdminService {
             .ok_or(AdminError::NotFound {
                 what: "account",
                 name: name.to_owned(),
-            })?;
+            })
+    }
+
+    /// Changes an account's scheduling settings: `edit` gets the current ones.
+    pub async fn edit_account_settings(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut AccountSettings),
+    ) -> Result<AccountSettings, AdminError> {
+        let row = self.account_row(name).await?;
         let mut settings =
             AccountSettings::from_json(&row.settings).map_err(AdminError::Invalid)?;
         edit(&mut settings);
@@ -563,16 +566,7 @@ impl AdminService {
         name: &str,
         limit: i64,
     ) -> Result<Vec<relay_store::AccountEvent>, AdminError> {
-        let account = self
-            .store
-            .list_accounts()
-            .await?
-            .into_iter()
-            .find(|account| account.name == name)
-            .ok_or(AdminError::NotFound {
-                what: "account",
-                name: name.to_owned(),
-            })?;
+        let account = self.account_row(name).await?;
         Ok(self.store.account_events(&account.id, limit).await?)
     }
 
@@ -594,16 +588,7 @@ impl AdminService {
         name: &str,
         proxy_url: Option<&str>,
     ) -> Result<Option<String>, AdminError> {
-        let account = self
-            .store
-            .list_accounts()
-            .await?
-            .into_iter()
-            .find(|account| account.name == name)
-            .ok_or(AdminError::NotFound {
-                what: "account",
-                name: name.to_owned(),
-            })?;
+        let account = self.account_row(name).await?;
         let masked = match proxy_url {
             None => {
                 self.store.set_account_proxy(name, None, now_ms()).await?;
