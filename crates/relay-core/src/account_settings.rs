@@ -38,16 +38,7 @@ pub struct AccountSettings {
     pub tier: Option<String>,
 }
 
-fn matches(pattern: &str, model: &str) -> bool {
-    let canonical = crate::pricing::canonical_model(model);
-    let pattern = pattern.to_ascii_lowercase();
-    match pattern.strip_suffix('*') {
-        Some(prefix) => {
-            canonical.starts_with(prefix) || model.to_ascii_lowercase().starts_with(prefix)
-        }
-        None => canonical == pattern || model.eq_ignore_ascii_case(&pattern),
-    }
-}
+use crate::access::model_matches as matches;
 
 impl AccountSettings {
     pub fn from_json(text: &str) -> Result<Self, String> {
