@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use relay_protocol::anthropic::SessionIdentity;
 use sha2::{Digest, Sha256};
 
 /// How long an unused binding lives; every use renews it.
@@ -22,11 +23,13 @@ const MAX_BINDINGS: usize = 500_000;
 pub struct SessionId([u8; 16]);
 
 impl SessionId {
-    pub fn new(key_id: &str, identity: &str) -> Self {
+    pub fn new(key_id: &str, identity: &SessionIdentity<'_>) -> Self {
+        let (kind, first, second) = identity.parts();
         let mut hasher = Sha256::new();
-        hasher.update(key_id.as_bytes());
-        hasher.update([0]);
-        hasher.update(identity.as_bytes());
+        for part in [key_id, kind, first, second] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
         let digest = hasher.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
@@ -89,8 +92,13 @@ mod tests {
     #[test]
     fn bindings_are_per_key_renewed_on_use_and_expire() {
         let sticky = StickySessions::default();
-        let alice = SessionId::new("key-a", "session:1");
-        let bob = SessionId::new("key-b", "session:1");
+        let alice = SessionId::new("key-a", &SessionIdentity::Session("1"));
+        let bob = SessionId::new("key-b", &SessionIdentity::Session("1"));
+        assert_ne!(
+            SessionId::new("key-a", &SessionIdentity::System("1")),
+            alice,
+            "different rungs never collide"
+        );
         assert_ne!(alice, bob, "two keys never share a binding");
         sticky.bind(alice, "acct-1", 0);
         assert_eq!(sticky.get(bob, 0), None);

@@ -137,8 +137,9 @@ pub struct ForwardRequest {
     pub stream: bool,
     /// The request's `max_tokens`, for the worst-case cost estimate.
     pub max_tokens: Option<u64>,
-    /// The conversation this request belongs to (see `relay_protocol::anthropic::session_identity`).
-    pub session: Option<String>,
+    /// The conversation this request belongs to, scoped to its key (see
+    /// `relay_protocol::anthropic::session_identity`).
+    pub session: Option<SessionId>,
     /// Whether the body carries a `metadata.user_id` (as Claude Code's requests do).
     pub has_session_metadata: bool,
     /// The TCP peer, for address allowlists.
@@ -543,10 +544,8 @@ impl Relay {
         let deadline = request.received_at + self.settings.first_byte_timeout;
         let mut tried: Vec<Arc<AccountEntry>> = Vec::new();
         let mut last_failure: Option<AttemptFailure> = None;
-        let session = request
-            .session
-            .as_deref()
-            .map(|identity| SessionId::new(&request.key.id, identity));
+        // With one account there is nothing to stick to.
+        let session = request.session.filter(|_| snapshot.accounts.len() > 1);
         let bound = session.and_then(|session| self.sticky.get(session, now_ms()));
         let candidates_family = crate::limits::model_family(&request.model);
         while tried.len() < self.settings.max_attempts {

@@ -5,5 +5,5 @@ mod session;
 mod usage;
 
 pub use error::{error_body, ErrorType};
-pub use session::{session_identity, SessionSource};
+pub use session::{session_identity, SessionIdentity, SessionSource};
 pub use usage::{MessagesUsageTracker, StreamEnding};

@@ -21,6 +21,32 @@ struct ClaudeCodeUserId<'a> {
     session_id: Option<&'a str>,
 }
 
+/// What identifies a conversation, borrowed from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionIdentity<'a> {
+    /// Claude Code's session id.
+    Session(&'a str),
+    /// A system prompt with cache-marked content, and the first message.
+    Cached {
+        system: &'a str,
+        first: &'a str,
+    },
+    System(&'a str),
+    First(&'a str),
+}
+
+impl SessionIdentity<'_> {
+    /// The identity's parts, tagged by kind so that different rungs never collide.
+    pub fn parts(&self) -> (&'static str, &str, &str) {
+        match *self {
+            Self::Session(id) => ("session", id, ""),
+            Self::Cached { system, first } => ("cached", system, first),
+            Self::System(system) => ("system", system, ""),
+            Self::First(first) => ("first", first, ""),
+        }
+    }
+}
+
 /// A stable identity for the conversation, by the first rung that applies:
 /// 1. Claude Code's session id from `metadata.user_id` (its JSON form, or the older
 ///    `user_<hash>_account_<uuid>_session_<uuid>` form);
@@ -29,17 +55,17 @@ struct ClaudeCodeUserId<'a> {
 /// 3. the system prompt;
 /// 4. the first message.
 ///
-/// Returns `None` when the request has none of these (no stickiness).
-pub fn session_identity(source: &SessionSource<'_>) -> Option<String> {
+/// Returns `None` when the request has none of these (no stickiness). Nothing is copied.
+pub fn session_identity<'a>(source: &SessionSource<'a>) -> Option<SessionIdentity<'a>> {
     if let Some(user_id) = source.user_id {
-        if let Ok(parsed) = serde_json::from_str::<ClaudeCodeUserId<'_>>(user_id) {
+        if let Ok(parsed) = serde_json::from_str::<ClaudeCodeUserId<'a>>(user_id) {
             if let Some(session) = parsed.session_id.filter(|id| !id.is_empty()) {
-                return Some(format!("session:{session}"));
+                return Some(SessionIdentity::Session(session));
             }
         }
         if let Some((_, session)) = user_id.rsplit_once("_session_") {
             if !session.is_empty() {
-                return Some(format!("session:{session}"));
+                return Some(SessionIdentity::Session(session));
             }
         }
     }
@@ -47,10 +73,10 @@ pub fn session_identity(source: &SessionSource<'_>) -> Option<String> {
     let first = source.first_message.map(RawValue::get);
     match (system, first) {
         (Some(system), Some(first)) if system.contains("cache_control") => {
-            Some(format!("cached:{system}\u{0}{first}"))
+            Some(SessionIdentity::Cached { system, first })
         }
-        (Some(system), _) => Some(format!("system:{system}")),
-        (None, Some(first)) => Some(format!("first:{first}")),
+        (Some(system), _) => Some(SessionIdentity::System(system)),
+        (None, Some(first)) => Some(SessionIdentity::First(first)),
         (None, None) => None,
     }
 }
@@ -70,13 +96,13 @@ mod tests {
             user_id: Some(json_form),
             ..SessionSource::default()
         });
-        assert_eq!(identity.as_deref(), Some("session:98879252-0084"));
+        assert_eq!(identity, Some(SessionIdentity::Session("98879252-0084")));
         let old_form = "user_abc123_account__session_5f2e-77";
         let identity = session_identity(&SessionSource {
             user_id: Some(old_form),
             ..SessionSource::default()
         });
-        assert_eq!(identity.as_deref(), Some("session:5f2e-77"));
+        assert_eq!(identity, Some(SessionIdentity::Session("5f2e-77")));
     }
 
     #[test]
@@ -91,20 +117,20 @@ mod tests {
             first_message: Some(&first),
         })
         .unwrap();
-        assert!(with_cache.starts_with("cached:"));
+        assert!(matches!(with_cache, SessionIdentity::Cached { .. }));
         let system_only = session_identity(&SessionSource {
             user_id: Some("not-a-session"),
             system: Some(&plain),
             first_message: Some(&first),
         })
         .unwrap();
-        assert!(system_only.starts_with("system:"));
+        assert!(matches!(system_only, SessionIdentity::System(_)));
         let first_only = session_identity(&SessionSource {
             first_message: Some(&first),
             ..SessionSource::default()
         })
         .unwrap();
-        assert!(first_only.starts_with("first:"));
+        assert!(matches!(first_only, SessionIdentity::First(_)));
         assert_eq!(session_identity(&SessionSource::default()), None);
     }
 }

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use relay_core::keys::{KeyEntry, KeyRejection};
 use relay_core::metrics::{RequestLabels, RouteLabels};
 use relay_core::relay::{Endpoint, ForwardRequest, RelayBody, RelayError};
+use relay_core::sticky::SessionId;
 use relay_protocol::anthropic::ErrorType;
 use relay_protocol::anthropic::{session_identity, SessionSource};
 use serde::Deserialize;
@@ -95,8 +96,33 @@ struct MessagesHead<'a> {
     metadata: Option<Metadata<'a>>,
     #[serde(borrow)]
     system: Option<&'a RawValue>,
-    #[serde(borrow)]
-    messages: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    messages: FirstMessage<'a>,
+}
+
+/// The first entry of `messages`, the rest skipped without being collected.
+#[derive(Default)]
+struct FirstMessage<'a>(Option<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstMessage<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = FirstMessage<'a>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("an array of messages")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let first = seq.next_element::<&'de RawValue>()?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstMessage(first))
+            }
+        }
+        deserializer.deserialize_seq(Visitor(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -170,11 +196,9 @@ async fn prepare(
             .as_ref()
             .and_then(|metadata| metadata.user_id.as_deref()),
         system: head.system,
-        first_message: head
-            .messages
-            .as_ref()
-            .and_then(|messages| messages.first().copied()),
-    });
+        first_message: head.messages.0,
+    })
+    .map(|identity| SessionId::new(&key.id, &identity));
     let has_session_metadata = head
         .metadata
         .as_ref()
