@@ -78,8 +78,15 @@ struct FileUpstream {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileServer {
-    max_body_bytes: Option<usize>,
+    max_body_bytes: Option<u64>,
+    body_min_bytes: Option<u64>,
+    body_window_secs: Option<u64>,
     header_read_timeout_secs: Option<u64>,
+    handshake_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections: Option<u64>,
+    trusted_proxies: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
     shutdown_grace_secs: Option<u64>,
 }
 
@@ -108,7 +115,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub relay: RelaySettings,
+    /// `server.max_connections` is filled in at start from this, or from the fd limit.
     pub server: ServerSettings,
+    pub max_connections: Option<usize>,
     /// Keys stay in the trash this long, then are purged.
     pub trash_retention: Duration,
 }
@@ -163,16 +172,25 @@ impl Config {
             .unwrap_or_else(|| "info".to_owned());
 
         let defaults = RelaySettings::default();
-        let secs = |value: Option<u64>,
-                    default: Duration,
-                    name: &str,
-                    problems: &mut Vec<String>| match value {
-            Some(0) => {
-                problems.push(format!("{name}: must be at least 1"));
+        // Every number has bounds, so that no setting can overflow a deadline or a buffer.
+        let bounded = |value: Option<u64>,
+                       default: u64,
+                       (min, max): (u64, u64),
+                       name: &str,
+                       problems: &mut Vec<String>| match value {
+            Some(value) if !(min..=max).contains(&value) => {
+                problems.push(format!("{name}: must be between {min} and {max}"));
                 default
             }
-            Some(seconds) => Duration::from_secs(seconds),
+            Some(value) => value,
             None => default,
+        };
+        let secs = |value: Option<u64>,
+                    default: Duration,
+                    max: u64,
+                    name: &str,
+                    problems: &mut Vec<String>| {
+            Duration::from_secs(bounded(value, default.as_secs(), (1, max), name, problems))
         };
         let oauth_defaults = relay_core::oauth::OAuthSettings::default();
         let oauth = relay_core::oauth::OAuthSettings {
@@ -214,18 +232,21 @@ impl Config {
             connect_timeout: secs(
                 file.upstream.connect_timeout_secs,
                 defaults.connect_timeout,
+                300,
                 "upstream.connect_timeout_secs",
                 &mut problems,
             ),
             first_byte_timeout: secs(
                 file.upstream.first_byte_timeout_secs,
                 defaults.first_byte_timeout,
+                3_600,
                 "upstream.first_byte_timeout_secs",
                 &mut problems,
             ),
             idle_timeout: secs(
                 file.upstream.idle_timeout_secs,
                 defaults.idle_timeout,
+                3_600,
                 "upstream.idle_timeout_secs",
                 &mut problems,
             ),
@@ -240,38 +261,108 @@ impl Config {
             default_rate_limit_cooldown: secs(
                 file.upstream.rate_limit_cooldown_secs,
                 defaults.default_rate_limit_cooldown,
+                86_400,
                 "upstream.rate_limit_cooldown_secs",
                 &mut problems,
             ),
         };
         let server_defaults = ServerSettings::default();
+        let cidrs = |ranges: Option<Vec<String>>, name: &str, problems: &mut Vec<String>| {
+            ranges
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|range| {
+                    relay_core::access::Cidr::parse(range)
+                        .map_err(|problem| problems.push(format!("{name}: {problem}")))
+                        .ok()
+                })
+                .collect::<Vec<_>>()
+        };
         let server = ServerSettings {
-            max_body_bytes: match file.server.max_body_bytes {
-                Some(bytes) if bytes < 1024 => {
-                    problems.push("server.max_body_bytes: must be at least 1024".to_owned());
-                    server_defaults.max_body_bytes
-                }
-                Some(bytes) => bytes,
-                None => server_defaults.max_body_bytes,
+            max_body_bytes: usize::try_from(bounded(
+                file.server.max_body_bytes,
+                server_defaults.max_body_bytes as u64,
+                (1024, 1 << 30),
+                "server.max_body_bytes",
+                &mut problems,
+            ))
+            .unwrap_or(server_defaults.max_body_bytes),
+            body_pace: relay_server::BodyPace {
+                bytes: usize::try_from(bounded(
+                    file.server.body_min_bytes,
+                    server_defaults.body_pace.bytes as u64,
+                    (1, 1 << 20),
+                    "server.body_min_bytes",
+                    &mut problems,
+                ))
+                .unwrap_or(server_defaults.body_pace.bytes),
+                window: secs(
+                    file.server.body_window_secs,
+                    server_defaults.body_pace.window,
+                    600,
+                    "server.body_window_secs",
+                    &mut problems,
+                ),
             },
             header_read_timeout: secs(
                 file.server.header_read_timeout_secs,
                 server_defaults.header_read_timeout,
+                600,
                 "server.header_read_timeout_secs",
                 &mut problems,
             ),
+            handshake_timeout: secs(
+                file.server.handshake_timeout_secs,
+                server_defaults.handshake_timeout,
+                600,
+                "server.handshake_timeout_secs",
+                &mut problems,
+            ),
+            idle_timeout: secs(
+                file.server.idle_timeout_secs,
+                server_defaults.idle_timeout,
+                86_400,
+                "server.idle_timeout_secs",
+                &mut problems,
+            ),
+            max_connections: server_defaults.max_connections,
+            trusted_proxies: cidrs(
+                file.server.trusted_proxies,
+                "server.trusted_proxies",
+                &mut problems,
+            ),
+            allowed_hosts: file.server.allowed_hosts.map(|hosts| {
+                hosts
+                    .into_iter()
+                    .map(|host| host.trim().to_ascii_lowercase())
+                    .collect()
+            }),
             shutdown_grace: secs(
                 file.server.shutdown_grace_secs,
                 server_defaults.shutdown_grace,
+                3_600,
                 "server.shutdown_grace_secs",
                 &mut problems,
             ),
         };
+        let max_connections = file.server.max_connections.map(|connections| {
+            usize::try_from(bounded(
+                Some(connections),
+                4096,
+                (1, 1_000_000),
+                "server.max_connections",
+                &mut problems,
+            ))
+            .unwrap_or(4096)
+        });
         let trash_retention = Duration::from_secs(
-            file.keys
-                .trash_retention_days
-                .unwrap_or(30)
-                .saturating_mul(86_400),
+            bounded(
+                file.keys.trash_retention_days,
+                30,
+                (1, 36_500),
+                "keys.trash_retention_days",
+                &mut problems,
+            ) * 86_400,
         );
         if !problems.is_empty() {
             return Err(problems);
@@ -285,6 +376,7 @@ impl Config {
             log_level,
             relay,
             server,
+            max_connections,
             trash_retention,
         })
     }
@@ -336,5 +428,32 @@ mod tests {
             .any(|p| p.starts_with("upstream.idle_timeout_secs")));
         let unknown = Config::build(Some("lisen = 1"), &HashMap::new()).unwrap_err();
         assert!(unknown[0].contains("lisen"));
+    }
+
+    #[test]
+    fn every_number_has_bounds_reported_with_its_setting() {
+        let file = "[server]\nheader_read_timeout_secs = 9223372036854775807\n\
+                    max_connections = 0\nmax_body_bytes = 1099511627777000\n\
+                    trusted_proxies = [\"10.0.0.0/8\", \"not-a-range\"]\n\
+                    [upstream]\nfirst_byte_timeout_secs = 9223372036854775807\n\
+                    [keys]\ntrash_retention_days = 9223372036854775807\n";
+        let problems = Config::build(Some(file), &HashMap::new()).unwrap_err();
+        for setting in [
+            "server.header_read_timeout_secs",
+            "server.max_connections",
+            "server.max_body_bytes",
+            "server.trusted_proxies",
+            "upstream.first_byte_timeout_secs",
+            "keys.trash_retention_days",
+        ] {
+            assert!(
+                problems.iter().any(|problem| problem.starts_with(setting)),
+                "{setting}: {problems:?}"
+            );
+        }
+        let file = "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\nmax_connections = 500\n";
+        let config = Config::build(Some(file), &HashMap::new()).unwrap();
+        assert_eq!(config.server.trusted_proxies.len(), 1);
+        assert_eq!(config.max_connections, Some(500));
     }
 }

@@ -29,8 +29,42 @@ fn init_telemetry(config: &Config) {
     };
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Raises the soft limit on open files to the hard limit and returns the limit now in force.
+fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            limit.current
+        }
+    }
+}
+
+/// Client connections that fit in `fd_limit`: each may need an upstream connection too, and
+/// the listener, the database and the logs need some headroom.
+fn connection_cap(fd_limit: Option<u64>) -> usize {
+    const HEADROOM: u64 = 64;
+    let cap = fd_limit.map_or(1_000_000, |limit| limit.saturating_sub(HEADROOM) / 2);
+    usize::try_from(cap.clamp(16, 1_000_000)).unwrap_or(16)
+}
+
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     init_telemetry(&config);
+    let fd_limit = raise_fd_limit();
+    config.server.max_connections = config
+        .max_connections
+        .unwrap_or_else(|| connection_cap(fd_limit));
+    tracing::info!(
+        fd_limit,
+        max_connections = config.server.max_connections,
+        "connection cap"
+    );
     let installation = open_installation(
         &config.data_dir,
         config.master_key.as_ref().map(|secret| secret.0.as_str()),
@@ -69,11 +103,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reloader = snapshots.spawn_reloader();
     let snapshots_for_seed = snapshots.clone();
     let (usage_sink, usage_writer) = UsageWriter::spawn(installation.store.clone());
+    let metrics = Arc::new(Metrics::new());
     let relay = Relay::new(
         snapshots,
         installation.master_key.key_hasher(),
         usage_sink,
-        Arc::new(Metrics::new()),
+        metrics.clone(),
         config.relay.clone(),
     );
     relay
@@ -105,7 +140,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         AdminService::new(installation.store.clone(), &installation.master_key),
         config.trash_retention,
     );
-    relay_server::serve(listener, router(state), &config.server, shutdown_signal()).await;
+    relay_server::serve(
+        listener,
+        router(state),
+        &config.server,
+        metrics,
+        shutdown_signal(),
+    )
+    .await;
 
     purger.abort();
     reloader.abort();

@@ -25,6 +25,11 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub kind: &'static str,
 }
@@ -60,6 +65,10 @@ pub struct Metrics {
     pub usage_queue_depth: Gauge,
     pub usage_written: Gauge,
     pub usage_lost: Gauge,
+    pub connections_open: Gauge,
+    /// Connections the server closed, by reason (handshake_timeout, idle_timeout, evicted,
+    /// refused, shutdown).
+    pub connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -130,8 +139,22 @@ impl Metrics {
             "Usage records that could not be written",
             usage_lost.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Client connections the server closed or refused, by reason",
+            connections_closed.clone(),
+        );
         Self {
             registry,
+            connections_open,
+            connections_closed,
             requests,
             response_latency,
             upstream_ttfb,
@@ -148,6 +171,12 @@ impl Metrics {
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels { kind })
+            .inc();
+    }
+
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -4,11 +4,14 @@
 //! business rule and touches no SQL.
 
 mod admin;
+mod connections;
 mod error;
 mod ingress;
+mod pace;
 mod serve;
 mod state;
 
 pub use ingress::{router, UNAUTHENTICATED_ROUTES};
-pub use serve::{serve, ClientAddr, ServerSettings};
+pub use pace::BodyTooSlow;
+pub use serve::{client_address, serve, BodyPace, ClientAddr, ServerSettings};
 pub use state::AppState;

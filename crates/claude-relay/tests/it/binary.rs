@@ -595,3 +595,40 @@ async fn subscription_accounts_sign_in_from_the_cli_and_setup_tokens_import() {
         "secrets in logs"
     );
 }
+
+/// Under a 128-file limit, 200 idle sockets cannot lock clients out: the oldest idle ones make
+/// room, and `/health` still answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_idle_sockets_under_ulimit_128_do_not_lock_out_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RunningRelay::start_with_fd_limit(&dir.path().join("data"), 128);
+    let address = relay.url.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let health = client.get(format!("{}/health", relay.url)).send().await;
+        assert_eq!(
+            health.map(|response| response.status().as_u16()).ok(),
+            Some(200),
+            "{}",
+            relay.stderr()
+        );
+    }
+    let log = relay.stderr();
+    let cap_line = log
+        .lines()
+        .find(|line| line.contains("connection cap"))
+        .unwrap_or_default();
+    assert!(
+        cap_line.ends_with("32"),
+        "the cap derives from the file limit: {cap_line}"
+    );
+    drop(idle);
+    assert!(relay.terminate().success());
+}

@@ -38,8 +38,22 @@ pub struct RunningRelay {
 impl RunningRelay {
     pub fn start(data_dir: &Path, admin_password: Option<&str>) -> Self {
         let mut command = Command::new(BINARY);
+        command.arg("serve");
+        Self::spawn(command, data_dir, admin_password)
+    }
+
+    /// `serve` under a limit on open files (soft and hard), as `ulimit -n` sets it.
+    pub fn start_with_fd_limit(data_dir: &Path, open_files: u32) -> Self {
+        let mut command = Command::new("sh");
         command
-            .arg("serve")
+            .arg("-c")
+            .arg(format!("ulimit -n {open_files} && exec \"$0\" serve"))
+            .arg(BINARY);
+        Self::spawn(command, data_dir, None)
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path, admin_password: Option<&str>) -> Self {
+        command
             .env("CLAUDE_RELAY_DATA_DIR", data_dir)
             .env("CLAUDE_RELAY_LISTEN", "127.0.0.1:0")
             .env("CLAUDE_RELAY_LOG", "debug")

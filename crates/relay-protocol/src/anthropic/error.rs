@@ -12,6 +12,8 @@ pub enum ErrorType {
     Permission,
     NotFound,
     RequestTooLarge,
+    /// The request itself arrived too slowly.
+    RequestTimeout,
     RateLimit,
     Api,
     BadGateway,
@@ -31,7 +33,7 @@ impl ErrorType {
             Self::RequestTooLarge => "request_too_large",
             Self::RateLimit => "rate_limit_error",
             Self::Api | Self::BadGateway | Self::ServiceUnavailable => "api_error",
-            Self::Timeout => "timeout_error",
+            Self::Timeout | Self::RequestTimeout => "timeout_error",
             Self::Overloaded => "overloaded_error",
         }
     }
@@ -43,6 +45,7 @@ impl ErrorType {
             Self::Billing => 402,
             Self::Permission => 403,
             Self::NotFound => 404,
+            Self::RequestTimeout => 408,
             Self::RequestTooLarge => 413,
             Self::RateLimit => 429,
             Self::Api => 500,

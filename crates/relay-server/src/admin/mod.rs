@@ -147,7 +147,14 @@ async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes: Bytes = Limited::new(body, MAX_ADMIN_BODY)
         .collect()
         .await
-        .map_err(|_| {
+        .map_err(|read_error| {
+            if crate::pace::is_too_slow(read_error.as_ref()) {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request body arrived too slowly",
+                );
+            }
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",

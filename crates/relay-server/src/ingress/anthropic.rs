@@ -228,6 +228,10 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, RelayError> {
             ErrorType::RequestTooLarge,
             format!("request body exceeds the relay's limit of {limit} bytes"),
         )),
+        Err(read_error) if crate::pace::is_too_slow(read_error.as_ref()) => Err(error(
+            ErrorType::RequestTimeout,
+            "the request body arrived too slowly; send it at once",
+        )),
         Err(_) => Err(error(
             ErrorType::InvalidRequest,
             "the request body could not be read",

@@ -1,7 +1,9 @@
 //! The router. Layers, outermost first:
 //! 1. `catch_panic` — a panic in a handler becomes a clean 500 in Anthropic's shape, never a
 //!    dropped connection or a panic message;
-//! 2. the routes; authentication happens inside each relay handler (it needs the key anyway),
+//! 2. `check_host` — only when `allowed_hosts` is set: a request for any other `Host` is refused
+//!    (421), so DNS rebinding cannot reach a loopback install from a browser;
+//! 3. the routes; authentication happens inside each relay handler (it needs the key anyway),
 //!    and only the routes in [`UNAUTHENTICATED_ROUTES`] answer without a key.
 
 mod anthropic;
@@ -49,12 +51,54 @@ pub fn router(state: AppState) -> Router {
     ] {
         router = router.route(path, get(anthropic::key_info));
     }
-    router
+    router = router
         .merge(crate::admin::routes(state.clone()))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    if state.settings.allowed_hosts.is_some() {
+        router = router.layer(middleware::from_fn_with_state(state.clone(), check_host));
+    }
+    router
         .layer(middleware::from_fn(catch_panic))
         .with_state(state)
+}
+
+/// The request's host name without its port: from `Host`, or the URI for HTTP/2.
+fn host_name(request: &Request) -> Option<String> {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| request.uri().host())?;
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(address, _)| address)
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    Some(name.to_ascii_lowercase())
+}
+
+async fn check_host(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = state.settings.allowed_hosts.as_deref().unwrap_or_default();
+    if host_name(&request).is_some_and(|host| allowed.contains(&host)) {
+        return next.run(request).await;
+    }
+    with_status(
+        ErrorType::Permission,
+        "this relay does not serve that host name (see server.allowed_hosts)",
+        http::StatusCode::MISDIRECTED_REQUEST,
+    )
+}
+
+/// An error in Anthropic's shape with a status other than its type's own.
+fn with_status(error_type: ErrorType, message: &str, status: http::StatusCode) -> Response {
+    let mut response = anthropic_error(&error(error_type, message), &anthropic::new_request_id());
+    *response.status_mut() = status;
+    response
 }
 
 async fn not_found() -> Response {
@@ -65,15 +109,11 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    let mut response = anthropic_error(
-        &error(
-            ErrorType::InvalidRequest,
-            "method not allowed on this endpoint",
-        ),
-        &anthropic::new_request_id(),
-    );
-    *response.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
-    response
+    with_status(
+        ErrorType::InvalidRequest,
+        "method not allowed on this endpoint",
+        http::StatusCode::METHOD_NOT_ALLOWED,
+    )
 }
 
 async fn catch_panic(request: Request, next: Next) -> Response {

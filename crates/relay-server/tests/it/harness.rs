@@ -100,11 +100,12 @@ impl Harness {
         let reloader = snapshots.spawn_reloader();
         let snapshot_handle = snapshots.clone();
         let (sink, writer) = UsageWriter::spawn(installation.store.clone());
+        let metrics = Arc::new(Metrics::new());
         let relay = Arc::new(Relay::new(
             snapshots,
             installation.master_key.key_hasher(),
             sink,
-            Arc::new(Metrics::new()),
+            metrics.clone(),
             relay_settings,
         ));
         let state = AppState {
@@ -119,7 +120,7 @@ impl Harness {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            serve(listener, router(state), &server_settings, async {
+            serve(listener, router(state), &server_settings, metrics, async {
                 let _ = stopped.await;
             })
             .await;
