@@ -1,11 +1,16 @@
 //! Admin sign-in for the admin API: password login (argon2id), bearer session tokens stored
-//! only as hashes, and throttled failures per client address.
+//! only as hashes, and throttled attempts per client address.
+//!
+//! A password check costs ~19 MiB and tens of milliseconds, so it is guarded twice: the
+//! throttle counts each attempt before it is checked (at most 30 per address per minute are
+//! evaluated however many arrive at once), and checks run on [`PASSWORD_CHECKERS`] dedicated
+//! threads, so a burst from many addresses queues instead of raising memory.
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine;
 use rand::RngCore;
 use relay_store::{Store, StoreError};
@@ -50,6 +55,93 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| crate::bootstrap::hash_password("not-a-real-password").unwrap_or_default())
 }
 
+/// Threads that check passwords; more checks wait their turn.
+pub const PASSWORD_CHECKERS: usize = 2;
+
+type PasswordCheck = (String, String, tokio::sync::oneshot::Sender<bool>);
+
+/// The queue of the password-checking threads, started on first use.
+fn password_checkers() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<PasswordCheck>> {
+    static QUEUE: OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<PasswordCheck>>> =
+        OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel::<PasswordCheck>();
+        let receiver = Arc::new(std::sync::Mutex::new(receiver));
+        for n in 0..PASSWORD_CHECKERS {
+            let receiver = receiver.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("password-check-{n}"))
+                .spawn(move || {
+                    // The algorithm's memory, allocated once per thread and reused.
+                    let mut memory = Vec::new();
+                    loop {
+                        let next = receiver
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        let Ok((password, stored, reply)) = next else {
+                            return;
+                        };
+                        let _ = reply.send(verify_with_memory(
+                            password.as_bytes(),
+                            &stored,
+                            &mut memory,
+                        ));
+                    }
+                });
+            if let Err(error) = started {
+                tracing::error!(%error, "cannot start a password-checking thread");
+            }
+        }
+        std::sync::Mutex::new(sender)
+    })
+}
+
+/// Checks `password` against an argon2 PHC string, computing in `memory` (grown to the size the
+/// hash's parameters need and kept), so repeated checks do not each allocate and abandon tens
+/// of megabytes. The comparison is constant-time.
+fn verify_with_memory(password: &[u8], stored: &str, memory: &mut Vec<Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let (Some(expected), Some(salt)) = (hash.hash, hash.salt) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else {
+        return false;
+    };
+    let Ok(version) = hash
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+    else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&hash) else {
+        return false;
+    };
+    let mut salt_buffer = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buffer) else {
+        return false;
+    };
+    memory.resize(params.block_count(), Block::default());
+    let mut computed = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut computed, &mut memory[..])
+        .is_ok()
+        && Output::new(&computed).is_ok_and(|computed| computed == expected)
+}
+
+/// Whether `password` matches the argon2id `stored` hash, checked off the async workers on the
+/// bounded pool. False if the pool is gone.
+async fn verify_password(password: String, stored: String) -> bool {
+    let (reply, verified) = tokio::sync::oneshot::channel();
+    let queued = password_checkers()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .send((password, stored, reply));
+    queued.is_ok() && verified.await.unwrap_or(false)
+}
+
 impl AdminAuth {
     pub fn new(store: Store) -> Self {
         Self {
@@ -66,28 +158,18 @@ impl AdminAuth {
     ) -> Result<Session, LoginError> {
         let now = now_ms();
         self.throttle
-            .check(client_ip, now)
+            .attempt(client_ip, now)
             .map_err(|retry_after_ms| LoginError::Throttled { retry_after_ms })?;
         let admin = self.store.admin_by_name(username).await?;
         let stored = admin.as_ref().map_or_else(
             || dummy_hash().to_owned(),
             |admin| admin.password_hash.clone(),
         );
-        let password = password.to_owned();
-        // argon2id is deliberately slow: keep it off the async workers.
-        let verified = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&stored).is_ok_and(|hash| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &hash)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
+        let verified = verify_password(password.to_owned(), stored).await;
         let Some(admin) = admin.filter(|_| verified) else {
-            self.throttle.failed(client_ip, now);
             return Err(LoginError::Invalid);
         };
+        self.throttle.succeeded(client_ip);
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token = format!(
@@ -116,5 +198,24 @@ impl AdminAuth {
 
     pub async fn logout(&self, token: &str) -> Result<(), StoreError> {
         self.store.delete_admin_session(&token_hash(token)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_is_verified_against_its_hash_with_reused_memory() {
+        let stored = crate::bootstrap::hash_password("correct horse").unwrap();
+        let mut memory = Vec::new();
+        assert!(verify_with_memory(b"correct horse", &stored, &mut memory));
+        assert!(!verify_with_memory(b"correct horsf", &stored, &mut memory));
+        assert!(!verify_with_memory(
+            b"correct horse",
+            "$argon2id$junk",
+            &mut memory
+        ));
+        assert!(verify_with_memory(b"correct horse", &stored, &mut memory));
     }
 }

@@ -4,10 +4,12 @@
 //! account that is gone, disabled or out for a while loses its conversations.
 //!
 //! Bindings are namespaced by relay key, so two tenants with identical prompts never share one.
+//! At most [`MAX_BINDINGS`] are kept; when full, the binding unused the longest is forgotten in
+//! O(1) (the conversation is bound afresh on its next turn).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
+use hashlink::LruCache;
 use relay_protocol::anthropic::SessionIdentity;
 use sha2::{Digest, Sha256};
 
@@ -15,8 +17,8 @@ use sha2::{Digest, Sha256};
 pub const STICKY_TTL_MS: i64 = 3_600_000;
 /// Cooling longer than this moves a conversation for good; shorter is a temporary spill.
 pub const SPILL_MS: i64 = 60_000;
-/// Bindings kept at most (expired ones are dropped first).
-const MAX_BINDINGS: usize = 500_000;
+/// Bindings kept at most.
+pub const MAX_BINDINGS: usize = 500_000;
 
 /// A conversation, scoped to one relay key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,18 +45,33 @@ struct Binding {
     expires_at_ms: i64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StickySessions {
-    bindings: Mutex<HashMap<SessionId, Binding>>,
+    bindings: Mutex<LruCache<SessionId, Binding>>,
+}
+
+impl Default for StickySessions {
+    fn default() -> Self {
+        Self::with_capacity(MAX_BINDINGS)
+    }
 }
 
 impl StickySessions {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            bindings: Mutex::new(LruCache::new(capacity.max(1))),
+        }
+    }
+
+    fn bindings(&self) -> MutexGuard<'_, LruCache<SessionId, Binding>> {
+        self.bindings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The account a live binding points at, renewing it.
     pub fn get(&self, session: SessionId, now_ms: i64) -> Option<String> {
-        let mut bindings = self
-            .bindings
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut bindings = self.bindings();
         let binding = bindings.get_mut(&session)?;
         if binding.expires_at_ms <= now_ms {
             bindings.remove(&session);
@@ -64,18 +81,9 @@ impl StickySessions {
         Some(binding.account_id.clone())
     }
 
+    /// Binds (or rebinds) a conversation; when full, the binding unused the longest goes.
     pub fn bind(&self, session: SessionId, account_id: &str, now_ms: i64) {
-        let mut bindings = self
-            .bindings
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if bindings.len() >= MAX_BINDINGS && !bindings.contains_key(&session) {
-            bindings.retain(|_, binding| binding.expires_at_ms > now_ms);
-            if bindings.len() >= MAX_BINDINGS {
-                return;
-            }
-        }
-        bindings.insert(
+        self.bindings().insert(
             session,
             Binding {
                 account_id: account_id.to_owned(),
@@ -112,5 +120,33 @@ mod tests {
             Some("acct-1")
         );
         assert_eq!(sticky.get(alice, 4 * STICKY_TTL_MS), None);
+    }
+
+    #[test]
+    fn a_full_table_keeps_binding_new_conversations_and_forgets_the_quietest() {
+        let sticky = StickySessions::with_capacity(10);
+        let kept = SessionId::new("k", &SessionIdentity::Session("kept"));
+        sticky.bind(kept, "acct-kept", 0);
+        for n in 0..1_000 {
+            let text = n.to_string();
+            sticky.bind(
+                SessionId::new("k", &SessionIdentity::Session(&text)),
+                "acct",
+                0,
+            );
+            if n % 5 == 0 {
+                assert!(sticky.get(kept, 0).is_some());
+            }
+        }
+        let newest = SessionId::new("k", &SessionIdentity::Session("999"));
+        assert_eq!(
+            sticky.get(newest, 0).as_deref(),
+            Some("acct"),
+            "never fails open"
+        );
+        assert_eq!(sticky.get(kept, 0).as_deref(), Some("acct-kept"));
+        let oldest = SessionId::new("k", &SessionIdentity::Session("0"));
+        assert_eq!(sticky.get(oldest, 0), None);
+        assert!(sticky.bindings().len() <= 10);
     }
 }

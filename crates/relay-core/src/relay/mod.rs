@@ -517,20 +517,19 @@ impl Relay {
         crate::report::build(key, &self.limiter, recent, now_ms())
     }
 
-    /// Resolves the presented relay key against the current snapshot, unless the client's
-    /// address is blocked for failed attempts; an unknown key counts as one.
+    /// Resolves the presented relay key against the current snapshot. A valid key always gets
+    /// through; an unknown one counts against the client's address, which is refused for a
+    /// while after too many (see [`crate::throttle`]).
     pub fn authenticate(
         &self,
         presented: Option<&str>,
         client_ip: Option<std::net::IpAddr>,
     ) -> Result<Arc<KeyEntry>, KeyRejection> {
-        let now = now_ms();
-        self.auth_throttle
-            .check(client_ip, now)
-            .map_err(|retry_after_ms| KeyRejection::Throttled { retry_after_ms })?;
         let resolved = resolve_key(&self.snapshots.current(), &self.hasher, presented);
         if resolved == Err(KeyRejection::Unknown) {
-            self.auth_throttle.failed(client_ip, now);
+            self.auth_throttle
+                .failed(client_ip, now_ms())
+                .map_err(|retry_after_ms| KeyRejection::Throttled { retry_after_ms })?;
         }
         resolved
     }

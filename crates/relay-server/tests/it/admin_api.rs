@@ -336,3 +336,39 @@ async fn accounts_are_managed_tested_and_watched_through_the_admin_api() {
         .clone();
     assert_eq!(main["live"]["state"], "active", "{main}");
 }
+
+/// The process's resident memory in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_wrong_logins_checks_at_most_thirty_passwords_in_bounded_memory() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    // Warm the password pool up (one good sign-in) before measuring.
+    login(&harness).await;
+    let before = rss_kib();
+    let attempts = (0..80).map(|n| {
+        harness
+            .client
+            .post(format!("{}/admin/v1/login", harness.url))
+            .json(&json!({"username": "admin", "password": format!("guess-{n}")}))
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|response| response.unwrap().status().as_u16())
+        .collect();
+    let checked = statuses.iter().filter(|status| **status == 401).count();
+    let throttled = statuses.iter().filter(|status| **status == 429).count();
+    assert_eq!(checked + throttled, 80, "{statuses:?}");
+    assert!(checked <= 30, "{checked} passwords were checked");
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib < 100, "RSS grew by {grown_mib} MiB");
+}

@@ -458,7 +458,7 @@ async fn a_key_holder_sees_limits_standing_and_recent_requests() {
 }
 
 #[tokio::test]
-async fn repeated_wrong_keys_block_the_address() {
+async fn repeated_wrong_keys_block_guesses_from_the_address_but_not_valid_keys() {
     let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
     let body = messages_body(false, "x");
     for n in 0..30 {
@@ -468,9 +468,14 @@ async fn repeated_wrong_keys_block_the_address() {
             .unwrap();
         assert_eq!(guess.status(), 401, "attempt {n}");
     }
-    // Blocked now, for every key, so that the answer reveals nothing about the key.
-    let blocked = post_as(&harness, &harness.key, &body).send().await.unwrap();
+    // Guesses are blocked now; a colleague behind the same address with a valid key is not.
+    let blocked = post_as(&harness, "cr_guess_again", &body)
+        .send()
+        .await
+        .unwrap();
     assert!(blocked.headers().get("retry-after").is_some());
     assert_eq!(error_of(blocked).await, (429, "rate_limit_error".into()));
     assert!(harness.mock.requests().is_empty());
+    let valid = post_as(&harness, &harness.key, &body).send().await.unwrap();
+    assert_eq!(valid.status(), 200);
 }
