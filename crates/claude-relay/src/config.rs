@@ -32,6 +32,17 @@ struct FileConfig {
     oauth: FileOAuth,
     #[serde(default)]
     scheduling: FileScheduling,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    /// `max_tokens` above this is refused with a 400.
+    max_tokens_ceiling: Option<u64>,
+    /// A priced model whose price cost limits charge for unpriced models.
+    unpriced_price_as: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,9 +237,26 @@ impl Config {
                 relay_core::schedule::Strategy::LeastRecentlyUsed
             }
         };
+        let unpriced_as = file.limits.unpriced_price_as.filter(|model| {
+            let priced = relay_core::pricing::cost_nano_usd(model, &Default::default()).is_some();
+            if !priced {
+                problems.push(format!(
+                    "limits.unpriced_price_as: '{model}' is not a model in the price table"
+                ));
+            }
+            priced
+        });
         let relay = RelaySettings {
             oauth,
             strategy,
+            max_tokens_ceiling: bounded(
+                file.limits.max_tokens_ceiling,
+                defaults.max_tokens_ceiling,
+                (1, 100_000_000),
+                "limits.max_tokens_ceiling",
+                &mut problems,
+            ),
+            unpriced_as: unpriced_as.map(std::sync::Arc::from),
             connect_timeout: secs(
                 file.upstream.connect_timeout_secs,
                 defaults.connect_timeout,

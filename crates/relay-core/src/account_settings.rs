@@ -98,6 +98,9 @@ impl AccountSettings {
         if self.concurrency == Some(0) {
             return Err("an account's concurrency is at least 1".into());
         }
+        if self.daily_cost_nano_usd.is_some_and(|limit| limit < 0) {
+            return Err("an account's daily cost limit cannot be negative".into());
+        }
         Ok(())
     }
 }

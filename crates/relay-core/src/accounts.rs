@@ -210,7 +210,7 @@ impl AccountRuntime {
         if day.0 != today {
             *day = (today, 0);
         }
-        day.1 += cost_nano_usd;
+        day.1 = day.1.saturating_add(cost_nano_usd.max(0));
     }
 
     pub fn day_cost(&self, now_ms: i64) -> i64 {

@@ -19,6 +19,7 @@ pub mod oauth;
 pub mod policy;
 pub mod pricing;
 pub mod proxy;
+pub mod quantity;
 pub mod relay;
 pub mod report;
 pub mod schedule;

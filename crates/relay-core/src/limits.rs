@@ -7,6 +7,9 @@
 //! reserves the worst case: the whole prompt as uncached input plus `max_tokens` of output), a
 //! limit is never overdrawn, however many requests race for it.
 //!
+//! Every sum is a [`Quantity`] (128-bit, saturating): no estimate, limit or reported usage can
+//! make a sum wrap and admit what it should refuse.
+//!
 //! All state is in memory, behind one short mutex per key; the shared-Redis mode will keep the
 //! same ledger in a Lua-scripted hash with the same three operations (admit, settle, release).
 
@@ -14,6 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::policy::KeyPolicy;
+use crate::quantity::Quantity;
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -26,6 +30,16 @@ const FIRST_MONDAY_MS: i64 = 4 * DAY_MS;
 pub struct Estimate {
     pub cost_nano_usd: i64,
     pub tokens: u64,
+}
+
+impl Estimate {
+    fn cost(self) -> Quantity {
+        Quantity::from_i64(self.cost_nano_usd)
+    }
+
+    fn tokens(self) -> Quantity {
+        Quantity::from_u64(self.tokens)
+    }
 }
 
 /// A calendar period a cost limit applies to (all in UTC).
@@ -197,18 +211,18 @@ pub struct PriorSpend {
 #[derive(Debug, Clone, Copy, Default)]
 struct PeriodCost {
     start_ms: i64,
-    cost: i64,
+    cost: Quantity,
 }
 
 #[derive(Debug, Default)]
 struct Ledger {
     inflight: u32,
-    reserved_cost: i64,
-    reserved_tokens: u64,
+    reserved_cost: Quantity,
+    reserved_tokens: Quantity,
     /// Reserved cost of requests per model family, for family limits.
-    reserved_by_family: HashMap<&'static str, i64>,
-    total_cost: i64,
-    total_tokens: u64,
+    reserved_by_family: HashMap<&'static str, Quantity>,
+    total_cost: Quantity,
+    total_tokens: Quantity,
     first_used_ms: Option<i64>,
     periods: HashMap<Period, PeriodCost>,
     window: SlidingWindow,
@@ -222,17 +236,17 @@ struct Ledger {
 #[derive(Debug, Default)]
 struct SlidingWindow {
     buckets: VecDeque<Bucket>,
-    requests: u64,
-    tokens: u64,
-    cost: i64,
+    requests: Quantity,
+    tokens: Quantity,
+    cost: Quantity,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     end_ms: i64,
-    requests: u64,
-    tokens: u64,
-    cost: i64,
+    requests: Quantity,
+    tokens: Quantity,
+    cost: Quantity,
 }
 
 const WINDOW_BUCKETS: i64 = 120;
@@ -260,9 +274,9 @@ impl SlidingWindow {
             let width = (window_ms / WINDOW_BUCKETS).max(1000);
             self.buckets.push_back(Bucket {
                 end_ms: now_ms - now_ms.rem_euclid(width) + width,
-                requests: 0,
-                tokens: 0,
-                cost: 0,
+                requests: Quantity::ZERO,
+                tokens: Quantity::ZERO,
+                cost: Quantity::ZERO,
             });
         }
         // Just ensured to exist.
@@ -271,7 +285,14 @@ impl SlidingWindow {
             .unwrap_or_else(|| unreachable!("a bucket was just pushed"))
     }
 
-    fn add(&mut self, window_ms: i64, now_ms: i64, requests: u64, tokens: u64, cost: i64) {
+    fn add(
+        &mut self,
+        window_ms: i64,
+        now_ms: i64,
+        requests: Quantity,
+        tokens: Quantity,
+        cost: Quantity,
+    ) {
         let bucket = self.current(window_ms, now_ms);
         bucket.requests += requests;
         bucket.tokens += tokens;
@@ -293,12 +314,15 @@ impl Ledger {
     /// The current period's cost, starting the period afresh when it has turned over.
     fn period(&mut self, period: Period, now_ms: i64) -> &mut PeriodCost {
         let start_ms = period.start(now_ms);
-        let entry = self
-            .periods
-            .entry(period)
-            .or_insert(PeriodCost { start_ms, cost: 0 });
+        let entry = self.periods.entry(period).or_insert(PeriodCost {
+            start_ms,
+            cost: Quantity::ZERO,
+        });
         if entry.start_ms != start_ms {
-            *entry = PeriodCost { start_ms, cost: 0 };
+            *entry = PeriodCost {
+                start_ms,
+                cost: Quantity::ZERO,
+            };
         }
         entry
     }
@@ -323,27 +347,30 @@ impl Ledger {
                 return Err(Refusal::Concurrency { limit });
             }
         }
-        let used_tokens = self.total_tokens + self.reserved_tokens;
+        let (estimate_cost, estimate_tokens) = (estimate.cost(), estimate.tokens());
+        let used_tokens = self.total_tokens.plus(self.reserved_tokens);
         if let Some(limit) = policy.token_quota {
-            if used_tokens >= limit || used_tokens + estimate.tokens > limit {
+            if used_tokens.would_exceed(estimate_tokens, Quantity::from_u64(limit)) {
                 return Err(Refusal::TokenQuota { limit });
             }
         }
-        let used_cost = self.total_cost + self.reserved_cost;
+        let used_cost = self.total_cost.plus(self.reserved_cost);
         if let Some(limit) = policy.total_cost_nano_usd {
-            if used_cost >= limit || used_cost + estimate.cost_nano_usd > limit {
+            if used_cost.would_exceed(estimate_cost, Quantity::from_i64(limit)) {
                 return Err(Refusal::TotalCost { limit });
             }
         }
         for (period, limit) in period_limits(policy, family) {
             let reserved = match period {
-                Period::FamilyWeek { family, .. } => {
-                    self.reserved_by_family.get(family).copied().unwrap_or(0)
-                }
+                Period::FamilyWeek { family, .. } => self
+                    .reserved_by_family
+                    .get(family)
+                    .copied()
+                    .unwrap_or_default(),
                 _ => self.reserved_cost,
             };
-            let used = self.period(period, now_ms).cost + reserved;
-            if used >= limit || used + estimate.cost_nano_usd > limit {
+            let used = self.period(period, now_ms).cost.plus(reserved);
+            if used.would_exceed(estimate_cost, Quantity::from_i64(limit)) {
                 return Err(Refusal::PeriodCost {
                     period,
                     limit,
@@ -355,7 +382,7 @@ impl Ledger {
             self.window.trim(window_ms, now_ms);
             let retry_after_ms = self.window.retry_after_ms(window_ms, now_ms);
             if let Some(limit) = policy.rate_requests {
-                if self.window.requests >= limit {
+                if self.window.requests >= Quantity::from_u64(limit) {
                     return Err(Refusal::RateRequests {
                         limit,
                         retry_after_ms,
@@ -363,8 +390,8 @@ impl Ledger {
                 }
             }
             if let Some(limit) = policy.rate_tokens {
-                let used = self.window.tokens + self.reserved_tokens;
-                if used >= limit || used + estimate.tokens > limit {
+                let used = self.window.tokens.plus(self.reserved_tokens);
+                if used.would_exceed(estimate_tokens, Quantity::from_u64(limit)) {
                     return Err(Refusal::RateTokens {
                         limit,
                         retry_after_ms,
@@ -372,21 +399,27 @@ impl Ledger {
                 }
             }
             if let Some(limit) = policy.rate_cost_nano_usd {
-                let used = self.window.cost + self.reserved_cost;
-                if used >= limit || used + estimate.cost_nano_usd > limit {
+                let used = self.window.cost.plus(self.reserved_cost);
+                if used.would_exceed(estimate_cost, Quantity::from_i64(limit)) {
                     return Err(Refusal::RateCost {
                         limit,
                         retry_after_ms,
                     });
                 }
             }
-            self.window.add(window_ms, now_ms, 1, 0, 0);
+            self.window.add(
+                window_ms,
+                now_ms,
+                Quantity::from_u64(1),
+                Quantity::ZERO,
+                Quantity::ZERO,
+            );
         }
-        self.inflight += 1;
-        self.reserved_cost += estimate.cost_nano_usd;
-        self.reserved_tokens += estimate.tokens;
+        self.inflight = self.inflight.saturating_add(1);
+        self.reserved_cost += estimate_cost;
+        self.reserved_tokens += estimate_tokens;
         if let Some(family) = family {
-            *self.reserved_by_family.entry(family).or_default() += estimate.cost_nano_usd;
+            *self.reserved_by_family.entry(family).or_default() += estimate_cost;
         }
         self.first_used_ms.get_or_insert(now_ms);
         Ok(())
@@ -394,18 +427,18 @@ impl Ledger {
 
     fn release(&mut self, estimate: Estimate, family: Option<&'static str>) {
         self.inflight = self.inflight.saturating_sub(1);
-        self.reserved_cost -= estimate.cost_nano_usd;
-        self.reserved_tokens = self.reserved_tokens.saturating_sub(estimate.tokens);
+        self.reserved_cost -= estimate.cost();
+        self.reserved_tokens -= estimate.tokens();
         if let Some(reserved) = family.and_then(|family| self.reserved_by_family.get_mut(family)) {
-            *reserved -= estimate.cost_nano_usd;
+            *reserved -= estimate.cost();
         }
     }
 
     /// Adds a finished request's real figures to every counter it belongs to.
     fn record(
         &mut self,
-        cost: i64,
-        tokens: u64,
+        cost: Quantity,
+        tokens: Quantity,
         family: Option<&'static str>,
         window_ms: Option<i64>,
         now_ms: i64,
@@ -422,7 +455,8 @@ impl Ledger {
             self.period(period, now_ms).cost += cost;
         }
         if let Some(window_ms) = window_ms {
-            self.window.add(window_ms, now_ms, 0, tokens, cost);
+            self.window
+                .add(window_ms, now_ms, Quantity::ZERO, tokens, cost);
         }
     }
 }
@@ -465,7 +499,13 @@ impl Admission {
         self.open = false;
         let mut ledger = lock(&self.ledger);
         ledger.release(self.estimate, self.family);
-        ledger.record(cost_nano_usd, tokens, self.family, self.window_ms, now_ms);
+        ledger.record(
+            Quantity::from_i64(cost_nano_usd),
+            Quantity::from_u64(tokens),
+            self.family,
+            self.window_ms,
+            now_ms,
+        );
     }
 }
 
@@ -530,15 +570,21 @@ impl Limiter {
                 }))
             {
                 if *at_ms >= period.start(now_ms) {
-                    ledger.period(period, now_ms).cost += cost;
+                    ledger.period(period, now_ms).cost += Quantity::from_i64(*cost);
                 }
             }
             if let Some(window) = window_ms.filter(|window| *at_ms > now_ms - window) {
-                ledger.window.add(window, *at_ms, 1, *tokens, *cost);
+                ledger.window.add(
+                    window,
+                    *at_ms,
+                    Quantity::from_u64(1),
+                    Quantity::from_u64(*tokens),
+                    Quantity::from_i64(*cost),
+                );
             }
         }
-        ledger.total_cost = prior.total_cost_nano_usd;
-        ledger.total_tokens = prior.total_tokens;
+        ledger.total_cost = Quantity::from_i64(prior.total_cost_nano_usd);
+        ledger.total_tokens = Quantity::from_u64(prior.total_tokens);
     }
 
     /// Admits a request for `model` under `policy`, reserving `estimate`, or says which limit
@@ -624,7 +670,7 @@ impl Limiter {
             .map(|period| {
                 (
                     period,
-                    ledger.period(period, now_ms).cost,
+                    ledger.period(period, now_ms).cost.to_i64(),
                     period.next_start(now_ms),
                 )
             })
@@ -632,17 +678,17 @@ impl Limiter {
         let window = window_ms(policy).map(|window_ms| {
             ledger.window.trim(window_ms, now_ms);
             (
-                ledger.window.requests,
-                ledger.window.tokens,
-                ledger.window.cost,
+                ledger.window.requests.to_u64(),
+                ledger.window.tokens.to_u64(),
+                ledger.window.cost.to_i64(),
             )
         });
         Standing {
             inflight: ledger.inflight,
-            reserved_cost_nano_usd: ledger.reserved_cost,
-            reserved_tokens: ledger.reserved_tokens,
-            total_cost_nano_usd: ledger.total_cost,
-            total_tokens: ledger.total_tokens,
+            reserved_cost_nano_usd: ledger.reserved_cost.to_i64(),
+            reserved_tokens: ledger.reserved_tokens.to_u64(),
+            total_cost_nano_usd: ledger.total_cost.to_i64(),
+            total_tokens: ledger.total_tokens.to_u64(),
             first_used_ms: ledger.first_used_ms,
             periods,
             window,
@@ -716,8 +762,10 @@ mod tests {
         assert!(limiter
             .admit("k", &policy, "m", estimate(10, 0), 0)
             .is_err());
-        // An exhausted budget refuses even a request estimated at zero (an unpriced model).
-        assert!(limiter.admit("k", &policy, "m", estimate(0, 0), 0).is_err());
+        // A free request (counting tokens) still passes an exhausted budget; unpriced models
+        // are never estimated at zero (see `pricing::limit_cost_nano_usd`).
+        assert!(limiter.admit("k", &policy, "m", estimate(0, 0), 0).is_ok());
+        assert!(limiter.admit("k", &policy, "m", estimate(1, 0), 0).is_err());
     }
 
     #[test]
@@ -1048,6 +1096,77 @@ mod tests {
             let standing = limiter.standing("k", &KeyPolicy::default(), 0);
             prop_assert_eq!(standing.inflight, 0);
             prop_assert_eq!(standing.reserved_cost_nano_usd, 0);
+        }
+    }
+
+    fn extreme_cost() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            Just(0i64),
+            Just(1),
+            Just(i64::MAX),
+            Just(i64::MAX - 1),
+            Just(i64::MAX / 2 + 1),
+            0i64..1_000,
+            (i64::MAX - 1_000)..=i64::MAX,
+        ]
+    }
+
+    fn extreme_tokens() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(u64::MAX),
+            Just(u64::MAX - 1),
+            Just(u64::MAX / 2 + 1),
+            0u64..1_000,
+        ]
+    }
+
+    proptest! {
+        /// With estimates, settlements and limits at and near `i64::MAX`/`u64::MAX`, nothing
+        /// wraps: spent + reserved never passes a limit, in cost or in tokens.
+        #[test]
+        fn extreme_values_never_wrap_a_limit_open(
+            ops in proptest::collection::vec(
+                (extreme_cost(), extreme_tokens(), 0usize..4, 0i64..=100),
+                1..60,
+            ),
+            budget in extreme_cost(),
+            quota in extreme_tokens(),
+        ) {
+            let limiter = Limiter::default();
+            let policy = KeyPolicy {
+                total_cost_nano_usd: Some(budget),
+                daily_cost_nano_usd: Some(budget),
+                token_quota: Some(quota),
+                rate_window_secs: Some(60),
+                rate_cost_nano_usd: Some(budget),
+                rate_tokens: Some(quota),
+                ..KeyPolicy::default()
+            };
+            let mut open: Vec<(Admission, i64, u64)> = Vec::new();
+            for (cost, tokens, action, fraction_pct) in ops {
+                match action {
+                    0 | 1 => {
+                        if let Ok(admission) = limiter.admit("k", &policy, "m", estimate(cost, tokens), 0) {
+                            open.push((admission, cost, tokens));
+                        }
+                    }
+                    2 if !open.is_empty() => {
+                        let (admission, cost, tokens) = open.remove(0);
+                        let settled_cost = i64::try_from(i128::from(cost) * i128::from(fraction_pct) / 100).unwrap();
+                        let settled_tokens = u64::try_from(u128::from(tokens) * u128::try_from(fraction_pct).unwrap() / 100).unwrap();
+                        admission.settle(settled_cost, settled_tokens, 0);
+                    }
+                    _ => drop(open.pop()),
+                }
+                let standing = limiter.standing("k", &KeyPolicy::default(), 0);
+                let used_cost = i128::from(standing.total_cost_nano_usd) + i128::from(standing.reserved_cost_nano_usd);
+                prop_assert!(used_cost <= i128::from(budget), "cost {used_cost} > {budget}");
+                let used_tokens = u128::from(standing.total_tokens) + u128::from(standing.reserved_tokens);
+                prop_assert!(used_tokens <= u128::from(quota), "tokens {used_tokens} > {quota}");
+            }
+            open.clear();
+            prop_assert_eq!(limiter.standing("k", &KeyPolicy::default(), 0).reserved_cost_nano_usd, 0);
         }
     }
 }

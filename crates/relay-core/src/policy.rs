@@ -121,6 +121,36 @@ impl KeyPolicy {
 
     /// Checks that the limits make sense together.
     pub fn validate(&self) -> Result<(), String> {
+        let money = [
+            ("the rate cost limit", self.rate_cost_nano_usd),
+            ("the daily cost limit", self.daily_cost_nano_usd),
+            ("the total cost limit", self.total_cost_nano_usd),
+            ("the weekly cost limit", self.weekly_cost_nano_usd),
+            ("the monthly cost limit", self.monthly_cost_nano_usd),
+            (
+                "the family weekly cost limit",
+                self.family_weekly.as_ref().map(|limit| limit.cost_nano_usd),
+            ),
+        ];
+        for (name, limit) in money {
+            if limit.is_some_and(|limit| limit < 0) {
+                return Err(format!("{name} cannot be negative"));
+            }
+        }
+        if self
+            .dedicated_account
+            .as_deref()
+            .is_some_and(|name| name.trim().is_empty())
+        {
+            return Err("the dedicated account needs a name".into());
+        }
+        if self
+            .account_group
+            .as_deref()
+            .is_some_and(|name| name.trim().is_empty())
+        {
+            return Err("the account group needs a name".into());
+        }
         if self.has_rate_limits() && self.rate_window_secs.is_none() {
             return Err("rate limits need a window (--rate-window, e.g. 60s or 5h)".into());
         }
@@ -243,6 +273,36 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negative_limits_and_empty_names_are_refused() {
+        for policy in [
+            KeyPolicy {
+                total_cost_nano_usd: Some(-1),
+                ..KeyPolicy::default()
+            },
+            KeyPolicy {
+                daily_cost_nano_usd: Some(i64::MIN),
+                ..KeyPolicy::default()
+            },
+            KeyPolicy {
+                dedicated_account: Some("  ".into()),
+                ..KeyPolicy::default()
+            },
+            KeyPolicy {
+                account_group: Some(String::new()),
+                ..KeyPolicy::default()
+            },
+        ] {
+            assert!(policy.validate().is_err(), "{policy:?}");
+        }
+        assert!(KeyPolicy {
+            total_cost_nano_usd: Some(0),
+            ..KeyPolicy::default()
+        }
+        .validate()
+        .is_ok());
+    }
 
     #[test]
     fn dollars_parse_exactly() {

@@ -29,7 +29,14 @@ struct PriceEntry {
     models: &'static [&'static str],
     price: ModelPrice,
     long_context: Option<LongContext>,
+    /// The most output tokens one response can have (with every output beta), for estimates.
+    max_output: u64,
 }
+
+/// Output ceilings: generous on purpose, since an estimate must never be below the bill.
+const OUTPUT_CURRENT: u64 = 128_000;
+const OUTPUT_CLAUDE_3_5: u64 = 8_192;
+const OUTPUT_CLAUDE_3: u64 = 4_096;
 
 const fn usd_per_mtok(
     input: u64,
@@ -67,6 +74,7 @@ const PRICES: &[PriceEntry] = &[
             "claude-opus-4-5",
         ],
         price: OPUS_NEW,
+        max_output: OUTPUT_CURRENT,
         long_context: None,
     },
     PriceEntry {
@@ -77,36 +85,43 @@ const PRICES: &[PriceEntry] = &[
             "claude-3-opus",
         ],
         price: OPUS_OLD,
+        max_output: OUTPUT_CURRENT,
         long_context: None,
     },
     PriceEntry {
         models: &["claude-sonnet-4-6"],
         price: SONNET,
+        max_output: OUTPUT_CURRENT,
         long_context: None,
     },
     PriceEntry {
         models: &["claude-sonnet-4-5", "claude-sonnet-4", "claude-sonnet-4-0"],
         price: SONNET,
+        max_output: OUTPUT_CURRENT,
         long_context: Some(SONNET_LONG),
     },
     PriceEntry {
         models: &["claude-3-7-sonnet", "claude-3-5-sonnet"],
         price: SONNET,
+        max_output: OUTPUT_CURRENT,
         long_context: None,
     },
     PriceEntry {
         models: &["claude-haiku-4-5"],
         price: usd_per_mtok(1_000, 5_000, 1_250, 2_000, 100),
+        max_output: OUTPUT_CURRENT,
         long_context: None,
     },
     PriceEntry {
         models: &["claude-3-5-haiku"],
         price: usd_per_mtok(800, 4_000, 1_000, 1_600, 80),
+        max_output: OUTPUT_CLAUDE_3_5,
         long_context: None,
     },
     PriceEntry {
         models: &["claude-3-haiku"],
         price: usd_per_mtok(250, 1_250, 300, 500, 30),
+        max_output: OUTPUT_CLAUDE_3,
         long_context: None,
     },
 ];
@@ -134,12 +149,53 @@ pub fn known_models() -> impl Iterator<Item = &'static str> {
     PRICES.iter().flat_map(|entry| entry.models.iter().copied())
 }
 
+fn entry_for(model: &str) -> Option<&'static PriceEntry> {
+    let name = canonical_model(model);
+    PRICES
+        .iter()
+        .find(|entry| entry.models.iter().any(|known| *known == name))
+}
+
+/// The most output tokens a response of `model` can have, if the table knows the model.
+pub fn max_output_tokens(model: &str) -> Option<u64> {
+    entry_for(model).map(|entry| entry.max_output)
+}
+
+/// What a request costs *against a key's limits*: its price, or for a model the table does not
+/// know, the price of `unpriced_as` (the operator's choice) or else of the dearest model of its
+/// family (`opus`, `sonnet`, `haiku`), or of the whole table. Never free. (The usage record of
+/// such a request still says "unpriced".)
+pub fn limit_cost_nano_usd(model: &str, usage: &Usage, unpriced_as: Option<&str>) -> i64 {
+    if let Some(cost) = cost_nano_usd(model, usage) {
+        return cost;
+    }
+    if let Some(cost) = unpriced_as.and_then(|stand_in| cost_nano_usd(stand_in, usage)) {
+        return cost;
+    }
+    let canonical = canonical_model(model);
+    let family = ["opus", "sonnet", "haiku"]
+        .into_iter()
+        .find(|family| canonical.contains(family));
+    let dearest = |entries: &mut dyn Iterator<Item = &PriceEntry>| {
+        entries
+            .filter_map(|entry| cost_nano_usd(entry.models[0], usage))
+            .max()
+    };
+    family
+        .and_then(|family| {
+            dearest(
+                &mut PRICES
+                    .iter()
+                    .filter(|entry| entry.models[0].contains(family)),
+            )
+        })
+        .or_else(|| dearest(&mut PRICES.iter()))
+        .unwrap_or(i64::MAX)
+}
+
 /// The price that applies to this request, or `None` if the model is not in the table.
 pub fn price_for(model: &str, usage: &Usage) -> Option<ModelPrice> {
-    let name = canonical_model(model);
-    let entry = PRICES
-        .iter()
-        .find(|entry| entry.models.iter().any(|known| *known == name))?;
+    let entry = entry_for(model)?;
     Some(match entry.long_context {
         Some(long) if usage.prompt_tokens() > long.threshold_prompt_tokens => long.price,
         _ => entry.price,
@@ -218,6 +274,35 @@ mod tests {
             cost_nano_usd("claude-sonnet-4-6", &usage),
             Some(150_000 * 3_000 + 60_000 * 300 + 10 * 15_000)
         );
+    }
+
+    #[test]
+    fn limits_charge_unpriced_models_at_a_stand_in_never_zero() {
+        let usage = Usage {
+            input_tokens: 1_000,
+            output_tokens: 1_000,
+            ..Usage::default()
+        };
+        // The dearest opus (old opus: $15/$75).
+        assert_eq!(
+            limit_cost_nano_usd("claude-opus-9-preview", &usage, None),
+            1_000 * 15_000 + 1_000 * 75_000
+        );
+        // No family: the dearest of the table.
+        assert_eq!(
+            limit_cost_nano_usd("glm-4.6", &usage, None),
+            1_000 * 15_000 + 1_000 * 75_000
+        );
+        assert_eq!(
+            limit_cost_nano_usd("glm-4.6", &usage, Some("claude-haiku-4-5")),
+            1_000 * 1_000 + 1_000 * 5_000
+        );
+        assert_eq!(
+            limit_cost_nano_usd("claude-sonnet-4-6", &usage, None),
+            cost_nano_usd("claude-sonnet-4-6", &usage).unwrap()
+        );
+        assert_eq!(max_output_tokens("claude-3-haiku-20240307"), Some(4_096));
+        assert_eq!(max_output_tokens("glm-4.6"), None);
     }
 
     #[test]

@@ -3,6 +3,13 @@
 //! The relay forwards upstream chunks to the client untouched; this decoder only *observes* them to
 //! read usage. It therefore borrows the event name and data to the callback instead of allocating
 //! an event per frame, and keeps just the unfinished line between chunks.
+//!
+//! What it keeps is bounded by [`MAX_EVENT_BYTES`]: a line or an event larger than that is
+//! skipped (the bytes still reach the client; only reading them is given up), and
+//! [`SseDecoder::overflowed`] says so.
+
+/// The largest line or event the decoder reads; Anthropic's events are a few KiB.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// Decodes SSE frames per the WHATWG rules: lines end in `\n`, `\r\n` or `\r`; `event:` names the
 /// event, `data:` lines accumulate joined by `\n`, a blank line dispatches, `:` starts a comment.
@@ -14,6 +21,11 @@ pub struct SseDecoder {
     has_data: bool,
     /// The previous chunk ended in `\r`: a `\n` at the start of the next one belongs to it.
     skip_lf: bool,
+    /// The current line grew past the bound: drop it up to its end.
+    skipping_line: bool,
+    /// The current event grew past the bound: drop it up to the blank line that ends it.
+    skipping_event: bool,
+    overflowed: bool,
 }
 
 impl SseDecoder {
@@ -43,7 +55,10 @@ impl SseDecoder {
                     Some(_) => {}
                 }
             }
-            if self.line.is_empty() {
+            if self.skipping_line {
+                self.skipping_line = false;
+                self.line.clear();
+            } else if self.line.is_empty() {
                 self.process_line(line_part, on_event);
             } else {
                 self.line.extend_from_slice(line_part);
@@ -53,12 +68,34 @@ impl SseDecoder {
                 self.line.clear();
             }
         }
+        if self.skipping_line {
+            return;
+        }
+        if self.line.len() + rest.len() > MAX_EVENT_BYTES {
+            self.overflow();
+            self.skipping_line = true;
+            self.line = Vec::new();
+            return;
+        }
         self.line.extend_from_slice(rest);
+    }
+
+    /// Whether a line or an event was too large to read (and was skipped).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.skipping_event = true;
+        self.data = String::new();
+        self.event.clear();
+        self.has_data = false;
     }
 
     fn process_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(&str, &str)) {
         if line.is_empty() {
-            if self.has_data {
+            if self.has_data && !self.skipping_event {
                 let name = if self.event.is_empty() {
                     "message"
                 } else {
@@ -69,9 +106,10 @@ impl SseDecoder {
             self.event.clear();
             self.data.clear();
             self.has_data = false;
+            self.skipping_event = false;
             return;
         }
-        if line[0] == b':' {
+        if line[0] == b':' || self.skipping_event {
             return;
         }
         let (field, value) = match line.iter().position(|b| *b == b':') {
@@ -88,6 +126,10 @@ impl SseDecoder {
                 self.event.push_str(&value);
             }
             b"data" => {
+                if self.data.len() + value.len() >= MAX_EVENT_BYTES {
+                    self.overflow();
+                    return;
+                }
                 if self.has_data {
                     self.data.push('\n');
                 }
@@ -156,6 +198,29 @@ mod tests {
                 ("message".into(), "b".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_line_or_event_past_the_bound_is_skipped_and_reading_resumes_after_it() {
+        let huge = "x".repeat(MAX_EVENT_BYTES + 10);
+        for input in [
+            format!("event: a\ndata: {huge}\n\nevent: b\ndata: 2\n\n"),
+            format!(
+                "event: a\n{}\nevent: b\ndata: 2\n\n",
+                "data: yyyyyyyyyy\n".repeat(MAX_EVENT_BYTES / 10)
+            ),
+        ] {
+            let mut decoder = SseDecoder::new();
+            let mut events = Vec::new();
+            for chunk in input.as_bytes().chunks(64 * 1024) {
+                decoder.feed(chunk, &mut |name, data| {
+                    events.push((name.to_owned(), data.to_owned()));
+                });
+                assert!(decoder.line.capacity() <= 2 * MAX_EVENT_BYTES);
+            }
+            assert!(decoder.overflowed());
+            assert_eq!(events, vec![("b".to_owned(), "2".to_owned())]);
+        }
     }
 
     #[test]

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most tokens of one kind a single response is believed to report; more is an upstream
+/// fault, clamped to this and flagged.
+pub const MAX_REPORTED_TOKENS: u64 = 1_000_000_000;
+
 /// Tokens of one request by kind. Cache writes are split by lifetime because they are priced
 /// differently (5-minute writes at 1.25×, 1-hour writes at 2× the input price).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,16 +19,19 @@ pub struct Usage {
 
 impl Usage {
     pub fn cache_creation_tokens(&self) -> u64 {
-        self.cache_creation_5m_tokens + self.cache_creation_1h_tokens
+        self.cache_creation_5m_tokens
+            .saturating_add(self.cache_creation_1h_tokens)
     }
 
     /// All tokens that were read as prompt, cached or not (what decides long-context pricing).
     pub fn prompt_tokens(&self) -> u64 {
-        self.input_tokens + self.cache_creation_tokens() + self.cache_read_tokens
+        self.input_tokens
+            .saturating_add(self.cache_creation_tokens())
+            .saturating_add(self.cache_read_tokens)
     }
 
     pub fn total_tokens(&self) -> u64 {
-        self.prompt_tokens() + self.output_tokens
+        self.prompt_tokens().saturating_add(self.output_tokens)
     }
 
     pub fn is_empty(&self) -> bool {

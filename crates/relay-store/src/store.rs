@@ -365,10 +365,11 @@ impl Store {
         &self,
         since_ms: i64,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT account_id, COALESCE(SUM(cost_nano_usd), 0) AS cost FROM usage_records
+        let rows = sqlx::query(&format!(
+            "SELECT account_id, {} AS cost FROM usage_records
              WHERE created_at_ms >= ? AND account_id IS NOT NULL GROUP BY account_id",
-        )
+            safe_sum(ROW_COST)
+        ))
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
@@ -379,14 +380,12 @@ impl Store {
 
     /// Every key's lifetime spend and first use.
     pub async fn key_spend(&self) -> Result<Vec<KeySpend>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key_id,
-                    COALESCE(SUM(cost_nano_usd), 0) AS total_cost,
-                    COALESCE(SUM(input_tokens + output_tokens + cache_creation_5m_tokens
-                                 + cache_creation_1h_tokens + cache_read_tokens), 0) AS total_tokens,
-                    MIN(created_at_ms) AS first_used
+        let rows = sqlx::query(&format!(
+            "SELECT key_id, {} AS total_cost, {} AS total_tokens, MIN(created_at_ms) AS first_used
              FROM usage_records GROUP BY key_id",
-        )
+            safe_sum(ROW_COST),
+            safe_sum(ROW_TOKENS)
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -407,14 +406,11 @@ impl Store {
         &self,
         since_ms: i64,
     ) -> Result<Vec<(String, i64, i64, i64, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key_id, created_at_ms,
-                    input_tokens + output_tokens + cache_creation_5m_tokens
-                        + cache_creation_1h_tokens + cache_read_tokens AS tokens,
-                    COALESCE(cost_nano_usd, 0) AS cost,
+        let rows = sqlx::query(&format!(
+            "SELECT key_id, created_at_ms, {ROW_TOKENS} AS tokens, {ROW_COST} AS cost,
                     COALESCE(upstream_model, model) AS model
-             FROM usage_records WHERE created_at_ms >= ? ORDER BY created_at_ms",
-        )
+             FROM usage_records WHERE created_at_ms >= ? ORDER BY created_at_ms"
+        ))
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
@@ -654,19 +650,25 @@ impl Store {
 
     /// Totals over the usage records the filter selects.
     pub async fn usage_totals(&self, filter: &UsageFilter) -> Result<UsageTotals, StoreError> {
-        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
             "SELECT COUNT(*) AS requests,
-                    COALESCE(SUM(input_tokens), 0) AS input_tokens,
-                    COALESCE(SUM(output_tokens), 0) AS output_tokens,
-                    COALESCE(SUM(cache_creation_5m_tokens), 0) AS cache_5m,
-                    COALESCE(SUM(cache_creation_1h_tokens), 0) AS cache_1h,
-                    COALESCE(SUM(cache_read_tokens), 0) AS cache_read,
-                    COALESCE(SUM(cost_nano_usd), 0) AS cost,
+                    {} AS input_tokens,
+                    {} AS output_tokens,
+                    {} AS cache_5m,
+                    {} AS cache_1h,
+                    {} AS cache_read,
+                    {} AS cost,
                     COALESCE(SUM(cost_nano_usd IS NULL), 0) AS unpriced,
                     COALESCE(SUM(outcome = 'partial'), 0) AS partial,
                     COALESCE(SUM(outcome NOT IN ('ok', 'partial')), 0) AS failed
              FROM usage_records WHERE 1 = 1",
-        );
+            safe_sum("MAX(input_tokens, 0)"),
+            safe_sum("MAX(output_tokens, 0)"),
+            safe_sum("MAX(cache_creation_5m_tokens, 0)"),
+            safe_sum("MAX(cache_creation_1h_tokens, 0)"),
+            safe_sum("MAX(cache_read_tokens, 0)"),
+            safe_sum(ROW_COST),
+        ));
         if let Some(key_id) = &filter.key_id {
             builder.push(" AND key_id = ").push_bind(key_id);
         }
@@ -680,7 +682,7 @@ impl Store {
             requests: row.try_get("requests")?,
             input_tokens: row.try_get("input_tokens")?,
             output_tokens: row.try_get("output_tokens")?,
-            cache_creation_input_tokens: cache_5m + cache_1h,
+            cache_creation_input_tokens: cache_5m.saturating_add(cache_1h),
             cache_creation_5m_input_tokens: cache_5m,
             cache_creation_1h_input_tokens: cache_1h,
             cache_read_input_tokens: row.try_get("cache_read")?,
@@ -781,6 +783,20 @@ fn usage_insert(records: &[UsageRecord]) -> QueryBuilder<'_, Sqlite> {
     builder
 }
 
+/// A row's tokens, each kind clamped to what one response can hold, so that no stored row (even
+/// one written before usage was bounded) can overflow a sum and stop the seeding at start.
+const ROW_TOKENS: &str = "(MIN(MAX(input_tokens, 0), 1000000000) + MIN(MAX(output_tokens, 0), 1000000000) \
+     + MIN(MAX(cache_creation_5m_tokens, 0), 1000000000) + MIN(MAX(cache_creation_1h_tokens, 0), 1000000000) \
+     + MIN(MAX(cache_read_tokens, 0), 1000000000))";
+/// A row's cost, clamped at $1B.
+const ROW_COST: &str = "MIN(MAX(COALESCE(cost_nano_usd, 0), 0), 1000000000000000000)";
+
+/// A sum that cannot fail: SQLite's `SUM` errors on integer overflow, `TOTAL` is a float that
+/// does not, capped below `i64::MAX` and read back as an integer.
+fn safe_sum(expression: &str) -> String {
+    format!("CAST(MIN(TOTAL({expression}), 9.2e18) AS INTEGER)")
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -792,6 +808,45 @@ fn to_u64(value: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn rows_with_impossible_numbers_cannot_break_the_sums_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("relay.db")).await.unwrap();
+        // What an upstream reporting u64::MAX tokens left behind before usage was bounded,
+        // including a value SQLite had already turned into a REAL.
+        for (tokens, cost) in [
+            ("9223372036854775807", "9223372036854775807"),
+            ("9223372036854775807", "-9223372036854775808"),
+            ("1.8e19", "1.8e19"),
+            ("12", "300"),
+        ] {
+            sqlx::query(&format!(
+                "INSERT INTO usage_records (request_id, created_at_ms, key_id, platform, endpoint,
+                     model, stream, input_tokens, output_tokens, cache_creation_5m_tokens,
+                     cache_creation_1h_tokens, cache_read_tokens, cost_nano_usd, status, outcome,
+                     attempts, latency_ms)
+                 VALUES ('r', 10, 'k', 'anthropic', 'messages', 'm', 0, {tokens}, {tokens},
+                     {tokens}, {tokens}, {tokens}, {cost}, 200, 'ok', 1, 1)"
+            ))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+        let spend = store.key_spend().await.unwrap();
+        assert_eq!(spend.len(), 1);
+        assert!(spend[0].total_cost_nano_usd > 0);
+        assert!(spend[0].total_tokens > 15_000_000_000);
+        let recent = store.recent_spend(0).await.unwrap();
+        assert_eq!(recent.len(), 4);
+        assert!(recent
+            .iter()
+            .all(|(_, _, tokens, cost, _)| *tokens >= 0 && *cost >= 0));
+        store.account_costs_since(0).await.unwrap();
+        let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
+        assert_eq!(totals.requests, 4);
+        assert!(totals.input_tokens > 0 && totals.cost_nano_usd > 0);
+    }
 
     #[tokio::test]
     async fn mutations_bump_the_revision_and_names_are_unique() {

@@ -273,8 +273,14 @@ async fn read_json(request: Request) -> (String, Option<String>, HeaderMap, Valu
 
 fn json_response(status: u16, headers: &[(String, String)], body: String) -> Response {
     let mut builder = Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("content-type", "application/json")
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        builder = builder.header("content-type", "application/json");
+    }
+    builder = builder
         .header("request-id", "req_mock_upstream")
         .header("anthropic-organization-id", "org-mock-secret");
     for (name, value) in headers {

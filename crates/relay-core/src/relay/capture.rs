@@ -83,6 +83,9 @@ impl Capture {
             Ending::ClientGone if *self.tracker.ending() == StreamEnding::Completed => "ok",
             Ending::ClientGone => "partial",
         };
+        if error_kind.is_none() {
+            error_kind = self.tracker.fault().map(|fault| fault.as_str().to_owned());
+        }
         let usage = self.tracker.usage();
         self.metrics.count_tokens(&usage);
         let upstream_model = self.tracker.model().map(str::to_owned);
@@ -350,6 +353,7 @@ mod tests {
             created_at_ms: 1,
             admission: None,
             account_runtime: None,
+            unpriced_as: None,
         };
         let capture = Capture {
             tracker: MessagesUsageTracker::new(),

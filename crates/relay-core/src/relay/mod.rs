@@ -58,6 +58,11 @@ pub struct RelaySettings {
     pub oauth: OAuthSettings,
     /// How an account is chosen within a priority tier.
     pub strategy: Strategy,
+    /// `max_tokens` above this is refused before any upstream (no model accepts it).
+    pub max_tokens_ceiling: u64,
+    /// The model whose price a key's cost limits charge for models the price table does not
+    /// know; unset: the dearest model of the same family, or of the whole table.
+    pub unpriced_as: Option<Arc<str>>,
 }
 
 impl Default for RelaySettings {
@@ -70,6 +75,8 @@ impl Default for RelaySettings {
             default_rate_limit_cooldown: Duration::from_secs(30),
             oauth: OAuthSettings::default(),
             strategy: Strategy::default(),
+            max_tokens_ceiling: 1_000_000,
+            unpriced_as: None,
         }
     }
 }
@@ -198,6 +205,8 @@ pub(crate) struct RecordContext {
     pub admission: Option<Admission>,
     /// The account that served the request, whose daily cost the request adds to.
     pub account_runtime: Option<Arc<crate::accounts::AccountRuntime>>,
+    /// See [`RelaySettings::unpriced_as`].
+    pub unpriced_as: Option<Arc<str>>,
 }
 
 impl RecordContext {
@@ -217,7 +226,21 @@ impl RecordContext {
             crate::pricing::cost_nano_usd(priced_model, &usage)
         };
         if let Some(admission) = self.admission.take() {
-            admission.settle(cost_nano_usd.unwrap_or(0), usage.total_tokens(), now_ms());
+            // Counting tokens is free and generates none; anything else is charged at its
+            // price, or at the stand-in price if the model is unpriced (never $0).
+            let (limit_cost, tokens) = if self.endpoint == Endpoint::CountTokens {
+                (0, 0)
+            } else {
+                (
+                    crate::pricing::limit_cost_nano_usd(
+                        priced_model,
+                        &usage,
+                        self.unpriced_as.as_deref(),
+                    ),
+                    usage.total_tokens(),
+                )
+            };
+            admission.settle(limit_cost, tokens, now_ms());
         }
         if let Some(runtime) = self.account_runtime.take() {
             runtime.add_day_cost(cost_nano_usd.unwrap_or(0), now_ms());
@@ -663,9 +686,23 @@ impl Relay {
         }
     }
 
-    /// Reserves the request's worst-case cost and a concurrency slot under the key's policy.
-    /// Counting tokens costs nothing and is not limited.
+    /// Checks what the relay would store or reserve from the request, then reserves its
+    /// worst-case cost and a concurrency slot under the key's policy. Counting tokens costs
+    /// nothing but still takes a slot and counts against request-rate windows.
     fn admit(&self, request: &ForwardRequest) -> Result<Option<Admission>, RelayError> {
+        check_model_name(&request.model)?;
+        if let Some(max_tokens) = request
+            .max_tokens
+            .filter(|max_tokens| *max_tokens > self.settings.max_tokens_ceiling)
+        {
+            return Err(RelayError::new(
+                ErrorType::InvalidRequest,
+                format!(
+                    "max_tokens: {max_tokens} is more than any model accepts (at most {})",
+                    self.settings.max_tokens_ceiling
+                ),
+            ));
+        }
         let now = now_ms();
         let policy = &request.key.policy;
         let user_agent = request
@@ -688,16 +725,42 @@ impl Relay {
             };
             RelayError::new(error_type, denial.message())
         })?;
-        if request.endpoint == Endpoint::CountTokens {
-            return Ok(None);
-        }
-        let estimate = estimate(&request.model, request.body.len(), request.max_tokens);
+        let estimate = if request.endpoint == Endpoint::CountTokens {
+            Estimate::default()
+        } else {
+            self.worst_case(request)
+        };
         self.limiter
             .admit(&request.key.id, &request.key.policy, &request.model, estimate, now)
             .map(Some)
             .map_err(|refusal| {
                 tracing::info!(request_id = %request.request_id, key_id = %request.key.id, ?refusal, "request refused by key policy");
                 refusal_error(&refusal, now)
+            })
+    }
+
+    /// The dearest the request can be: priced as its own model and as every upstream model an
+    /// account that may serve it maps it to.
+    fn worst_case(&self, request: &ForwardRequest) -> Estimate {
+        let unpriced_as = self.settings.unpriced_as.as_deref();
+        let own = estimate(
+            &request.model,
+            request.body.len(),
+            request.max_tokens,
+            unpriced_as,
+        );
+        self.snapshots
+            .current()
+            .accounts
+            .iter()
+            .filter_map(|account| account.settings.map_model(&request.model))
+            .map(|mapped| estimate(mapped, request.body.len(), request.max_tokens, unpriced_as))
+            .fold(own, |dearest, other| {
+                if other.cost_nano_usd > dearest.cost_nano_usd {
+                    other
+                } else {
+                    dearest
+                }
             })
     }
 
@@ -959,10 +1022,11 @@ impl Relay {
                 .headers
                 .get(http::header::USER_AGENT)
                 .and_then(|value| value.to_str().ok())
-                .map(str::to_owned),
+                .map(|agent| bounded(agent, MAX_STORED_USER_AGENT)),
             created_at_ms: now_ms(),
             admission,
             account_runtime: None,
+            unpriced_as: self.settings.unpriced_as.clone(),
         }
     }
 
@@ -1024,19 +1088,58 @@ fn claude_code_headers(headers: &HeaderMap) -> bool {
     app_is_cli || claude_code_beta
 }
 
-/// The worst case a request can cost: its whole body as uncached input tokens (a byte is at most
-/// a token, and JSON is mostly overhead, so a quarter of the bytes is generous), plus
-/// `max_tokens` of output. Priced by the same function as the final charge.
-pub fn estimate(model: &str, body_len: usize, max_tokens: Option<u64>) -> Estimate {
+/// The worst case a request for `model` can cost: its body as prompt tokens at the dearest
+/// prompt rate (a one-hour cache write, 2× input; long-context prices where the size calls for
+/// them), plus `max_tokens` of output (at most what the model can produce). Prompt tokens are
+/// taken as half the body's bytes: real text averages over three bytes a token in English and
+/// code and over two in CJK (three-byte characters), and JSON adds escapes and keys; only a body
+/// contrived from single-byte tokens could exceed it. Unpriced models are charged at the
+/// stand-in price ([`crate::pricing::limit_cost_nano_usd`]), as at settlement.
+pub fn estimate(
+    model: &str,
+    body_len: usize,
+    max_tokens: Option<u64>,
+    unpriced_as: Option<&str>,
+) -> Estimate {
+    let output = max_tokens
+        .unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE)
+        .min(crate::pricing::max_output_tokens(model).unwrap_or(u64::MAX));
     let usage = relay_protocol::Usage {
-        input_tokens: (body_len as u64).div_ceil(4),
-        output_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE),
+        cache_creation_1h_tokens: u64::try_from(body_len).unwrap_or(u64::MAX).div_ceil(2),
+        output_tokens: output,
         ..relay_protocol::Usage::default()
     };
     Estimate {
-        cost_nano_usd: crate::pricing::cost_nano_usd(model, &usage).unwrap_or(0),
+        cost_nano_usd: crate::pricing::limit_cost_nano_usd(model, &usage, unpriced_as),
         tokens: usage.total_tokens(),
     }
+}
+
+/// Model names are at most this long; everything stored from a request is bounded.
+pub const MAX_MODEL_NAME: usize = 256;
+const MAX_STORED_USER_AGENT: usize = 512;
+
+/// A model name the relay will carry and store: 1–256 printable ASCII characters.
+fn check_model_name(model: &str) -> Result<(), RelayError> {
+    if model.is_empty()
+        || model.len() > MAX_MODEL_NAME
+        || !model.bytes().all(|byte| byte.is_ascii_graphic())
+    {
+        return Err(RelayError::new(
+            ErrorType::InvalidRequest,
+            format!("model: a model name is 1 to {MAX_MODEL_NAME} printable ASCII characters without spaces"),
+        ));
+    }
+    Ok(())
+}
+
+/// `text` cut to at most `limit` bytes, at a character boundary.
+fn bounded(text: &str, limit: usize) -> String {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// Requests listed in a key report.

@@ -6,4 +6,4 @@ mod usage;
 
 pub use error::{error_body, ErrorType};
 pub use session::{session_identity, SessionIdentity, SessionSource};
-pub use usage::{MessagesUsageTracker, StreamEnding};
+pub use usage::{MessagesUsageTracker, StreamEnding, UsageFault};

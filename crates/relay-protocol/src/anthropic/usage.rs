@@ -7,6 +7,7 @@
 use serde::Deserialize;
 
 use crate::sse::SseDecoder;
+use crate::usage::MAX_REPORTED_TOKENS;
 use crate::Usage;
 
 #[derive(Deserialize, Default)]
@@ -75,7 +76,30 @@ pub struct MessagesUsageTracker {
     model: Option<String>,
     ending: StreamEnding,
     saw_usage: bool,
+    /// A reported count was beyond [`MAX_REPORTED_TOKENS`] and was clamped.
+    clamped: bool,
 }
+
+/// What went wrong reading usage, for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageFault {
+    /// An event was too large to read: the counts may be incomplete.
+    Unreadable,
+    /// The upstream reported an impossible count, clamped.
+    OutOfRange,
+}
+
+impl UsageFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreadable => "usage_unreadable",
+            Self::OutOfRange => "usage_out_of_range",
+        }
+    }
+}
+
+/// Model names longer than this in a response are not believed.
+const MAX_MODEL_NAME: usize = 256;
 
 impl Default for MessagesUsageTracker {
     fn default() -> Self {
@@ -96,6 +120,7 @@ impl MessagesUsageTracker {
             model: None,
             ending: StreamEnding::Open,
             saw_usage: false,
+            clamped: false,
         }
     }
 
@@ -110,9 +135,7 @@ impl MessagesUsageTracker {
         match event {
             "message_start" => {
                 if let Ok(start) = serde_json::from_str::<MessageStart>(data) {
-                    if start.message.model.is_some() {
-                        self.model = start.message.model;
-                    }
+                    self.set_model(start.message.model);
                     if let Some(usage) = start.message.usage {
                         self.apply(&usage);
                     }
@@ -138,9 +161,7 @@ impl MessagesUsageTracker {
     pub fn observe_json_body(&mut self, body: &[u8]) -> bool {
         match serde_json::from_slice::<WireMessage>(body) {
             Ok(message) => {
-                if message.model.is_some() {
-                    self.model = message.model;
-                }
+                self.set_model(message.model);
                 if let Some(usage) = message.usage {
                     self.apply(&usage);
                 }
@@ -151,27 +172,52 @@ impl MessagesUsageTracker {
         }
     }
 
+    fn set_model(&mut self, model: Option<String>) {
+        if let Some(model) = model.filter(|model| model.len() <= MAX_MODEL_NAME) {
+            self.model = Some(model);
+        }
+    }
+
+    /// A reported count, clamped to what one response can hold.
+    fn bounded(&mut self, value: u64) -> u64 {
+        if value > MAX_REPORTED_TOKENS {
+            self.clamped = true;
+        }
+        value.min(MAX_REPORTED_TOKENS)
+    }
+
     fn apply(&mut self, usage: &WireUsage) {
         self.saw_usage = true;
         if let Some(value) = usage.input_tokens {
-            self.input_tokens = value;
+            self.input_tokens = self.bounded(value);
         }
         if let Some(value) = usage.output_tokens {
-            self.output_tokens = value;
+            self.output_tokens = self.bounded(value);
         }
         if let Some(value) = usage.cache_creation_input_tokens {
-            self.cache_creation_total = value;
+            self.cache_creation_total = self.bounded(value);
         }
         if let Some(value) = usage.cache_read_input_tokens {
-            self.cache_read_tokens = value;
+            self.cache_read_tokens = self.bounded(value);
         }
         if let Some(split) = &usage.cache_creation {
             if let Some(value) = split.ephemeral_1h_input_tokens {
-                self.cache_creation_1h = Some(value);
+                self.cache_creation_1h = Some(self.bounded(value));
             }
             if let Some(value) = split.ephemeral_5m_input_tokens {
-                self.cache_creation_5m = Some(value);
+                self.cache_creation_5m = Some(self.bounded(value));
             }
+        }
+    }
+
+    /// Whether the usage could not be read whole, or was clamped.
+    pub fn fault(&self) -> Option<UsageFault> {
+        if self.decoder.overflowed() {
+            Some(UsageFault::Unreadable)
+        } else if self.clamped {
+            Some(UsageFault::OutOfRange)
+        } else {
+            None
         }
     }
 
@@ -181,7 +227,7 @@ impl MessagesUsageTracker {
         let one_hour = self.cache_creation_1h.unwrap_or(0);
         let total = self
             .cache_creation_total
-            .max(one_hour + self.cache_creation_5m.unwrap_or(0));
+            .max(one_hour.saturating_add(self.cache_creation_5m.unwrap_or(0)));
         Usage {
             input_tokens: self.input_tokens,
             output_tokens: self.output_tokens,
@@ -275,5 +321,21 @@ mod tests {
         assert_eq!(usage.cache_creation_1h_tokens, 0);
         assert_eq!(usage.cache_read_tokens, 0);
         assert_eq!(usage.output_tokens, 7);
+    }
+
+    #[test]
+    fn impossible_counts_are_clamped_and_flagged() {
+        let mut tracker = MessagesUsageTracker::new();
+        let body = format!(
+            "{{\"model\":\"claude-sonnet-4-5\",\"usage\":{{\"input_tokens\":{},\"output_tokens\":{},\"cache_creation\":{{\"ephemeral_1h_input_tokens\":{},\"ephemeral_5m_input_tokens\":{}}}}}}}",
+            u64::MAX, u64::MAX, u64::MAX, u64::MAX
+        );
+        assert!(tracker.observe_json_body(body.as_bytes()));
+        let usage = tracker.usage();
+        assert_eq!(usage.input_tokens, crate::usage::MAX_REPORTED_TOKENS);
+        assert_eq!(usage.output_tokens, crate::usage::MAX_REPORTED_TOKENS);
+        assert!(usage.total_tokens() < u64::MAX / 2);
+        assert_eq!(tracker.fault(), Some(UsageFault::OutOfRange));
+        assert_eq!(MessagesUsageTracker::new().fault(), None);
     }
 }

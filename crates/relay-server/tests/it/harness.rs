@@ -222,6 +222,15 @@ pub fn oauth_settings(mock: &MockUpstream) -> relay_core::oauth::OAuthSettings {
     }
 }
 
+/// `POST /v1/messages` with another relay key.
+pub fn post_as(harness: &Harness, key: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+    harness
+        .client
+        .post(format!("{}/v1/messages", harness.url))
+        .header("x-api-key", key)
+        .json(body)
+}
+
 pub fn messages_body(stream: bool, prompt: &str) -> serde_json::Value {
     serde_json::json!({
         "model": "claude-sonnet-4-5-20250929",

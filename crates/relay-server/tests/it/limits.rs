@@ -11,22 +11,14 @@ use relay_server::ServerSettings;
 use relay_testkit::Behavior;
 use serde_json::Value;
 
-use crate::harness::{account, error_of, messages_body, Harness};
-
-fn post_as(harness: &Harness, key: &str, body: &Value) -> reqwest::RequestBuilder {
-    harness
-        .client
-        .post(format!("{}/v1/messages", harness.url))
-        .header("x-api-key", key)
-        .json(body)
-}
+use crate::harness::{account, error_of, messages_body, post_as, Harness};
 
 #[tokio::test]
 async fn fifty_parallel_requests_never_overdraw_a_budget_that_admits_ten() {
     let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
     let body = messages_body(false, "budget race");
     let body_len = serde_json::to_vec(&body).unwrap().len();
-    let per_request = estimate("claude-sonnet-4-5-20250929", body_len, Some(64));
+    let per_request = estimate("claude-sonnet-4-5-20250929", body_len, Some(64), None);
     assert!(per_request.cost_nano_usd > 0);
     let budget = per_request.cost_nano_usd * 10;
     for round in 0..20 {
@@ -211,11 +203,34 @@ async fn rate_window_refusals_say_when_to_come_back() {
     assert!((3590..=3630).contains(&retry_after), "{retry_after}");
     assert_eq!(error_of(refused).await, (429, "rate_limit_error".into()));
 
-    // count_tokens is free and stays available.
+    // count_tokens costs nothing but is a request: the full window refuses it too, before it
+    // can reach (and cool) a shared account.
+    let before = harness.mock.requests().len();
     let counted = harness
         .client
         .post(format!("{}/v1/messages/count_tokens", harness.url))
         .header("x-api-key", &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(counted).await, (429, "rate_limit_error".into()));
+    assert_eq!(harness.mock.requests().len(), before);
+
+    // On a key whose money is spent, counting tokens ($0) still works.
+    let (broke, _) = harness
+        .key_with(
+            "broke",
+            &KeyPolicy {
+                total_cost_nano_usd: Some(0),
+                ..KeyPolicy::default()
+            },
+        )
+        .await;
+    let counted = harness
+        .client
+        .post(format!("{}/v1/messages/count_tokens", harness.url))
+        .header("x-api-key", &broke)
         .json(&body)
         .send()
         .await

@@ -6,6 +6,7 @@ mod admin_api;
 mod availability;
 mod harness;
 mod health;
+mod hostile;
 mod limits;
 mod relay_path;
 mod sticky;

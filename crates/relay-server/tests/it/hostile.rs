@@ -1,0 +1,163 @@
+//! Hostile numbers and sizes, from clients and from upstreams: each gets a clear answer or is
+//! bounded, and none overdraws a key, stores unbounded data or stops the relay from starting.
+
+use relay_core::policy::KeyPolicy;
+use relay_testkit::Behavior;
+use serde_json::json;
+
+use crate::harness::{account, error_of, messages_body, post_as, Harness};
+
+fn budget(usd_nano: i64) -> KeyPolicy {
+    KeyPolicy {
+        total_cost_nano_usd: Some(usd_nano),
+        ..KeyPolicy::default()
+    }
+}
+
+#[tokio::test]
+async fn a_max_tokens_no_model_accepts_is_refused_before_any_upstream() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let (key, key_id) = harness.key_with("capped", &budget(10_000_000)).await;
+    let mut body = messages_body(false, "x");
+    body["max_tokens"] = json!(u64::MAX);
+    let refused = post_as(&harness, &key, &body).send().await.unwrap();
+    assert_eq!(
+        error_of(refused).await,
+        (400, "invalid_request_error".into())
+    );
+    assert!(harness.mock.requests().is_empty());
+    // Nothing is held, and an honest request on the $0.01 key still goes through.
+    let standing = harness
+        .relay
+        .limiter()
+        .standing(&key_id, &KeyPolicy::default(), 0);
+    assert_eq!(standing.inflight, 0);
+    let honest = post_as(&harness, &key, &messages_body(false, "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(honest.status(), 200);
+}
+
+#[tokio::test]
+async fn an_upstream_reporting_u64_max_tokens_is_clamped_flagged_and_cannot_wrap_a_budget() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let (key, key_id) = harness.key_with("victim", &budget(1_000_000_000)).await;
+    let absurd = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "hi"}],
+        "usage": {"input_tokens": u64::MAX, "output_tokens": u64::MAX,
+                  "cache_read_input_tokens": u64::MAX},
+    });
+    harness.mock.script(
+        "sk-main",
+        [Behavior::Status {
+            status: 200,
+            headers: Vec::new(),
+            body: absurd.to_string(),
+        }],
+    );
+    let response = post_as(&harness, &key, &messages_body(false, "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let record = harness.records(1).await.remove(0);
+    assert_eq!(record.error_kind.as_deref(), Some("usage_out_of_range"));
+    assert_eq!(record.usage.input_tokens, 1_000_000_000);
+    let standing = harness
+        .relay
+        .limiter()
+        .standing(&key_id, &KeyPolicy::default(), 0);
+    assert!(
+        standing.total_cost_nano_usd > 1_000_000_000,
+        "spent, not wrapped"
+    );
+    let refused = post_as(&harness, &key, &messages_body(false, "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(refused).await.0, 402);
+    // A restart seeds the ledgers from these rows without failing.
+    harness
+        .relay
+        .limiter()
+        .seed_from_store(&harness.store, &harness.snapshots.current(), 0)
+        .await
+        .unwrap();
+    harness.relay.seed_account_costs().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_model_name_too_long_or_unprintable_is_refused_and_nothing_is_stored() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    for model in [
+        "m".repeat(1024 * 1024),
+        "claude sonnet".to_owned(),
+        "claude-\u{7}".to_owned(),
+    ] {
+        let mut body = messages_body(false, "x");
+        body["model"] = json!(model);
+        let refused = harness.post("/v1/messages", body).send().await.unwrap();
+        assert_eq!(
+            error_of(refused).await,
+            (400, "invalid_request_error".into())
+        );
+    }
+    assert!(harness.mock.requests().is_empty());
+    let ok = harness.send(false, "x").await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        harness.records(1).await.len(),
+        1,
+        "only the valid request is recorded"
+    );
+}
+
+#[tokio::test]
+async fn an_unpriced_model_is_charged_against_cost_limits_at_a_stand_in_price() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let (key, key_id) = harness.key_with("thrifty", &budget(50_000_000)).await;
+    let mut body = messages_body(false, "x");
+    body["model"] = json!("glm-4.6");
+    let response = post_as(&harness, &key, &body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let record = harness.records(1).await.remove(0);
+    assert_eq!(record.cost_nano_usd, None, "the record says unpriced");
+    let standing = harness
+        .relay
+        .limiter()
+        .standing(&key_id, &KeyPolicy::default(), 0);
+    assert!(
+        standing.total_cost_nano_usd > 0,
+        "the key's limits were charged: {standing:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_sse_event_without_end_is_relayed_but_not_buffered_and_the_record_says_so() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let endless = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"model\":\"claude-sonnet-4-5\",\"usage\":{{\"input_tokens\":7,\"output_tokens\":1}}}}}}\n\nevent: content_block_delta\ndata: {}",
+        "x".repeat(4 * 1024 * 1024)
+    );
+    harness.mock.script(
+        "sk-main",
+        [Behavior::Status {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body: endless.clone(),
+        }],
+    );
+    let response = harness.send(true, "x").await;
+    assert_eq!(response.status(), 200);
+    let relayed = response.bytes().await.unwrap();
+    assert_eq!(
+        relayed.len(),
+        endless.len(),
+        "every byte reached the client"
+    );
+    let record = harness.records(1).await.remove(0);
+    assert_eq!(record.error_kind.as_deref(), Some("usage_unreadable"));
+    assert_eq!(record.usage.input_tokens, 7, "what was readable is kept");
+}
