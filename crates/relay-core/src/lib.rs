@@ -20,6 +20,7 @@ pub mod policy;
 pub mod pricing;
 pub mod proxy;
 pub mod quantity;
+pub mod redact;
 pub mod relay;
 pub mod report;
 pub mod schedule;

@@ -179,7 +179,8 @@ async fn token_request(
     let (status, body) = tokio::time::timeout(TOKEN_TIMEOUT, exchange)
         .await
         .map_err(|_| OAuthError::Transport("timed out".into()))??;
-    let excerpt: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+    // Never the raw body: a 200 with an unexpected shape may still carry the tokens.
+    let excerpt = crate::redact::excerpt(&body);
     if status.as_u16() == 400 || status.as_u16() == 401 {
         return Err(OAuthError::InvalidGrant(excerpt));
     }

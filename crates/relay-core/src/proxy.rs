@@ -29,22 +29,24 @@ impl fmt::Debug for ProxyConfig {
     }
 }
 
-fn percent_decode(text: &str) -> String {
+/// Strict percent-decoding of a URL's user or password: every `%` starts two hex digits and the
+/// result is UTF-8, or the URL is refused.
+fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {
-        if bytes[index] == b'%' && index + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&text[index + 1..index + 3], 16) {
-                decoded.push(byte);
-                index += 3;
-                continue;
-            }
+        if bytes[index] == b'%' {
+            let hex = |at: usize| bytes.get(at).and_then(|byte| (*byte as char).to_digit(16));
+            let (high, low) = (hex(index + 1)?, hex(index + 2)?);
+            decoded.push(u8::try_from(high * 16 + low).ok()?);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
         }
-        decoded.push(bytes[index]);
-        index += 1;
     }
-    String::from_utf8_lossy(&decoded).into_owned()
+    String::from_utf8(decoded).ok()
 }
 
 impl ProxyConfig {
@@ -66,7 +68,15 @@ impl ProxyConfig {
         let (credentials, host) = match rest.rsplit_once('@') {
             Some((userinfo, host)) => {
                 let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                (Some((percent_decode(user), percent_decode(pass))), host)
+                let decode = |part: &str| {
+                    percent_decode(part).ok_or_else(|| {
+                        format!(
+                            "the credentials in '{}' are not valid percent-encoding (write % as %25)",
+                            mask(url)
+                        )
+                    })
+                };
+                (Some((decode(user)?, decode(pass)?)), host)
             }
             None => (None, rest),
         };
@@ -130,7 +140,18 @@ mod tests {
         let socks = ProxyConfig::parse("socks5://proxy.example:1080").unwrap();
         assert_eq!(socks.kind, ProxyKind::Socks5);
         assert_eq!(socks.credentials, None);
-        for bad in ["ftp://x:1", "http://host", "socks5://user:pw@", "nonsense"] {
+        let trailing = ProxyConfig::parse("http://bob:pw%21@h:1").unwrap();
+        assert_eq!(trailing.credentials, Some(("bob".into(), "pw!".into())));
+        for bad in [
+            "ftp://x:1",
+            "http://host",
+            "socks5://user:pw@",
+            "nonsense",
+            "http://u:pw%\u{e9}\u{e9}@h:1",
+            "http://u:pw%zz@h:1",
+            "http://u:pw%ff@h:1",
+            "http://u:pw%4@h:1",
+        ] {
             let error = ProxyConfig::parse(bad).unwrap_err();
             assert!(!error.contains("pw"), "{error}");
         }

@@ -140,7 +140,14 @@ pub fn build(
     KeyReport {
         name: key.name.clone(),
         status: if key.active { "active" } else { "disabled" },
-        limits: policy.clone(),
+        // Limits and usage only: how the key is routed (its dedicated account or group) and
+        // which addresses may use it are the operator's business.
+        limits: KeyPolicy {
+            dedicated_account: None,
+            account_group: None,
+            allowed_ips: None,
+            ..policy.clone()
+        },
         concurrency: Gauge {
             in_flight: standing.inflight,
             limit: policy.concurrency,

@@ -154,9 +154,8 @@ impl AttemptFailure {
         }
     }
 
-    /// What happened, for the log: the status, the reset headers and a short body excerpt.
-    /// Upstream error bodies carry no credentials, and response headers that could identify
-    /// the account are not included.
+    /// What happened, for the log: the status, the reset headers and a short, redacted body
+    /// excerpt. Response headers that could identify the account are not included.
     pub fn evidence(&self) -> String {
         match self {
             Self::Status {
@@ -171,7 +170,7 @@ impl AttemptFailure {
                     })
                     .map(|(name, value)| format!("{name}={}", value.to_str().unwrap_or("?")))
                     .collect();
-                let excerpt: String = String::from_utf8_lossy(body).chars().take(200).collect();
+                let excerpt = crate::redact::excerpt(body);
                 format!(
                     "status={} {} body={excerpt}",
                     status.as_u16(),
@@ -460,11 +459,16 @@ pub(crate) fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
         let name_str = name.as_str();
         let passes = matches!(
             name_str,
-            "content-type" | "content-encoding" | "retry-after" | "request-id" | "x-should-retry"
+            "content-type" | "content-encoding" | "request-id" | "x-should-retry"
         ) || name_str.starts_with("anthropic-ratelimit-");
         if passes {
             headers.append(name.clone(), value.clone());
         }
+    }
+    // Whole seconds within bounds, whatever the upstream wrote (an HTTP date is dropped).
+    if let Some(delay) = retry_after(upstream) {
+        let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     headers
 }
@@ -479,8 +483,11 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse::<f64>()
         .ok()
         .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
-        .map(Duration::from_secs_f64)
+        // A day at most: anything longer is an upstream fault, not advice.
+        .map(|seconds| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER_S)))
 }
+
+const MAX_RETRY_AFTER_S: f64 = 86_400.0;
 
 #[cfg(test)]
 mod tests {
@@ -566,5 +573,10 @@ mod tests {
         assert_eq!(passed.len(), 3);
         assert!(passed.get("anthropic-organization-id").is_none());
         assert_eq!(retry_after(&upstream), Some(Duration::from_secs(7)));
+        for absurd in ["1e20", "1.7e308", "99999999999999999999"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RETRY_AFTER, absurd.parse().unwrap());
+            assert_eq!(retry_after(&headers), Some(Duration::from_secs(86_400)));
+        }
     }
 }

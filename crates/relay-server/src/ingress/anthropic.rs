@@ -36,16 +36,49 @@ pub(crate) fn new_request_id() -> String {
     format!("req_{prefix:016x}{count:016x}")
 }
 
-/// The relay key as Anthropic clients send it: `x-api-key`, or `Authorization: Bearer`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get("x-api-key") {
-        return value.to_str().ok().map(str::trim);
+/// The relay key as Anthropic clients send it: `x-api-key`, or `Authorization: Bearer`. The
+/// same key in several places is fine; two *different* ones are refused rather than one of
+/// them picked silently.
+fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, RelayError> {
+    let api_keys = headers
+        .get_all("x-api-key")
+        .iter()
+        .map(|value| value.to_str().ok().map(str::trim));
+    let bearers = headers.get_all(AUTHORIZATION).iter().filter_map(|value| {
+        let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(Some(token.trim()))
+    });
+    let mut presented: Option<Option<&str>> = None;
+    for candidate in api_keys.chain(bearers) {
+        match presented {
+            None => presented = Some(candidate),
+            Some(first) if first == candidate => {}
+            Some(_) => {
+                return Err(error(
+                    ErrorType::InvalidRequest,
+                    "two different credentials were sent (x-api-key and Authorization, or one twice); send the relay key once",
+                ))
+            }
+        }
     }
-    let authorization = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = authorization.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    Ok(presented.flatten())
+}
+
+/// The query parameters forwarded upstream: only those the Anthropic API defines (Claude Code
+/// sends `beta=true`). Anything else — a `key=` above all — stays here.
+const FORWARDED_QUERY: &[&str] = &["beta"];
+
+fn forwarded_query(query: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = query?
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+            FORWARDED_QUERY.contains(&name)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 fn rejection_error(rejection: KeyRejection) -> RelayError {
@@ -81,7 +114,7 @@ fn authenticate(
 ) -> Result<Arc<KeyEntry>, RelayError> {
     state
         .relay
-        .authenticate(presented_key(&parts.headers), client_ip(&parts.extensions))
+        .authenticate(presented_key(&parts.headers)?, client_ip(&parts.extensions))
         .map_err(rejection_error)
 }
 
@@ -208,7 +241,7 @@ async fn prepare(
         request_id: request_id.to_owned(),
         key,
         endpoint,
-        query: parts.uri.query().map(str::to_owned),
+        query: forwarded_query(parts.uri.query()),
         headers: parts.headers,
         body,
         model,
@@ -310,16 +343,20 @@ pub(crate) async fn key_info(State(state): State<AppState>, request: Request) ->
     let received_at = Instant::now();
     let request_id = new_request_id();
     let (parts, _) = request.into_parts();
-    let headers = parts.headers;
+    let presented = match presented_key(&parts.headers) {
+        Ok(presented) => presented,
+        Err(relay_error) => {
+            let response = anthropic_error(&relay_error, &request_id);
+            observe(&state, "key_info", &request_id, &response, received_at);
+            return response;
+        }
+    };
     let key = state
         .relay
-        .authenticate(presented_key(&headers), client_ip(&parts.extensions));
+        .authenticate(presented, client_ip(&parts.extensions));
     let key = match key {
         Ok(key) => Ok(key),
-        Err(KeyRejection::Disabled) => state
-            .relay
-            .find_key(presented_key(&headers))
-            .ok_or(KeyRejection::Unknown),
+        Err(KeyRejection::Disabled) => state.relay.find_key(presented).ok_or(KeyRejection::Unknown),
         Err(rejection) => Err(rejection),
     };
     let response = match key {
@@ -373,14 +410,38 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_read_from_either_header() {
+    fn keys_are_read_from_either_header_and_two_different_ones_are_refused() {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer cr_abc"));
-        assert_eq!(presented_key(&headers), Some("cr_abc"));
+        assert_eq!(presented_key(&headers), Ok(Some("cr_abc")));
+        headers.insert("x-api-key", HeaderValue::from_static("cr_abc"));
+        assert_eq!(
+            presented_key(&headers),
+            Ok(Some("cr_abc")),
+            "the same key twice"
+        );
         headers.insert("x-api-key", HeaderValue::from_static("cr_xyz"));
-        assert_eq!(presented_key(&headers), Some("cr_xyz"));
+        assert!(presented_key(&headers).is_err());
+        let mut twice = HeaderMap::new();
+        twice.append("x-api-key", HeaderValue::from_static("cr_1"));
+        twice.append("x-api-key", HeaderValue::from_static("cr_2"));
+        assert!(presented_key(&twice).is_err());
         let mut basic = HeaderMap::new();
         basic.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(presented_key(&basic), None);
+        assert_eq!(presented_key(&basic), Ok(None));
+    }
+
+    #[test]
+    fn only_known_query_parameters_are_forwarded() {
+        assert_eq!(
+            forwarded_query(Some("beta=true")).as_deref(),
+            Some("beta=true")
+        );
+        assert_eq!(
+            forwarded_query(Some("key=secret&beta=true&x=1")).as_deref(),
+            Some("beta=true")
+        );
+        assert_eq!(forwarded_query(Some("key=secret")), None);
+        assert_eq!(forwarded_query(None), None);
     }
 }

@@ -161,3 +161,59 @@ async fn an_sse_event_without_end_is_relayed_but_not_buffered_and_the_record_say
     assert_eq!(record.error_kind.as_deref(), Some("usage_unreadable"));
     assert_eq!(record.usage.input_tokens, 7, "what was readable is kept");
 }
+
+#[tokio::test]
+async fn only_the_beta_parameter_is_forwarded_and_two_different_keys_are_refused() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let response = harness
+        .post(
+            "/v1/messages?beta=true&key=AIza-client-secret",
+            messages_body(false, "x"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let forwarded = harness.mock.requests().remove(0);
+    assert_eq!(forwarded.query.as_deref(), Some("beta=true"));
+
+    let ambiguous = harness
+        .post("/v1/messages", messages_body(false, "x"))
+        .bearer_auth("cr_some_other_key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(ambiguous).await,
+        (400, "invalid_request_error".into())
+    );
+    let same_twice = harness
+        .post("/v1/messages", messages_body(false, "x"))
+        .bearer_auth(&harness.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_twice.status(), 200);
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_is_bounded_and_the_request_still_recorded() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    harness.mock.script(
+        "sk-main",
+        [Behavior::status_with_headers(
+            429,
+            &[("retry-after", "1e20")],
+        )],
+    );
+    let response = harness.send(false, "x").await;
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after <= 7 * 86_400, "{retry_after}");
+    let record = harness.records(1).await.remove(0);
+    assert_eq!(record.outcome, "upstream_error");
+}

@@ -366,6 +366,8 @@ async fn a_key_holder_sees_limits_standing_and_recent_requests() {
         rate_requests: Some(100),
         token_quota: Some(1_000_000),
         allowed_models: Some(vec!["claude-sonnet-*".into()]),
+        dedicated_account: Some("main".into()),
+        allowed_ips: Some(vec!["127.0.0.0/8".into()]),
         ..KeyPolicy::default()
     };
     let (key, _) = harness.key_with("member", &policy).await;
@@ -416,6 +418,15 @@ async fn a_key_holder_sees_limits_standing_and_recent_requests() {
         assert!(
             !report.to_string().contains(&key),
             "the report must not echo the key"
+        );
+        let limits = &report["limits"];
+        assert_eq!(limits["concurrency"], 3);
+        for routing in ["dedicated_account", "account_group", "allowed_ips"] {
+            assert!(limits.get(routing).is_none(), "{routing} shown: {limits}");
+        }
+        assert!(
+            !report.to_string().contains("\"main\""),
+            "no account name: {report}"
         );
     }
 
