@@ -336,3 +336,28 @@ async fn accounts_are_managed_tested_and_watched_through_the_admin_api() {
         .clone();
     assert_eq!(main["live"]["state"], "active", "{main}");
 }
+
+#[tokio::test]
+async fn csv_export_neutralises_cells_a_spreadsheet_would_run() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let token = login(&harness).await;
+    let created = admin(&harness, &token, Method::POST, "/admin/v1/keys")
+        .json(&json!({"name": "sheet", "description": "=HYPERLINK(\"http://evil\",\"x\")"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let csv = admin(&harness, &token, Method::GET, "/admin/v1/keys.csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = csv.lines().find(|line| line.starts_with("sheet,")).unwrap();
+    assert!(
+        row.contains(r#","'=HYPERLINK(""http://evil"",""x"")","#),
+        "{row}"
+    );
+}
