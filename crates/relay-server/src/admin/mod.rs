@@ -143,8 +143,8 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
-async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes: Bytes = Limited::new(body, MAX_ADMIN_BODY)
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(body, MAX_ADMIN_BODY)
         .collect()
         .await
         .map_err(|_| {
@@ -154,14 +154,31 @@ async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
                 format!("admin requests are at most {MAX_ADMIN_BODY} bytes"),
             )
         })?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|error| {
+        .to_bytes())
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!("body: {error}"),
         )
     })
+}
+
+async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    parse_json(&read_body(body).await?)
+}
+
+/// A body that may be left out (then every field takes its default); one that is sent must parse.
+async fn read_optional_json<T: DeserializeOwned + Default>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(body).await?;
+    if bytes.is_empty() {
+        Ok(T::default())
+    } else {
+        parse_json(&bytes)
+    }
 }
 
 #[derive(Deserialize)]
@@ -404,7 +421,7 @@ struct PurgeBody {
 }
 
 async fn purge(State(state): State<AppState>, request: Request) -> ApiResult {
-    let body: PurgeBody = read_json(request.into_body()).await.unwrap_or_default();
+    let body: PurgeBody = read_optional_json(request.into_body()).await?;
     let older_than_ms = body.older_than_secs.map_or(-1, |secs| {
         i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2)
     });

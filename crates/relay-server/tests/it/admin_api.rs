@@ -361,3 +361,51 @@ async fn csv_export_neutralises_cells_a_spreadsheet_would_run() {
         "{row}"
     );
 }
+
+#[tokio::test]
+async fn purge_with_an_invalid_body_is_refused_and_purges_nothing() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let token = login(&harness).await;
+    admin(&harness, &token, Method::POST, "/admin/v1/keys")
+        .json(&json!({"name": "old"}))
+        .send()
+        .await
+        .unwrap();
+    admin(&harness, &token, Method::DELETE, "/admin/v1/keys/old")
+        .send()
+        .await
+        .unwrap();
+    for body in [
+        r#"{"older_than_secs": "a week"}"#,
+        r#"{"older_than": 3600}"#,
+        "not json",
+    ] {
+        let response = admin(&harness, &token, Method::POST, "/admin/v1/keys/purge")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["type"], "invalid_request");
+    }
+    let trash: Value = admin(&harness, &token, Method::GET, "/admin/v1/keys?trash=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trash["keys"][0]["name"], "old", "{trash}");
+    // No body at all still means "everything in the trash".
+    let purged: Value = admin(&harness, &token, Method::POST, "/admin/v1/keys/purge")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(purged["purged"], json!(["old"]));
+}
