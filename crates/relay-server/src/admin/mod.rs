@@ -1,6 +1,8 @@
 //! The admin API (`/admin/v1/…`): versioned JSON over the same admin actions as the CLI.
 //!
-//! Layers, outermost first: the router's panic guard (see `ingress`), then [`require_admin`] on
+//! Layers, outermost first: the router's panic guard (see `ingress`), then [`require_json_body`]
+//! on every admin route (a request body must be `application/json`: a cross-site HTML form can
+//! only send the other types, so this closes CSRF against the login), then [`require_admin`] on
 //! every route but `POST /admin/v1/login`, which is throttled per address instead.
 //! Errors are `{"error":{"type":…,"message":…}}` with the matching status.
 
@@ -13,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::StatusCode;
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use relay_core::admin::{AdminError, KeyMeta, KeyRow, StoreError};
 use relay_core::admin_auth::LoginError;
@@ -55,6 +58,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/v1/login", post(login))
         .merge(protected)
+        .route_layer(middleware::from_fn(require_json_body))
 }
 
 struct ApiError {
@@ -123,6 +127,29 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
+}
+
+/// Refuses a request that carries a body not declared as `application/json` (415).
+async fn require_json_body(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let declared_empty = headers
+        .get(CONTENT_LENGTH)
+        .is_some_and(|length| length.as_bytes() == b"0");
+    let has_body = !declared_empty && !request.body().is_end_stream();
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"));
+    if has_body && !is_json {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "admin request bodies are JSON: send Content-Type: application/json",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -409,3 +409,50 @@ async fn purge_with_an_invalid_body_is_refused_and_purges_nothing() {
         .unwrap();
     assert_eq!(purged["purged"], json!(["old"]));
 }
+
+#[tokio::test]
+async fn admin_request_bodies_must_be_json() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    // A cross-site form can post text/plain without a preflight: refused before the password check.
+    let login_as = |content_type: Option<&'static str>| {
+        let mut request = harness
+            .client
+            .post(format!("{}/admin/v1/login", harness.url))
+            .body(json!({"username": "admin", "password": ADMIN_PASSWORD}).to_string());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send()
+    };
+    let form_login = login_as(Some("text/plain")).await.unwrap();
+    assert_eq!(form_login.status(), 415);
+    let error: Value = form_login.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "unsupported_media_type", "{error}");
+    assert_eq!(login_as(None).await.unwrap().status(), 415);
+    assert_eq!(
+        login_as(Some("application/json")).await.unwrap().status(),
+        200
+    );
+    let token = login(&harness).await;
+    let form_patch = admin(&harness, &token, Method::PATCH, "/admin/v1/keys/tester")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("description=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form_patch.status(), 415);
+    // JSON with a charset parameter is JSON; requests without a body need no type.
+    let patched = admin(&harness, &token, Method::PATCH, "/admin/v1/keys/tester")
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(r#"{"description": "typed"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let logout = admin(&harness, &token, Method::POST, "/admin/v1/logout")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+}
