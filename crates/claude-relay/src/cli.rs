@@ -196,11 +196,14 @@ struct NamesArg {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
-    /// Set a new admin password (CLAUDE_RELAY_ADMIN_PASSWORD, or a random one printed once).
+    /// Set a new admin password (CLAUDE_RELAY_ADMIN_PASSWORD, or a random one printed once);
+    /// signs that admin's sessions out.
     ResetPassword {
         #[arg(long, default_value = relay_core::bootstrap::ADMIN_USERNAME)]
         username: String,
     },
+    /// Sign every admin session out.
+    RevokeSessions,
 }
 
 /// How an account takes part in scheduling.
@@ -696,12 +699,19 @@ async fn run_admin_command(
             }
             if generated {
                 out(&password);
-                notice(&format!("new password for '{username}' (shown once)"));
+                notice(&format!(
+                    "new password for '{username}' (shown once); their sessions are signed out"
+                ));
             } else {
                 out(&format!(
-                    "password of '{username}' set from CLAUDE_RELAY_ADMIN_PASSWORD"
+                    "password of '{username}' set from CLAUDE_RELAY_ADMIN_PASSWORD; their sessions are signed out"
                 ));
             }
+            Ok(())
+        }
+        Command::Admin(AdminCommand::RevokeSessions) => {
+            let revoked = store.delete_all_admin_sessions().await?;
+            out(&format!("revoked {revoked} admin session(s)"));
             Ok(())
         }
     }

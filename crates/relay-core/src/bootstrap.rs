@@ -117,7 +117,8 @@ pub async fn ensure_admin(
     }
 }
 
-/// Sets a new password for an admin; returns false if the user does not exist.
+/// Sets a new password for an admin and signs all of their sessions out; returns false if the
+/// user does not exist.
 pub async fn reset_admin_password(
     store: &Store,
     username: &str,
