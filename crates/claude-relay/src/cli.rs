@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use relay_core::account_settings::AccountSettings;
 use relay_core::admin::{AdminService, NewAccountInput};
 use relay_core::bootstrap::{open_installation, random_password, reset_admin_password};
 use relay_core::policy::{
@@ -252,10 +253,7 @@ impl AccountSettingsArgs {
         Ok(())
     }
 
-    fn apply(
-        self,
-        settings: &mut relay_core::account_settings::AccountSettings,
-    ) -> anyhow::Result<()> {
+    fn apply(self, settings: &mut AccountSettings) -> anyhow::Result<()> {
         if let Some(weight) = self.weight {
             settings.weight = Some(weight);
         }
@@ -732,25 +730,21 @@ async fn run_account_command(
             settings,
             json,
         } => {
+            // Everything is checked before the account is written, in one insert.
+            let proxy = settings.proxy.clone();
+            let mut account_settings = AccountSettings::default();
+            settings.apply(&mut account_settings)?;
             let account = admin
                 .add_account(NewAccountInput {
                     platform,
-                    name: name.clone(),
+                    name,
                     api_key,
                     base_url,
                     priority,
+                    settings: account_settings,
+                    proxy,
                 })
                 .await?;
-            settings.apply_proxy(admin, &name).await?;
-            let mut apply_error = None;
-            admin
-                .edit_account_settings(&name, |current| {
-                    apply_error = settings.apply(current).err();
-                })
-                .await?;
-            if let Some(error) = apply_error {
-                return Err(error);
-            }
             if json {
                 print_json(&serde_json::to_value(&account)?);
             } else {

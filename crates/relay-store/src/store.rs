@@ -464,8 +464,9 @@ impl Store {
     pub async fn insert_account(&self, account: &NewAccount) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO accounts (id, name, platform, base_url, priority, status, secret_sealed,
-                                   secret_hint, created_at_ms, updated_at_ms)
-             VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
+                                   secret_hint, settings, proxy_sealed, created_at_ms,
+                                   updated_at_ms)
+             VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
         )
         .bind(&account.id)
         .bind(&account.name)
@@ -474,6 +475,8 @@ impl Store {
         .bind(account.priority)
         .bind(&account.secret_sealed)
         .bind(&account.secret_hint)
+        .bind(&account.settings)
+        .bind(&account.proxy_sealed)
         .bind(account.created_at_ms)
         .bind(account.created_at_ms)
         .execute(&self.pool)

@@ -19,7 +19,8 @@ use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RET
 use http::StatusCode;
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use relay_core::admin::{AdminError, KeyMeta, KeyRow, StoreError};
+use relay_core::account_settings::AccountSettings;
+use relay_core::admin::{merge_patch, AdminError, KeyMeta, KeyRow, StoreError};
 use relay_core::admin_auth::LoginError;
 use relay_core::policy::KeyPolicy;
 use serde::de::DeserializeOwned;
@@ -513,7 +514,10 @@ fn default_priority() -> i64 {
 
 async fn add_account(State(state): State<AppState>, request: Request) -> ApiResult {
     let body: AddAccountBody = read_json(request.into_body()).await?;
-    let name = body.name.clone();
+    let settings = match &body.settings {
+        Some(patch) => merge_patch(&AccountSettings::default(), patch, "settings")?,
+        None => AccountSettings::default(),
+    };
     let row = state
         .admin
         .add_account(relay_core::admin::NewAccountInput {
@@ -522,14 +526,10 @@ async fn add_account(State(state): State<AppState>, request: Request) -> ApiResu
             api_key: body.api_key,
             base_url: body.base_url,
             priority: body.priority,
+            settings,
+            proxy: body.proxy,
         })
         .await?;
-    if let Some(settings) = &body.settings {
-        state.admin.patch_account_settings(&name, settings).await?;
-    }
-    if let Some(proxy) = &body.proxy {
-        state.admin.set_account_proxy(&name, Some(proxy)).await?;
-    }
     Ok((StatusCode::CREATED, Json(account_json(&row, None))).into_response())
 }
 

@@ -17,6 +17,17 @@ async fn login(harness: &Harness) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
+/// `GET` an admin path and read the JSON answer.
+async fn get_json(harness: &Harness, token: &str, path: &str) -> Value {
+    admin(harness, token, reqwest::Method::GET, path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn admin(
     harness: &Harness,
     token: &str,
@@ -391,13 +402,7 @@ async fn purge_with_an_invalid_body_is_refused_and_purges_nothing() {
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["type"], "invalid_request");
     }
-    let trash: Value = admin(&harness, &token, Method::GET, "/admin/v1/keys?trash=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trash = get_json(&harness, &token, "/admin/v1/keys?trash=true").await;
     assert_eq!(trash["keys"][0]["name"], "old", "{trash}");
     // No body at all still means "everything in the trash".
     let purged: Value = admin(&harness, &token, Method::POST, "/admin/v1/keys/purge")
@@ -455,4 +460,39 @@ async fn admin_request_bodies_must_be_json() {
         .await
         .unwrap();
     assert_eq!(logout.status(), 204);
+}
+
+#[tokio::test]
+async fn an_account_with_an_invalid_setting_or_proxy_is_not_created_at_all() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let token = login(&harness).await;
+    for (extra, what) in [
+        (json!({"proxy": "ftp://proxy.example:21"}), "proxy"),
+        (json!({"settings": {"weight": "heavy"}}), "settings"),
+        (json!({"settings": {"wieght": 2}}), "settings"),
+    ] {
+        let mut body = json!({
+            "platform": "anthropic", "name": "broken", "api_key": "sk-broken",
+            "base_url": harness.mock.url(),
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let response = admin(&harness, &token, Method::POST, "/admin/v1/accounts")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        assert!(response.text().await.unwrap().contains(what));
+        let listed = get_json(&harness, &token, "/admin/v1/accounts").await;
+        let names: Vec<&str> = listed["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|account| account["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["main"], "{body} left an account behind");
+    }
 }
