@@ -1,4 +1,7 @@
-//! Secrets and data at rest, through the binary: admin sessions, all-or-nothing account creation.
+//! Secrets and data at rest, through the binary: private files, admin sessions, all-or-nothing
+//! account creation.
+
+use std::path::Path;
 
 use serde_json::{json, Value};
 
@@ -82,4 +85,76 @@ async fn an_account_with_an_invalid_proxy_or_setting_is_not_created_at_all() {
     assert_eq!(added["name"], "main");
     let listed = cli_json(&data_dir, &["account", "list", "--json"]);
     assert_eq!(listed[0]["settings"]["weight"], 2);
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Asserts the directory is 0700 and every file in it 0600; returns the file names.
+#[cfg(unix)]
+fn assert_private(data_dir: &Path) -> Vec<String> {
+    assert_eq!(mode(data_dir), 0o700, "{}", data_dir.display());
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    names
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_its_files_are_private_and_a_loose_master_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    cli(&data_dir, &["key", "create", "--name", "alice"]);
+    let names = assert_private(&data_dir);
+    for owned in ["relay.db", "relay.db-wal", "relay.db-shm", "master.key"] {
+        assert!(
+            names.iter().any(|name| name == owned),
+            "{owned} in {names:?}"
+        );
+    }
+    assert!(relay.terminate().success());
+
+    // An installation from before: a loose directory and database are tightened, and said so.
+    set_mode(&data_dir, 0o755);
+    set_mode(&data_dir.join("relay.db"), 0o644);
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    assert_private(&data_dir);
+    let logs = relay.stderr();
+    assert!(
+        logs.contains("tightened") && logs.contains("relay.db"),
+        "{logs}"
+    );
+    assert!(relay.terminate().success());
+
+    // A master key others could read may have been exposed: refused, saying how to fix it.
+    let key_file = data_dir.join("master.key");
+    set_mode(&key_file, 0o644);
+    let fix = format!("chmod 600 {}", key_file.display());
+    let error = crate::support::cli_fails(&data_dir, &["key", "list"]);
+    assert!(error.contains(&fix), "{error}");
+    let serve = std::process::Command::new(crate::support::BINARY)
+        .arg("serve")
+        .env("CLAUDE_RELAY_DATA_DIR", &data_dir)
+        .env("CLAUDE_RELAY_LISTEN", "127.0.0.1:0")
+        .env_remove("CLAUDE_RELAY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    assert!(String::from_utf8_lossy(&serve.stderr).contains(&fix));
+    set_mode(&key_file, 0o600);
+    cli(&data_dir, &["key", "list"]);
 }
