@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use relay_core::account_settings::AccountSettings;
 use relay_core::admin::{AdminService, NewAccountInput};
 use relay_core::bootstrap::{open_installation, random_password, reset_admin_password};
 use relay_core::policy::{
@@ -196,11 +197,14 @@ struct NamesArg {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
-    /// Set a new admin password (CLAUDE_RELAY_ADMIN_PASSWORD, or a random one printed once).
+    /// Set a new admin password (CLAUDE_RELAY_ADMIN_PASSWORD, or a random one printed once);
+    /// signs that admin's sessions out.
     ResetPassword {
         #[arg(long, default_value = relay_core::bootstrap::ADMIN_USERNAME)]
         username: String,
     },
+    /// Sign every admin session out.
+    RevokeSessions,
 }
 
 /// How an account takes part in scheduling.
@@ -249,10 +253,7 @@ impl AccountSettingsArgs {
         Ok(())
     }
 
-    fn apply(
-        self,
-        settings: &mut relay_core::account_settings::AccountSettings,
-    ) -> anyhow::Result<()> {
+    fn apply(self, settings: &mut AccountSettings) -> anyhow::Result<()> {
         if let Some(weight) = self.weight {
             settings.weight = Some(weight);
         }
@@ -696,12 +697,19 @@ async fn run_admin_command(
             }
             if generated {
                 out(&password);
-                notice(&format!("new password for '{username}' (shown once)"));
+                notice(&format!(
+                    "new password for '{username}' (shown once); their sessions are signed out"
+                ));
             } else {
                 out(&format!(
-                    "password of '{username}' set from CLAUDE_RELAY_ADMIN_PASSWORD"
+                    "password of '{username}' set from CLAUDE_RELAY_ADMIN_PASSWORD; their sessions are signed out"
                 ));
             }
+            Ok(())
+        }
+        Command::Admin(AdminCommand::RevokeSessions) => {
+            let revoked = store.delete_all_admin_sessions().await?;
+            out(&format!("revoked {revoked} admin session(s)"));
             Ok(())
         }
     }
@@ -722,25 +730,21 @@ async fn run_account_command(
             settings,
             json,
         } => {
+            // Everything is checked before the account is written, in one insert.
+            let proxy = settings.proxy.clone();
+            let mut account_settings = AccountSettings::default();
+            settings.apply(&mut account_settings)?;
             let account = admin
                 .add_account(NewAccountInput {
                     platform,
-                    name: name.clone(),
+                    name,
                     api_key,
                     base_url,
                     priority,
+                    settings: account_settings,
+                    proxy,
                 })
                 .await?;
-            settings.apply_proxy(admin, &name).await?;
-            let mut apply_error = None;
-            admin
-                .edit_account_settings(&name, |current| {
-                    apply_error = settings.apply(current).err();
-                })
-                .await?;
-            if let Some(error) = apply_error {
-                return Err(error);
-            }
             if json {
                 print_json(&serde_json::to_value(&account)?);
             } else {

@@ -33,13 +33,17 @@ pub struct CreatedKey {
     pub hint: String,
 }
 
-#[derive(Debug)]
+/// An account to add: its credential, settings and proxy are written together or not at all.
+#[derive(Debug, Default)]
 pub struct NewAccountInput {
     pub platform: String,
     pub name: String,
     pub api_key: String,
     pub base_url: Option<String>,
     pub priority: i64,
+    pub settings: AccountSettings,
+    /// `http://`, `https://` or `socks5://[user:pass@]host:port`.
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,13 +92,42 @@ fn validate_meta(meta: &KeyMeta) -> Result<(), AdminError> {
     Ok(())
 }
 
-/// Quotes a CSV field when it needs it (RFC 4180).
+/// One CSV cell. A value a spreadsheet would run as a formula (one starting with `=`, `+`, `-`,
+/// `@`, tab or CR) gets a leading `'`, so it is shown as text; then the cell is quoted when it
+/// needs it (RFC 4180).
 fn csv_field(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
+    let cell = if field.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{field}")
     } else {
         field.to_owned()
+    };
+    if cell.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", cell.replace('"', "\"\""))
+    } else {
+        cell
     }
+}
+
+/// Applies a JSON merge patch (RFC 7396, one level): a field set to `null` is removed, any other
+/// value replaces it, absent fields stay. `what` names the document in the error.
+pub fn merge_patch<T: serde::Serialize + serde::de::DeserializeOwned>(
+    current: &T,
+    patch: &serde_json::Map<String, serde_json::Value>,
+    what: &str,
+) -> Result<T, AdminError> {
+    let mut merged = match serde_json::to_value(current) {
+        Ok(serde_json::Value::Object(object)) => object,
+        _ => serde_json::Map::new(),
+    };
+    for (field, value) in patch {
+        if value.is_null() {
+            merged.remove(field);
+        } else {
+            merged.insert(field.clone(), value.clone());
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(merged))
+        .map_err(|error| AdminError::Invalid(format!("{what}: {error}")))
 }
 
 fn validate_base_url(url: &str) -> Result<String, AdminError> {
@@ -216,19 +249,7 @@ impl AdminService {
         patch: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<KeyPolicy, AdminError> {
         let current = self.key_by_name(name).await?.policy;
-        let mut merged = match serde_json::to_value(&current) {
-            Ok(serde_json::Value::Object(object)) => object,
-            _ => serde_json::Map::new(),
-        };
-        for (field, value) in patch {
-            if value.is_null() {
-                merged.remove(field);
-            } else {
-                merged.insert(field.clone(), value.clone());
-            }
-        }
-        let policy: KeyPolicy = serde_json::from_value(serde_json::Value::Object(merged))
-            .map_err(|error| AdminError::Invalid(format!("policy: {error}")))?;
+        let policy = merge_patch(&current, patch, "policy")?;
         self.edit_key_policy(name, |current| *current = policy)
             .await
     }
@@ -329,6 +350,16 @@ impl AdminService {
     }
 
     pub async fn add_account(&self, input: NewAccountInput) -> Result<AccountRow, AdminError> {
+        self.insert_account(input, None).await
+    }
+
+    /// Checks everything first, then writes the account (credential, settings, proxy) in one
+    /// insert: all or nothing. A subscription's signed-in `tokens` take the place of the key.
+    async fn insert_account(
+        &self,
+        input: NewAccountInput,
+        tokens: Option<&OAuthTokens>,
+    ) -> Result<AccountRow, AdminError> {
         validate_name("account", &input.name)?;
         let platform = Platform::parse(&input.platform).ok_or_else(|| {
             AdminError::Invalid(format!(
@@ -352,11 +383,20 @@ impl AdminService {
                 "priority must be between 0 and 10000".into(),
             ));
         }
+        input.settings.validate().map_err(AdminError::Invalid)?;
+        let proxy_url = match &input.proxy {
+            Some(url) => {
+                ProxyConfig::parse(url).map_err(AdminError::Invalid)?;
+                Some(url.trim())
+            }
+            None => None,
+        };
         let id = uuid::Uuid::new_v4().to_string();
-        // A subscription account added with a key is a setup token (`claude setup-token`).
-        let stored = match platform {
-            Platform::Anthropic => api_key.to_owned(),
-            Platform::ClaudeOauth => OAuthTokens {
+        let stored = match (tokens, platform) {
+            (Some(tokens), _) => tokens.to_json(),
+            (None, Platform::Anthropic) => api_key.to_owned(),
+            // A subscription account added with a key is a setup token (`claude setup-token`).
+            (None, Platform::ClaudeOauth) => OAuthTokens {
                 access_token: api_key.to_owned(),
                 refresh_token: None,
                 expires_at_ms: None,
@@ -368,6 +408,10 @@ impl AdminService {
         let sealed = self
             .secret_box
             .seal(secret.expose(), &account_secret_binding(&id));
+        let proxy_sealed = proxy_url.map(|url| {
+            self.secret_box
+                .seal(url, &crate::snapshot::account_proxy_binding(&id))
+        });
         self.store
             .insert_account(&NewAccount {
                 id: id.clone(),
@@ -377,6 +421,8 @@ impl AdminService {
                 priority: input.priority,
                 secret_sealed: sealed,
                 secret_hint: hint,
+                settings: input.settings.to_json(),
+                proxy_sealed,
                 created_at_ms: now_ms(),
             })
             .await?;
@@ -473,18 +519,18 @@ impl AdminService {
         priority: i64,
     ) -> Result<AccountRow, AdminError> {
         let row = self
-            .add_account(NewAccountInput {
-                platform: Platform::ClaudeOauth.as_str().to_owned(),
-                name: name.to_owned(),
-                api_key: tokens.access_token.clone(),
-                base_url,
-                priority,
-            })
+            .insert_account(
+                NewAccountInput {
+                    platform: Platform::ClaudeOauth.as_str().to_owned(),
+                    name: name.to_owned(),
+                    api_key: tokens.access_token.clone(),
+                    base_url,
+                    priority,
+                    ..NewAccountInput::default()
+                },
+                Some(tokens),
+            )
             .await?;
-        let sealed = self
-            .secret_box
-            .seal(&tokens.to_json(), &account_secret_binding(&row.id));
-        self.store.update_account_secret(&row.id, &sealed).await?;
         let client = crate::relay::AnyClient::Direct(crate::relay::build_client(
             std::time::Duration::from_secs(10),
         ));
@@ -505,30 +551,11 @@ impl AdminService {
         name: &str,
         patch: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<AccountSettings, AdminError> {
-        let mut merged = None;
-        let result = self
-            .edit_account_settings(name, |current| {
-                let mut object = match serde_json::to_value(&*current) {
-                    Ok(serde_json::Value::Object(object)) => object,
-                    _ => serde_json::Map::new(),
-                };
-                for (field, value) in patch {
-                    if value.is_null() {
-                        object.remove(field);
-                    } else {
-                        object.insert(field.clone(), value.clone());
-                    }
-                }
-                match serde_json::from_value::<AccountSettings>(serde_json::Value::Object(object)) {
-                    Ok(settings) => *current = settings,
-                    Err(error) => merged = Some(error.to_string()),
-                }
-            })
-            .await;
-        match merged {
-            Some(error) => Err(AdminError::Invalid(format!("settings: {error}"))),
-            None => result,
-        }
+        let current = AccountSettings::from_json(&self.account_row(name).await?.settings)
+            .map_err(AdminError::Invalid)?;
+        let merged = merge_patch(&current, patch, "settings")?;
+        self.edit_account_settings(name, |settings| *settings = merged)
+            .await
     }
 
     async fn account_row(&self, name: &str) -> Result<AccountRow, AdminError> {
@@ -708,6 +735,22 @@ mod tests {
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn csv_fields_that_a_spreadsheet_would_run_as_formulas_are_neutralised() {
+        assert_eq!(csv_field("=1+2"), "'=1+2");
+        assert_eq!(csv_field("+1"), "'+1");
+        assert_eq!(csv_field("-1"), "'-1");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("\tx"), "'\tx");
+        assert_eq!(csv_field("\rx"), "\"'\rx\"");
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(csv_field("a=b"), "a=b");
+        assert_eq!(csv_field(""), "");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Opening an installation: the data directory, the master key and the database, created on
-//! first use; and the initial admin of a fresh installation.
+//! first use and kept private (directory 0700, files 0600); and the initial admin of a fresh
+//! installation.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,12 @@ pub const ADMIN_USERNAME: &str = "admin";
 pub enum BootstrapError {
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make {path} private: {source}")]
+    Permissions {
         path: String,
         #[source]
         source: std::io::Error,
@@ -52,6 +59,8 @@ pub async fn open_installation(
         path: data_dir.display().to_string(),
         source,
     })?;
+    restrict_to_owner(data_dir)?;
+    prepare_database_files(data_dir)?;
     let (master_key, created) = match master_key_hex {
         Some(hex) => (MasterKey::from_hex(hex)?, false),
         None => MasterKey::load_or_create(&data_dir.join(MASTER_KEY_FILE))?,
@@ -74,6 +83,65 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
         builder.mode(0o700);
     }
     builder.create(path)
+}
+
+/// Makes every file and directory the process creates private to its user (umask 077), so the
+/// database's `-wal` and `-shm` files are 0600 like the rest. Called once, first thing, by the
+/// binary.
+pub fn make_new_files_private() {
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Creates the database file 0600 if it is missing (SQLite gives its `-wal` and `-shm` files the
+/// database file's mode), and tightens the ones an older version left readable by others.
+fn prepare_database_files(data_dir: &Path) -> Result<(), BootstrapError> {
+    let database = data_dir.join(DATABASE_FILE);
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(&database)
+        .map_err(|source| BootstrapError::Permissions {
+            path: database.display().to_string(),
+            source,
+        })?;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = data_dir.join(format!("{DATABASE_FILE}{suffix}"));
+        if path.exists() {
+            restrict_to_owner(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes group and other permissions off `path`, saying so when there were any.
+fn restrict_to_owner(path: &Path) -> Result<(), BootstrapError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let error = |source| BootstrapError::Permissions {
+            path: path.display().to_string(),
+            source,
+        };
+        let mode = std::fs::metadata(path).map_err(error)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let private = mode & 0o700;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(private))
+                .map_err(error)?;
+            tracing::info!(
+                path = %path.display(),
+                from = format!("{mode:o}"),
+                to = format!("{private:o}"),
+                "tightened the permissions of the data directory or a file in it"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What [`ensure_admin`] did.
@@ -117,7 +185,8 @@ pub async fn ensure_admin(
     }
 }
 
-/// Sets a new password for an admin; returns false if the user does not exist.
+/// Sets a new password for an admin and signs all of their sessions out; returns false if the
+/// user does not exist.
 pub async fn reset_admin_password(
     store: &Store,
     username: &str,
@@ -156,6 +225,22 @@ mod tests {
         assert!(installation.created);
         assert!(data_dir.join(MASTER_KEY_FILE).exists());
         assert!(data_dir.join(DATABASE_FILE).exists());
+        // Private even without the binary's umask: SQLite gives its WAL files the database's mode.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode =
+                |path: PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(data_dir.clone()), 0o700);
+            for file in [
+                DATABASE_FILE,
+                "relay.db-wal",
+                "relay.db-shm",
+                MASTER_KEY_FILE,
+            ] {
+                assert_eq!(mode(data_dir.join(file)), 0o600, "{file}");
+            }
+        }
         let AdminBootstrap::CreatedWithRandomPassword(password) =
             ensure_admin(&installation.store, None).await.unwrap()
         else {

@@ -2,7 +2,7 @@
 //! bound to their row by associated data) and the keyed hash under which relay keys are stored.
 
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -23,6 +23,11 @@ pub enum CryptoError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the master key file {path} can be read or written by other users (mode {mode:o}), so it \
+         may have been exposed; restrict it with `chmod 600 {path}`"
+    )]
+    ExposedMasterKey { path: String, mode: u32 },
     #[error("a sealed secret could not be opened (wrong master key or tampered row)")]
     Unseal,
 }
@@ -79,16 +84,18 @@ impl MasterKey {
     }
 
     /// Reads the key file, or creates it with a fresh random key and mode 0600.
-    /// Returns the key and whether it was created now.
+    /// Returns the key and whether it was created now. A key file that other users can read or
+    /// write is refused: it may have been exposed, and using it silently would hide that.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), CryptoError> {
         let file_error = |source| CryptoError::MasterKeyFile {
             path: path.display().to_string(),
             source,
         };
-        match std::fs::read_to_string(path) {
-            Ok(text) => return Ok((Self::from_hex(&text)?, false)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(file_error(error)),
+        match Self::load(path) {
+            Ok(key) => return Ok((key, false)),
+            Err(CryptoError::MasterKeyFile { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
         }
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -108,11 +115,33 @@ impl MasterKey {
             }
             // Another process (the CLI, a second start) created it first: use theirs.
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                let text = std::fs::read_to_string(path).map_err(file_error)?;
-                Ok((Self::from_hex(&text)?, false))
+                Ok((Self::load(path)?, false))
             }
             Err(error) => Err(file_error(error)),
         }
+    }
+
+    /// Reads an existing key file, refusing one that other users can read or write.
+    pub fn load(path: &Path) -> Result<Self, CryptoError> {
+        let file_error = |source| CryptoError::MasterKeyFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(file_error)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file.metadata().map_err(file_error)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(CryptoError::ExposedMasterKey {
+                    path: path.display().to_string(),
+                    mode,
+                });
+            }
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(file_error)?;
+        Self::from_hex(&text)
     }
 
     fn derive(&self, label: &[u8]) -> [u8; 32] {
@@ -254,6 +283,25 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_master_key_file_others_can_read_or_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        MasterKey::load_or_create(&path).unwrap();
+        for loose in [0o640, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
+            let error = MasterKey::load_or_create(&path).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("chmod 600 {}", path.display())),
+                "{loose:o}: {error}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(MasterKey::load_or_create(&path).is_ok());
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct NewAccount {
     pub priority: i64,
     pub secret_sealed: Vec<u8>,
     pub secret_hint: String,
+    /// Scheduling settings as JSON.
+    pub settings: String,
+    pub proxy_sealed: Option<Vec<u8>>,
     pub created_at_ms: i64,
 }
 

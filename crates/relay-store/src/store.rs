@@ -173,17 +173,35 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Sets an admin's password and ends all of their sessions, in one transaction; returns
+    /// false if no such admin exists.
     pub async fn set_admin_password(
         &self,
         username: &str,
         password_hash: &str,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query("UPDATE admins SET password_hash = ? WHERE username = ?")
             .bind(password_hash)
             .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM admin_sessions WHERE admin_id IN (SELECT id FROM admins WHERE username = ?)",
+        )
+        .bind(username)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Ends every admin session; returns how many there were.
+    pub async fn delete_all_admin_sessions(&self) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM admin_sessions")
             .execute(&self.pool)
             .await?;
-        Ok(result.rows_affected() == 1)
+        Ok(result.rows_affected())
     }
 
     // --- relay keys ---
@@ -442,8 +460,9 @@ impl Store {
     pub async fn insert_account(&self, account: &NewAccount) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO accounts (id, name, platform, base_url, priority, status, secret_sealed,
-                                   secret_hint, created_at_ms, updated_at_ms)
-             VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
+                                   secret_hint, settings, proxy_sealed, created_at_ms,
+                                   updated_at_ms)
+             VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
         )
         .bind(&account.id)
         .bind(&account.name)
@@ -452,6 +471,8 @@ impl Store {
         .bind(account.priority)
         .bind(&account.secret_sealed)
         .bind(&account.secret_hint)
+        .bind(&account.settings)
+        .bind(&account.proxy_sealed)
         .bind(account.created_at_ms)
         .bind(account.created_at_ms)
         .execute(&self.pool)

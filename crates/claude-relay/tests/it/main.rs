@@ -11,4 +11,5 @@
 mod binary;
 mod clients;
 mod interactive;
+mod secrets;
 mod support;

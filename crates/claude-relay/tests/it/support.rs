@@ -10,18 +10,33 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_claude-relay");
 
 /// Runs a CLI command against `data_dir`; returns stdout, panicking with stderr on failure.
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(BINARY)
-        .args(args)
-        .env("CLAUDE_RELAY_DATA_DIR", data_dir)
-        .env_remove("CLAUDE_RELAY_CONFIG")
-        .output()
-        .unwrap();
+    let output = run_cli(data_dir, args);
     assert!(
         output.status.success(),
         "claude-relay {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a CLI command that must fail; returns its stderr.
+pub fn cli_fails(data_dir: &Path, args: &[&str]) -> String {
+    let output = run_cli(data_dir, args);
+    assert!(
+        !output.status.success(),
+        "claude-relay {args:?} succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stderr).unwrap()
+}
+
+fn run_cli(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BINARY)
+        .args(args)
+        .env("CLAUDE_RELAY_DATA_DIR", data_dir)
+        .env_remove("CLAUDE_RELAY_CONFIG")
+        .output()
+        .unwrap()
 }
 
 pub fn cli_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {

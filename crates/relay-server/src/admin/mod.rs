@@ -1,6 +1,8 @@
 //! The admin API (`/admin/v1/…`): versioned JSON over the same admin actions as the CLI.
 //!
-//! Layers, outermost first: the router's panic guard (see `ingress`), then [`require_admin`] on
+//! Layers, outermost first: the router's panic guard (see `ingress`), then [`require_json_body`]
+//! on every admin route (a request body must be `application/json`: a cross-site HTML form can
+//! only send the other types, so this closes CSRF against the login), then [`require_admin`] on
 //! every route but `POST /admin/v1/login`, which is throttled per address instead.
 //! Errors are `{"error":{"type":…,"message":…}}` with the matching status.
 
@@ -13,10 +15,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::StatusCode;
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use relay_core::admin::{AdminError, KeyMeta, KeyRow, StoreError};
+use relay_core::account_settings::AccountSettings;
+use relay_core::admin::{merge_patch, AdminError, KeyMeta, KeyRow, StoreError};
 use relay_core::admin_auth::LoginError;
 use relay_core::policy::KeyPolicy;
 use serde::de::DeserializeOwned;
@@ -55,6 +59,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/v1/login", post(login))
         .merge(protected)
+        .route_layer(middleware::from_fn(require_json_body))
 }
 
 struct ApiError {
@@ -125,6 +130,29 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// Refuses a request that carries a body not declared as `application/json` (415).
+async fn require_json_body(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let declared_empty = headers
+        .get(CONTENT_LENGTH)
+        .is_some_and(|length| length.as_bytes() == b"0");
+    let has_body = !declared_empty && !request.body().is_end_stream();
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"));
+    if has_body && !is_json {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "admin request bodies are JSON: send Content-Type: application/json",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let token = bearer(request.headers()).map(str::to_owned);
     let admin = match token {
@@ -143,8 +171,8 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
-async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes: Bytes = Limited::new(body, MAX_ADMIN_BODY)
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(body, MAX_ADMIN_BODY)
         .collect()
         .await
         .map_err(|read_error| {
@@ -161,14 +189,31 @@ async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
                 format!("admin requests are at most {MAX_ADMIN_BODY} bytes"),
             )
         })?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|error| {
+        .to_bytes())
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!("body: {error}"),
         )
     })
+}
+
+async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    parse_json(&read_body(body).await?)
+}
+
+/// A body that may be left out (then every field takes its default); one that is sent must parse.
+async fn read_optional_json<T: DeserializeOwned + Default>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(body).await?;
+    if bytes.is_empty() {
+        Ok(T::default())
+    } else {
+        parse_json(&bytes)
+    }
 }
 
 #[derive(Deserialize)]
@@ -411,7 +456,7 @@ struct PurgeBody {
 }
 
 async fn purge(State(state): State<AppState>, request: Request) -> ApiResult {
-    let body: PurgeBody = read_json(request.into_body()).await.unwrap_or_default();
+    let body: PurgeBody = read_optional_json(request.into_body()).await?;
     let older_than_ms = body.older_than_secs.map_or(-1, |secs| {
         i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2)
     });
@@ -476,7 +521,10 @@ fn default_priority() -> i64 {
 
 async fn add_account(State(state): State<AppState>, request: Request) -> ApiResult {
     let body: AddAccountBody = read_json(request.into_body()).await?;
-    let name = body.name.clone();
+    let settings = match &body.settings {
+        Some(patch) => merge_patch(&AccountSettings::default(), patch, "settings")?,
+        None => AccountSettings::default(),
+    };
     let row = state
         .admin
         .add_account(relay_core::admin::NewAccountInput {
@@ -485,14 +533,10 @@ async fn add_account(State(state): State<AppState>, request: Request) -> ApiResu
             api_key: body.api_key,
             base_url: body.base_url,
             priority: body.priority,
+            settings,
+            proxy: body.proxy,
         })
         .await?;
-    if let Some(settings) = &body.settings {
-        state.admin.patch_account_settings(&name, settings).await?;
-    }
-    if let Some(proxy) = &body.proxy {
-        state.admin.set_account_proxy(&name, Some(proxy)).await?;
-    }
     Ok((StatusCode::CREATED, Json(account_json(&row, None))).into_response())
 }
 

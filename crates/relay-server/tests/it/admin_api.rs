@@ -17,6 +17,17 @@ async fn login(harness: &Harness) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
+/// `GET` an admin path and read the JSON answer.
+async fn get_json(harness: &Harness, token: &str, path: &str) -> Value {
+    admin(harness, token, reqwest::Method::GET, path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn admin(
     harness: &Harness,
     token: &str,
@@ -371,4 +382,153 @@ async fn a_burst_of_wrong_logins_checks_at_most_thirty_passwords_in_bounded_memo
     assert!(checked <= 30, "{checked} passwords were checked");
     let grown_mib = rss_kib().saturating_sub(before) / 1024;
     assert!(grown_mib < 100, "RSS grew by {grown_mib} MiB");
+}
+
+#[tokio::test]
+async fn csv_export_neutralises_cells_a_spreadsheet_would_run() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let token = login(&harness).await;
+    let created = admin(&harness, &token, Method::POST, "/admin/v1/keys")
+        .json(&json!({"name": "sheet", "description": "=HYPERLINK(\"http://evil\",\"x\")"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let csv = admin(&harness, &token, Method::GET, "/admin/v1/keys.csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = csv.lines().find(|line| line.starts_with("sheet,")).unwrap();
+    assert!(
+        row.contains(r#","'=HYPERLINK(""http://evil"",""x"")","#),
+        "{row}"
+    );
+}
+
+#[tokio::test]
+async fn purge_with_an_invalid_body_is_refused_and_purges_nothing() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let token = login(&harness).await;
+    admin(&harness, &token, Method::POST, "/admin/v1/keys")
+        .json(&json!({"name": "old"}))
+        .send()
+        .await
+        .unwrap();
+    admin(&harness, &token, Method::DELETE, "/admin/v1/keys/old")
+        .send()
+        .await
+        .unwrap();
+    for body in [
+        r#"{"older_than_secs": "a week"}"#,
+        r#"{"older_than": 3600}"#,
+        "not json",
+    ] {
+        let response = admin(&harness, &token, Method::POST, "/admin/v1/keys/purge")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["type"], "invalid_request");
+    }
+    let trash = get_json(&harness, &token, "/admin/v1/keys?trash=true").await;
+    assert_eq!(trash["keys"][0]["name"], "old", "{trash}");
+    // No body at all still means "everything in the trash".
+    let purged: Value = admin(&harness, &token, Method::POST, "/admin/v1/keys/purge")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(purged["purged"], json!(["old"]));
+}
+
+#[tokio::test]
+async fn admin_request_bodies_must_be_json() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    // A cross-site form can post text/plain without a preflight: refused before the password check.
+    let login_as = |content_type: Option<&'static str>| {
+        let mut request = harness
+            .client
+            .post(format!("{}/admin/v1/login", harness.url))
+            .body(json!({"username": "admin", "password": ADMIN_PASSWORD}).to_string());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send()
+    };
+    let form_login = login_as(Some("text/plain")).await.unwrap();
+    assert_eq!(form_login.status(), 415);
+    let error: Value = form_login.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "unsupported_media_type", "{error}");
+    assert_eq!(login_as(None).await.unwrap().status(), 415);
+    assert_eq!(
+        login_as(Some("application/json")).await.unwrap().status(),
+        200
+    );
+    let token = login(&harness).await;
+    let form_patch = admin(&harness, &token, Method::PATCH, "/admin/v1/keys/tester")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("description=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form_patch.status(), 415);
+    // JSON with a charset parameter is JSON; requests without a body need no type.
+    let patched = admin(&harness, &token, Method::PATCH, "/admin/v1/keys/tester")
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(r#"{"description": "typed"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let logout = admin(&harness, &token, Method::POST, "/admin/v1/logout")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+}
+
+#[tokio::test]
+async fn an_account_with_an_invalid_setting_or_proxy_is_not_created_at_all() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let token = login(&harness).await;
+    for (extra, what) in [
+        (json!({"proxy": "ftp://proxy.example:21"}), "proxy"),
+        (json!({"settings": {"weight": "heavy"}}), "settings"),
+        (json!({"settings": {"wieght": 2}}), "settings"),
+    ] {
+        let mut body = json!({
+            "platform": "anthropic", "name": "broken", "api_key": "sk-broken",
+            "base_url": harness.mock.url(),
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let response = admin(&harness, &token, Method::POST, "/admin/v1/accounts")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        assert!(response.text().await.unwrap().contains(what));
+        let listed = get_json(&harness, &token, "/admin/v1/accounts").await;
+        let names: Vec<&str> = listed["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|account| account["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["main"], "{body} left an account behind");
+    }
 }

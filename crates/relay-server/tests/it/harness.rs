@@ -79,6 +79,7 @@ impl Harness {
                     api_key: spec.api_key.into(),
                     base_url: Some(spec.base_url.unwrap_or_else(|| mock.url())),
                     priority: spec.priority,
+                    ..NewAccountInput::default()
                 })
                 .await
                 .unwrap();
