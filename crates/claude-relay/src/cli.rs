@@ -614,7 +614,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.master_key.as_ref().map(|secret| secret.0.as_str()),
             )
             .await?;
-            let admin = AdminService::new(installation.store.clone(), &installation.master_key);
+            let admin = AdminService::new(installation.store.clone(), &installation.master_key)
+                .with_egress(config.relay.egress.clone());
             let result = run_admin_command(command, &admin, &installation.store, &config).await;
             installation.store.close().await;
             result

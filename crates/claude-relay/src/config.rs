@@ -34,6 +34,8 @@ struct FileConfig {
     scheduling: FileScheduling,
     #[serde(default)]
     limits: FileLimits,
+    /// Internal targets outbound URLs may reach: CIDRs and host names.
+    egress_allowlist: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,13 +221,32 @@ impl Config {
                 .unwrap_or(oauth_defaults.redirect_uri),
             scopes: file.oauth.scopes.unwrap_or(oauth_defaults.scopes),
         };
-        for (name, url) in [
-            ("oauth.authorize_url", &oauth.authorize_url),
-            ("oauth.token_url", &oauth.token_url),
-        ] {
-            if !url.starts_with("https://") && !url.starts_with("http://") {
-                problems.push(format!("{name}: '{url}' is not an http(s) URL"));
-            }
+        let egress_entries: Vec<String> = match var("CLAUDE_RELAY_EGRESS_ALLOWLIST") {
+            Some(list) => list.split(',').map(str::to_owned).collect(),
+            None => file.egress_allowlist.unwrap_or_default(),
+        };
+        let egress =
+            relay_core::egress::EgressGuard::allowing(&egress_entries).unwrap_or_else(|problem| {
+                problems.push(format!(
+                    "egress_allowlist (CLAUDE_RELAY_EGRESS_ALLOWLIST): {problem}"
+                ));
+                relay_core::egress::EgressGuard::default()
+            });
+        if !oauth.authorize_url.starts_with("https://")
+            && !oauth.authorize_url.starts_with("http://")
+        {
+            problems.push(format!(
+                "oauth.authorize_url: '{}' is not an http(s) URL",
+                oauth.authorize_url
+            ));
+        }
+        // The relay itself calls the token URL: it passes the egress guard.
+        if let Err(problem) = egress.check_url(
+            &oauth.token_url,
+            &["http", "https"],
+            "oauth.token_url (CLAUDE_RELAY_OAUTH_TOKEN_URL)",
+        ) {
+            problems.push(problem);
         }
         let strategy = match file.scheduling.strategy.as_deref().unwrap_or("lru") {
             "lru" => relay_core::schedule::Strategy::LeastRecentlyUsed,
@@ -249,6 +270,7 @@ impl Config {
         let relay = RelaySettings {
             oauth,
             strategy,
+            egress,
             max_tokens_ceiling: bounded(
                 file.limits.max_tokens_ceiling,
                 defaults.max_tokens_ceiling,

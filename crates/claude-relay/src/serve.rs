@@ -123,10 +123,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let state = AppState {
         relay: Arc::new(relay),
         settings: Arc::new(config.server.clone()),
-        admin: Arc::new(AdminService::new(
-            installation.store.clone(),
-            &installation.master_key,
-        )),
+        admin: Arc::new(
+            AdminService::new(installation.store.clone(), &installation.master_key)
+                .with_egress(config.relay.egress.clone()),
+        ),
         admin_auth: Arc::new(AdminAuth::new(installation.store.clone())),
     };
     let listener = TcpListener::bind(config.listen)

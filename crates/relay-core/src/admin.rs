@@ -8,6 +8,7 @@ use crate::account_settings::AccountSettings;
 use crate::accounts::Platform;
 use crate::clock::now_ms;
 use crate::crypto::{MasterKey, SecretBox, SecretString};
+use crate::egress::EgressGuard;
 use crate::keys::{generate_key, KeyEntry};
 use crate::oauth::{self, OAuthSettings, OAuthTokens, Pkce};
 use crate::policy::KeyPolicy;
@@ -51,6 +52,8 @@ pub struct AdminService {
     store: Store,
     secret_box: SecretBox,
     hasher: crate::crypto::KeyHasher,
+    /// Saved URLs (base URLs, proxies) must pass it.
+    egress: EgressGuard,
 }
 
 fn validate_name(what: &str, name: &str) -> Result<(), AdminError> {
@@ -130,7 +133,13 @@ pub fn merge_patch<T: serde::Serialize + serde::de::DeserializeOwned>(
         .map_err(|error| AdminError::Invalid(format!("{what}: {error}")))
 }
 
-fn validate_base_url(url: &str) -> Result<String, AdminError> {
+/// Proxy URL schemes.
+const PROXY_SCHEMES: &[&str] = &["http", "https", "socks5", "socks5h"];
+
+fn validate_base_url(url: &str, egress: &EgressGuard) -> Result<String, AdminError> {
+    egress
+        .check_url(url, &["http", "https"], "base URL")
+        .map_err(AdminError::Invalid)?;
     let trimmed = url.trim().trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("https://")
@@ -156,7 +165,15 @@ impl AdminService {
             store,
             secret_box: master_key.secret_box(),
             hasher: master_key.key_hasher(),
+            egress: EgressGuard::default(),
         }
+    }
+
+    /// Allows saved URLs to reach the internal targets `egress` allows.
+    #[must_use]
+    pub fn with_egress(mut self, egress: EgressGuard) -> Self {
+        self.egress = egress;
+        self
     }
 
     pub async fn create_key(
@@ -376,7 +393,7 @@ impl AdminService {
         let base_url = input
             .base_url
             .as_deref()
-            .map(validate_base_url)
+            .map(|url| validate_base_url(url, &self.egress))
             .transpose()?;
         if !(0..=10_000).contains(&input.priority) {
             return Err(AdminError::Invalid(
@@ -387,6 +404,9 @@ impl AdminService {
         let proxy_url = match &input.proxy {
             Some(url) => {
                 ProxyConfig::parse(url).map_err(AdminError::Invalid)?;
+                self.egress
+                    .check_url(url, PROXY_SCHEMES, "proxy")
+                    .map_err(AdminError::Invalid)?;
                 Some(url.trim())
             }
             None => None,
@@ -496,6 +516,7 @@ impl AdminService {
             .map_err(|_| AdminError::Invalid("the pending authorization cannot be read".into()))?;
         let client = crate::relay::AnyClient::Direct(crate::relay::build_client(
             std::time::Duration::from_secs(10),
+            &self.egress,
         ));
         let tokens = oauth::exchange_code(
             &client,
@@ -533,6 +554,7 @@ impl AdminService {
             .await?;
         let client = crate::relay::AnyClient::Direct(crate::relay::build_client(
             std::time::Duration::from_secs(10),
+            &self.egress,
         ));
         let base = row
             .base_url
@@ -623,6 +645,9 @@ impl AdminService {
             }
             Some(url) => {
                 let proxy = ProxyConfig::parse(url).map_err(AdminError::Invalid)?;
+                self.egress
+                    .check_url(url, PROXY_SCHEMES, "proxy")
+                    .map_err(AdminError::Invalid)?;
                 let sealed = self.secret_box.seal(
                     url.trim(),
                     &crate::snapshot::account_proxy_binding(&account.id),
@@ -717,17 +742,19 @@ mod tests {
 
     #[test]
     fn base_urls_are_checked_and_normalised() {
+        let loopback = EgressGuard::allowing(&["127.0.0.0/8"]).unwrap();
+        assert!(validate_base_url("http://127.0.0.1:9/", &EgressGuard::default()).is_err());
         assert_eq!(
-            validate_base_url("http://127.0.0.1:9/").unwrap(),
+            validate_base_url("http://127.0.0.1:9/", &loopback).unwrap(),
             "http://127.0.0.1:9"
         );
         assert_eq!(
-            validate_base_url("https://relay.example/api").unwrap(),
+            validate_base_url("https://relay.example/api", &loopback).unwrap(),
             "https://relay.example/api"
         );
-        assert!(validate_base_url("ftp://x").is_err());
-        assert!(validate_base_url("https://").is_err());
-        assert!(validate_base_url("https://user@host").is_err());
+        assert!(validate_base_url("ftp://x", &loopback).is_err());
+        assert!(validate_base_url("https://", &loopback).is_err());
+        assert!(validate_base_url("https://user@host", &loopback).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod admin_auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod crypto;
+pub mod egress;
 pub mod health;
 pub mod keys;
 pub mod limits;

@@ -149,7 +149,7 @@ async fn operator_flow_through_the_cli_against_a_running_server() {
     assert_eq!(policy["allowed_ips"][1], "::1");
     assert_eq!(policy["expires_after_first_use_secs"], 2_592_000);
     // Bad values are refused with the setting named.
-    let bad = std::process::Command::new(crate::support::BINARY)
+    let bad = crate::support::relay_command()
         .args(["key", "edit", "alice", "--allow-ip", "10.0.0.0/99"])
         .env("CLAUDE_RELAY_DATA_DIR", &data_dir)
         .output()
@@ -396,7 +396,7 @@ async fn batch_keys_trash_restore_and_csv_export() {
     );
     assert!(created.iter().all(|(_, key)| key.starts_with("cr_")));
     // A batch whose names collide makes nothing.
-    let collision = std::process::Command::new(crate::support::BINARY)
+    let collision = crate::support::relay_command()
         .args(["key", "create", "--name", "intern-{n}", "--count", "6"])
         .env("CLAUDE_RELAY_DATA_DIR", &data_dir)
         .output()
@@ -514,7 +514,7 @@ async fn subscription_accounts_sign_in_from_the_cli_and_setup_tokens_import() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let run = |args: &[&str]| {
-        let output = std::process::Command::new(crate::support::BINARY)
+        let output = crate::support::relay_command()
             .args(args)
             .env("CLAUDE_RELAY_DATA_DIR", &data_dir)
             .env("CLAUDE_RELAY_OAUTH_TOKEN_URL", mock.token_url())
@@ -630,5 +630,64 @@ async fn two_hundred_idle_sockets_under_ulimit_128_do_not_lock_out_health() {
         "the cap derives from the file limit: {cap_line}"
     );
     drop(idle);
+    assert!(relay.terminate().success());
+}
+
+/// One egress guard: internal targets are refused when saved (with how to allow them), and a
+/// target saved while allowed is refused at connect time once the allowlist no longer has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_guard_refuses_internal_targets_when_saved_and_when_connecting() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for (flag, url) in [
+        ("--base-url", "http://169.254.169.254/latest"),
+        ("--base-url", "http://metadata.google.internal"),
+        ("--base-url", "http://0x7f000001:9"),
+        ("--proxy", "http://10.0.0.1:3128"),
+    ] {
+        let mut command = crate::support::relay_command();
+        command.args(["account", "add", "--platform", "anthropic", "--name", "bad"]);
+        command.args(["--api-key", "sk-x", flag, url]);
+        if flag == "--proxy" {
+            command.args(["--base-url", "https://api.example.com"]);
+        }
+        let output = command
+            .env("CLAUDE_RELAY_DATA_DIR", &data_dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{url} was saved");
+        assert!(
+            stderr.contains("CLAUDE_RELAY_EGRESS_ALLOWLIST") || stderr.contains("non-standard"),
+            "{url}: {stderr}"
+        );
+    }
+    assert_eq!(
+        cli_json(&data_dir, &["account", "list", "--json"]),
+        json!([])
+    );
+    // Saved while loopback was allowed; served by a relay whose allowlist no longer has it.
+    add_account(&data_dir, "local", "sk-local", &mock.url(), 10);
+    let key = create_key(&data_dir, "alice");
+    let relay = RunningRelay::start_without_egress_allowlist(&data_dir);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", relay.url))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502, "{}", relay.stderr());
+    assert!(
+        mock.requests().is_empty(),
+        "nothing reached the internal target"
+    );
+    assert!(
+        relay.stderr().contains("egress guard"),
+        "{}",
+        relay.stderr()
+    );
     assert!(relay.terminate().success());
 }

@@ -146,7 +146,7 @@ async fn the_data_directory_and_its_files_are_private_and_a_loose_master_key_is_
     let fix = format!("chmod 600 {}", key_file.display());
     let error = crate::support::cli_fails(&data_dir, &["key", "list"]);
     assert!(error.contains(&fix), "{error}");
-    let serve = std::process::Command::new(crate::support::BINARY)
+    let serve = crate::support::relay_command()
         .arg("serve")
         .env("CLAUDE_RELAY_DATA_DIR", &data_dir)
         .env("CLAUDE_RELAY_LISTEN", "127.0.0.1:0")

@@ -8,6 +8,16 @@ use std::time::Duration;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_claude-relay");
 
+/// The mocks listen on loopback: every test allows it explicitly, as an operator would.
+pub const EGRESS_ALLOWLIST: &str = "127.0.0.0/8,::1";
+
+/// `claude-relay` with the tests' egress allowlist.
+pub fn relay_command() -> Command {
+    let mut command = Command::new(BINARY);
+    command.env("CLAUDE_RELAY_EGRESS_ALLOWLIST", EGRESS_ALLOWLIST);
+    command
+}
+
 /// Runs a CLI command against `data_dir`; returns stdout, panicking with stderr on failure.
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {
     let output = run_cli(data_dir, args);
@@ -31,7 +41,7 @@ pub fn cli_fails(data_dir: &Path, args: &[&str]) -> String {
 }
 
 fn run_cli(data_dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BINARY)
+    relay_command()
         .args(args)
         .env("CLAUDE_RELAY_DATA_DIR", data_dir)
         .env_remove("CLAUDE_RELAY_CONFIG")
@@ -52,9 +62,18 @@ pub struct RunningRelay {
 
 impl RunningRelay {
     pub fn start(data_dir: &Path, admin_password: Option<&str>) -> Self {
-        let mut command = Command::new(BINARY);
+        let mut command = relay_command();
         command.arg("serve");
         Self::spawn(command, data_dir, admin_password)
+    }
+
+    /// `serve` with no egress allowlist: loopback upstreams are refused at connect time.
+    pub fn start_without_egress_allowlist(data_dir: &Path) -> Self {
+        let mut command = relay_command();
+        command
+            .arg("serve")
+            .env_remove("CLAUDE_RELAY_EGRESS_ALLOWLIST");
+        Self::spawn(command, data_dir, None)
     }
 
     /// `serve` under a limit on open files (soft and hard), as `ulimit -n` sets it.
@@ -63,7 +82,8 @@ impl RunningRelay {
         command
             .arg("-c")
             .arg(format!("ulimit -n {open_files} && exec \"$0\" serve"))
-            .arg(BINARY);
+            .arg(BINARY)
+            .env("CLAUDE_RELAY_EGRESS_ALLOWLIST", EGRESS_ALLOWLIST);
         Self::spawn(command, data_dir, None)
     }
 

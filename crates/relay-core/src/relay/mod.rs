@@ -58,6 +58,8 @@ pub struct RelaySettings {
     pub oauth: OAuthSettings,
     /// How an account is chosen within a priority tier.
     pub strategy: Strategy,
+    /// Which internal targets outbound connections may reach (none by default).
+    pub egress: crate::egress::EgressGuard,
     /// `max_tokens` above this is refused before any upstream (no model accepts it).
     pub max_tokens_ceiling: u64,
     /// The model whose price a key's cost limits charge for models the price table does not
@@ -77,6 +79,7 @@ impl Default for RelaySettings {
             strategy: Strategy::default(),
             max_tokens_ceiling: 1_000_000,
             unpriced_as: None,
+            egress: crate::egress::EgressGuard::default(),
         }
     }
 }
@@ -302,6 +305,7 @@ impl Relay {
         // consulted and redirects are not followed, so credentials cannot be sent elsewhere.
         let client = Arc::new(AnyClient::Direct(upstream::build_client(
             settings.connect_timeout,
+            &settings.egress,
         )));
         Self {
             client,
@@ -487,6 +491,7 @@ impl Relay {
                 Arc::new(upstream::build_proxied_client(
                     proxy,
                     self.settings.connect_timeout,
+                    &self.settings.egress,
                 ))
             })
             .clone()
@@ -784,7 +789,15 @@ impl Relay {
                 }
             };
             let client = self.client_for(account);
-            let failure = match upstream::attempt(&client, account, auth, request, deadline).await {
+            let attempt = upstream::attempt(
+                &client,
+                account,
+                auth,
+                request,
+                deadline,
+                &self.settings.egress,
+            );
+            let failure = match attempt.await {
                 Ok(started) => return Ok(started),
                 Err(failure) => failure,
             };

@@ -11,6 +11,8 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::egress::{EgressGuard, GuardedResolver};
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use relay_protocol::anthropic::ErrorType;
@@ -26,17 +28,20 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// TCP connections whose names resolve through the egress guard.
+type Tcp = HttpConnector<GuardedResolver>;
+
 /// The pooled HTTP client every direct upstream request goes through (HTTP/1.1 and, over TLS,
 /// HTTP/2).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<HttpsConnector<Tcp>, Full<Bytes>>;
 
 /// A client, direct or through an account's proxy (each proxy keeps its own pool).
 #[derive(Debug, Clone)]
 pub enum AnyClient {
     Direct(UpstreamClient),
-    Tunnel(Client<HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>),
-    TlsTunnel(Client<HttpsConnector<Tunnel<HttpsConnector<HttpConnector>>>, Full<Bytes>>),
-    Socks(Client<HttpsConnector<SocksV5<HttpConnector>>, Full<Bytes>>),
+    Tunnel(Client<HttpsConnector<Tunnel<Tcp>>, Full<Bytes>>),
+    TlsTunnel(Client<HttpsConnector<Tunnel<HttpsConnector<Tcp>>>, Full<Bytes>>),
+    Socks(Client<HttpsConnector<SocksV5<Tcp>>, Full<Bytes>>),
 }
 
 impl AnyClient {
@@ -50,8 +55,12 @@ impl AnyClient {
     }
 }
 
-fn http_connector(connect_timeout: Duration) -> HttpConnector {
-    let mut http = HttpConnector::new();
+/// Plain TCP: names resolve through the egress guard (internal addresses are dropped).
+fn http_connector(
+    connect_timeout: Duration,
+    egress: &EgressGuard,
+) -> HttpConnector<GuardedResolver> {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(egress.clone()));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
@@ -79,25 +88,33 @@ where
 
 /// Builds the direct client: rustls with the webpki roots, no proxy from the environment, no
 /// redirects (hyper follows none), TCP_NODELAY, a connect timeout, pooled connections.
-pub fn build_client(connect_timeout: Duration) -> UpstreamClient {
-    pooled(tls(http_connector(connect_timeout)))
+pub fn build_client(connect_timeout: Duration, egress: &EgressGuard) -> UpstreamClient {
+    pooled(tls(http_connector(connect_timeout, egress)))
 }
 
 /// Builds a client that reaches upstreams through `proxy`.
-pub fn build_proxied_client(proxy: &ProxyConfig, connect_timeout: Duration) -> AnyClient {
+pub fn build_proxied_client(
+    proxy: &ProxyConfig,
+    connect_timeout: Duration,
+    egress: &EgressGuard,
+) -> AnyClient {
     match proxy.kind {
         ProxyKind::Http | ProxyKind::Https => {
             let auth = proxy.basic_auth();
             if proxy.kind == ProxyKind::Http {
-                let mut tunnel =
-                    Tunnel::new(proxy.address.clone(), http_connector(connect_timeout));
+                let mut tunnel = Tunnel::new(
+                    proxy.address.clone(),
+                    http_connector(connect_timeout, egress),
+                );
                 if let Some(auth) = auth {
                     tunnel = tunnel.with_auth(auth);
                 }
                 AnyClient::Tunnel(pooled(tls(tunnel)))
             } else {
-                let mut tunnel =
-                    Tunnel::new(proxy.address.clone(), tls(http_connector(connect_timeout)));
+                let mut tunnel = Tunnel::new(
+                    proxy.address.clone(),
+                    tls(http_connector(connect_timeout, egress)),
+                );
                 if let Some(auth) = auth {
                     tunnel = tunnel.with_auth(auth);
                 }
@@ -105,7 +122,10 @@ pub fn build_proxied_client(proxy: &ProxyConfig, connect_timeout: Duration) -> A
             }
         }
         ProxyKind::Socks5 => {
-            let mut socks = SocksV5::new(proxy.address.clone(), http_connector(connect_timeout));
+            let mut socks = SocksV5::new(
+                proxy.address.clone(),
+                http_connector(connect_timeout, egress),
+            );
             if let Some((user, pass)) = &proxy.credentials {
                 socks = socks.with_auth(user.clone(), pass.clone());
             }
@@ -260,6 +280,7 @@ pub(crate) async fn attempt(
     auth: UpstreamAuth<'_>,
     request: &ForwardRequest,
     deadline: Instant,
+    egress: &EgressGuard,
 ) -> Result<Started, AttemptFailure> {
     let mut url = String::with_capacity(account.base_url.len() + 48);
     url.push_str(&account.base_url);
@@ -275,6 +296,14 @@ pub(crate) async fn attempt(
     let mut upstream_request = Request::new(Full::new(body));
     *upstream_request.method_mut() = Method::POST;
     *upstream_request.uri_mut() = url.parse().map_err(|_| AttemptFailure::Connect)?;
+    // Address literals do not pass the resolver: check them (and a proxy's) here.
+    let proxy_address = account.proxy.as_ref().map(|proxy| &proxy.address);
+    for target in std::iter::once(upstream_request.uri()).chain(proxy_address) {
+        if let Err(refusal) = egress.check_uri(target) {
+            tracing::warn!(account_id = %account.id, %refusal, "egress guard refused a target");
+            return Err(AttemptFailure::Connect);
+        }
+    }
     *upstream_request.headers_mut() = upstream_request_headers(&request.headers, auth);
     // One timer for the whole attempt (response head and first byte share the deadline).
     let first_byte = async {

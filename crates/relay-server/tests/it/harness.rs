@@ -70,7 +70,11 @@ impl Harness {
             .unwrap();
         let mock = MockUpstream::start().await;
         relay_settings.oauth = oauth_settings(&mock);
-        let admin = AdminService::new(installation.store.clone(), &installation.master_key);
+        // The mocks listen on loopback: allowed explicitly, as an operator would.
+        let egress = loopback_egress();
+        relay_settings.egress = egress.clone();
+        let admin = AdminService::new(installation.store.clone(), &installation.master_key)
+            .with_egress(egress);
         for spec in accounts {
             admin
                 .add_account(NewAccountInput {
@@ -213,6 +217,11 @@ impl Harness {
         records.reverse();
         records
     }
+}
+
+/// The egress allowlist of every test: loopback, where the mocks listen.
+pub fn loopback_egress() -> relay_core::egress::EgressGuard {
+    relay_core::egress::EgressGuard::allowing(&["127.0.0.0/8", "::1"]).unwrap()
 }
 
 /// OAuth settings pointing at the mock's token endpoint.
