@@ -120,8 +120,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         )
         .await?;
     relay.seed_account_costs().await?;
+    let relay = Arc::new(relay);
     let state = AppState {
-        relay: Arc::new(relay),
+        relay: relay.clone(),
         settings: Arc::new(config.server.clone()),
         admin: Arc::new(
             AdminService::new(installation.store.clone(), &installation.master_key)
@@ -151,6 +152,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     purger.abort();
     reloader.abort();
+    let _ = tokio::join!(purger, reloader);
+    // Account events spawned by the last requests, then the last usage records.
+    relay.drain_background().await;
     usage_writer.shutdown().await;
     installation.store.close().await;
     tracing::info!("stopped");
@@ -162,6 +166,7 @@ fn spawn_trash_purger(
     admin: AdminService,
     retention: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
+    #[allow(clippy::disallowed_methods)] // aborted and joined at shutdown
     tokio::spawn(async move {
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
         let mut interval = tokio::time::interval(std::time::Duration::from_secs(3600));

@@ -208,9 +208,11 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// Polls the store's revision and reloads on change, until the task is dropped.
+    /// Polls the store's revision and reloads on change, until the task is aborted (the caller
+    /// aborts and joins it at shutdown).
     pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let holder = self.clone();
+        #[allow(clippy::disallowed_methods)] // joined by the caller at shutdown
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(RELOAD_INTERVAL);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -252,6 +252,7 @@ mod tests {
         let connection = registry.add();
         let guard = connection.begin();
         let watched = connection.clone();
+        #[allow(clippy::disallowed_methods)] // joined below
         let watchdog = tokio::spawn(async move {
             watched
                 .watchdog(Duration::from_secs(1), Duration::from_secs(5))

@@ -88,6 +88,7 @@ impl UsageWriter {
         let (sender, receiver) = mpsc::unbounded_channel();
         let (stop, stop_receiver) = oneshot::channel();
         let counters = Arc::new(Counters::default());
+        #[allow(clippy::disallowed_methods)] // joined by `UsageWriterHandle::shutdown`
         let task = tokio::spawn(run(store, receiver, stop_receiver, counters.clone()));
         (
             UsageSink { sender, counters },

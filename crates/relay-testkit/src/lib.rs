@@ -10,6 +10,9 @@
 //! Faults are scripted per upstream API key (so two accounts can behave differently): push
 //! [`Behavior`]s with [`MockUpstream::script`]; unscripted requests are answered normally.
 
+// Test servers run until their test ends; nothing to drain.
+#![allow(clippy::disallowed_methods)]
+
 mod anthropic;
 mod proxy;
 

@@ -2,6 +2,7 @@
 //! Claude Code CLI and the official anthropic Python SDK) against the mock upstream.
 
 #![allow(
+    clippy::disallowed_methods,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -291,6 +291,8 @@ pub struct Relay {
     usage: UsageSink,
     metrics: Arc<Metrics>,
     settings: RelaySettings,
+    /// Writes spawned off the request path (account events), drained at shutdown.
+    background: tokio_util::task::TaskTracker,
 }
 
 impl Relay {
@@ -319,7 +321,14 @@ impl Relay {
             usage,
             metrics,
             settings,
+            background: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Waits for the writes spawned off the request path (call once no request is left).
+    pub async fn drain_background(&self) {
+        self.background.close();
+        self.background.wait().await;
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -343,7 +352,7 @@ impl Relay {
             evidence: evidence.to_owned(),
         };
         let snapshots = self.snapshots.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             if let Err(error) = snapshots.store().insert_account_event(&event).await {
                 tracing::warn!(%error, "cannot record an account event");
             }

@@ -406,3 +406,20 @@ async fn accounts_reach_their_upstream_through_http_and_socks5_proxies() {
     assert_eq!(socks_proxy.tunnels(), 1);
     assert_eq!(harness.mock.requests().len(), 2);
 }
+
+/// Account events are written off the request path; shutdown drains them, so the event of the
+/// very last request is not lost.
+#[tokio::test]
+async fn shutdown_drains_the_account_events_spawned_by_the_last_requests() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    harness.mock.script(
+        "sk-main",
+        [Behavior::status_with_headers(429, &[("retry-after", "30")])],
+    );
+    assert_eq!(harness.send(false, "x").await.status(), 429);
+    harness.relay.drain_background().await;
+    let account_id = harness.snapshots.current().accounts[0].id.clone();
+    let events = harness.store.account_events(&account_id, 10).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, "rate_limited");
+}

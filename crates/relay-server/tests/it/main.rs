@@ -1,6 +1,11 @@
 //! Router tests against a real server on a random port and the in-process mock upstream.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod admin_api;
 mod availability;
