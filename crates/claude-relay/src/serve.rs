@@ -64,14 +64,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let snapshots =
-        SnapshotStore::load(installation.store.clone(), &installation.master_key).await?;
+    let snapshots = SnapshotStore::load(
+        installation.store.clone(),
+        installation.keyring.secret_box.clone(),
+    )
+    .await?;
     let reloader = snapshots.spawn_reloader();
     let snapshots_for_seed = snapshots.clone();
     let (usage_sink, usage_writer) = UsageWriter::spawn(installation.store.clone());
     let relay = Relay::new(
         snapshots,
-        installation.master_key.key_hasher(),
+        installation.keyring.key_hasher.clone(),
         usage_sink,
         Arc::new(Metrics::new()),
         config.relay.clone(),
@@ -90,7 +93,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         settings: Arc::new(config.server.clone()),
         admin: Arc::new(AdminService::new(
             installation.store.clone(),
-            &installation.master_key,
+            &installation.keyring,
         )),
         admin_auth: Arc::new(AdminAuth::new(installation.store.clone())),
     };
@@ -102,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     notice(&format!("claude-relay listening on http://{local}"));
 
     let purger = spawn_trash_purger(
-        AdminService::new(installation.store.clone(), &installation.master_key),
+        AdminService::new(installation.store.clone(), &installation.keyring),
         config.trash_retention,
     );
     relay_server::serve(listener, router(state), &config.server, shutdown_signal()).await;

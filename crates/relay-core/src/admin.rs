@@ -7,12 +7,12 @@ use relay_store::{NewAccount, NewKey, Store, UsageFilter};
 use crate::account_settings::AccountSettings;
 use crate::accounts::Platform;
 use crate::clock::now_ms;
-use crate::crypto::{MasterKey, SecretBox, SecretString};
+use crate::crypto::{Keyring, SecretBox, SecretString};
 use crate::keys::{generate_key, KeyEntry};
 use crate::oauth::{self, OAuthSettings, OAuthTokens, Pkce};
 use crate::policy::KeyPolicy;
 use crate::proxy::ProxyConfig;
-use crate::snapshot::account_secret_binding;
+use crate::snapshot::{account_secret_binding, oauth_pending_binding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -151,11 +151,11 @@ fn validate_base_url(url: &str) -> Result<String, AdminError> {
 }
 
 impl AdminService {
-    pub fn new(store: Store, master_key: &MasterKey) -> Self {
+    pub fn new(store: Store, keyring: &Keyring) -> Self {
         Self {
             store,
-            secret_box: master_key.secret_box(),
-            hasher: master_key.key_hasher(),
+            secret_box: keyring.secret_box.clone(),
+            hasher: keyring.key_hasher.clone(),
         }
     }
 
@@ -468,7 +468,7 @@ impl AdminService {
         let pkce = Pkce::generate();
         let sealed = self
             .secret_box
-            .seal(&pkce.verifier, &format!("oauth-pending:{name}"));
+            .seal(&pkce.verifier, &oauth_pending_binding(name));
         let settings_json = serde_json::json!({"token_url": settings.token_url}).to_string();
         self.store
             .save_oauth_pending(name, &pkce.state, &sealed, &settings_json, now_ms())
@@ -492,7 +492,7 @@ impl AdminService {
         })?;
         let verifier = self
             .secret_box
-            .open(&sealed, &format!("oauth-pending:{name}"))
+            .open(&sealed, &oauth_pending_binding(name))
             .map_err(|_| AdminError::Invalid("the pending authorization cannot be read".into()))?;
         let client = crate::relay::AnyClient::Direct(crate::relay::build_client(
             std::time::Duration::from_secs(10),

@@ -21,6 +21,7 @@ pub mod pricing;
 pub mod proxy;
 pub mod relay;
 pub mod report;
+pub mod rotation;
 pub mod schedule;
 pub mod snapshot;
 pub mod sticky;

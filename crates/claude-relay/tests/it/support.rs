@@ -10,7 +10,12 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_claude-relay");
 
 /// Runs a CLI command against `data_dir`; returns stdout, panicking with stderr on failure.
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {
-    let output = run_cli(data_dir, args);
+    cli_env(data_dir, &[], args)
+}
+
+/// [`cli`] with these environment variables set.
+pub fn cli_env(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let output = run_cli(data_dir, env, args);
     assert!(
         output.status.success(),
         "claude-relay {args:?} failed: {}",
@@ -21,7 +26,12 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> String {
 
 /// Runs a CLI command that must fail; returns its stderr.
 pub fn cli_fails(data_dir: &Path, args: &[&str]) -> String {
-    let output = run_cli(data_dir, args);
+    cli_env_fails(data_dir, &[], args)
+}
+
+/// [`cli_fails`] with these environment variables set.
+pub fn cli_env_fails(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let output = run_cli(data_dir, env, args);
     assert!(
         !output.status.success(),
         "claude-relay {args:?} succeeded: {}",
@@ -30,11 +40,12 @@ pub fn cli_fails(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stderr).unwrap()
 }
 
-fn run_cli(data_dir: &Path, args: &[&str]) -> std::process::Output {
+fn run_cli(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     Command::new(BINARY)
         .args(args)
         .env("CLAUDE_RELAY_DATA_DIR", data_dir)
         .env_remove("CLAUDE_RELAY_CONFIG")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -52,6 +63,15 @@ pub struct RunningRelay {
 
 impl RunningRelay {
     pub fn start(data_dir: &Path, admin_password: Option<&str>) -> Self {
+        Self::start_with_env(data_dir, admin_password, &[])
+    }
+
+    /// [`RunningRelay::start`] with these environment variables set.
+    pub fn start_with_env(
+        data_dir: &Path,
+        admin_password: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(BINARY);
         command
             .arg("serve")
@@ -60,6 +80,7 @@ impl RunningRelay {
             .env("CLAUDE_RELAY_LOG", "debug")
             .env_remove("CLAUDE_RELAY_CONFIG")
             .env_remove("CLAUDE_RELAY_ADMIN_PASSWORD")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(password) = admin_password {

@@ -70,7 +70,7 @@ impl Harness {
             .unwrap();
         let mock = MockUpstream::start().await;
         relay_settings.oauth = oauth_settings(&mock);
-        let admin = AdminService::new(installation.store.clone(), &installation.master_key);
+        let admin = AdminService::new(installation.store.clone(), &installation.keyring);
         for spec in accounts {
             admin
                 .add_account(NewAccountInput {
@@ -95,15 +95,18 @@ impl Harness {
             )
             .await
             .unwrap();
-        let snapshots = SnapshotStore::load(installation.store.clone(), &installation.master_key)
-            .await
-            .unwrap();
+        let snapshots = SnapshotStore::load(
+            installation.store.clone(),
+            installation.keyring.secret_box.clone(),
+        )
+        .await
+        .unwrap();
         let reloader = snapshots.spawn_reloader();
         let snapshot_handle = snapshots.clone();
         let (sink, writer) = UsageWriter::spawn(installation.store.clone());
         let relay = Arc::new(Relay::new(
             snapshots,
-            installation.master_key.key_hasher(),
+            installation.keyring.key_hasher.clone(),
             sink,
             Arc::new(Metrics::new()),
             relay_settings,
