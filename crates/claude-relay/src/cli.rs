@@ -205,6 +205,9 @@ enum AdminCommand {
     },
     /// Sign every admin session out.
     RevokeSessions,
+    /// Replace the master key: re-seal every secret under a new one (issued relay keys keep
+    /// working). Stop the server first; with CLAUDE_RELAY_MASTER_KEY the new key is printed once.
+    RotateMasterKey,
 }
 
 /// How an account takes part in scheduling.
@@ -608,18 +611,56 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out(&format!("{config:#?}"));
             Ok(())
         }
+        // It opens the installation itself, alone.
+        Command::Admin(AdminCommand::RotateMasterKey) => rotate_master_key(&config).await,
         command => {
             let installation = open_installation(
                 &config.data_dir,
                 config.master_key.as_ref().map(|secret| secret.0.as_str()),
             )
             .await?;
-            let admin = AdminService::new(installation.store.clone(), &installation.master_key)
+            let admin = AdminService::new(installation.store.clone(), &installation.keyring)
                 .with_egress(config.relay.egress.clone());
             let result = run_admin_command(command, &admin, &installation.store, &config).await;
             installation.store.close().await;
             result
         }
+    }
+}
+
+async fn rotate_master_key(config: &Config) -> anyhow::Result<()> {
+    let from_env = config.master_key.as_ref().map(|secret| secret.0.as_str());
+    let rotated = relay_core::rotation::rotate_master_key(&config.data_dir, from_env, |new_key| {
+        // Alone on stdout, before anything changes: the operator holds both keys whatever
+        // happens next.
+        out(new_key.to_hex().expose());
+        notice(
+            "the new master key (shown once): set CLAUDE_RELAY_MASTER_KEY to it wherever the \
+             relay runs before starting it again",
+        );
+    })
+    .await;
+    match (rotated, from_env) {
+        (Ok(resealed), Some(_)) => {
+            notice(&format!(
+                "rotated the master key: {resealed} secrets re-sealed; the old key opens nothing now"
+            ));
+            Ok(())
+        }
+        (Ok(resealed), None) => {
+            out(&format!(
+                "rotated the master key: {resealed} secrets re-sealed; {} holds the new key",
+                config
+                    .data_dir
+                    .join(relay_core::bootstrap::MASTER_KEY_FILE)
+                    .display()
+            ));
+            Ok(())
+        }
+        (Err(error), Some(_)) => Err(anyhow::Error::new(error).context(
+            "the rotation did not happen: keep the current key (a key printed above, if any, is void)",
+        )),
+        (Err(error), None) => Err(error.into()),
     }
 }
 
@@ -634,7 +675,9 @@ async fn run_admin_command(
     config: &Config,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Serve | Command::CheckConfig => Ok(()),
+        Command::Serve | Command::CheckConfig | Command::Admin(AdminCommand::RotateMasterKey) => {
+            Ok(())
+        }
         Command::Account(account_command) => {
             run_account_command(*account_command, admin, config).await
         }

@@ -98,15 +98,18 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let snapshots =
-        SnapshotStore::load(installation.store.clone(), &installation.master_key).await?;
+    let snapshots = SnapshotStore::load(
+        installation.store.clone(),
+        installation.keyring.secret_box.clone(),
+    )
+    .await?;
     let reloader = snapshots.spawn_reloader();
     let snapshots_for_seed = snapshots.clone();
     let (usage_sink, usage_writer) = UsageWriter::spawn(installation.store.clone());
     let metrics = Arc::new(Metrics::new());
     let relay = Relay::new(
         snapshots,
-        installation.master_key.key_hasher(),
+        installation.keyring.key_hasher.clone(),
         usage_sink,
         metrics.clone(),
         config.relay.clone(),
@@ -125,7 +128,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         relay: relay.clone(),
         settings: Arc::new(config.server.clone()),
         admin: Arc::new(
-            AdminService::new(installation.store.clone(), &installation.master_key)
+            AdminService::new(installation.store.clone(), &installation.keyring)
                 .with_egress(config.relay.egress.clone()),
         ),
         admin_auth: Arc::new(AdminAuth::new(installation.store.clone())),
@@ -138,7 +141,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     notice(&format!("claude-relay listening on http://{local}"));
 
     let purger = spawn_trash_purger(
-        AdminService::new(installation.store.clone(), &installation.master_key),
+        AdminService::new(installation.store.clone(), &installation.keyring),
         config.trash_retention,
     );
     relay_server::serve(

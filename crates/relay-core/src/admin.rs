@@ -7,13 +7,13 @@ use relay_store::{NewAccount, NewKey, Store, UsageFilter};
 use crate::account_settings::AccountSettings;
 use crate::accounts::Platform;
 use crate::clock::now_ms;
-use crate::crypto::{MasterKey, SecretBox, SecretString};
+use crate::crypto::{Keyring, SecretBox, SecretString};
 use crate::egress::EgressGuard;
 use crate::keys::{generate_key, KeyEntry};
 use crate::oauth::{self, OAuthSettings, OAuthTokens, Pkce};
 use crate::policy::KeyPolicy;
 use crate::proxy::ProxyConfig;
-use crate::snapshot::account_secret_binding;
+use crate::snapshot::{account_secret_binding, oauth_pending_binding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -160,11 +160,11 @@ fn validate_base_url(url: &str, egress: &EgressGuard) -> Result<String, AdminErr
 }
 
 impl AdminService {
-    pub fn new(store: Store, master_key: &MasterKey) -> Self {
+    pub fn new(store: Store, keyring: &Keyring) -> Self {
         Self {
             store,
-            secret_box: master_key.secret_box(),
-            hasher: master_key.key_hasher(),
+            secret_box: keyring.secret_box.clone(),
+            hasher: keyring.key_hasher.clone(),
             egress: EgressGuard::default(),
         }
     }
@@ -488,7 +488,7 @@ impl AdminService {
         let pkce = Pkce::generate();
         let sealed = self
             .secret_box
-            .seal(&pkce.verifier, &format!("oauth-pending:{name}"));
+            .seal(&pkce.verifier, &oauth_pending_binding(name));
         let settings_json = serde_json::json!({"token_url": settings.token_url}).to_string();
         self.store
             .save_oauth_pending(name, &pkce.state, &sealed, &settings_json, now_ms())
@@ -512,7 +512,7 @@ impl AdminService {
         })?;
         let verifier = self
             .secret_box
-            .open(&sealed, &format!("oauth-pending:{name}"))
+            .open(&sealed, &oauth_pending_binding(name))
             .map_err(|_| AdminError::Invalid("the pending authorization cannot be read".into()))?;
         let client = crate::relay::AnyClient::Direct(crate::relay::build_client(
             std::time::Duration::from_secs(10),

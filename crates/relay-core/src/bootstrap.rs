@@ -1,8 +1,12 @@
 //! Opening an installation: the data directory, the master key and the database, created on
-//! first use and kept private (directory 0700, files 0600); and the initial admin of a fresh
-//! installation.
+//! first use and kept private (directory 0700, files 0600); the keyring the installation's
+//! secrets are sealed and hashed with; and the initial admin of a fresh installation.
+//!
+//! Every process that opens an installation holds a shared lock on `relay.lock`; a master-key
+//! rotation (`rotation`) holds it exclusively, so nothing seals under a key being replaced.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
@@ -11,11 +15,15 @@ use rand::RngCore;
 use relay_store::{AdminRow, Store, StoreError};
 
 use crate::clock::now_ms;
-use crate::crypto::{CryptoError, MasterKey};
+use crate::crypto::{CryptoError, KeyHasher, Keyring, MasterKey};
+use crate::snapshot::account_secret_binding;
 
 pub const DATABASE_FILE: &str = "relay.db";
 pub const MASTER_KEY_FILE: &str = "master.key";
+pub const LOCK_FILE: &str = "relay.lock";
 pub const ADMIN_USERNAME: &str = "admin";
+/// The installation secret relay keys are hashed under.
+pub(crate) const KEY_HASH_KEY: &str = "key_hash_key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -31,6 +39,28 @@ pub enum BootstrapError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the master key does not open this installation's secrets; use the current key (after \
+         `claude-relay admin rotate-master-key`, the new one)"
+    )]
+    WrongMasterKey,
+    #[error(
+        "the data directory {path} is in use by a running claude-relay (a server or another \
+         command); stop it, then run this again"
+    )]
+    InUse { path: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot replace the master key file {path}: {source}")]
+    KeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error(transparent)]
@@ -39,14 +69,15 @@ pub enum BootstrapError {
     PasswordHash(String),
 }
 
-/// An opened installation.
+/// An opened installation; the data directory stays locked (shared) while a clone lives.
 #[derive(Debug, Clone)]
 pub struct Installation {
     pub data_dir: PathBuf,
     pub store: Store,
-    pub master_key: MasterKey,
+    pub keyring: Keyring,
     /// True when this call created the master key (a brand-new installation).
     pub created: bool,
+    _lock: Arc<DataDirLock>,
 }
 
 /// Opens the installation in `data_dir`, creating what is missing. `master_key_hex`, when given
@@ -55,23 +86,137 @@ pub async fn open_installation(
     data_dir: &Path,
     master_key_hex: Option<&str>,
 ) -> Result<Installation, BootstrapError> {
+    Ok(open_locked(data_dir, master_key_hex, false).await?.0)
+}
+
+/// [`open_installation`] under a shared lock, or an exclusive one that fails at once if the
+/// installation is open elsewhere; also returns the master key.
+pub(crate) async fn open_locked(
+    data_dir: &Path,
+    master_key_hex: Option<&str>,
+    exclusive: bool,
+) -> Result<(Installation, MasterKey), BootstrapError> {
     create_private_dir(data_dir).map_err(|source| BootstrapError::DataDir {
         path: data_dir.display().to_string(),
         source,
     })?;
     restrict_to_owner(data_dir)?;
+    let lock = DataDirLock::acquire(data_dir, exclusive)?;
     prepare_database_files(data_dir)?;
     let (master_key, created) = match master_key_hex {
         Some(hex) => (MasterKey::from_hex(hex)?, false),
         None => MasterKey::load_or_create(&data_dir.join(MASTER_KEY_FILE))?,
     };
     let store = Store::open(&data_dir.join(DATABASE_FILE)).await?;
-    Ok(Installation {
+    let master_key = match master_key_hex {
+        Some(_) => master_key,
+        None => crate::rotation::finish_interrupted_rotation(data_dir, &store, master_key).await?,
+    };
+    let keyring = open_keyring(&store, &master_key).await?;
+    let installation = Installation {
         data_dir: data_dir.to_owned(),
         store,
-        master_key,
+        keyring,
         created,
+        _lock: Arc::new(lock),
+    };
+    Ok((installation, master_key))
+}
+
+/// Associated data binding a secret of the installation to its name.
+pub(crate) fn installation_secret_binding(name: &str) -> String {
+    format!("installation:{name}")
+}
+
+/// The keyring of an installation. Relay keys are hashed under a key of their own, stored sealed
+/// under the master key: rotating the master key re-seals it, and every issued key keeps working.
+async fn open_keyring(store: &Store, master_key: &MasterKey) -> Result<Keyring, BootstrapError> {
+    let secret_box = master_key.secret_box();
+    let binding = installation_secret_binding(KEY_HASH_KEY);
+    let key_hash_key = match store.installation_secret(KEY_HASH_KEY).await? {
+        Some(sealed) => {
+            let text = secret_box
+                .open(&sealed, &binding)
+                .map_err(|_| BootstrapError::WrongMasterKey)?;
+            hex::decode(text.expose())
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or(BootstrapError::WrongMasterKey)?
+        }
+        None => {
+            // The first open of a new installation, or of one from before this key was stored:
+            // keep the key relay keys have been hashed under so far, provided this master key is
+            // the one the existing secrets were sealed with.
+            let accounts = store.list_accounts().await?;
+            let opens = accounts.is_empty()
+                || accounts.iter().any(|account| {
+                    secret_box
+                        .open(&account.secret_sealed, &account_secret_binding(&account.id))
+                        .is_ok()
+                });
+            if !opens {
+                return Err(BootstrapError::WrongMasterKey);
+            }
+            let key = master_key.initial_key_hash_key();
+            store
+                .insert_installation_secret_if_absent(
+                    KEY_HASH_KEY,
+                    &secret_box.seal(&hex::encode(key), &binding),
+                )
+                .await?;
+            key
+        }
+    };
+    Ok(Keyring {
+        secret_box,
+        key_hasher: KeyHasher::new(&key_hash_key),
     })
+}
+
+/// An advisory lock (flock) on the data directory's `relay.lock`, released when dropped or when
+/// the process ends, however it ends.
+#[derive(Debug)]
+struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// A shared lock waits for a rotation to finish; an exclusive one fails at once if the
+    /// installation is open elsewhere.
+    fn acquire(data_dir: &Path, exclusive: bool) -> Result<Self, BootstrapError> {
+        let path = data_dir.join(LOCK_FILE);
+        let error = |source| BootstrapError::Lock {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(&path).map_err(error)?;
+        #[cfg(unix)]
+        {
+            use rustix::fs::{flock, FlockOperation};
+            let operation = if exclusive {
+                FlockOperation::NonBlockingLockExclusive
+            } else {
+                FlockOperation::LockShared
+            };
+            flock(&file, operation).map_err(|errno| {
+                if errno == rustix::io::Errno::WOULDBLOCK {
+                    BootstrapError::InUse {
+                        path: data_dir.display().to_string(),
+                    }
+                } else {
+                    error(errno.into())
+                }
+            })?;
+        }
+        Ok(Self { _file: file })
+    }
 }
 
 fn create_private_dir(path: &Path) -> std::io::Result<()> {

@@ -1,5 +1,7 @@
-//! The master key and what is derived from it: sealing upstream secrets at rest (AES-256-GCM,
-//! bound to their row by associated data) and the keyed hash under which relay keys are stored.
+//! The master key and what it protects: sealing upstream secrets at rest (AES-256-GCM, bound to
+//! their row by associated data), and the keyed hash under which relay keys are stored. The
+//! hash's key is itself a sealed secret of the installation (see `bootstrap`), so rotating the
+//! master key re-seals it and issued relay keys keep working.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -25,7 +27,8 @@ pub enum CryptoError {
     },
     #[error(
         "the master key file {path} can be read or written by other users (mode {mode:o}), so it \
-         may have been exposed; restrict it with `chmod 600 {path}`"
+         may have been exposed; restrict it with `chmod 600 {path}`, and consider \
+         `claude-relay admin rotate-master-key`"
     )]
     ExposedMasterKey { path: String, mode: u32 },
     #[error("a sealed secret could not be opened (wrong master key or tampered row)")]
@@ -97,28 +100,47 @@ impl MasterKey {
                 if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(error),
         }
-        let mut bytes = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        match options.open(path) {
-            Ok(mut file) => {
-                file.write_all(hex::encode(bytes).as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(file_error)?;
-                Ok((Self(bytes), true))
-            }
+        let key = Self::generate();
+        match key.write_file(path, true) {
+            Ok(()) => Ok((key, true)),
             // Another process (the CLI, a second start) created it first: use theirs.
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 Ok((Self::load(path)?, false))
             }
             Err(error) => Err(file_error(error)),
         }
+    }
+
+    /// A fresh random key from the OS CSPRNG.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
+    /// The key as 64 hex characters, the form of the key file and `CLAUDE_RELAY_MASTER_KEY`.
+    pub fn to_hex(&self) -> SecretString {
+        SecretString::new(hex::encode(self.0))
+    }
+
+    /// Writes the key to `path` (mode 0600) and syncs it to disk. `create_new` refuses an
+    /// existing file; otherwise one is replaced.
+    pub fn write_file(&self, path: &Path, create_new: bool) -> std::io::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true);
+        if create_new {
+            options.create_new(true);
+        } else {
+            options.create(true).truncate(true);
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path)?;
+        file.write_all(self.to_hex().expose().as_bytes())?;
+        file.sync_all()
     }
 
     /// Reads an existing key file, refusing one that other users can read or write.
@@ -157,12 +179,11 @@ impl MasterKey {
         }
     }
 
-    pub fn key_hasher(&self) -> KeyHasher {
-        let key = self.derive(b"claude-relay/key-hash/v1");
-        KeyHasher {
-            keyed: <Hmac<Sha256> as Mac>::new_from_slice(&key)
-                .unwrap_or_else(|_| unreachable_hmac()),
-        }
+    /// The key relay keys were hashed under before it was stored on its own: derived from the
+    /// master key. An installation's stored key-hash key starts as this value, so the hashes
+    /// of keys issued before stay valid.
+    pub fn initial_key_hash_key(&self) -> [u8; 32] {
+        self.derive(b"claude-relay/key-hash/v1")
     }
 }
 
@@ -239,11 +260,26 @@ impl fmt::Debug for KeyHasher {
 }
 
 impl KeyHasher {
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self {
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(key)
+                .unwrap_or_else(|_| unreachable_hmac()),
+        }
+    }
+
     pub fn digest(&self, relay_key: &str) -> [u8; 32] {
         let mut mac = self.keyed.clone();
         mac.update(relay_key.as_bytes());
         mac.finalize().into_bytes().into()
     }
+}
+
+/// What an open installation seals and hashes with: the secret box of its master key, and the
+/// hasher of its key-hash key (kept sealed in the database).
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    pub secret_box: SecretBox,
+    pub key_hasher: KeyHasher,
 }
 
 #[cfg(test)]

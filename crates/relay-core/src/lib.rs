@@ -24,6 +24,7 @@ pub mod quantity;
 pub mod redact;
 pub mod relay;
 pub mod report;
+pub mod rotation;
 pub mod schedule;
 pub mod snapshot;
 pub mod sticky;

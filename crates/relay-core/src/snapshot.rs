@@ -11,7 +11,7 @@ use relay_store::Store;
 
 use crate::account_settings::AccountSettings;
 use crate::accounts::{AccountEntry, AccountRuntime, Platform};
-use crate::crypto::{MasterKey, SecretBox};
+use crate::crypto::SecretBox;
 use crate::keys::KeyEntry;
 use crate::oauth::OAuthTokens;
 use crate::policy::KeyPolicy;
@@ -38,6 +38,11 @@ pub fn account_secret_binding(account_id: &str) -> String {
     format!("account:{account_id}:credential")
 }
 
+/// Associated data binding the sealed PKCE verifier of a sign-in under way to its account name.
+pub fn oauth_pending_binding(name: &str) -> String {
+    format!("oauth-pending:{name}")
+}
+
 /// Holds the current snapshot and knows how to rebuild it from the store.
 #[derive(Debug)]
 pub struct SnapshotStore {
@@ -49,12 +54,12 @@ pub struct SnapshotStore {
 impl SnapshotStore {
     pub async fn load(
         store: Store,
-        master_key: &MasterKey,
+        secret_box: SecretBox,
     ) -> Result<Arc<Self>, relay_store::StoreError> {
         let holder = Arc::new(Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
             store,
-            secret_box: master_key.secret_box(),
+            secret_box,
         });
         holder.reload().await?;
         Ok(holder)

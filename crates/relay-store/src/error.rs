@@ -4,6 +4,8 @@
 pub enum StoreError {
     #[error("{what} '{name}' already exists")]
     Conflict { what: &'static str, name: String },
+    #[error("the sealed {what} of '{row}' does not open with the current master key")]
+    Unsealable { what: &'static str, row: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("cannot open database at {path}: {source}")]

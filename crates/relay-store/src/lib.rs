@@ -16,8 +16,8 @@ mod usage_writer;
 
 pub use error::StoreError;
 pub use records::{
-    AccountEvent, AccountRow, AdminRow, KeyMeta, KeyRow, KeySpend, NewAccount, NewKey, UsageFilter,
-    UsageRecord, UsageTotals,
+    AccountEvent, AccountRow, AdminRow, KeyMeta, KeyRow, KeySpend, NewAccount, NewKey, SealedField,
+    SealedValue, UsageFilter, UsageRecord, UsageTotals,
 };
 pub use store::Store;
 pub use usage_writer::{UsageSink, UsageWriter, UsageWriterHandle};

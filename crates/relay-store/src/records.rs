@@ -50,6 +50,29 @@ pub struct KeySpend {
     pub first_used_ms: Option<i64>,
 }
 
+/// Where a sealed value is kept. Each is sealed with associated data naming its row, so a
+/// rotation needs to know which row it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedField {
+    /// `accounts.secret_sealed`, by account id.
+    AccountCredential,
+    /// `accounts.proxy_sealed`, by account id.
+    AccountProxy,
+    /// `oauth_pending.verifier_sealed`, by account name.
+    OAuthVerifier,
+    /// `installation_secrets.sealed`, by secret name.
+    Installation,
+}
+
+/// One sealed value and the row it belongs to.
+#[derive(Debug, Clone)]
+pub struct SealedValue {
+    pub field: SealedField,
+    /// The account id, pending account name or secret name.
+    pub row: String,
+    pub sealed: Vec<u8>,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewAccount {
     pub id: String,

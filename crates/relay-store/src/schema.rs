@@ -149,4 +149,13 @@ CREATE TABLE account_events (
 CREATE INDEX account_events_account_time ON account_events (account_id, at_ms);
 "#,
     ),
+    (
+        9,
+        r#"
+CREATE TABLE installation_secrets (
+    name   TEXT PRIMARY KEY,
+    sealed BLOB NOT NULL
+);
+"#,
+    ),
 ];

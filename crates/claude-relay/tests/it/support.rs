@@ -20,7 +20,12 @@ pub fn relay_command() -> Command {
 
 /// Runs a CLI command against `data_dir`; returns stdout, panicking with stderr on failure.
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {
-    let output = run_cli(data_dir, args);
+    cli_env(data_dir, &[], args)
+}
+
+/// [`cli`] with these environment variables set.
+pub fn cli_env(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let output = run_cli(data_dir, env, args);
     assert!(
         output.status.success(),
         "claude-relay {args:?} failed: {}",
@@ -31,7 +36,12 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> String {
 
 /// Runs a CLI command that must fail; returns its stderr.
 pub fn cli_fails(data_dir: &Path, args: &[&str]) -> String {
-    let output = run_cli(data_dir, args);
+    cli_env_fails(data_dir, &[], args)
+}
+
+/// [`cli_fails`] with these environment variables set.
+pub fn cli_env_fails(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let output = run_cli(data_dir, env, args);
     assert!(
         !output.status.success(),
         "claude-relay {args:?} succeeded: {}",
@@ -40,11 +50,12 @@ pub fn cli_fails(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stderr).unwrap()
 }
 
-fn run_cli(data_dir: &Path, args: &[&str]) -> std::process::Output {
+fn run_cli(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     relay_command()
         .args(args)
         .env("CLAUDE_RELAY_DATA_DIR", data_dir)
         .env_remove("CLAUDE_RELAY_CONFIG")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -62,9 +73,18 @@ pub struct RunningRelay {
 
 impl RunningRelay {
     pub fn start(data_dir: &Path, admin_password: Option<&str>) -> Self {
+        Self::start_with_env(data_dir, admin_password, &[])
+    }
+
+    /// [`RunningRelay::start`] with these environment variables set.
+    pub fn start_with_env(
+        data_dir: &Path,
+        admin_password: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = relay_command();
         command.arg("serve");
-        Self::spawn(command, data_dir, admin_password)
+        Self::spawn(command, data_dir, admin_password, env)
     }
 
     /// `serve` with no egress allowlist: loopback upstreams are refused at connect time.
@@ -73,7 +93,7 @@ impl RunningRelay {
         command
             .arg("serve")
             .env_remove("CLAUDE_RELAY_EGRESS_ALLOWLIST");
-        Self::spawn(command, data_dir, None)
+        Self::spawn(command, data_dir, None, &[])
     }
 
     /// `serve` under a limit on open files (soft and hard), as `ulimit -n` sets it.
@@ -84,16 +104,22 @@ impl RunningRelay {
             .arg(format!("ulimit -n {open_files} && exec \"$0\" serve"))
             .arg(BINARY)
             .env("CLAUDE_RELAY_EGRESS_ALLOWLIST", EGRESS_ALLOWLIST);
-        Self::spawn(command, data_dir, None)
+        Self::spawn(command, data_dir, None, &[])
     }
 
-    fn spawn(mut command: Command, data_dir: &Path, admin_password: Option<&str>) -> Self {
+    fn spawn(
+        mut command: Command,
+        data_dir: &Path,
+        admin_password: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         command
             .env("CLAUDE_RELAY_DATA_DIR", data_dir)
             .env("CLAUDE_RELAY_LISTEN", "127.0.0.1:0")
             .env("CLAUDE_RELAY_LOG", "debug")
             .env_remove("CLAUDE_RELAY_CONFIG")
             .env_remove("CLAUDE_RELAY_ADMIN_PASSWORD")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(password) = admin_password {

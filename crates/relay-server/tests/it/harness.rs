@@ -73,7 +73,7 @@ impl Harness {
         // The mocks listen on loopback: allowed explicitly, as an operator would.
         let egress = loopback_egress();
         relay_settings.egress = egress.clone();
-        let admin = AdminService::new(installation.store.clone(), &installation.master_key)
+        let admin = AdminService::new(installation.store.clone(), &installation.keyring)
             .with_egress(egress);
         for spec in accounts {
             admin
@@ -99,16 +99,19 @@ impl Harness {
             )
             .await
             .unwrap();
-        let snapshots = SnapshotStore::load(installation.store.clone(), &installation.master_key)
-            .await
-            .unwrap();
+        let snapshots = SnapshotStore::load(
+            installation.store.clone(),
+            installation.keyring.secret_box.clone(),
+        )
+        .await
+        .unwrap();
         let reloader = snapshots.spawn_reloader();
         let snapshot_handle = snapshots.clone();
         let (sink, writer) = UsageWriter::spawn(installation.store.clone());
         let metrics = Arc::new(Metrics::new());
         let relay = Arc::new(Relay::new(
             snapshots,
-            installation.master_key.key_hasher(),
+            installation.keyring.key_hasher.clone(),
             sink,
             metrics.clone(),
             relay_settings,
