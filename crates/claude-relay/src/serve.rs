@@ -137,6 +137,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    let shutdown = shutdown_signal();
     tracing::info!(address = %local, "listening");
     notice(&format!("claude-relay listening on http://{local}"));
 
@@ -144,14 +145,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         AdminService::new(installation.store.clone(), &installation.keyring),
         config.trash_retention,
     );
-    relay_server::serve(
-        listener,
-        router(state),
-        &config.server,
-        metrics,
-        shutdown_signal(),
-    )
-    .await;
+    relay_server::serve(listener, router(state), &config.server, metrics, shutdown).await;
 
     purger.abort();
     reloader.abort();
@@ -186,25 +180,30 @@ fn spawn_trash_purger(
     })
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is *called*, not when
+/// it is first polled: a signal that arrives right after the "listening" notice must not find
+/// the default action (an abrupt exit) still in place.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = interrupt => {}
                     _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = interrupt.await;
+            (terminate, interrupt) => {
+                tracing::warn!(
+                    terminate = terminate.is_ok(),
+                    interrupt = interrupt.is_ok(),
+                    "cannot install signal handlers; falling back to Ctrl-C only"
+                );
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
+        tracing::info!("shutdown signal received");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
-    tracing::info!("shutdown signal received");
 }

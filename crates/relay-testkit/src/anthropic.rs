@@ -101,6 +101,8 @@ struct OAuthMock {
     delay: Duration,
     /// The plan the profile endpoint reports: `max` (default) or `pro`.
     plan: Option<String>,
+    /// Answers every token request with 200 and this body, whatever it asks.
+    raw_reply: Option<String>,
 }
 
 /// A running mock; stops when dropped.
@@ -175,6 +177,14 @@ impl MockUpstream {
         if let Ok(mut oauth) = self.state.oauth.lock() {
             oauth.expires_in_s = Some(expires_in_s);
             oauth.delay = delay;
+        }
+    }
+
+    /// From now on the token endpoint answers every grant with 200 and `body` verbatim (a
+    /// well-formed token response with chosen tokens, or a malformed one); `None` restores it.
+    pub fn set_token_reply(&self, body: Option<&str>) {
+        if let Ok(mut oauth) = self.state.oauth.lock() {
+            oauth.raw_reply = body.map(str::to_owned);
         }
     }
 
@@ -338,6 +348,9 @@ async fn oauth_token(State(state): State<Arc<MockState>>, request: Request) -> R
     let Ok(mut oauth) = state.oauth.lock() else {
         return json_response(500, &[], "{}".into());
     };
+    if let Some(raw) = &oauth.raw_reply {
+        return json_response(200, &[], raw.clone());
+    }
     let granted = match body["grant_type"].as_str() {
         Some("authorization_code") => {
             body["code"] == "mock-code"

@@ -10,6 +10,7 @@
 )]
 
 mod binary;
+mod canary;
 mod clients;
 mod interactive;
 mod secrets;

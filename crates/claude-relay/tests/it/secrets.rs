@@ -3,23 +3,13 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use relay_testkit::{MockUpstream, ProxyProtocol, TestProxy};
 
-use crate::support::{add_account, cli, cli_env, cli_env_fails, cli_fails, cli_json, RunningRelay};
-
-async fn admin_login(relay: &RunningRelay, password: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("{}/admin/v1/login", relay.url))
-        .json(&json!({"username": "admin", "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
-}
+use crate::support::{
+    add_account, admin_login, cli, cli_env, cli_env_fails, cli_fails, cli_json, RunningRelay,
+};
 
 async fn admin_status(relay: &RunningRelay, token: &str) -> u16 {
     reqwest::Client::new()

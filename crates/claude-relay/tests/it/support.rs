@@ -64,6 +64,19 @@ pub fn cli_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&cli(data_dir, args)).unwrap()
 }
 
+/// Signs in to the admin API; the bearer token.
+pub async fn admin_login(relay: &RunningRelay, password: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{}/admin/v1/login", relay.url))
+        .json(&serde_json::json!({"username": "admin", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
 /// A running `claude-relay serve`; killed on drop if still running.
 pub struct RunningRelay {
     pub url: String,
@@ -148,6 +161,16 @@ impl RunningRelay {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM, waits for a clean exit, and returns the whole log with the status.
+    pub fn stop(self) -> (std::process::ExitStatus, String) {
+        let stderr = self.stderr.clone();
+        let status = self.terminate();
+        // The reader thread sees the end of the pipe right after the exit.
+        std::thread::sleep(Duration::from_millis(200));
+        let log = stderr.lock().unwrap().clone();
+        (status, log)
     }
 
     /// Sends SIGTERM and waits for a clean exit.
