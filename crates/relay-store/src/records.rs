@@ -135,6 +135,9 @@ pub struct UsageRecord {
     /// `None` when the model has no price: the tokens are kept and the record is flagged
     /// unpriced rather than silently costing nothing.
     pub cost_nano_usd: Option<i64>,
+    /// What the key's cost limits were charged, when it is not the cost: an unpriced request at
+    /// its stand-in price. Read back to seed the limits after a restart.
+    pub charged_nano_usd: Option<i64>,
     pub status: u16,
     /// `ok`, `partial` (client went away), `upstream_error`, `upstream_interrupted`.
     pub outcome: String,

@@ -158,4 +158,10 @@ CREATE TABLE installation_secrets (
 );
 "#,
     ),
+    (
+        10,
+        r#"
+ALTER TABLE usage_records ADD COLUMN charged_nano_usd INTEGER;
+"#,
+    ),
 ];

@@ -511,7 +511,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT key_id, {} AS total_cost, {} AS total_tokens, MIN(created_at_ms) AS first_used
              FROM usage_records GROUP BY key_id",
-            safe_sum(ROW_COST),
+            safe_sum(ROW_CHARGED),
             safe_sum(ROW_TOKENS)
         ))
         .fetch_all(&self.pool)
@@ -535,7 +535,7 @@ impl Store {
         since_ms: i64,
     ) -> Result<Vec<(String, i64, i64, i64, String)>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT key_id, created_at_ms, {ROW_TOKENS} AS tokens, {ROW_COST} AS cost,
+            "SELECT key_id, created_at_ms, {ROW_TOKENS} AS tokens, {ROW_CHARGED} AS cost,
                     COALESCE(upstream_model, model) AS model
              FROM usage_records WHERE created_at_ms >= ? ORDER BY created_at_ms"
         ))
@@ -833,7 +833,7 @@ impl Store {
         let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT request_id, created_at_ms, key_id, account_id, platform, endpoint, model,
                     upstream_model, stream, input_tokens, output_tokens, cache_creation_5m_tokens,
-                    cache_creation_1h_tokens, cache_read_tokens, cost_nano_usd, status, outcome,
+                    cache_creation_1h_tokens, cache_read_tokens, cost_nano_usd, charged_nano_usd, status, outcome,
                     error_kind, attempts, latency_ms, ttfb_ms, user_agent
              FROM usage_records WHERE 1 = 1",
         );
@@ -865,6 +865,7 @@ impl Store {
                         cache_read_tokens: to_u64(row.try_get("cache_read_tokens")?),
                     },
                     cost_nano_usd: row.try_get("cost_nano_usd")?,
+                    charged_nano_usd: row.try_get("charged_nano_usd")?,
                     status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
                     outcome: row.try_get("outcome")?,
                     error_kind: row.try_get("error_kind")?,
@@ -884,8 +885,8 @@ fn usage_insert(records: &[UsageRecord]) -> QueryBuilder<'_, Sqlite> {
         "INSERT INTO usage_records (request_id, created_at_ms, key_id, account_id, platform,
          endpoint, model, upstream_model, stream, input_tokens, output_tokens,
          cache_creation_5m_tokens, cache_creation_1h_tokens, cache_read_tokens,
-         cost_nano_usd, status, outcome, error_kind, attempts, latency_ms, ttfb_ms,
-         user_agent) ",
+         cost_nano_usd, charged_nano_usd, status, outcome, error_kind, attempts, latency_ms,
+         ttfb_ms, user_agent) ",
     );
     builder.push_values(records, |mut row, record| {
         row.push_bind(&record.request_id)
@@ -903,6 +904,7 @@ fn usage_insert(records: &[UsageRecord]) -> QueryBuilder<'_, Sqlite> {
             .push_bind(to_i64(record.usage.cache_creation_1h_tokens))
             .push_bind(to_i64(record.usage.cache_read_tokens))
             .push_bind(record.cost_nano_usd)
+            .push_bind(record.charged_nano_usd)
             .push_bind(i64::from(record.status))
             .push_bind(&record.outcome)
             .push_bind(&record.error_kind)
@@ -921,6 +923,9 @@ const ROW_TOKENS: &str = "(MIN(MAX(input_tokens, 0), 1000000000) + MIN(MAX(outpu
      + MIN(MAX(cache_read_tokens, 0), 1000000000))";
 /// A row's cost, clamped at $1B.
 const ROW_COST: &str = "MIN(MAX(COALESCE(cost_nano_usd, 0), 0), 1000000000000000000)";
+/// What a row charged the key's cost limits: its cost, or its stand-in price if unpriced.
+const ROW_CHARGED: &str =
+    "MIN(MAX(COALESCE(charged_nano_usd, cost_nano_usd, 0), 0), 1000000000000000000)";
 
 /// A sum that cannot fail: SQLite's `SUM` errors on integer overflow, `TOTAL` is a float that
 /// does not, capped below `i64::MAX` and read back as an integer.

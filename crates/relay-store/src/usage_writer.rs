@@ -198,6 +198,7 @@ mod tests {
                 ..Default::default()
             },
             cost_nano_usd: Some(10),
+            charged_nano_usd: None,
             status: 200,
             outcome: "ok".into(),
             error_kind: None,

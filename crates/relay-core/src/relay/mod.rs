@@ -228,22 +228,22 @@ impl RecordContext {
         } else {
             crate::pricing::cost_nano_usd(priced_model, &usage)
         };
+        // Counting tokens is free and generates none; anything else is charged at its price,
+        // or at the stand-in price if the model is unpriced (never $0).
+        let (charged, tokens) = match cost_nano_usd {
+            Some(cost) if self.endpoint == Endpoint::CountTokens => (cost, 0),
+            Some(cost) => (cost, usage.total_tokens()),
+            None => (
+                crate::pricing::limit_cost_nano_usd(
+                    priced_model,
+                    &usage,
+                    self.unpriced_as.as_deref(),
+                ),
+                usage.total_tokens(),
+            ),
+        };
         if let Some(admission) = self.admission.take() {
-            // Counting tokens is free and generates none; anything else is charged at its
-            // price, or at the stand-in price if the model is unpriced (never $0).
-            let (limit_cost, tokens) = if self.endpoint == Endpoint::CountTokens {
-                (0, 0)
-            } else {
-                (
-                    crate::pricing::limit_cost_nano_usd(
-                        priced_model,
-                        &usage,
-                        self.unpriced_as.as_deref(),
-                    ),
-                    usage.total_tokens(),
-                )
-            };
-            admission.settle(limit_cost, tokens, now_ms());
+            admission.settle(charged, tokens, now_ms());
         }
         if let Some(runtime) = self.account_runtime.take() {
             runtime.add_day_cost(cost_nano_usd.unwrap_or(0), now_ms());
@@ -260,6 +260,7 @@ impl RecordContext {
             stream: self.stream,
             usage,
             cost_nano_usd,
+            charged_nano_usd: cost_nano_usd.is_none().then_some(charged),
             status: self.status.as_u16(),
             outcome: outcome.to_owned(),
             error_kind,

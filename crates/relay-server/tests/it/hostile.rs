@@ -132,6 +132,19 @@ async fn an_unpriced_model_is_charged_against_cost_limits_at_a_stand_in_price() 
         standing.total_cost_nano_usd > 0,
         "the key's limits were charged: {standing:?}"
     );
+    assert_eq!(record.charged_nano_usd, Some(standing.total_cost_nano_usd));
+    // After a restart, the ledger is seeded with the same charge, not $0.
+    let restarted = relay_core::limits::Limiter::default();
+    restarted
+        .seed_from_store(&harness.store, &harness.snapshots.current(), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        restarted
+            .standing(&key_id, &KeyPolicy::default(), 0)
+            .total_cost_nano_usd,
+        standing.total_cost_nano_usd
+    );
 }
 
 #[tokio::test]
