@@ -48,6 +48,18 @@ pub fn excerpt(body: &[u8]) -> String {
     excerpt
 }
 
+/// A whole JSON error body an upstream wrote, to pass on to a client with anything token-like
+/// removed (the message and its advice stay). A body that is not JSON is not passed on at all.
+pub fn json_body(body: &[u8]) -> bytes::Bytes {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(mut value) => {
+            redact_value(&mut value, false);
+            bytes::Bytes::from(value.to_string())
+        }
+        Err(_) => bytes::Bytes::new(),
+    }
+}
+
 fn redact_value(value: &mut Value, secret: bool) {
     match value {
         Value::String(text) if secret => *text = REDACTED.to_owned(),
@@ -110,6 +122,14 @@ mod tests {
             excerpt(b"upstream said: bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjF9.sig and more");
         assert!(!plain.contains("eyJhbGci"), "{plain}");
         assert!(plain.contains("upstream said"));
+    }
+
+    #[test]
+    fn a_passed_on_error_body_keeps_its_message_but_not_a_credential() {
+        let body = br#"{"type":"error","error":{"type":"rate_limit_error","message":"key sk-ant-api03-abcdef0123456789xyz is over its limit"}}"#;
+        let passed = String::from_utf8(json_body(body).to_vec()).unwrap();
+        assert!(passed.contains("rate_limit_error") && passed.contains("is over its limit"));
+        assert!(!passed.contains("abcdef0123456789"), "{passed}");
     }
 
     #[test]

@@ -240,7 +240,7 @@ impl AttemptFailure {
                         Ok(RelayResponse {
                             status,
                             headers: client_response_headers(&headers),
-                            body: RelayBody::Buffered(body),
+                            body: RelayBody::Buffered(crate::redact::json_body(&body)),
                         })
                     }
                     429 => Err(RelayError {
