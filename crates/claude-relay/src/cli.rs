@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use claude_relay::config::Config;
 use relay_core::account_settings::AccountSettings;
 use relay_core::admin::{AdminService, NewAccountInput};
 use relay_core::bootstrap::{open_installation, random_password, reset_admin_password};
@@ -15,8 +16,6 @@ use relay_core::policy::{
 use relay_core::pricing::format_usd;
 use relay_store::KeyMeta;
 use serde_json::json;
-
-use crate::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(name = "claude-relay", version, about = "A self-hosted AI API gateway")]

@@ -506,4 +506,16 @@ mod tests {
         assert_eq!(config.server.trusted_proxies.len(), 1);
         assert_eq!(config.max_connections, Some(500));
     }
+
+    #[test]
+    fn the_readme_configuration_block_is_a_valid_configuration() {
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split_once("```toml\n")
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(block, _)| block)
+            .expect("README.md has a ```toml block");
+        let config = Config::build(Some(block), &HashMap::new());
+        assert!(config.is_ok(), "{config:?}");
+    }
 }

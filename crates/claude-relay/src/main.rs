@@ -1,7 +1,6 @@
 //! The `claude-relay` binary: the CLI, configuration, telemetry, wiring and graceful shutdown.
 
 mod cli;
-mod config;
 mod serve;
 
 use std::process::ExitCode;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use claude_relay::config::{Config, LogFormat};
 use relay_core::admin::AdminService;
 use relay_core::admin_auth::AdminAuth;
 use relay_core::bootstrap::{ensure_admin, open_installation, AdminBootstrap, ADMIN_USERNAME};
@@ -14,7 +15,6 @@ use relay_store::UsageWriter;
 use tokio::net::TcpListener;
 
 use crate::cli::notice;
-use crate::config::{Config, LogFormat};
 
 fn init_telemetry(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)

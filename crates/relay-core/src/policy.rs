@@ -204,7 +204,8 @@ pub fn parse_usd(text: &str) -> Result<i64, String> {
         .ok_or_else(invalid)
 }
 
-/// Parses `2026-12-31` (midnight UTC) or `2026-12-31T18:30:00Z` into Unix milliseconds.
+/// Parses `2026-12-31` (midnight UTC) or `2026-12-31T18:30:00Z` into Unix milliseconds; the
+/// year is 1 to 9999.
 pub fn parse_date_ms(text: &str) -> Result<i64, String> {
     let invalid = || format!("'{text}' is not a date such as 2026-12-31 or 2026-12-31T18:30:00Z");
     let text = text.trim();
@@ -225,7 +226,8 @@ pub fn parse_date_ms(text: &str) -> Result<i64, String> {
     };
     let ymd = numbers(date, '-', 3)?;
     let (year, month, day) = (ymd[0], ymd[1], ymd[2]);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    // Four-digit years: the day and millisecond arithmetic below cannot overflow.
+    if !(1..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return Err(invalid());
     }
     let days = crate::limits::days_from_civil(year, month, day);
@@ -325,9 +327,16 @@ mod tests {
             "tomorrow",
             "2026-11-22T12:00:00",
             "2026-11-22T25:00:00Z",
+            // Found by the `key_policy` fuzz target: the milliseconds overflowed an i64 (a panic
+            // in debug builds, a wrapped expiry in release ones).
+            "5555555561-1-5",
+            "10000-01-01",
+            "0-01-01",
         ] {
             assert!(parse_date_ms(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_date_ms("9999-12-31"), Ok(253_402_214_400_000));
+        assert_eq!(parse_date_ms("0001-01-01"), Ok(-62_135_596_800_000));
     }
 
     #[test]

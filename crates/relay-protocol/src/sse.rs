@@ -58,6 +58,11 @@ impl SseDecoder {
             if self.skipping_line {
                 self.skipping_line = false;
                 self.line.clear();
+            } else if self.line.len() + line_part.len() > MAX_EVENT_BYTES {
+                // The bound a line still arriving is held to (below), applied to a line that
+                // arrived whole too: where the chunks happen to end must change nothing.
+                self.overflow();
+                self.line = Vec::new();
             } else if self.line.is_empty() {
                 self.process_line(line_part, on_event);
             } else {
@@ -220,6 +225,39 @@ mod tests {
             }
             assert!(decoder.overflowed());
             assert_eq!(events, vec![("b".to_owned(), "2".to_owned())]);
+        }
+    }
+
+    #[test]
+    fn a_line_past_the_bound_is_skipped_whether_it_arrives_whole_or_in_pieces() {
+        // Found by the `sse_decoder` fuzz target: a long `event:` line inside one chunk was read
+        // (and kept), while the same line cut across chunks was skipped.
+        let long_name = "e".repeat(MAX_EVENT_BYTES + 10);
+        let almost = "d".repeat(MAX_EVENT_BYTES - 3);
+        for input in [
+            format!("event: {long_name}\ndata: {{}}\n\nevent: b\ndata: 2\n\n"),
+            // The value alone fits, the line with its field name does not.
+            format!("event: a\ndata: {almost}\n\nevent: b\ndata: 2\n\n"),
+            format!("event: a\ndata: 1\n: {long_name}\n\nevent: b\ndata: 2\n\n"),
+        ] {
+            let input = input.as_bytes();
+            for cuts in [
+                vec![],
+                vec![MAX_EVENT_BYTES / 2],
+                vec![100, MAX_EVENT_BYTES + 5],
+            ] {
+                let mut decoder = SseDecoder::new();
+                let mut events = Vec::new();
+                let mut start = 0;
+                for end in cuts.into_iter().chain([input.len()]) {
+                    decoder.feed(&input[start..end], &mut |name, data| {
+                        events.push((name.to_owned(), data.to_owned()));
+                    });
+                    start = end;
+                }
+                assert!(decoder.overflowed());
+                assert_eq!(events, vec![("b".to_owned(), "2".to_owned())]);
+            }
         }
     }
 
