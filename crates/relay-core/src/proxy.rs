@@ -116,11 +116,12 @@ impl ProxyConfig {
 
 /// Masks the password of a URL that did not parse, for the error message.
 fn mask(url: &str) -> String {
-    match url
-        .split_once("://")
-        .and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?)))
-    {
-        Some((scheme, (_, host))) => format!("{scheme}://***@{host}"),
+    // Whatever the shape (a mistyped `http:/` included), everything before the last `@` may be
+    // credentials.
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    match rest.rsplit_once('@') {
+        Some((_, host)) if scheme.is_empty() => format!("***@{host}"),
+        Some((_, host)) => format!("{scheme}://***@{host}"),
         None => url.to_owned(),
     }
 }
@@ -151,6 +152,7 @@ mod tests {
             "http://u:pw%zz@h:1",
             "http://u:pw%ff@h:1",
             "http://u:pw%4@h:1",
+            "http:/user:pw@host:1",
         ] {
             let error = ProxyConfig::parse(bad).unwrap_err();
             assert!(!error.contains("pw"), "{error}");

@@ -30,6 +30,8 @@ pub(crate) enum CloseReason {
     Evicted,
     /// Still open when the shutdown grace ran out.
     Shutdown,
+    /// The connection ended by itself (the watchdog has nothing left to do).
+    Finished,
 }
 
 impl CloseReason {
@@ -39,6 +41,7 @@ impl CloseReason {
             Self::Idle => "idle_timeout",
             Self::Evicted => "evicted",
             Self::Shutdown => "shutdown",
+            Self::Finished => "finished",
         }
     }
 }
@@ -72,6 +75,11 @@ impl Connection {
 
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// The connection ended: its watchdog stops.
+    pub(crate) fn finished(&self) {
+        self.request_close(CloseReason::Finished);
     }
 
     fn request_close(&self, reason: CloseReason) {

@@ -137,6 +137,22 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         })
 }
 
+/// Runs when a connection's task ends, however it ends (its future completed or was aborted):
+/// unregisters it, counts it closed and stops its watchdog.
+struct ConnectionDone {
+    connection: Arc<crate::connections::Connection>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ConnectionDone {
+    fn drop(&mut self) {
+        self.registry.remove(&self.connection);
+        self.metrics.connections_open.dec();
+        self.connection.finished();
+    }
+}
+
 /// Logs accept failures at most once a second, with how many were folded in.
 struct AcceptErrors {
     last_logged: Option<tokio::time::Instant>,
@@ -244,26 +260,32 @@ pub async fn serve(
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned(),
                 );
-                let registry = registry.clone();
+                // The connection runs in its own task, polled only for its own IO; its watchdog
+                // is a second task that sleeps until a deadline (or an eviction) and then aborts
+                // it, which drops the connection and closes the socket.
+                let done = ConnectionDone {
+                    connection: connection.clone(),
+                    registry: registry.clone(),
+                    metrics: metrics.clone(),
+                };
+                let serving = tasks.spawn(async move {
+                    let _done = done;
+                    if let Err(connection_error) = served.await {
+                        tracing::debug!(error = %connection_error, "connection ended with an error");
+                    }
+                });
+                let abort = serving.abort_handle();
                 let metrics = metrics.clone();
                 let (handshake, idle) = (settings.handshake_timeout, settings.idle_timeout);
                 tasks.spawn(async move {
-                    tokio::select! {
-                        ended = served => {
-                            if let Err(connection_error) = ended {
-                                tracing::debug!(error = %connection_error, "connection ended with an error");
-                            }
-                        }
-                        reason = connection.watchdog(handshake, idle) => {
-                            // Dropping the connection closes the socket.
-                            tracing::debug!(reason = reason.as_str(), "closed a connection");
-                            if reason != CloseReason::Evicted {
-                                metrics.connection_closed(reason.as_str());
-                            }
+                    let reason = connection.watchdog(handshake, idle).await;
+                    if reason != CloseReason::Finished {
+                        abort.abort();
+                        tracing::debug!(reason = reason.as_str(), "closed a connection");
+                        if reason != CloseReason::Evicted {
+                            metrics.connection_closed(reason.as_str());
                         }
                     }
-                    registry.remove(&connection);
-                    metrics.connections_open.dec();
                 });
             }
             () = &mut shutdown => break,

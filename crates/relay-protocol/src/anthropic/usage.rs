@@ -172,8 +172,14 @@ impl MessagesUsageTracker {
         }
     }
 
+    /// Takes a model name the upstream reported, held to the rules a request's model follows
+    /// (1–256 printable ASCII characters); anything else is not believed.
     fn set_model(&mut self, model: Option<String>) {
-        if let Some(model) = model.filter(|model| model.len() <= MAX_MODEL_NAME) {
+        if let Some(model) = model.filter(|model| {
+            !model.is_empty()
+                && model.len() <= MAX_MODEL_NAME
+                && model.bytes().all(|byte| byte.is_ascii_graphic())
+        }) {
             self.model = Some(model);
         }
     }
@@ -321,6 +327,22 @@ mod tests {
         assert_eq!(usage.cache_creation_1h_tokens, 0);
         assert_eq!(usage.cache_read_tokens, 0);
         assert_eq!(usage.output_tokens, 7);
+    }
+
+    #[test]
+    fn a_reported_model_is_believed_only_if_it_could_be_a_requested_one() {
+        for (reported, believed) in [
+            ("claude-sonnet-4-5-20250929", true),
+            ("", false),
+            ("claude\u{7}", false),
+            ("模型", false),
+            ("with space", false),
+        ] {
+            let mut tracker = MessagesUsageTracker::new();
+            let body = serde_json::json!({"model": reported, "usage": {"input_tokens": 1}});
+            assert!(tracker.observe_json_body(body.to_string().as_bytes()));
+            assert_eq!(tracker.model().is_some(), believed, "{reported:?}");
+        }
     }
 
     #[test]
