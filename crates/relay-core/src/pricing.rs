@@ -172,10 +172,7 @@ pub fn limit_cost_nano_usd(model: &str, usage: &Usage, unpriced_as: Option<&str>
     if let Some(cost) = unpriced_as.and_then(|stand_in| cost_nano_usd(stand_in, usage)) {
         return cost;
     }
-    let canonical = canonical_model(model);
-    let family = ["opus", "sonnet", "haiku"]
-        .into_iter()
-        .find(|family| canonical.contains(family));
+    let family = crate::limits::model_family(model);
     let dearest = |entries: &mut dyn Iterator<Item = &PriceEntry>| {
         entries
             .filter_map(|entry| cost_nano_usd(entry.models[0], usage))

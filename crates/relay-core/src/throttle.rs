@@ -123,7 +123,7 @@ impl AuthThrottle {
     /// address is blocked, in which case nothing may be checked. Refund it with
     /// [`Self::succeeded`] when the check passes.
     pub fn attempt(&self, address: Option<IpAddr>, now_ms: i64) -> Result<(), i64> {
-        self.check(address, now_ms)?;
+        // `failed` refuses a blocked address before counting anything.
         self.failed(address, now_ms)
     }
 

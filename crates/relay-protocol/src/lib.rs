@@ -8,3 +8,14 @@ pub mod sse;
 pub mod usage;
 
 pub use usage::Usage;
+
+/// Model names are at most this long; everything stored from a request or a response is bounded.
+pub const MAX_MODEL_NAME: usize = 256;
+
+/// Whether `model` is a name the relay carries and stores: 1–256 printable ASCII characters,
+/// no spaces. The same rule for a request's model and a model an upstream reports.
+pub fn is_model_name(model: &str) -> bool {
+    !model.is_empty()
+        && model.len() <= MAX_MODEL_NAME
+        && model.bytes().all(|byte| byte.is_ascii_graphic())
+}

@@ -575,8 +575,8 @@ impl Relay {
     /// Forwards a request, failing over between accounts before the first byte.
     pub async fn forward(&self, request: ForwardRequest) -> Result<RelayResponse, RelayError> {
         // Released by `Drop` on every early return below; settled with the usage record.
-        let mut admission = self.admit(&request)?;
         let snapshot = self.snapshots.current();
+        let mut admission = self.admit(&request, &snapshot)?;
         let platform = Platform::Anthropic;
         let deadline = request.received_at + self.settings.first_byte_timeout;
         let mut tried: Vec<Arc<AccountEntry>> = Vec::new();
@@ -704,7 +704,11 @@ impl Relay {
     /// Checks what the relay would store or reserve from the request, then reserves its
     /// worst-case cost and a concurrency slot under the key's policy. Counting tokens costs
     /// nothing but still takes a slot and counts against request-rate windows.
-    fn admit(&self, request: &ForwardRequest) -> Result<Option<Admission>, RelayError> {
+    fn admit(
+        &self,
+        request: &ForwardRequest,
+        snapshot: &crate::snapshot::Snapshot,
+    ) -> Result<Option<Admission>, RelayError> {
         check_model_name(&request.model)?;
         if let Some(max_tokens) = request
             .max_tokens
@@ -743,7 +747,7 @@ impl Relay {
         let estimate = if request.endpoint == Endpoint::CountTokens {
             Estimate::default()
         } else {
-            self.worst_case(request)
+            self.worst_case(request, snapshot)
         };
         self.limiter
             .admit(&request.key.id, &request.key.policy, &request.model, estimate, now)
@@ -756,7 +760,11 @@ impl Relay {
 
     /// The dearest the request can be: priced as its own model and as every upstream model an
     /// account that may serve it maps it to.
-    fn worst_case(&self, request: &ForwardRequest) -> Estimate {
+    fn worst_case(
+        &self,
+        request: &ForwardRequest,
+        snapshot: &crate::snapshot::Snapshot,
+    ) -> Estimate {
         let unpriced_as = self.settings.unpriced_as.as_deref();
         let own = estimate(
             &request.model,
@@ -764,8 +772,7 @@ impl Relay {
             request.max_tokens,
             unpriced_as,
         );
-        self.snapshots
-            .current()
+        snapshot
             .accounts
             .iter()
             .filter_map(|account| account.settings.map_model(&request.model))
@@ -1138,22 +1145,20 @@ pub fn estimate(
     }
 }
 
-/// Model names are at most this long; everything stored from a request is bounded.
-pub const MAX_MODEL_NAME: usize = 256;
 const MAX_STORED_USER_AGENT: usize = 512;
 
-/// A model name the relay will carry and store: 1–256 printable ASCII characters.
+/// A model name the relay will carry and store ([`relay_protocol::is_model_name`]).
 fn check_model_name(model: &str) -> Result<(), RelayError> {
-    if model.is_empty()
-        || model.len() > MAX_MODEL_NAME
-        || !model.bytes().all(|byte| byte.is_ascii_graphic())
-    {
-        return Err(RelayError::new(
-            ErrorType::InvalidRequest,
-            format!("model: a model name is 1 to {MAX_MODEL_NAME} printable ASCII characters without spaces"),
-        ));
+    if relay_protocol::is_model_name(model) {
+        return Ok(());
     }
-    Ok(())
+    Err(RelayError::new(
+        ErrorType::InvalidRequest,
+        format!(
+            "model: a model name is 1 to {} printable ASCII characters without spaces",
+            relay_protocol::MAX_MODEL_NAME
+        ),
+    ))
 }
 
 /// `text` cut to at most `limit` bytes, at a character boundary.

@@ -98,9 +98,6 @@ impl UsageFault {
     }
 }
 
-/// Model names longer than this in a response are not believed.
-const MAX_MODEL_NAME: usize = 256;
-
 impl Default for MessagesUsageTracker {
     fn default() -> Self {
         Self::new()
@@ -175,11 +172,7 @@ impl MessagesUsageTracker {
     /// Takes a model name the upstream reported, held to the rules a request's model follows
     /// (1–256 printable ASCII characters); anything else is not believed.
     fn set_model(&mut self, model: Option<String>) {
-        if let Some(model) = model.filter(|model| {
-            !model.is_empty()
-                && model.len() <= MAX_MODEL_NAME
-                && model.bytes().all(|byte| byte.is_ascii_graphic())
-        }) {
+        if let Some(model) = model.filter(|model| crate::is_model_name(model)) {
             self.model = Some(model);
         }
     }
