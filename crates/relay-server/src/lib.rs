@@ -12,6 +12,5 @@ mod serve;
 mod state;
 
 pub use ingress::{router, UNAUTHENTICATED_ROUTES};
-pub use pace::BodyTooSlow;
-pub use serve::{client_address, serve, BodyPace, ClientAddr, ServerSettings};
+pub use serve::{serve, BodyPace, ClientAddr, ServerSettings};
 pub use state::AppState;

@@ -19,7 +19,7 @@ use crate::serve::BodyPace;
 /// A request body that arrived slower than the configured pace.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body arrived too slowly")]
-pub struct BodyTooSlow;
+pub(crate) struct BodyTooSlow;
 
 /// Whether a body read error (at any depth of wrapping) was [`BodyTooSlow`].
 pub(crate) fn is_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {

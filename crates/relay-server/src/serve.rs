@@ -86,7 +86,7 @@ impl Default for ServerSettings {
 
 /// The client address of a request from `peer`: the peer itself unless it is a trusted proxy,
 /// then the nearest forwarded address that is not itself a trusted proxy.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+pub(crate) fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|range| range.contains(ip));
     if !is_trusted(peer) {
         return peer;
