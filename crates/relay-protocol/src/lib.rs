@@ -1,12 +1,15 @@
-//! Wire formats of the AI APIs the relay speaks: SSE framing, Anthropic Messages usage and errors.
+//! Wire formats of the AI APIs the relay speaks: dialects and their error shapes, SSE framing,
+//! usage extraction, and conversions between dialects.
 //!
 //! *Architecture Invariant*: this crate does no IO and knows nothing of keys, accounts or prices.
 //! Everything here is a pure function of bytes, so it can be property-tested exhaustively.
 
 pub mod anthropic;
+pub mod dialect;
 pub mod sse;
 pub mod usage;
 
+pub use dialect::{Dialect, ErrorKind};
 pub use usage::Usage;
 
 /// Model names are at most this long; everything stored from a request or a response is bounded.

@@ -1,21 +1,23 @@
-//! Errors rendered at the edge, in the caller's protocol. Only Anthropic's for now; the OpenAI
-//! and Gemini ingresses will add their own renderer over the same [`RelayError`].
+//! Errors rendered at the edge, in the caller's dialect: the core says what went wrong
+//! ([`RelayError`]), this module says it the way the caller's SDK expects.
 
 use axum::body::Body;
 use axum::response::Response;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::StatusCode;
 use relay_core::relay::RelayError;
-use relay_protocol::anthropic::{error_body, ErrorType};
+use relay_protocol::dialect::error_body;
+use relay_protocol::{Dialect, ErrorKind};
 
 pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Renders an error in Anthropic's shape with its status and, where waiting helps, `retry-after`.
-pub(crate) fn anthropic_error(error: &RelayError, request_id: &str) -> Response {
-    let status = StatusCode::from_u16(error.error_type.status())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+/// Renders an error in `dialect`'s shape with its status and, where waiting helps, `retry-after`.
+pub(crate) fn render_error(dialect: Dialect, error: &RelayError, request_id: &str) -> Response {
+    let status =
+        StatusCode::from_u16(error.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(Body::from(error_body(
-        error.error_type,
+        dialect,
+        error.kind,
         &error.message,
         request_id,
     )));
@@ -29,19 +31,17 @@ pub(crate) fn anthropic_error(error: &RelayError, request_id: &str) -> Response 
         headers.insert(REQUEST_ID_HEADER, value);
     }
     // Clients must not retry a refusal that will not change by waiting.
-    if matches!(
-        error.error_type,
-        ErrorType::Authentication
-            | ErrorType::Permission
-            | ErrorType::InvalidRequest
-            | ErrorType::NotFound
-            | ErrorType::RequestTooLarge
-    ) {
+    if error.kind.is_final() {
         headers.insert("x-should-retry", HeaderValue::from_static("false"));
     }
     response
 }
 
-pub(crate) fn error(error_type: ErrorType, message: impl Into<String>) -> RelayError {
-    RelayError::new(error_type, message)
+/// Renders an error in Anthropic's shape.
+pub(crate) fn anthropic_error(error: &RelayError, request_id: &str) -> Response {
+    render_error(Dialect::AnthropicMessages, error, request_id)
+}
+
+pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> RelayError {
+    RelayError::new(kind, message)
 }

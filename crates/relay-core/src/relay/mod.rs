@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use relay_protocol::anthropic::ErrorType;
+use relay_protocol::ErrorKind;
 use relay_store::{UsageRecord, UsageSink};
 use tokio::time::Instant;
 
@@ -160,15 +160,15 @@ pub struct ForwardRequest {
 /// An error the relay answers itself; the ingress renders it in the caller's dialect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayError {
-    pub error_type: ErrorType,
+    pub kind: ErrorKind,
     pub message: String,
     pub retry_after_s: Option<u64>,
 }
 
 impl RelayError {
-    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
-            error_type,
+            kind,
             message: message.into(),
             retry_after_s: None,
         }
@@ -615,7 +615,7 @@ impl Relay {
                     return Err(RelayError {
                         retry_after_s: Some(wait_s),
                         ..RelayError::new(
-                            ErrorType::RateLimit,
+                            ErrorKind::RateLimit,
                             "every upstream account is rate limited; retry later",
                         )
                     });
@@ -658,7 +658,7 @@ impl Relay {
         }
         let Some(failure) = last_failure else {
             return Err(RelayError::new(
-                ErrorType::ServiceUnavailable,
+                ErrorKind::ServiceUnavailable,
                 "no upstream account is available for this request",
             ));
         };
@@ -715,7 +715,7 @@ impl Relay {
             .filter(|max_tokens| *max_tokens > self.settings.max_tokens_ceiling)
         {
             return Err(RelayError::new(
-                ErrorType::InvalidRequest,
+                ErrorKind::InvalidRequest,
                 format!(
                     "max_tokens: {max_tokens} is more than any model accepts (at most {})",
                     self.settings.max_tokens_ceiling
@@ -737,12 +737,12 @@ impl Relay {
             client_ip: request.client_ip,
         };
         access::check(policy, &facts, now).map_err(|denial| {
-            let error_type = if denial == Denial::Expired {
-                ErrorType::Authentication
+            let error_kind = if denial == Denial::Expired {
+                ErrorKind::Authentication
             } else {
-                ErrorType::Permission
+                ErrorKind::Permission
             };
-            RelayError::new(error_type, denial.message())
+            RelayError::new(error_kind, denial.message())
         })?;
         let estimate = if request.endpoint == Endpoint::CountTokens {
             Estimate::default()
@@ -1016,7 +1016,7 @@ impl Relay {
         let outcome = failure.into_outcome();
         let status = match &outcome {
             Ok(response) => response.status.as_u16(),
-            Err(error) => error.error_type.status(),
+            Err(error) => error.kind.status(),
         };
         let context = self.record_context(request, account_id, attempts, status, admission);
         self.usage.record(context.into_record(
@@ -1153,7 +1153,7 @@ fn check_model_name(model: &str) -> Result<(), RelayError> {
         return Ok(());
     }
     Err(RelayError::new(
-        ErrorType::InvalidRequest,
+        ErrorKind::InvalidRequest,
         format!(
             "model: a model name is 1 to {} printable ASCII characters without spaces",
             relay_protocol::MAX_MODEL_NAME
@@ -1198,13 +1198,13 @@ fn seconds_until(at_ms: i64, now_ms: i64) -> u64 {
 fn refusal_error(refusal: &Refusal, now_ms: i64) -> RelayError {
     let rate_limited = |message: String, retry_after_ms: i64| RelayError {
         retry_after_s: Some(seconds_until(now_ms + retry_after_ms, now_ms)),
-        ..RelayError::new(ErrorType::RateLimit, message)
+        ..RelayError::new(ErrorKind::RateLimit, message)
     };
     match refusal {
         Refusal::Concurrency { limit } => RelayError {
             retry_after_s: Some(1),
             ..RelayError::new(
-                ErrorType::RateLimit,
+                ErrorKind::RateLimit,
                 format!("this key allows {limit} requests at a time; wait for one to finish"),
             )
         },
@@ -1230,14 +1230,14 @@ fn refusal_error(refusal: &Refusal, now_ms: i64) -> RelayError {
             *retry_after_ms,
         ),
         Refusal::Expired => {
-            RelayError::new(ErrorType::Authentication, "this relay key has expired")
+            RelayError::new(ErrorKind::Authentication, "this relay key has expired")
         }
         Refusal::PeriodCost {
             period,
             limit,
             resets_at_ms,
         } => RelayError::new(
-            ErrorType::Billing,
+            ErrorKind::Billing,
             format!(
                 "this key's {} cost limit of {} is reached; it resets in {} s (at Unix time {})",
                 period.label(),
@@ -1247,11 +1247,11 @@ fn refusal_error(refusal: &Refusal, now_ms: i64) -> RelayError {
             ),
         ),
         Refusal::TotalCost { limit } => RelayError::new(
-            ErrorType::Billing,
+            ErrorKind::Billing,
             format!("this key's total cost limit of {} is used up", usd(*limit)),
         ),
         Refusal::TokenQuota { limit } => RelayError::new(
-            ErrorType::Billing,
+            ErrorKind::Billing,
             format!("this key's quota of {limit} tokens is used up"),
         ),
     }

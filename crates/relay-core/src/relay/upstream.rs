@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::egress::{EgressGuard, GuardedResolver};
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use relay_protocol::anthropic::ErrorType;
+use relay_protocol::ErrorKind;
 use tokio::time::Instant;
 
 use super::{ForwardRequest, RelayBody, RelayError, RelayResponse};
@@ -207,19 +207,19 @@ impl AttemptFailure {
     pub fn into_outcome(self) -> Result<RelayResponse, RelayError> {
         match self {
             Self::Connect => Err(RelayError::new(
-                ErrorType::BadGateway,
+                ErrorKind::BadGateway,
                 "the upstream could not be reached",
             )),
             Self::Timeout => Err(RelayError::new(
-                ErrorType::Timeout,
+                ErrorKind::Timeout,
                 "the upstream did not answer in time",
             )),
             Self::Interrupted => Err(RelayError::new(
-                ErrorType::BadGateway,
+                ErrorKind::BadGateway,
                 "the upstream closed the connection before responding",
             )),
             Self::Credentials => Err(RelayError::new(
-                ErrorType::BadGateway,
+                ErrorKind::BadGateway,
                 "the upstream account's credentials could not be renewed",
             )),
             Self::Status {
@@ -246,20 +246,20 @@ impl AttemptFailure {
                     429 => Err(RelayError {
                         retry_after_s,
                         ..RelayError::new(
-                            ErrorType::RateLimit,
+                            ErrorKind::RateLimit,
                             "the upstream is rate limiting requests",
                         )
                     }),
                     529 => Err(RelayError {
                         retry_after_s,
-                        ..RelayError::new(ErrorType::Overloaded, "the upstream is overloaded")
+                        ..RelayError::new(ErrorKind::Overloaded, "the upstream is overloaded")
                     }),
                     401 | 403 => Err(RelayError::new(
-                        ErrorType::BadGateway,
+                        ErrorKind::BadGateway,
                         "the upstream rejected the relay's account credentials",
                     )),
                     code => Err(RelayError::new(
-                        ErrorType::BadGateway,
+                        ErrorKind::BadGateway,
                         format!("the upstream failed with status {code}"),
                     )),
                 }

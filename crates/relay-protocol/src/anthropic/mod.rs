@@ -1,9 +1,7 @@
-//! The Anthropic Messages API: its error shape and the usage it reports.
+//! The Anthropic Messages API: the usage it reports and the conversation a request belongs to.
 
-mod error;
 mod session;
 mod usage;
 
-pub use error::{error_body, ErrorType};
 pub use session::{session_identity, SessionIdentity, SessionSource};
 pub use usage::{MessagesUsageTracker, StreamEnding, UsageFault};

@@ -16,8 +16,8 @@ use relay_core::keys::{KeyEntry, KeyRejection};
 use relay_core::metrics::{RequestLabels, RouteLabels};
 use relay_core::relay::{Endpoint, ForwardRequest, RelayBody, RelayError};
 use relay_core::sticky::SessionId;
-use relay_protocol::anthropic::ErrorType;
 use relay_protocol::anthropic::{session_identity, SessionSource};
+use relay_protocol::ErrorKind;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -57,7 +57,7 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, RelayError> {
             Some(first) if first == candidate => {}
             Some(_) => {
                 return Err(error(
-                    ErrorType::InvalidRequest,
+                    ErrorKind::InvalidRequest,
                     "two different credentials were sent (x-api-key and Authorization, or one twice); send the relay key once",
                 ))
             }
@@ -91,16 +91,16 @@ fn rejection_error(rejection: KeyRejection) -> RelayError {
                     .max(1),
             ),
             ..error(
-                ErrorType::RateLimit,
+                ErrorKind::RateLimit,
                 "too many failed key attempts from this address; try again later",
             )
         },
         KeyRejection::Missing => error(
-            ErrorType::Authentication,
+            ErrorKind::Authentication,
             "missing relay key: send it in x-api-key or Authorization: Bearer",
         ),
-        KeyRejection::Unknown => error(ErrorType::Authentication, "invalid relay key"),
-        KeyRejection::Disabled => error(ErrorType::Permission, "this relay key is disabled"),
+        KeyRejection::Unknown => error(ErrorKind::Authentication, "invalid relay key"),
+        KeyRejection::Disabled => error(ErrorKind::Permission, "this relay key is disabled"),
     }
 }
 
@@ -212,14 +212,14 @@ async fn prepare(
     let body = read_body(body, state.settings.max_body_bytes).await?;
     let head: MessagesHead = serde_json::from_slice(&body).map_err(|parse_error| {
         error(
-            ErrorType::InvalidRequest,
+            ErrorKind::InvalidRequest,
             format!("request body is not valid JSON: {parse_error}"),
         )
     })?;
     let model = head
         .model
         .filter(|model| !model.is_empty())
-        .ok_or_else(|| error(ErrorType::InvalidRequest, "model: field required"))?
+        .ok_or_else(|| error(ErrorKind::InvalidRequest, "model: field required"))?
         .into_owned();
     let stream = head.stream.unwrap_or(false) && endpoint == Endpoint::Messages;
     let max_tokens = head.max_tokens;
@@ -258,15 +258,15 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, RelayError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(read_error) if read_error.downcast_ref::<LengthLimitError>().is_some() => Err(error(
-            ErrorType::RequestTooLarge,
+            ErrorKind::RequestTooLarge,
             format!("request body exceeds the relay's limit of {limit} bytes"),
         )),
         Err(read_error) if crate::pace::is_too_slow(read_error.as_ref()) => Err(error(
-            ErrorType::RequestTimeout,
+            ErrorKind::RequestTimeout,
             "the request body arrived too slowly; send it at once",
         )),
         Err(_) => Err(error(
-            ErrorType::InvalidRequest,
+            ErrorKind::InvalidRequest,
             "the request body could not be read",
         )),
     }

@@ -17,7 +17,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::FutureExt;
-use relay_protocol::anthropic::ErrorType;
+use relay_protocol::ErrorKind;
 
 use crate::error::{anthropic_error, error};
 use crate::AppState;
@@ -88,29 +88,29 @@ async fn check_host(
         return next.run(request).await;
     }
     with_status(
-        ErrorType::Permission,
+        ErrorKind::Permission,
         "this relay does not serve that host name (see server.allowed_hosts)",
         http::StatusCode::MISDIRECTED_REQUEST,
     )
 }
 
 /// An error in Anthropic's shape with a status other than its type's own.
-fn with_status(error_type: ErrorType, message: &str, status: http::StatusCode) -> Response {
-    let mut response = anthropic_error(&error(error_type, message), &anthropic::new_request_id());
+fn with_status(kind: ErrorKind, message: &str, status: http::StatusCode) -> Response {
+    let mut response = anthropic_error(&error(kind, message), &anthropic::new_request_id());
     *response.status_mut() = status;
     response
 }
 
 async fn not_found() -> Response {
     anthropic_error(
-        &error(ErrorType::NotFound, "no such endpoint on this relay"),
+        &error(ErrorKind::NotFound, "no such endpoint on this relay"),
         &anthropic::new_request_id(),
     )
 }
 
 async fn method_not_allowed() -> Response {
     with_status(
-        ErrorType::InvalidRequest,
+        ErrorKind::InvalidRequest,
         "method not allowed on this endpoint",
         http::StatusCode::METHOD_NOT_ALLOWED,
     )
@@ -122,7 +122,7 @@ async fn catch_panic(request: Request, next: Next) -> Response {
         Err(_) => {
             tracing::error!("handler panicked; answered 500");
             anthropic_error(
-                &error(ErrorType::Api, "internal error in the relay"),
+                &error(ErrorKind::Api, "internal error in the relay"),
                 &anthropic::new_request_id(),
             )
         }
