@@ -6,6 +6,7 @@
 
 pub mod anthropic;
 pub mod dialect;
+pub mod openai;
 pub mod sse;
 pub mod usage;
 

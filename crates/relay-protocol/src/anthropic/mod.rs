@@ -3,5 +3,6 @@
 mod session;
 mod usage;
 
+pub use crate::usage::{StreamEnding, UsageFault};
 pub use session::{session_identity, SessionIdentity, SessionSource};
-pub use usage::{MessagesUsageTracker, StreamEnding, UsageFault};
+pub use usage::MessagesUsageTracker;

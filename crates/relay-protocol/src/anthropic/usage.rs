@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use crate::sse::SseDecoder;
-use crate::usage::MAX_REPORTED_TOKENS;
+use crate::usage::{StreamEnding, UsageFault, MAX_REPORTED_TOKENS};
 use crate::Usage;
 
 #[derive(Deserialize, Default)]
@@ -52,17 +52,6 @@ struct StreamErrorDetail {
     kind: String,
 }
 
-/// How a Messages stream ended, as far as its events tell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamEnding {
-    /// No `message_stop` (yet): the stream is unfinished or was cut.
-    Open,
-    /// `message_stop` arrived.
-    Completed,
-    /// An `error` event arrived, with its type (e.g. `overloaded_error`).
-    Error(String),
-}
-
 /// Accumulates usage from a Messages response: feed it SSE chunks or a whole JSON body.
 #[derive(Debug)]
 pub struct MessagesUsageTracker {
@@ -78,24 +67,6 @@ pub struct MessagesUsageTracker {
     saw_usage: bool,
     /// A reported count was beyond [`MAX_REPORTED_TOKENS`] and was clamped.
     clamped: bool,
-}
-
-/// What went wrong reading usage, for the record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UsageFault {
-    /// An event was too large to read: the counts may be incomplete.
-    Unreadable,
-    /// The upstream reported an impossible count, clamped.
-    OutOfRange,
-}
-
-impl UsageFault {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unreadable => "usage_unreadable",
-            Self::OutOfRange => "usage_out_of_range",
-        }
-    }
 }
 
 impl Default for MessagesUsageTracker {
@@ -233,6 +204,7 @@ impl MessagesUsageTracker {
             cache_creation_5m_tokens: total.saturating_sub(one_hour),
             cache_creation_1h_tokens: one_hour.min(total),
             cache_read_tokens: self.cache_read_tokens,
+            reasoning_tokens: 0,
         }
     }
 
@@ -280,6 +252,7 @@ mod tests {
                 cache_creation_5m_tokens: 100,
                 cache_creation_1h_tokens: 200,
                 cache_read_tokens: 4000,
+                reasoning_tokens: 0,
             }
         );
         assert_eq!(tracker.model(), Some("claude-sonnet-4-5-20250929"));
