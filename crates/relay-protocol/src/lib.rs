@@ -5,6 +5,7 @@
 //! Everything here is a pure function of bytes, so it can be property-tested exhaustively.
 
 pub mod anthropic;
+pub mod convert;
 pub mod dialect;
 pub mod openai;
 pub mod sse;

@@ -1,0 +1,3 @@
+//! Conversions whose output is in the Anthropic Messages dialect.
+
+pub mod from_openai_chat;

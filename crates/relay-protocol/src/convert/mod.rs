@@ -1,0 +1,169 @@
+//! Typed conversions between dialects. The import path says the direction:
+//! `convert::<target>::from_<source>` turns every artifact of the source dialect (a client's
+//! request, an upstream's response, stream or error) into the target dialect's.
+//!
+//! So a Claude Code (Anthropic) client on an OpenAI-compatible upstream is served with
+//! [`openai_chat::from_anthropic::request`] on the way up and
+//! [`anthropic::from_openai_chat`]'s `response` / `StreamTranslator` / `error` on the way down,
+//! and the other way round for an OpenAI client on an Anthropic upstream.
+//!
+//! Conversions are a single pass over a parsed [`serde_json::Value`]. Key order in the output is
+//! alphabetical (the workspace's `serde_json` keeps no insertion order); JSON meaning is kept.
+
+use serde_json::{Map, Value};
+
+pub mod anthropic;
+pub mod openai_chat;
+
+/// The signature put on thinking blocks made from another dialect's reasoning text. Anthropic
+/// requires a signature on thinking blocks a client echoes back, and only Anthropic can make a
+/// real one; this marker lets the relay recognise (and strip) such blocks should the
+/// conversation later go to a real Anthropic upstream.
+pub const UNSIGNED_THINKING_SIGNATURE: &str = "relay-converted-unsigned";
+
+/// The longest upstream error message carried into a converted error body.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// The longest end-user id carried between `metadata.user_id` and OpenAI's `user`.
+pub const MAX_USER_ID: usize = 256;
+
+/// How a request is converted.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestOptions<'a> {
+    /// Replaces the request's model (the account's model mapping).
+    pub model: Option<&'a str>,
+    /// Anthropic requires `max_tokens`; used when an OpenAI request has none.
+    pub default_max_tokens: u64,
+}
+
+/// A request or response that cannot be expressed in the target dialect (the relay answers 400
+/// in the caller's dialect), or a body that is not what its dialect allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertError {
+    pub message: String,
+}
+
+impl ConvertError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConvertError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConvertError {}
+
+/// A streaming translator: raw upstream SSE bytes in, complete client SSE events out.
+pub trait Translate {
+    /// Feeds upstream bytes in any chunking; appends whole client events to `out`.
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>);
+    /// The upstream ended cleanly: appends closing events, but only if the upstream stream
+    /// really finished (a cut stream stays cut).
+    fn finish(&mut self, out: &mut Vec<u8>);
+}
+
+pub(crate) type Object = Map<String, Value>;
+
+/// Parses a body that must be a JSON object.
+pub(crate) fn parse_object(body: &[u8], what: &str) -> Result<Object, ConvertError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ConvertError::new(format!("{what} must be a JSON object"))),
+        Err(error) => Err(ConvertError::new(format!(
+            "{what} is not valid JSON: {error}"
+        ))),
+    }
+}
+
+pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
+    // Serializing a Value cannot fail (its keys are strings).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Appends one SSE event (`event:` line only when named).
+pub(crate) fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &Value) {
+    if let Some(event) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(event.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    // Serialized JSON has no raw newlines, so one data line is enough.
+    if serde_json::to_writer(&mut *out, data).is_err() {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The first `max` bytes of `text`, cut at a character boundary.
+pub(crate) fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A count as u64 (absent, negative or fractional counts are 0).
+pub(crate) fn count(value: Option<&Value>) -> u64 {
+    value.and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Anthropic `stop_reason` → OpenAI `finish_reason`.
+pub(crate) fn finish_reason_of(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn and anything new: the model stopped.
+        _ => "stop",
+    }
+}
+
+/// OpenAI `finish_reason` → Anthropic `stop_reason`.
+pub(crate) fn stop_reason_of(finish_reason: &str) -> &'static str {
+    match finish_reason {
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// An upstream error's message (bounded), `type` and `code`.
+pub(crate) struct UpstreamError {
+    pub message: String,
+    pub kind: Option<String>,
+    pub code: Option<String>,
+}
+
+/// Reads an upstream error body: `error.message` (both dialects put it there), `error.type`,
+/// `error.code`; `None` for a body that is not such JSON (an HTML page is never passed on).
+pub(crate) fn upstream_error(body: &[u8]) -> Option<UpstreamError> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?;
+    let message = match error {
+        Value::String(message) => message.as_str(),
+        _ => error.get("message")?.as_str()?,
+    };
+    let field = |name: &str| error.get(name).and_then(Value::as_str).map(str::to_owned);
+    Some(UpstreamError {
+        message: truncated(message, MAX_ERROR_MESSAGE).to_owned(),
+        kind: field("type"),
+        code: field("code"),
+    })
+}
+
+/// The message used when an upstream error body has none worth passing on.
+pub(crate) fn generic_error_message(status: u16) -> String {
+    format!("the upstream answered HTTP {status}")
+}
