@@ -1,91 +1,23 @@
 //! The mock Anthropic upstream.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use futures_util::stream;
 use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
-/// What the mock does with one request.
-#[derive(Debug, Clone)]
-pub enum Behavior {
-    /// Answer normally.
-    Normal,
-    /// Answer with this status, headers and JSON body.
-    Status {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: String,
-    },
-    /// Wait before the response head.
-    SlowFirstByte(Duration),
-    /// Stream this many SSE events, then cut the connection.
-    AbortAfterEvents(usize),
-    /// Stream normally but pause this long between events.
-    SlowEvents(Duration),
-    /// Answer normally, with these extra response headers.
-    NormalWithHeaders(Vec<(String, String)>),
-}
-
-impl Behavior {
-    pub fn status(status: u16) -> Self {
-        Self::Status {
-            status,
-            headers: Vec::new(),
-            body: json!({"type":"error","error":{"type": error_type(status),"message":format!("mock {status}")}})
-                .to_string(),
-        }
-    }
-
-    pub fn status_with_headers(status: u16, headers: &[(&str, &str)]) -> Self {
-        match Self::status(status) {
-            Self::Status { status, body, .. } => Self::Status {
-                status,
-                headers: headers
-                    .iter()
-                    .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-                    .collect(),
-                body,
-            },
-            other => other,
-        }
-    }
-}
-
-fn error_type(status: u16) -> &'static str {
-    match status {
-        400 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        429 => "rate_limit_error",
-        529 => "overloaded_error",
-        _ => "api_error",
-    }
-}
-
-/// One request as the mock received it.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    pub path: String,
-    pub query: Option<String>,
-    pub headers: HeaderMap,
-    pub body: Value,
-    /// The upstream API key it carried (`x-api-key`).
-    pub api_key: String,
-}
+use crate::behavior::{deliver, paced_body, Script};
+pub use crate::behavior::{Behavior, RecordedRequest};
 
 #[derive(Debug, Default)]
 struct MockState {
-    requests: Mutex<Vec<RecordedRequest>>,
-    scripts: Mutex<HashMap<String, VecDeque<Behavior>>>,
+    script: Script,
     oauth: Mutex<OAuthMock>,
 }
 
@@ -151,20 +83,11 @@ impl MockUpstream {
 
     /// Queues behaviours for requests carrying this upstream API key, in order.
     pub fn script(&self, api_key: &str, behaviors: impl IntoIterator<Item = Behavior>) {
-        if let Ok(mut scripts) = self.state.scripts.lock() {
-            scripts
-                .entry(api_key.to_owned())
-                .or_default()
-                .extend(behaviors);
-        }
+        self.state.script.push(api_key, behaviors);
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state
-            .requests
-            .lock()
-            .map(|requests| requests.clone())
-            .unwrap_or_default()
+        self.state.script.requests()
     }
 
     /// The token endpoint's URL (for `OAuthSettings::token_url`).
@@ -220,10 +143,7 @@ impl MockUpstream {
 
     /// How many requests carried this upstream API key.
     pub fn count_for(&self, api_key: &str) -> usize {
-        self.requests()
-            .iter()
-            .filter(|request| request.api_key == api_key)
-            .count()
+        self.state.script.count_for(api_key)
     }
 }
 
@@ -249,22 +169,13 @@ fn record(
         .map(str::to_owned)
         .or_else(|| bearer(headers))
         .unwrap_or_default();
-    let behavior = state
-        .scripts
-        .lock()
-        .ok()
-        .and_then(|mut scripts| scripts.get_mut(&api_key).and_then(VecDeque::pop_front))
-        .unwrap_or(Behavior::Normal);
-    if let Ok(mut requests) = state.requests.lock() {
-        requests.push(RecordedRequest {
-            path: path.to_owned(),
-            query,
-            headers: headers.clone(),
-            body: body.clone(),
-            api_key,
-        });
-    }
-    behavior
+    state.script.record(RecordedRequest {
+        path: path.to_owned(),
+        query,
+        headers: headers.clone(),
+        body: body.clone(),
+        api_key,
+    })
 }
 
 async fn read_json(request: Request) -> (String, Option<String>, HeaderMap, Value) {
@@ -477,6 +388,16 @@ fn last_user_text(body: &Value) -> (String, Option<String>) {
     (text, tool_result)
 }
 
+/// The nonce of a `USE_TOOL:Bash NONCE-<nonce>` request in a prompt (`NONCE-` is optional).
+pub(crate) fn tool_nonce(text: &str) -> Option<String> {
+    let position = text.find("USE_TOOL:Bash ")?;
+    let nonce: String = text[position + "USE_TOOL:Bash ".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    Some(nonce.strip_prefix("NONCE-").unwrap_or(&nonce).to_owned())
+}
+
 fn reply_for(body: &Value) -> Reply {
     let model = body["model"].as_str().unwrap_or("unknown");
     if body["output_config"]["format"].is_object() {
@@ -486,12 +407,7 @@ fn reply_for(body: &Value) -> Reply {
     if let Some(result) = tool_result {
         return Reply::Text(format!("TOOL_DONE: {}", result.trim()));
     }
-    if let Some(position) = text.find("USE_TOOL:Bash ") {
-        let nonce: String = text[position + "USE_TOOL:Bash ".len()..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect();
-        let nonce = nonce.strip_prefix("NONCE-").unwrap_or(&nonce).to_owned();
+    if let Some(nonce) = tool_nonce(&text) {
         return Reply::ToolUse {
             id: format!("toolu_mock_{nonce}"),
             command: format!("echo TOOLRESULT-{nonce}"),
@@ -527,25 +443,10 @@ async fn messages(State(state): State<Arc<MockState>>, request: Request) -> Resp
     if let Some(refused) = subscription_refused(&state, &headers) {
         return refused;
     }
-    let mut gap = Duration::ZERO;
-    let mut abort_after = None;
-    let mut extra_headers = Vec::new();
-    match behavior {
-        Behavior::NormalWithHeaders(headers) => extra_headers = headers,
-        Behavior::Status {
-            status,
-            headers,
-            body,
-        } => return json_response(status, &headers, body),
-        Behavior::SlowFirstByte(delay) => tokio::time::sleep(delay).await,
-        Behavior::AbortAfterEvents(events) => {
-            abort_after = Some(events);
-            // Pace the events so each is flushed before the cut, like a real stream.
-            gap = Duration::from_millis(10);
-        }
-        Behavior::SlowEvents(delay) => gap = delay,
-        Behavior::Normal => {}
-    }
+    let delivery = match deliver(behavior).await {
+        Ok(delivery) => delivery,
+        Err((status, headers, body)) => return json_response(status, &headers, body),
+    };
     let model = body["model"].as_str().unwrap_or("unknown").to_owned();
     let usage = expected_usage(&body);
     let reply = reply_for(&body);
@@ -563,34 +464,20 @@ async fn messages(State(state): State<Arc<MockState>>, request: Request) -> Resp
             "content": content, "stop_reason": stop_reason, "stop_sequence": null,
             "usage": usage_json(&usage, output),
         });
-        return json_response(200, &extra_headers, message.to_string());
+        return json_response(200, &delivery.headers, message.to_string());
     }
     let events = sse_events(&model, &reply, &usage, output, stop_reason);
-    let limit = abort_after.unwrap_or(usize::MAX);
-    let aborts = abort_after.is_some_and(|limit| limit < events.len());
-    let frames: Vec<Result<Bytes, std::io::Error>> = events
+    let frames = events
         .into_iter()
-        .take(limit)
-        .map(|(name, data)| Ok(Bytes::from(format!("event: {name}\ndata: {data}\n\n"))))
-        .chain(aborts.then(|| Err(std::io::Error::other("mock abort"))))
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
         .collect();
-    let body_stream = stream::unfold(
-        (frames.into_iter(), true),
-        move |(mut frames, first)| async move {
-            let frame = frames.next()?;
-            if !first && !gap.is_zero() {
-                tokio::time::sleep(gap).await;
-            }
-            Some((frame, (frames, false)))
-        },
-    );
     Response::builder()
         .status(200)
         .header("content-type", "text/event-stream; charset=utf-8")
         .header("cache-control", "no-cache")
         .header("request-id", "req_mock_upstream")
         .header("anthropic-organization-id", "org-mock-secret")
-        .body(Body::from_stream(body_stream))
+        .body(paced_body(frames, &delivery))
         .unwrap_or_default()
 }
 

@@ -7,13 +7,20 @@
 //! `{"title":"Mock title"}`. Usage is realistic (cache fields included) and a pure function of
 //! the request, so tests can compute what must be billed.
 //!
+//! [`openai::MockOpenAi`] is the same for OpenAI-compatible upstreams (OpenAI, DeepSeek, Kimi,
+//! GLM, vLLM …): `POST /v1/chat/completions` (streamed like OpenAI, DeepSeek-style reasoning for
+//! `*reasoner*` models) and `GET /v1/models`.
+//!
 //! Faults are scripted per upstream API key (so two accounts can behave differently): push
-//! [`Behavior`]s with [`MockUpstream::script`]; unscripted requests are answered normally.
+//! [`Behavior`]s with [`MockUpstream::script`] or [`openai::MockOpenAi::script`]; unscripted
+//! requests are answered normally.
 
 // Test servers run until their test ends; nothing to drain.
 #![allow(clippy::disallowed_methods)]
 
-mod anthropic;
+pub mod anthropic;
+mod behavior;
+pub mod openai;
 mod proxy;
 
 pub use anthropic::{expected_usage, Behavior, MockUpstream, MockUsage, RecordedRequest};
