@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::send;
+use common::{send, send_with};
 use relay_testkit::openai::{expected_chat_usage, Behavior, MockOpenAi, REASONING};
 use serde_json::{json, Value};
 
@@ -124,6 +124,30 @@ async fn missing_bearer_is_an_openai_401() {
         .is_some_and(|m| m.contains("API key")));
     assert!(error["error"].get("param").is_some() && error["error"].get("code").is_some());
     assert_eq!(mock.count_for(""), 1);
+
+    // An Anthropic-style key header is not an OpenAI credential.
+    let anthropic_style =
+        send_with("POST", &chat_url(&mock), &[("x-api-key", KEY)], Some(&body)).await;
+    assert_eq!(anthropic_style.status, 401);
+    assert_eq!(mock.count_for(""), 2);
+    assert_eq!(mock.count_for(KEY), 0);
+
+    let models = send("GET", &format!("{}/models", mock.base_url()), None, None).await;
+    assert_eq!(models.status, 401);
+}
+
+#[tokio::test]
+async fn malformed_request_is_an_openai_400() {
+    let mock = MockOpenAi::start().await;
+    let no_model = json!({"messages": [user("hi")]});
+    let reply = send("POST", &chat_url(&mock), Some(KEY), Some(&no_model)).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    let no_messages = json!({"model": "gpt-4o-mini"});
+    let reply = send("POST", &chat_url(&mock), Some(KEY), Some(&no_messages)).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["code"], "missing_required_parameter");
+    assert_eq!(mock.count_for(KEY), 2);
 }
 
 #[tokio::test]

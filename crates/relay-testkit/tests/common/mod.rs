@@ -57,6 +57,21 @@ impl Reply {
 
 /// Sends one request to `url` (`http://host:port/path`), with a bearer key and a JSON body.
 pub async fn send(method: &str, url: &str, key: Option<&str>, body: Option<&Value>) -> Reply {
+    let authorization = key.map(|key| format!("Bearer {key}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .iter()
+        .map(|value| ("authorization", value.as_str()))
+        .collect();
+    send_with(method, url, &headers, body).await
+}
+
+/// Sends one request with these headers and a JSON body.
+pub async fn send_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Reply {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut stream = TcpStream::connect(host).await.expect("connect");
@@ -68,8 +83,8 @@ pub async fn send(method: &str, url: &str, key: Option<&str>, body: Option<&Valu
     if body.is_some() {
         head.push_str("content-type: application/json\r\n");
     }
-    if let Some(key) = key {
-        head.push_str(&format!("authorization: Bearer {key}\r\n"));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.expect("write");
