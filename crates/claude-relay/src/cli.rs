@@ -56,7 +56,10 @@ enum Command {
 enum AccountCommand {
     /// Add an upstream account.
     Add {
-        /// Platform: anthropic (API key, or any Anthropic-compatible relay with --base-url).
+        /// Platform: anthropic (API key, or any Anthropic-compatible relay with --base-url),
+        /// claude-oauth (a Claude subscription; see oauth-start), or openai (OpenAI or any
+        /// OpenAI-compatible host; --base-url as its docs give the OpenAI SDKs, e.g.
+        /// https://api.deepseek.com/v1).
         #[arg(long)]
         platform: String,
         #[arg(long)]

@@ -5,13 +5,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use claude_relay::config::{Config, LogFormat};
 use relay_core::admin::AdminService;
-use relay_core::admin_auth::AdminAuth;
 use relay_core::bootstrap::{ensure_admin, open_installation, AdminBootstrap, ADMIN_USERNAME};
-use relay_core::metrics::Metrics;
-use relay_core::snapshot::SnapshotStore;
-use relay_core::Relay;
 use relay_server::{router, AppState};
-use relay_store::UsageWriter;
 use tokio::net::TcpListener;
 
 use crate::cli::notice;
@@ -98,40 +93,16 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let snapshots = SnapshotStore::load(
-        installation.store.clone(),
-        installation.keyring.secret_box.clone(),
-    )
-    .await?;
-    let reloader = snapshots.spawn_reloader();
-    let snapshots_for_seed = snapshots.clone();
-    let (usage_sink, usage_writer) = UsageWriter::spawn(installation.store.clone());
-    let metrics = Arc::new(Metrics::new());
-    let relay = Relay::new(
-        snapshots,
-        installation.keyring.key_hasher.clone(),
-        usage_sink,
-        metrics.clone(),
-        config.relay.clone(),
-    );
-    relay
-        .limiter()
-        .seed_from_store(
-            &installation.store,
-            &snapshots_for_seed.current(),
-            relay_core::clock::now_ms(),
-        )
-        .await?;
-    relay.seed_account_costs().await?;
-    let relay = Arc::new(relay);
+    let assembly = relay_core::app::assemble(&installation, config.relay.clone()).await?;
+    let relay = assembly.relay.clone();
+    let reloader = assembly.reloader;
+    let usage_writer = assembly.usage_writer;
+    let metrics = assembly.metrics;
     let state = AppState {
         relay: relay.clone(),
         settings: Arc::new(config.server.clone()),
-        admin: Arc::new(
-            AdminService::new(installation.store.clone(), &installation.keyring)
-                .with_egress(config.relay.egress.clone()),
-        ),
-        admin_auth: Arc::new(AdminAuth::new(installation.store.clone())),
+        admin: Arc::new(assembly.admin),
+        admin_auth: assembly.admin_auth,
     };
     let listener = TcpListener::bind(config.listen)
         .await

@@ -15,7 +15,8 @@ pub struct AccountSettings {
     /// `false` takes the account out of scheduling without disabling it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedulable: Option<bool>,
-    /// Models it serves (exact ids or `prefix*`); absent means all.
+    /// Models it serves (exact ids or `prefix*`); absent means its platform's defaults
+    /// ([`crate::accounts::Platform::default_models`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
     /// Client model → upstream model, for accounts whose upstream names models differently.
@@ -57,8 +58,9 @@ impl AccountSettings {
         self.schedulable.unwrap_or(true)
     }
 
-    /// Whether the account serves `model` (a mapped model counts as served).
-    pub fn serves(&self, model: &str) -> bool {
+    /// Whether the account serves `model` (a mapped model counts as served); `defaults` are the
+    /// platform's patterns, used when the account lists none.
+    pub fn serves(&self, model: &str, defaults: &[&str]) -> bool {
         let opus_without_access = matches!(self.tier.as_deref(), Some("pro" | "free"))
             && crate::pricing::canonical_model(model).contains("opus");
         if opus_without_access {
@@ -69,10 +71,10 @@ impl AccountSettings {
             .as_ref()
             .is_some_and(|map| map.keys().any(|from| matches(from, model)));
         mapped
-            || self
-                .models
-                .as_ref()
-                .is_none_or(|patterns| patterns.iter().any(|pattern| matches(pattern, model)))
+            || match &self.models {
+                Some(patterns) => patterns.iter().any(|pattern| matches(pattern, model)),
+                None => defaults.iter().any(|pattern| matches(pattern, model)),
+            }
     }
 
     /// The upstream name of `model` on this account, if it is mapped.
@@ -119,12 +121,19 @@ mod tests {
             )])),
             ..AccountSettings::default()
         };
-        assert!(settings.serves("claude-sonnet-4-5-20250929"));
-        assert!(settings.serves("claude-opus-4-8"));
-        assert!(!settings.serves("claude-haiku-4-5"));
+        assert!(settings.serves("claude-sonnet-4-5-20250929", &[]));
+        assert!(settings.serves("claude-opus-4-8", &[]));
+        assert!(!settings.serves("claude-haiku-4-5", &["claude-*"]));
         assert_eq!(settings.map_model("claude-opus-4-8"), Some("glm-4.6"));
         assert_eq!(settings.map_model("claude-sonnet-4-5"), None);
-        assert!(AccountSettings::default().serves("anything"));
+        assert!(AccountSettings::default().serves("claude-haiku-4-5", &["claude-*"]));
+        assert!(!AccountSettings::default().serves("deepseek-chat", &["claude-*"]));
+        assert!(!AccountSettings::default().serves("gpt-4o", &[]));
+        let everything = AccountSettings {
+            models: Some(vec!["*".into()]),
+            ..AccountSettings::default()
+        };
+        assert!(everything.serves("anything", &[]));
         assert_eq!(AccountSettings::default().weight(), 1);
         assert!(AccountSettings::default().schedulable());
     }

@@ -379,9 +379,11 @@ impl AdminService {
     ) -> Result<AccountRow, AdminError> {
         validate_name("account", &input.name)?;
         let platform = Platform::parse(&input.platform).ok_or_else(|| {
+            let supported: Vec<&str> = Platform::ALL.iter().map(|p| p.as_str()).collect();
             AdminError::Invalid(format!(
-                "unknown platform '{}'; supported: anthropic, claude-oauth",
-                input.platform
+                "unknown platform '{}'; supported: {}",
+                input.platform,
+                supported.join(", ")
             ))
         })?;
         let api_key = input.api_key.trim();
@@ -414,7 +416,7 @@ impl AdminService {
         let id = uuid::Uuid::new_v4().to_string();
         let stored = match (tokens, platform) {
             (Some(tokens), _) => tokens.to_json(),
-            (None, Platform::Anthropic) => api_key.to_owned(),
+            (None, Platform::Anthropic | Platform::OpenAi) => api_key.to_owned(),
             // A subscription account added with a key is a setup token (`claude setup-token`).
             (None, Platform::ClaudeOauth) => OAuthTokens {
                 access_token: api_key.to_owned(),
@@ -514,7 +516,7 @@ impl AdminService {
             .secret_box
             .open(&sealed, &oauth_pending_binding(name))
             .map_err(|_| AdminError::Invalid("the pending authorization cannot be read".into()))?;
-        let client = crate::relay::AnyClient::Direct(crate::relay::build_client(
+        let client = crate::transport::AnyClient::Direct(crate::transport::build_client(
             std::time::Duration::from_secs(10),
             &self.egress,
         ));
@@ -552,7 +554,7 @@ impl AdminService {
                 Some(tokens),
             )
             .await?;
-        let client = crate::relay::AnyClient::Direct(crate::relay::build_client(
+        let client = crate::transport::AnyClient::Direct(crate::transport::build_client(
             std::time::Duration::from_secs(10),
             &self.egress,
         ));

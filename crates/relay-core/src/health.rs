@@ -81,11 +81,18 @@ pub fn classify(
                     reason: "unified limit",
                 };
             }
-            match crate::relay::retry_after(headers) {
-                Some(delay) => Verdict::RateLimited {
+            if let Some(delay) = retry_after(headers) {
+                return Verdict::RateLimited {
                     until_ms: clamp_until(now_ms + millis(delay), now_ms),
                     family: None,
                     reason: "retry-after",
+                };
+            }
+            match openai_reset(headers) {
+                Some(delay) => Verdict::RateLimited {
+                    until_ms: clamp_until(now_ms + millis(delay), now_ms),
+                    family: None,
+                    reason: "x-ratelimit-reset",
                 },
                 None => Verdict::RateLimited {
                     until_ms: clamp_until(now_ms + millis(default_cooldown), now_ms),
@@ -123,6 +130,74 @@ pub fn ejection_time(previous_ejections: u32) -> Duration {
 /// The pause before the `attempt`-th same-account retry of an overloaded account.
 pub fn overload_backoff(attempt: u32) -> Duration {
     Duration::from_millis(250 * u64::from(attempt.max(1)))
+}
+
+/// The delay an upstream asked for with `retry-after` (seconds form).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        // A day at most: anything longer is an upstream fault, not advice.
+        .map(|seconds| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER_S)))
+}
+
+const MAX_RETRY_AFTER_S: f64 = 86_400.0;
+
+/// OpenAI's (and compatible hosts') `x-ratelimit-reset-requests` / `-tokens` (durations such as
+/// `1s`, `6m0s`, `20ms`): the reset of the exhausted limit (`x-ratelimit-remaining-* = 0`), or
+/// the later of the two when none says which.
+pub fn openai_reset(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let limits = ["requests", "tokens"].map(|limit| {
+        let reset = text(&format!("x-ratelimit-reset-{limit}")).and_then(parse_go_duration);
+        let exhausted = text(&format!("x-ratelimit-remaining-{limit}"))
+            .is_some_and(|remaining| remaining.trim() == "0");
+        (reset, exhausted)
+    });
+    let exhausted = limits
+        .iter()
+        .filter(|(_, exhausted)| *exhausted)
+        .filter_map(|(reset, _)| *reset)
+        .max();
+    exhausted
+        .or_else(|| limits.iter().filter_map(|(reset, _)| *reset).max())
+        .map(|delay| delay.min(Duration::from_secs_f64(MAX_RETRY_AFTER_S)))
+}
+
+/// `1h2m3.5s`, `6m0s`, `20ms`, `1.5s`: a sum of decimal numbers with units h, m, s, ms.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut seconds = 0.0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let (scale, unit_len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else {
+            return None;
+        };
+        seconds += number * scale;
+        rest = &rest[unit_len..];
+    }
+    (seconds.is_finite() && seconds >= 0.0)
+        .then(|| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER_S)))
 }
 
 #[cfg(test)]
@@ -233,5 +308,41 @@ mod tests {
         assert_eq!(ejection_time(3), Duration::from_secs(240));
         assert_eq!(ejection_time(10), Duration::from_secs(600));
         assert_eq!(ejection_time(u32::MAX), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn openai_reset_headers_name_the_exhausted_limit() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-ratelimit-reset-requests",
+            HeaderValue::from_static("6m0s"),
+        );
+        headers.insert("x-ratelimit-reset-tokens", HeaderValue::from_static("1.5s"));
+        assert_eq!(openai_reset(&headers), Some(Duration::from_secs(360)));
+        headers.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from_static("0"),
+        );
+        assert_eq!(openai_reset(&headers), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("1h2m3s"), Some(Duration::from_secs(3723)));
+        assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_go_duration("later"), None);
+        assert_eq!(parse_go_duration("5"), None);
+        let verdict = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            b"{}",
+            None,
+            Duration::from_secs(30),
+            NOW,
+        );
+        assert_eq!(
+            verdict,
+            Verdict::RateLimited {
+                until_ms: NOW + 1500,
+                family: None,
+                reason: "x-ratelimit-reset"
+            }
+        );
     }
 }

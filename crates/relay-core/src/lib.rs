@@ -8,6 +8,7 @@ pub mod account_settings;
 pub mod accounts;
 pub mod admin;
 pub mod admin_auth;
+pub mod app;
 pub mod bootstrap;
 pub mod clock;
 pub mod crypto;
@@ -29,5 +30,6 @@ pub mod schedule;
 pub mod snapshot;
 pub mod sticky;
 pub mod throttle;
+pub mod transport;
 
 pub use relay::{Relay, RelaySettings};

@@ -13,7 +13,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::relay::AnyClient;
+use crate::transport::AnyClient;
 
 /// Refresh this long before the access token expires.
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(300);

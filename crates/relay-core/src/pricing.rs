@@ -1,8 +1,9 @@
 //! The built-in price table and the cost of one request, in integer nano-USD so bills add up
 //! exactly (no float drift across millions of records).
 //!
-//! Prices are Anthropic's list prices per million tokens as published on its pricing page
-//! (checked 2026-11). A model not in the table is *unpriced*: its tokens are still recorded, and
+//! Prices are Anthropic's and OpenAI's list prices per million tokens as published on their
+//! pricing pages (Claude checked 2026-11; the GPT families at their published list prices).
+//! OpenAI bills no cache writes: its cache-write rates equal its input rate. A model not in the table is *unpriced*: its tokens are still recorded, and
 //! the record says it has no cost instead of pretending it cost $0.
 
 use relay_protocol::Usage;
@@ -64,6 +65,11 @@ const SONNET_LONG: LongContext = LongContext {
     price: usd_per_mtok(6_000, 22_500, 7_500, 12_000, 600),
 };
 
+/// An OpenAI price: input, output and cached input; prompt caching there costs nothing to write.
+const fn openai(input: u64, output: u64, cached: u64) -> ModelPrice {
+    usd_per_mtok(input, output, input, input, cached)
+}
+
 const PRICES: &[PriceEntry] = &[
     PriceEntry {
         models: &[
@@ -124,6 +130,66 @@ const PRICES: &[PriceEntry] = &[
         max_output: OUTPUT_CLAUDE_3,
         long_context: None,
     },
+    PriceEntry {
+        models: &["gpt-5", "gpt-5-chat", "gpt-5.1"],
+        price: openai(1_250, 10_000, 125),
+        max_output: 128_000,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["gpt-5-mini"],
+        price: openai(250, 2_000, 25),
+        max_output: 128_000,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["gpt-5-nano"],
+        price: openai(50, 400, 5),
+        max_output: 128_000,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["gpt-4.1"],
+        price: openai(2_000, 8_000, 500),
+        max_output: 32_768,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["gpt-4.1-mini"],
+        price: openai(400, 1_600, 100),
+        max_output: 32_768,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["gpt-4.1-nano"],
+        price: openai(100, 400, 25),
+        max_output: 32_768,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["gpt-4o", "chatgpt-4o"],
+        price: openai(2_500, 10_000, 1_250),
+        max_output: 16_384,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["gpt-4o-mini"],
+        price: openai(150, 600, 75),
+        max_output: 16_384,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["o3"],
+        price: openai(2_000, 8_000, 500),
+        max_output: 100_000,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["o4-mini", "o3-mini"],
+        price: openai(1_100, 4_400, 275),
+        max_output: 100_000,
+        long_context: None,
+    },
 ];
 
 /// Reduces a model id to its table name: lower case, no `[1m]` marker, no `-latest`, no
@@ -139,6 +205,21 @@ pub fn canonical_model(model: &str) -> String {
     if let Some((head, tail)) = name.rsplit_once('-') {
         if tail.len() == 8 && tail.bytes().all(|byte| byte.is_ascii_digit()) {
             name = head.to_owned();
+        }
+    }
+    // OpenAI's snapshots: `gpt-4o-2024-08-06`.
+    let bytes = name.as_bytes();
+    if bytes.len() > 11 {
+        let date = &bytes[bytes.len() - 11..];
+        let is_date = date[0] == b'-'
+            && date[5] == b'-'
+            && date[8] == b'-'
+            && date
+                .iter()
+                .enumerate()
+                .all(|(index, byte)| matches!(index, 0 | 5 | 8) || byte.is_ascii_digit());
+        if is_date {
+            name.truncate(name.len() - 11);
         }
     }
     name
@@ -247,6 +328,7 @@ mod tests {
             cache_creation_5m_tokens: 3_000,
             cache_creation_1h_tokens: 4_000,
             cache_read_tokens: 5_000,
+            reasoning_tokens: 0,
         };
         // Sonnet 4.5: $3 in, $15 out, $3.75 5m write, $6 1h write, $0.30 read (per MTok).
         let expected = 1_000 * 3_000 + 2_000 * 15_000 + 3_000 * 3_750 + 4_000 * 6_000 + 5_000 * 300;
@@ -308,6 +390,25 @@ mod tests {
         assert_eq!(
             cost_nano_usd("claude-opus-4-8-20261101", &Usage::default()),
             Some(0)
+        );
+        assert_eq!(cost_nano_usd("deepseek-chat", &Usage::default()), None);
+    }
+
+    #[test]
+    fn gpt_snapshots_are_priced_with_cached_reads_and_no_write_premium() {
+        assert_eq!(canonical_model("gpt-4o-2024-08-06"), "gpt-4o");
+        assert_eq!(canonical_model("gpt-4o-mini"), "gpt-4o-mini");
+        // 1,000 input (of which 400 cached read), 100 output on gpt-4o-mini:
+        // 600 × 150 + 400 × 75 + 100 × 600 nano-USD.
+        let usage = Usage {
+            input_tokens: 600,
+            cache_read_tokens: 400,
+            output_tokens: 100,
+            ..Usage::default()
+        };
+        assert_eq!(
+            cost_nano_usd("gpt-4o-mini-2024-07-18", &usage),
+            Some(600 * 150 + 400 * 75 + 100 * 600)
         );
     }
 }

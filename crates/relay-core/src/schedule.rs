@@ -9,14 +9,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rand::Rng;
 use std::sync::Arc;
 
-use crate::accounts::{AccountEntry, Platform};
+use relay_protocol::Dialect;
+
+use crate::accounts::AccountEntry;
 use crate::snapshot::Snapshot;
 
-/// Which accounts a request may use: its platform, the key's dedicated account if it has one,
-/// and not those it already tried.
+/// Which accounts a request may use: those that can answer its dialect (natively or through a
+/// conversion) and serve its model, the key's dedicated account or group if it has one, and not
+/// those it already tried.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidates<'a> {
-    pub platform: Platform,
+    /// The dialect the client speaks.
+    pub dialect: Dialect,
     /// The requested model, and its family for family-scoped rate limits.
     pub model: &'a str,
     pub family: Option<&'static str>,
@@ -30,14 +34,27 @@ impl Candidates<'_> {
     /// Whether `account` belongs to the candidates at all, cooling or not.
     fn admits(&self, account: &AccountEntry) -> bool {
         account.active
-            && account.platform.speaks_anthropic() == self.platform.speaks_anthropic()
+            && bridges(self.dialect, account.platform.dialect())
             && self.dedicated.is_none_or(|name| account.name == name)
             && self
                 .group
                 .is_none_or(|group| account.settings.in_group(group))
-            && account.settings.serves(self.model)
+            && account
+                .settings
+                .serves(self.model, account.platform.default_models())
             && !self.excluded.iter().any(|tried| tried.id == account.id)
     }
+}
+
+/// Whether a client speaking `client` can be served by an upstream speaking `upstream`: the same
+/// dialect passes through; these pairs have conversions (`relay_protocol::convert`).
+pub fn bridges(client: Dialect, upstream: Dialect) -> bool {
+    use Dialect::{AnthropicMessages, OpenAiChat};
+    client == upstream
+        || matches!(
+            (client, upstream),
+            (AnthropicMessages, OpenAiChat) | (OpenAiChat, AnthropicMessages)
+        )
 }
 
 /// Whether `account` may serve a request of these candidates now.
@@ -176,7 +193,7 @@ mod tests {
         Arc::new(AccountEntry {
             id: id.into(),
             name: id.into(),
-            platform: Platform::Anthropic,
+            platform: crate::accounts::Platform::Anthropic,
             base_url: "http://x".into(),
             priority,
             active,
@@ -197,7 +214,7 @@ mod tests {
 
     fn candidates(excluded: &[Arc<AccountEntry>]) -> Candidates<'_> {
         Candidates {
-            platform: Platform::Anthropic,
+            dialect: Dialect::AnthropicMessages,
             model: "claude-sonnet-4-5",
             family: None,
             group: None,
@@ -369,7 +386,7 @@ mod tests {
             let model = if opus { "claude-opus-4-8" } else { "claude-sonnet-4-5" };
             let dedicated = dedicated_index.map(|index| format!("acct-{index}"));
             let candidates = Candidates {
-                platform: Platform::Anthropic,
+                dialect: Dialect::AnthropicMessages,
                 model,
                 family: crate::limits::model_family(model),
                 group: grouped.then_some("team"),

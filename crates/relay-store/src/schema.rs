@@ -164,4 +164,15 @@ CREATE TABLE installation_secrets (
 ALTER TABLE usage_records ADD COLUMN charged_nano_usd INTEGER;
 "#,
     ),
+    (
+        11,
+        // Accounts without a model list used to serve every model; a missing list now means
+        // the platform's defaults, so existing accounts get the list that keeps their routing.
+        // Reasoning tokens are recorded on their own (they are also part of output_tokens).
+        r#"
+UPDATE accounts SET settings = json_set(COALESCE(NULLIF(settings, ''), '{}'), '$.models', json('["*"]'))
+ WHERE json_extract(COALESCE(NULLIF(settings, ''), '{}'), '$.models') IS NULL;
+ALTER TABLE usage_records ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
+"#,
+    ),
 ];

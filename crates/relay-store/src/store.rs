@@ -833,8 +833,9 @@ impl Store {
         let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT request_id, created_at_ms, key_id, account_id, platform, endpoint, model,
                     upstream_model, stream, input_tokens, output_tokens, cache_creation_5m_tokens,
-                    cache_creation_1h_tokens, cache_read_tokens, cost_nano_usd, charged_nano_usd, status, outcome,
-                    error_kind, attempts, latency_ms, ttfb_ms, user_agent
+                    cache_creation_1h_tokens, cache_read_tokens, reasoning_tokens, cost_nano_usd,
+                    charged_nano_usd, status, outcome, error_kind, attempts, latency_ms, ttfb_ms,
+                    user_agent
              FROM usage_records WHERE 1 = 1",
         );
         if let Some(key_id) = &filter.key_id {
@@ -863,6 +864,7 @@ impl Store {
                         cache_creation_5m_tokens: to_u64(row.try_get("cache_creation_5m_tokens")?),
                         cache_creation_1h_tokens: to_u64(row.try_get("cache_creation_1h_tokens")?),
                         cache_read_tokens: to_u64(row.try_get("cache_read_tokens")?),
+                        reasoning_tokens: to_u64(row.try_get("reasoning_tokens")?),
                     },
                     cost_nano_usd: row.try_get("cost_nano_usd")?,
                     charged_nano_usd: row.try_get("charged_nano_usd")?,
@@ -884,7 +886,7 @@ fn usage_insert(records: &[UsageRecord]) -> QueryBuilder<'_, Sqlite> {
     let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT INTO usage_records (request_id, created_at_ms, key_id, account_id, platform,
          endpoint, model, upstream_model, stream, input_tokens, output_tokens,
-         cache_creation_5m_tokens, cache_creation_1h_tokens, cache_read_tokens,
+         cache_creation_5m_tokens, cache_creation_1h_tokens, cache_read_tokens, reasoning_tokens,
          cost_nano_usd, charged_nano_usd, status, outcome, error_kind, attempts, latency_ms,
          ttfb_ms, user_agent) ",
     );
@@ -903,6 +905,7 @@ fn usage_insert(records: &[UsageRecord]) -> QueryBuilder<'_, Sqlite> {
             .push_bind(to_i64(record.usage.cache_creation_5m_tokens))
             .push_bind(to_i64(record.usage.cache_creation_1h_tokens))
             .push_bind(to_i64(record.usage.cache_read_tokens))
+            .push_bind(to_i64(record.usage.reasoning_tokens))
             .push_bind(record.cost_nano_usd)
             .push_bind(record.charged_nano_usd)
             .push_bind(i64::from(record.status))

@@ -1,5 +1,6 @@
-//! The response body the client reads: upstream chunks passed on untouched as they arrive, while
-//! usage is read from them on the side. Finishing is done exactly once, whichever comes first:
+//! The response body the client reads: upstream chunks passed on as they arrive (untouched on a
+//! pass-through, re-framed event by event into the client's dialect on a conversion), while
+//! usage is read from the *upstream's* bytes on the side. Finishing is done exactly once, whichever comes first:
 //! the upstream ends, the upstream fails or goes silent, or the client goes away (the stream is
 //! dropped, which also drops the upstream connection and so cancels the upstream request).
 
@@ -13,12 +14,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http_body::Body;
 use hyper::body::Incoming;
-use relay_protocol::anthropic::{MessagesUsageTracker, StreamEnding};
+use relay_protocol::anthropic::StreamEnding;
 use relay_store::UsageSink;
 use tokio::time::{Instant, Sleep};
 
+use super::convert::{Reframe, UsageReader};
 use super::upstream::Started;
-use super::RecordContext;
+use super::{Outcome, RecordContext};
 use crate::accounts::AccountSlot;
 use crate::metrics::Metrics;
 
@@ -34,7 +36,7 @@ enum Ending {
 }
 
 struct Capture {
-    tracker: MessagesUsageTracker,
+    tracker: UsageReader,
     is_sse: bool,
     json_chunks: Vec<Bytes>,
     json_len: usize,
@@ -63,25 +65,25 @@ impl Capture {
             if self.context.status.is_success() {
                 self.tracker.observe_json_body(&body);
             } else {
-                error_kind = Some(error_type_of(&body, self.context.status.as_u16()));
+                error_kind = Some(self.tracker.error_type(&body, self.context.status.as_u16()));
             }
         }
         let outcome = match ending {
-            Ending::Completed if !self.context.status.is_success() => "upstream_error",
+            Ending::Completed if !self.context.status.is_success() => Outcome::UpstreamError,
             Ending::Completed => match self.tracker.ending() {
                 StreamEnding::Error(kind) => {
                     error_kind = Some(kind.clone());
-                    "upstream_error"
+                    Outcome::UpstreamError
                 }
-                _ => "ok",
+                _ => Outcome::Ok,
             },
             Ending::UpstreamFailed(kind) => {
                 error_kind = Some(kind.to_owned());
-                "upstream_interrupted"
+                Outcome::UpstreamInterrupted
             }
             // A client that leaves after the last event has everything: not partial.
-            Ending::ClientGone if *self.tracker.ending() == StreamEnding::Completed => "ok",
-            Ending::ClientGone => "partial",
+            Ending::ClientGone if *self.tracker.ending() == StreamEnding::Completed => Outcome::Ok,
+            Ending::ClientGone => Outcome::Partial,
         };
         if error_kind.is_none() {
             error_kind = self.tracker.fault().map(|fault| fault.as_str().to_owned());
@@ -89,10 +91,10 @@ impl Capture {
         let usage = self.tracker.usage();
         self.metrics.count_tokens(&usage);
         let upstream_model = self.tracker.model().map(str::to_owned);
-        if outcome != "ok" {
+        if outcome != Outcome::Ok {
             tracing::info!(
                 request_id = %self.context.request_id,
-                outcome,
+                outcome = outcome.as_str(),
                 error_kind = error_kind.as_deref().unwrap_or(""),
                 "response ended early"
             );
@@ -117,18 +119,11 @@ fn concat(chunks: &[Bytes]) -> Bytes {
     }
 }
 
-/// The `error.type` of an Anthropic error body, or `http_<status>`.
-fn error_type_of(body: &[u8], status: u16) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|value| value["error"]["type"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("http_{status}"))
-}
-
 /// The relayed body; see the module docs. Generic over the upstream body so it can be tested
 /// without a network.
 pub struct CapturedStream<B = Incoming> {
-    first_chunk: Option<Bytes>,
+    /// Bytes ready for the client (the first chunk, or a translator's last words).
+    ready: Option<Bytes>,
     upstream: B,
     /// Created on the first wait and re-armed only when it fires early: chunks just move
     /// `last_chunk_at`, so a long stream costs no timer operation per chunk.
@@ -136,6 +131,7 @@ pub struct CapturedStream<B = Incoming> {
     idle_timeout: Duration,
     last_chunk_at: Instant,
     capture: Option<Capture>,
+    reframe: Reframe,
     /// The account's concurrency slot, released when the response ends.
     slot: Option<AccountSlot>,
 }
@@ -149,9 +145,12 @@ impl<B> std::fmt::Debug for CapturedStream<B> {
 }
 
 impl CapturedStream<Incoming> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         started: Started,
         is_sse: bool,
+        tracker: UsageReader,
+        reframe: Reframe,
         context: RecordContext,
         sink: UsageSink,
         metrics: Arc<Metrics>,
@@ -160,8 +159,9 @@ impl CapturedStream<Incoming> {
         Self::with_body(
             started.first_chunk,
             started.rest,
+            reframe,
             Capture {
-                tracker: MessagesUsageTracker::new(),
+                tracker,
                 is_sse,
                 json_chunks: Vec::new(),
                 json_len: 0,
@@ -197,24 +197,31 @@ where
     fn with_body(
         first_chunk: Option<Bytes>,
         upstream: B,
+        mut reframe: Reframe,
         mut capture: Capture,
         idle_timeout: Duration,
     ) -> Self {
         capture.metrics.active_streams.inc();
-        if let Some(chunk) = &first_chunk {
-            capture.observe(chunk);
-        }
+        let ended = first_chunk.is_none();
+        let ready = match first_chunk {
+            Some(chunk) => {
+                capture.observe(&chunk);
+                reframe.push(chunk)
+            }
+            None => reframe.finish(),
+        };
         let mut stream = Self {
-            first_chunk,
+            ready,
             upstream,
             idle: None,
             idle_timeout,
             last_chunk_at: Instant::now(),
             capture: Some(capture),
+            reframe,
             slot: None,
         };
         // An empty upstream body has already ended.
-        if stream.first_chunk.is_none() {
+        if ended {
             stream.finish(Ending::Completed);
         }
         stream
@@ -273,36 +280,44 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(chunk) = this.first_chunk.take() {
-            return Poll::Ready(Some(Ok(chunk)));
-        }
-        if this.capture.is_none() {
-            return Poll::Ready(None);
-        }
-        match this.poll_data(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.last_chunk_at = Instant::now();
-                if let Some(capture) = &mut this.capture {
-                    capture.observe(&chunk);
+        loop {
+            if let Some(chunk) = this.ready.take() {
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            if this.capture.is_none() {
+                return Poll::Ready(None);
+            }
+            match this.poll_data(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.last_chunk_at = Instant::now();
+                    if let Some(capture) = &mut this.capture {
+                        capture.observe(&chunk);
+                    }
+                    // A translator may need more bytes before it has an event to give.
+                    this.ready = this.reframe.push(chunk);
                 }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(()))) => this.fail(
-                "stream_error",
-                std::io::Error::other("upstream stream failed"),
-            ),
-            Poll::Ready(None) => {
-                this.finish(Ending::Completed);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.idle_expired(cx) {
+                Poll::Ready(Some(Err(()))) => {
                     return this.fail(
-                        "idle_timeout",
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream went silent"),
-                    );
+                        "stream_error",
+                        std::io::Error::other("upstream stream failed"),
+                    )
                 }
-                Poll::Pending
+                Poll::Ready(None) => {
+                    this.ready = this.reframe.finish();
+                    this.finish(Ending::Completed);
+                }
+                Poll::Pending => {
+                    if this.idle_expired(cx) {
+                        return this.fail(
+                            "idle_timeout",
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "upstream went silent",
+                            ),
+                        );
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -341,7 +356,7 @@ mod tests {
             request_id: "req_test".into(),
             key_id: "key".into(),
             account_id: Some("account".into()),
-            platform: Platform::Anthropic,
+            platform: Some(Platform::Anthropic),
             endpoint: Endpoint::Messages,
             model: "claude-haiku-4-5".into(),
             stream: true,
@@ -356,7 +371,7 @@ mod tests {
             unpriced_as: None,
         };
         let capture = Capture {
-            tracker: MessagesUsageTracker::new(),
+            tracker: UsageReader::new(relay_protocol::Dialect::AnthropicMessages),
             is_sse: true,
             json_chunks: Vec::new(),
             json_len: 0,
@@ -368,6 +383,7 @@ mod tests {
         let mut stream = CapturedStream::with_body(
             Some(Bytes::copy_from_slice(first.as_bytes())),
             body,
+            Reframe::Passthrough,
             capture,
             Duration::from_secs(60),
         );

@@ -10,7 +10,10 @@
 //! - nothing here touches the database: keys and accounts come from the snapshot, records go to
 //!   the usage channel.
 
+mod adapter;
+mod answer;
 mod capture;
+mod convert;
 mod upstream;
 
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use relay_protocol::ErrorKind;
+use relay_protocol::{Dialect, ErrorKind};
 use relay_store::{UsageRecord, UsageSink};
 use tokio::time::Instant;
 
@@ -28,7 +31,7 @@ use crate::clock::now_ms;
 use crate::crypto::KeyHasher;
 use crate::health::{self, Verdict};
 use crate::keys::{resolve_key, KeyEntry, KeyRejection};
-use crate::limits::{Admission, Estimate, Limiter, Refusal};
+use crate::limits::{Admission, Estimate, Limiter};
 use crate::metrics::Metrics;
 use crate::oauth::{self, OAuthSession, OAuthSettings};
 use crate::policy::Service;
@@ -36,11 +39,11 @@ use crate::schedule::{is_routable, AccountSelector, Candidates, Selection, Strat
 use crate::snapshot::SnapshotStore;
 use crate::sticky::{SessionId, StickySessions, SPILL_MS};
 use crate::throttle::AuthThrottle;
+use crate::transport::{self, AnyClient};
 
+use adapter::UpstreamAuth;
 pub use capture::CapturedStream;
-pub use upstream::retry_after;
-pub use upstream::{build_client, AnyClient, UpstreamClient};
-use upstream::{AttemptFailure, Started, UpstreamAuth};
+use upstream::{AttemptFailure, Started};
 
 /// Timeouts and bounds of the relay path.
 #[derive(Debug, Clone)]
@@ -110,48 +113,73 @@ pub struct ConnectionTest {
     pub detail: String,
 }
 
-/// The Anthropic endpoints the relay forwards.
+/// What a client asked for; each endpoint belongs to one dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
+    /// Anthropic `POST /v1/messages`.
     Messages,
+    /// Anthropic `POST /v1/messages/count_tokens`.
     CountTokens,
+    /// OpenAI `POST /v1/chat/completions`.
+    ChatCompletions,
 }
 
 impl Endpoint {
+    /// The name usage records carry.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Messages => "messages",
             Self::CountTokens => "count_tokens",
+            Self::ChatCompletions => "chat_completions",
         }
     }
 
-    pub fn upstream_path(self) -> &'static str {
+    /// The dialect the client speaks on this endpoint.
+    pub fn dialect(self) -> Dialect {
         match self {
-            Self::Messages => "/v1/messages",
-            Self::CountTokens => "/v1/messages/count_tokens",
+            Self::Messages | Self::CountTokens => Dialect::AnthropicMessages,
+            Self::ChatCompletions => Dialect::OpenAiChat,
+        }
+    }
+
+    pub fn counts_tokens(self) -> bool {
+        self == Self::CountTokens
+    }
+
+    /// The key policy's service for the dialect.
+    fn service(self) -> Service {
+        match self.dialect() {
+            Dialect::AnthropicMessages => Service::Claude,
+            Dialect::OpenAiChat | Dialect::OpenAiResponses => Service::Openai,
+            Dialect::Gemini => Service::Gemini,
         }
     }
 }
 
-/// A request the ingress has authenticated and parsed.
+/// A request the ingress has authenticated and parsed, in whatever dialect the client speaks.
 #[derive(Debug)]
-pub struct ForwardRequest {
+pub struct RelayRequest {
     pub request_id: String,
     pub key: Arc<KeyEntry>,
     pub endpoint: Endpoint,
-    /// The query string without `?`, passed on unchanged (Claude Code sends `beta=true`).
+    /// The query string without `?`, passed on unchanged to an upstream of the same dialect
+    /// (Claude Code sends `beta=true`).
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub model: String,
     pub stream: bool,
-    /// The request's `max_tokens`, for the worst-case cost estimate.
+    /// The request's output limit, for the worst-case cost estimate.
     pub max_tokens: Option<u64>,
+    /// An OpenAI client asked for the final usage chunk (`stream_options.include_usage`); the
+    /// relay asks for it anyway and hides it from a client that did not.
+    pub include_usage: bool,
     /// The conversation this request belongs to, scoped to its key (see
     /// `relay_protocol::anthropic::session_identity`).
     pub session: Option<SessionId>,
-    /// Whether the body carries a `metadata.user_id` (as Claude Code's requests do).
-    pub has_session_metadata: bool,
+    /// Claude Code's marks besides its User-Agent (a `metadata.user_id` and its own headers),
+    /// detected at the ingress, for client allowlists.
+    pub claude_code_marks: bool,
     /// The TCP peer, for address allowlists.
     pub client_ip: Option<std::net::IpAddr>,
     pub received_at: Instant,
@@ -188,6 +216,30 @@ pub struct RelayResponse {
     pub body: RelayBody,
 }
 
+/// How a request that reached an upstream ended, as its usage record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered and the client got all of it.
+    Ok,
+    /// The client left before the end.
+    Partial,
+    /// The upstream answered with an error (a status, or an error event in the stream).
+    UpstreamError,
+    /// The upstream broke off or went silent mid-answer.
+    UpstreamInterrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Partial => "partial",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamInterrupted => "upstream_interrupted",
+        }
+    }
+}
+
 /// What a finished request is recorded with, known before the body has streamed, and the
 /// key's reservation, which is settled at the same moment the record is made.
 #[derive(Debug)]
@@ -195,7 +247,7 @@ pub(crate) struct RecordContext {
     pub request_id: String,
     pub key_id: String,
     pub account_id: Option<String>,
-    pub platform: Platform,
+    pub platform: Option<Platform>,
     pub endpoint: Endpoint,
     pub model: String,
     pub stream: bool,
@@ -219,11 +271,11 @@ impl RecordContext {
         mut self,
         usage: relay_protocol::Usage,
         upstream_model: Option<String>,
-        outcome: &str,
+        outcome: Outcome,
         error_kind: Option<String>,
     ) -> UsageRecord {
         let priced_model = upstream_model.as_deref().unwrap_or(&self.model);
-        let cost_nano_usd = if self.endpoint == Endpoint::CountTokens {
+        let cost_nano_usd = if self.endpoint.counts_tokens() {
             Some(0)
         } else {
             crate::pricing::cost_nano_usd(priced_model, &usage)
@@ -231,7 +283,7 @@ impl RecordContext {
         // Counting tokens is free and generates none; anything else is charged at its price,
         // or at the stand-in price if the model is unpriced (never $0).
         let (charged, tokens) = match cost_nano_usd {
-            Some(cost) if self.endpoint == Endpoint::CountTokens => (cost, 0),
+            Some(cost) if self.endpoint.counts_tokens() => (cost, 0),
             Some(cost) => (cost, usage.total_tokens()),
             None => (
                 crate::pricing::limit_cost_nano_usd(
@@ -253,7 +305,7 @@ impl RecordContext {
             created_at_ms: self.created_at_ms,
             key_id: self.key_id,
             account_id: self.account_id,
-            platform: self.platform.as_str().to_owned(),
+            platform: self.platform.map_or("none", Platform::as_str).to_owned(),
             endpoint: self.endpoint.as_str().to_owned(),
             model: self.model,
             upstream_model,
@@ -262,7 +314,7 @@ impl RecordContext {
             cost_nano_usd,
             charged_nano_usd: cost_nano_usd.is_none().then_some(charged),
             status: self.status.as_u16(),
-            outcome: outcome.to_owned(),
+            outcome: outcome.as_str().to_owned(),
             error_kind,
             attempts: self.attempts,
             latency_ms: millis(self.received_at.elapsed()),
@@ -306,7 +358,7 @@ impl Relay {
     ) -> Self {
         // Upstream URLs are operator configuration: the environment's proxy settings are not
         // consulted and redirects are not followed, so credentials cannot be sent elsewhere.
-        let client = Arc::new(AnyClient::Direct(upstream::build_client(
+        let client = Arc::new(AnyClient::Direct(transport::build_client(
             settings.connect_timeout,
             &settings.egress,
         )));
@@ -426,7 +478,7 @@ impl Relay {
             http::HeaderValue::from_static("application/json"),
         );
         let started = Instant::now();
-        let request = ForwardRequest {
+        let request = RelayRequest {
             request_id: "connection-test".to_owned(),
             key: Arc::new(KeyEntry {
                 id: String::new(),
@@ -442,12 +494,26 @@ impl Relay {
             stream: false,
             max_tokens: Some(1),
             session: None,
-            has_session_metadata: false,
+            include_usage: false,
+            claude_code_marks: false,
             client_ip: None,
             received_at: started,
         };
         let deadline = started + Duration::from_secs(30);
-        let outcome = self.attempt_account(&account, &request, deadline).await;
+        let body = match convert::upstream_body(&request, &account, &self.settings) {
+            Ok(body) => body,
+            Err(error) => {
+                return Some(ConnectionTest {
+                    ok: false,
+                    status: None,
+                    latency_ms: 0,
+                    detail: error.message,
+                })
+            }
+        };
+        let outcome = self
+            .attempt_account(&account, &request, &body, deadline)
+            .await;
         let latency_ms = millis(started.elapsed());
         Some(match outcome {
             Ok(started) => ConnectionTest {
@@ -498,7 +564,7 @@ impl Relay {
         clients
             .entry(proxy.clone())
             .or_insert_with(|| {
-                Arc::new(upstream::build_proxied_client(
+                Arc::new(transport::build_proxied_client(
                     proxy,
                     self.settings.connect_timeout,
                     &self.settings.egress,
@@ -517,6 +583,27 @@ impl Relay {
 
     pub fn usage_sink(&self) -> &UsageSink {
         &self.usage
+    }
+
+    /// The models the relay can name to a client: every priced model, and every model an
+    /// account lists by name or maps (patterns are not names).
+    pub fn model_names(&self) -> Vec<String> {
+        let snapshot = self.snapshots.current();
+        let mut names: Vec<String> = crate::pricing::known_models().map(str::to_owned).collect();
+        for account in snapshot.accounts.iter().filter(|account| account.active) {
+            let settings = &account.settings;
+            let listed = settings.models.iter().flatten();
+            let mapped = settings.model_map.iter().flat_map(|map| map.keys());
+            names.extend(
+                listed
+                    .chain(mapped)
+                    .filter(|name| !name.contains('*'))
+                    .cloned(),
+            );
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Whether the store answers (for `/health`).
@@ -573,11 +660,11 @@ impl Relay {
     }
 
     /// Forwards a request, failing over between accounts before the first byte.
-    pub async fn forward(&self, request: ForwardRequest) -> Result<RelayResponse, RelayError> {
+    pub async fn forward(&self, request: RelayRequest) -> Result<RelayResponse, RelayError> {
         // Released by `Drop` on every early return below; settled with the usage record.
         let snapshot = self.snapshots.current();
         let mut admission = self.admit(&request, &snapshot)?;
-        let platform = Platform::Anthropic;
+        let dialect = request.endpoint.dialect();
         let deadline = request.received_at + self.settings.first_byte_timeout;
         let mut tried: Vec<Arc<AccountEntry>> = Vec::new();
         let mut last_failure: Option<AttemptFailure> = None;
@@ -587,7 +674,7 @@ impl Relay {
         let candidates_family = crate::limits::model_family(&request.model);
         while tried.len() < self.settings.max_attempts {
             let candidates = Candidates {
-                platform,
+                dialect,
                 model: &request.model,
                 family: candidates_family,
                 group: request.key.policy.account_group.as_deref(),
@@ -622,13 +709,23 @@ impl Relay {
                 }
                 Selection::AllCooling { .. } | Selection::NoAccount => break,
             };
+            if request.endpoint.counts_tokens() && account.platform.dialect() != dialect {
+                // Only Anthropic counts tokens; another platform's account gets an estimate.
+                return Ok(convert::estimated_token_count(&request));
+            }
+            // In the account's dialect; a request that cannot be said there is the client's
+            // error (400), not the account's.
+            let body = convert::upstream_body(&request, &account, &self.settings)?;
             if !tried.is_empty() {
                 self.metrics.failovers.inc();
             }
             tried.push(account.clone());
             // Held for the whole response (or dropped with a failed attempt).
             let slot = AccountSlot::take(&account.runtime);
-            match self.attempt_account(&account, &request, deadline).await {
+            match self
+                .attempt_account(&account, &request, &body, deadline)
+                .await
+            {
                 Ok(started) => {
                     account.runtime.record_success();
                     if let Some(windows) = UsageWindows::from_headers(&started.headers) {
@@ -662,12 +759,13 @@ impl Relay {
                 "no upstream account is available for this request",
             ));
         };
-        let last_account = tried.last().map(|account| account.id.clone());
+        let attempts = tried.len();
+        let last_account = tried.pop();
         self.give_up(
             failure,
             &request,
-            last_account,
-            tried.len(),
+            last_account.as_deref(),
+            attempts,
             admission.take(),
         )
     }
@@ -706,7 +804,7 @@ impl Relay {
     /// nothing but still takes a slot and counts against request-rate windows.
     fn admit(
         &self,
-        request: &ForwardRequest,
+        request: &RelayRequest,
         snapshot: &crate::snapshot::Snapshot,
     ) -> Result<Option<Admission>, RelayError> {
         check_model_name(&request.model)?;
@@ -729,11 +827,10 @@ impl Relay {
             .get(http::header::USER_AGENT)
             .and_then(|value| value.to_str().ok());
         let facts = RequestFacts {
-            service: Service::Claude,
+            service: request.endpoint.service(),
             model: &request.model,
             user_agent,
-            claude_code_marks: request.has_session_metadata
-                && claude_code_headers(&request.headers),
+            claude_code_marks: request.claude_code_marks,
             client_ip: request.client_ip,
         };
         access::check(policy, &facts, now).map_err(|denial| {
@@ -744,7 +841,7 @@ impl Relay {
             };
             RelayError::new(error_kind, denial.message())
         })?;
-        let estimate = if request.endpoint == Endpoint::CountTokens {
+        let estimate = if request.endpoint.counts_tokens() {
             Estimate::default()
         } else {
             self.worst_case(request, snapshot)
@@ -754,17 +851,13 @@ impl Relay {
             .map(Some)
             .map_err(|refusal| {
                 tracing::info!(request_id = %request.request_id, key_id = %request.key.id, ?refusal, "request refused by key policy");
-                refusal_error(&refusal, now)
+                answer::refusal(&refusal, now)
             })
     }
 
     /// The dearest the request can be: priced as its own model and as every upstream model an
     /// account that may serve it maps it to.
-    fn worst_case(
-        &self,
-        request: &ForwardRequest,
-        snapshot: &crate::snapshot::Snapshot,
-    ) -> Estimate {
+    fn worst_case(&self, request: &RelayRequest, snapshot: &crate::snapshot::Snapshot) -> Estimate {
         let unpriced_as = self.settings.unpriced_as.as_deref();
         let own = estimate(
             &request.model,
@@ -791,26 +884,29 @@ impl Relay {
     async fn attempt_account(
         &self,
         account: &AccountEntry,
-        request: &ForwardRequest,
+        request: &RelayRequest,
+        body: &Bytes,
         deadline: Instant,
     ) -> Result<Started, AttemptFailure> {
         let mut retries = 0;
         let mut refreshed_after_401 = false;
         loop {
             let token;
-            let auth = match &account.oauth {
-                None => UpstreamAuth::ApiKey(account.api_key.expose()),
-                Some(session) => {
+            let auth = match (&account.oauth, account.platform) {
+                (Some(session), _) => {
                     token = self.access_token(account, session, false).await?;
                     UpstreamAuth::Subscription(&token)
                 }
+                (None, Platform::OpenAi) => UpstreamAuth::Bearer(account.api_key.expose()),
+                (None, _) => UpstreamAuth::ApiKey(account.api_key.expose()),
             };
             let client = self.client_for(account);
+            let outbound = adapter::outbound(account, auth, request, body.clone());
             let attempt = upstream::attempt(
                 &client,
-                account,
-                auth,
-                request,
+                &account.id,
+                outbound,
+                account.proxy.as_ref().map(|proxy| &proxy.address),
                 deadline,
                 &self.settings.egress,
             );
@@ -908,7 +1004,7 @@ impl Relay {
         failure: &AttemptFailure,
         family: Option<&'static str>,
         snapshot: &crate::snapshot::Snapshot,
-        request: &ForwardRequest,
+        request: &RelayRequest,
     ) {
         let now = now_ms();
         let verdict = match failure {
@@ -975,7 +1071,7 @@ impl Relay {
                 // than none.
                 let others_serve = || {
                     let candidates = Candidates {
-                        platform: account.platform,
+                        dialect: request.endpoint.dialect(),
                         model: &request.model,
                         family,
                         group: request.key.policy.account_group.as_deref(),
@@ -1003,26 +1099,29 @@ impl Relay {
     }
 
     /// The request failed on every account tried: record it and say why, in our words, or pass
-    /// a JSON 429/529 through so the client sees the upstream's own advice.
+    /// a JSON 429/529 through (in the client's dialect) so the client sees the upstream's advice.
     fn give_up(
         &self,
         failure: AttemptFailure,
-        request: &ForwardRequest,
-        account_id: Option<String>,
+        request: &RelayRequest,
+        account: Option<&AccountEntry>,
         attempts: usize,
         admission: Option<Admission>,
     ) -> Result<RelayResponse, RelayError> {
         let failure_kind = failure.kind();
-        let outcome = failure.into_outcome();
+        let upstream_dialect = account.map_or(request.endpoint.dialect(), |account| {
+            account.platform.dialect()
+        });
+        let outcome = answer::failure(failure, request.endpoint.dialect(), upstream_dialect);
         let status = match &outcome {
             Ok(response) => response.status.as_u16(),
             Err(error) => error.kind.status(),
         };
-        let context = self.record_context(request, account_id, attempts, status, admission);
+        let context = self.record_context(request, account, attempts, status, admission);
         self.usage.record(context.into_record(
             relay_protocol::Usage::default(),
             None,
-            "upstream_error",
+            Outcome::UpstreamError,
             Some(failure_kind.to_owned()),
         ));
         outcome
@@ -1030,8 +1129,8 @@ impl Relay {
 
     fn record_context(
         &self,
-        request: &ForwardRequest,
-        account_id: Option<String>,
+        request: &RelayRequest,
+        account: Option<&AccountEntry>,
         attempts: usize,
         status: u16,
         admission: Option<Admission>,
@@ -1039,8 +1138,8 @@ impl Relay {
         RecordContext {
             request_id: request.request_id.clone(),
             key_id: request.key.id.clone(),
-            account_id,
-            platform: Platform::Anthropic,
+            account_id: account.map(|account| account.id.clone()),
+            platform: account.map(|account| account.platform),
             endpoint: request.endpoint,
             model: request.model.clone(),
             stream: request.stream,
@@ -1064,7 +1163,7 @@ impl Relay {
         &self,
         started: Started,
         account: &AccountEntry,
-        request: &ForwardRequest,
+        request: &RelayRequest,
         attempts: usize,
         admission: Option<Admission>,
     ) -> RelayResponse {
@@ -1072,22 +1171,38 @@ impl Relay {
         self.metrics.upstream_ttfb.observe(ttfb.as_secs_f64());
         let mut context = self.record_context(
             request,
-            Some(account.id.clone()),
+            Some(account),
             attempts,
             started.status.as_u16(),
             admission,
         );
         context.ttfb = Some(ttfb);
         context.account_runtime = Some(account.runtime.clone());
-        let headers = upstream::client_response_headers(&started.headers);
-        let is_sse = headers
+        let upstream_dialect = account.platform.dialect();
+        let passthrough = upstream_dialect == request.endpoint.dialect();
+        let mut headers = adapter::client_response_headers(&started.headers, passthrough);
+        let is_sse = started
+            .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with("text/event-stream"));
+        let reframe = convert::reframe(request, upstream_dialect, is_sse, started.status);
+        if !passthrough {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(if is_sse {
+                    "text/event-stream; charset=utf-8"
+                } else {
+                    "application/json"
+                }),
+            );
+        }
         let status = started.status;
         let stream = CapturedStream::new(
             started,
             is_sse,
+            convert::UsageReader::new(upstream_dialect),
+            reframe,
             context,
             self.usage.clone(),
             self.metrics.clone(),
@@ -1099,23 +1214,6 @@ impl Relay {
             body: RelayBody::Streaming(Box::new(stream)),
         }
     }
-}
-
-/// Claude Code's own headers besides its User-Agent: `x-app: cli`, or a `claude-code-*` beta.
-fn claude_code_headers(headers: &HeaderMap) -> bool {
-    let app_is_cli = headers
-        .get("x-app")
-        .is_some_and(|value| value.as_bytes() == b"cli");
-    let claude_code_beta = headers
-        .get_all("anthropic-beta")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .any(|value| {
-            value
-                .split(',')
-                .any(|beta| beta.trim().starts_with("claude-code-"))
-        });
-    app_is_cli || claude_code_beta
 }
 
 /// The worst case a request for `model` can cost: its body as prompt tokens at the dearest
@@ -1175,97 +1273,3 @@ const RECENT_REQUESTS: i64 = 20;
 
 /// Output assumed when a request names no `max_tokens` (the API requires it, so this is rare).
 const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 4_096;
-
-/// `$12.50`, `$0.000001`: exact, with at least two decimals.
-fn usd(nano_usd: i64) -> String {
-    let exact = crate::pricing::format_usd(nano_usd);
-    let trimmed = exact.trim_end_matches('0');
-    let decimals = trimmed
-        .split_once('.')
-        .map_or(0, |(_, fraction)| fraction.len());
-    let padded = format!("{trimmed}{}", "0".repeat(2usize.saturating_sub(decimals)));
-    format!("${padded}")
-}
-
-fn seconds_until(at_ms: i64, now_ms: i64) -> u64 {
-    u64::try_from((at_ms - now_ms).max(0))
-        .unwrap_or(0)
-        .div_ceil(1000)
-        .max(1)
-}
-
-/// A refusal in words the key holder can act on: which limit, and when it frees up.
-fn refusal_error(refusal: &Refusal, now_ms: i64) -> RelayError {
-    let rate_limited = |message: String, retry_after_ms: i64| RelayError {
-        retry_after_s: Some(seconds_until(now_ms + retry_after_ms, now_ms)),
-        ..RelayError::new(ErrorKind::RateLimit, message)
-    };
-    match refusal {
-        Refusal::Concurrency { limit } => RelayError {
-            retry_after_s: Some(1),
-            ..RelayError::new(
-                ErrorKind::RateLimit,
-                format!("this key allows {limit} requests at a time; wait for one to finish"),
-            )
-        },
-        Refusal::RateRequests {
-            limit,
-            retry_after_ms,
-        } => rate_limited(
-            format!("this key's limit of {limit} requests per window is reached"),
-            *retry_after_ms,
-        ),
-        Refusal::RateTokens {
-            limit,
-            retry_after_ms,
-        } => rate_limited(
-            format!("this key's limit of {limit} tokens per window is reached"),
-            *retry_after_ms,
-        ),
-        Refusal::RateCost {
-            limit,
-            retry_after_ms,
-        } => rate_limited(
-            format!("this key's limit of {} per window is reached", usd(*limit)),
-            *retry_after_ms,
-        ),
-        Refusal::Expired => {
-            RelayError::new(ErrorKind::Authentication, "this relay key has expired")
-        }
-        Refusal::PeriodCost {
-            period,
-            limit,
-            resets_at_ms,
-        } => RelayError::new(
-            ErrorKind::Billing,
-            format!(
-                "this key's {} cost limit of {} is reached; it resets in {} s (at Unix time {})",
-                period.label(),
-                usd(*limit),
-                seconds_until(*resets_at_ms, now_ms),
-                resets_at_ms / 1000
-            ),
-        ),
-        Refusal::TotalCost { limit } => RelayError::new(
-            ErrorKind::Billing,
-            format!("this key's total cost limit of {} is used up", usd(*limit)),
-        ),
-        Refusal::TokenQuota { limit } => RelayError::new(
-            ErrorKind::Billing,
-            format!("this key's quota of {limit} tokens is used up"),
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dollar_amounts_in_refusals_are_exact() {
-        assert_eq!(usd(12_500_000_000), "$12.50");
-        assert_eq!(usd(1_000), "$0.000001");
-        assert_eq!(usd(0), "$0.00");
-        assert_eq!(usd(3_000_000_000), "$3.00");
-    }
-}

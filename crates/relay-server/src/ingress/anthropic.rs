@@ -2,69 +2,27 @@
 //! `GET /v1/models`, under every prefix of [`super::ANTHROPIC_PREFIXES`].
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::HeaderMap;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use relay_core::keys::{KeyEntry, KeyRejection};
-use relay_core::metrics::{RequestLabels, RouteLabels};
-use relay_core::relay::{Endpoint, ForwardRequest, RelayBody, RelayError};
+use relay_core::keys::KeyRejection;
+use relay_core::relay::{Endpoint, RelayError, RelayRequest};
 use relay_core::sticky::SessionId;
 use relay_protocol::anthropic::{session_identity, SessionSource};
-use relay_protocol::ErrorKind;
+use relay_protocol::Dialect;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::error::{anthropic_error, error, REQUEST_ID_HEADER};
-use crate::serve::ClientAddr;
+use super::shared::{
+    accept, authenticate, client_ip, new_request_id, observe, parse_head, presented_key,
+    rejection_error, relay, required_model,
+};
+use crate::error::anthropic_error;
 use crate::AppState;
-
-/// A request id unique across restarts without a syscall per request: a random per-process
-/// prefix and a counter.
-pub(crate) fn new_request_id() -> String {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("req_{prefix:016x}{count:016x}")
-}
-
-/// The relay key as Anthropic clients send it: `x-api-key`, or `Authorization: Bearer`. The
-/// same key in several places is fine; two *different* ones are refused rather than one of
-/// them picked silently.
-fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, RelayError> {
-    let api_keys = headers
-        .get_all("x-api-key")
-        .iter()
-        .map(|value| value.to_str().ok().map(str::trim));
-    let bearers = headers.get_all(AUTHORIZATION).iter().filter_map(|value| {
-        let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then_some(Some(token.trim()))
-    });
-    let mut presented: Option<Option<&str>> = None;
-    for candidate in api_keys.chain(bearers) {
-        match presented {
-            None => presented = Some(candidate),
-            Some(first) if first == candidate => {}
-            Some(_) => {
-                return Err(error(
-                    ErrorKind::InvalidRequest,
-                    "two different credentials were sent (x-api-key and Authorization, or one twice); send the relay key once",
-                ))
-            }
-        }
-    }
-    Ok(presented.flatten())
-}
 
 /// The query parameters forwarded upstream: only those the Anthropic API defines (Claude Code
 /// sends `beta=true`). Anything else — a `key=` above all — stays here.
@@ -79,43 +37,6 @@ fn forwarded_query(query: Option<&str>) -> Option<String> {
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
-}
-
-fn rejection_error(rejection: KeyRejection) -> RelayError {
-    match rejection {
-        KeyRejection::Throttled { retry_after_ms } => RelayError {
-            retry_after_s: Some(
-                u64::try_from(retry_after_ms)
-                    .unwrap_or(0)
-                    .div_ceil(1000)
-                    .max(1),
-            ),
-            ..error(
-                ErrorKind::RateLimit,
-                "too many failed key attempts from this address; try again later",
-            )
-        },
-        KeyRejection::Missing => error(
-            ErrorKind::Authentication,
-            "missing relay key: send it in x-api-key or Authorization: Bearer",
-        ),
-        KeyRejection::Unknown => error(ErrorKind::Authentication, "invalid relay key"),
-        KeyRejection::Disabled => error(ErrorKind::Permission, "this relay key is disabled"),
-    }
-}
-
-fn client_ip(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
-    extensions.get::<ClientAddr>().map(|addr| addr.0)
-}
-
-fn authenticate(
-    state: &AppState,
-    parts: &http::request::Parts,
-) -> Result<Arc<KeyEntry>, RelayError> {
-    state
-        .relay
-        .authenticate(presented_key(&parts.headers)?, client_ip(&parts.extensions))
-        .map_err(rejection_error)
 }
 
 /// The fields of a Messages request the relay reads; everything else passes through unparsed.
@@ -175,28 +96,17 @@ pub(crate) async fn count_tokens(State(state): State<AppState>, request: Request
 async fn relay_endpoint(state: AppState, request: Request, endpoint: Endpoint) -> Response {
     let received_at = Instant::now();
     let request_id = new_request_id();
-    let route = endpoint.as_str();
-    let result = prepare(&state, request, endpoint, &request_id, received_at).await;
-    let response = match result {
-        Ok(forward) => match state.relay.forward(forward).await {
-            Ok(relayed) => {
-                let mut response = Response::new(match relayed.body {
-                    RelayBody::Buffered(bytes) => Body::from(bytes),
-                    RelayBody::Streaming(stream) => Body::from_stream(*stream),
-                });
-                *response.status_mut() = relayed.status;
-                *response.headers_mut() = relayed.headers;
-                if let Ok(value) = HeaderValue::from_str(&request_id) {
-                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
-                }
-                response
-            }
-            Err(relay_error) => anthropic_error(&relay_error, &request_id),
-        },
-        Err(relay_error) => anthropic_error(&relay_error, &request_id),
-    };
-    observe(&state, route, &request_id, &response, received_at);
-    response
+    let prepared = prepare(&state, request, endpoint, &request_id, received_at).await;
+    let dialect = Dialect::AnthropicMessages;
+    relay(
+        &state,
+        dialect,
+        endpoint.as_str(),
+        &request_id,
+        received_at,
+        prepared,
+    )
+    .await
 }
 
 /// Authenticates, reads the body within its limit and parses the little the relay needs.
@@ -206,21 +116,10 @@ async fn prepare(
     endpoint: Endpoint,
     request_id: &str,
     received_at: Instant,
-) -> Result<ForwardRequest, RelayError> {
-    let (parts, body) = request.into_parts();
-    let key = authenticate(state, &parts)?;
-    let body = read_body(body, state.settings.max_body_bytes).await?;
-    let head: MessagesHead = serde_json::from_slice(&body).map_err(|parse_error| {
-        error(
-            ErrorKind::InvalidRequest,
-            format!("request body is not valid JSON: {parse_error}"),
-        )
-    })?;
-    let model = head
-        .model
-        .filter(|model| !model.is_empty())
-        .ok_or_else(|| error(ErrorKind::InvalidRequest, "model: field required"))?
-        .into_owned();
+) -> Result<RelayRequest, RelayError> {
+    let (parts, key, body) = accept(state, request).await?;
+    let head: MessagesHead = parse_head(&body)?;
+    let model = required_model(head.model)?;
     let stream = head.stream.unwrap_or(false) && endpoint == Endpoint::Messages;
     let max_tokens = head.max_tokens;
     let session = session_identity(&SessionSource {
@@ -237,7 +136,8 @@ async fn prepare(
         .as_ref()
         .and_then(|metadata| metadata.user_id.as_ref())
         .is_some_and(|user_id| !user_id.is_empty());
-    Ok(ForwardRequest {
+    let claude_code_marks = has_session_metadata && claude_code_headers(&parts.headers);
+    Ok(RelayRequest {
         request_id: request_id.to_owned(),
         key,
         endpoint,
@@ -247,58 +147,29 @@ async fn prepare(
         model,
         stream,
         max_tokens,
+        include_usage: false,
         session,
-        has_session_metadata,
+        claude_code_marks,
         client_ip: client_ip(&parts.extensions),
         received_at,
     })
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, RelayError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(read_error) if read_error.downcast_ref::<LengthLimitError>().is_some() => Err(error(
-            ErrorKind::RequestTooLarge,
-            format!("request body exceeds the relay's limit of {limit} bytes"),
-        )),
-        Err(read_error) if crate::pace::is_too_slow(read_error.as_ref()) => Err(error(
-            ErrorKind::RequestTimeout,
-            "the request body arrived too slowly; send it at once",
-        )),
-        Err(_) => Err(error(
-            ErrorKind::InvalidRequest,
-            "the request body could not be read",
-        )),
-    }
-}
-
-fn observe(
-    state: &AppState,
-    route: &'static str,
-    request_id: &str,
-    response: &Response,
-    received_at: Instant,
-) {
-    let elapsed = received_at.elapsed();
-    tracing::debug!(
-        request_id,
-        route,
-        status = response.status().as_u16(),
-        head_latency_us = elapsed.as_micros() as u64,
-        "answered"
-    );
-    let metrics = state.relay.metrics();
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    metrics
-        .response_latency
-        .get_or_create(&RouteLabels { route })
-        .observe(elapsed.as_secs_f64());
+/// Claude Code's own headers besides its User-Agent: `x-app: cli`, or a `claude-code-*` beta.
+fn claude_code_headers(headers: &HeaderMap) -> bool {
+    let app_is_cli = headers
+        .get("x-app")
+        .is_some_and(|value| value.as_bytes() == b"cli");
+    let claude_code_beta = headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| {
+            value
+                .split(',')
+                .any(|beta| beta.trim().starts_with("claude-code-"))
+        });
+    app_is_cli || claude_code_beta
 }
 
 /// `GET /v1/models`: the Claude models this relay can price, in Anthropic's list shape.
@@ -407,28 +278,6 @@ mod tests {
         assert_eq!(display_name("claude-opus-4-8"), "Claude Opus 4.8");
         assert_eq!(display_name("claude-3-5-haiku"), "Claude 3.5 Haiku");
         assert_eq!(display_name("claude-opus-4"), "Claude Opus 4");
-    }
-
-    #[test]
-    fn keys_are_read_from_either_header_and_two_different_ones_are_refused() {
-        let mut headers = HeaderMap::new();
-        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer cr_abc"));
-        assert_eq!(presented_key(&headers), Ok(Some("cr_abc")));
-        headers.insert("x-api-key", HeaderValue::from_static("cr_abc"));
-        assert_eq!(
-            presented_key(&headers),
-            Ok(Some("cr_abc")),
-            "the same key twice"
-        );
-        headers.insert("x-api-key", HeaderValue::from_static("cr_xyz"));
-        assert!(presented_key(&headers).is_err());
-        let mut twice = HeaderMap::new();
-        twice.append("x-api-key", HeaderValue::from_static("cr_1"));
-        twice.append("x-api-key", HeaderValue::from_static("cr_2"));
-        assert!(presented_key(&twice).is_err());
-        let mut basic = HeaderMap::new();
-        basic.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(presented_key(&basic), Ok(None));
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The router. Layers, outermost first:
-//! 1. `catch_panic` — a panic in a handler becomes a clean 500 in Anthropic's shape, never a
-//!    dropped connection or a panic message;
+//! 1. `catch_panic` — a panic in a handler becomes a clean 500 in the dialect the path implies,
+//!    never a dropped connection or a panic message;
 //! 2. `check_host` — only when `allowed_hosts` is set: a request for any other `Host` is refused
 //!    (421), so DNS rebinding cannot reach a loopback install from a browser;
 //! 3. the routes; authentication happens inside each relay handler (it needs the key anyway),
 //!    and only the routes in [`UNAUTHENTICATED_ROUTES`] answer without a key.
 
 mod anthropic;
+mod openai;
 mod ops;
+mod shared;
 
 use std::panic::AssertUnwindSafe;
 
@@ -19,8 +21,9 @@ use axum::Router;
 use futures_util::FutureExt;
 use relay_protocol::ErrorKind;
 
-use crate::error::{anthropic_error, error};
+use crate::error::{error, render_error};
 use crate::AppState;
+use shared::{dialect_of_path, new_request_id};
 
 /// Routes that answer without a relay key or an admin session (`/admin/v1/login` checks a
 /// password instead).
@@ -29,6 +32,17 @@ pub const UNAUTHENTICATED_ROUTES: &[&str] = &["/health", "/metrics", "/admin/v1/
 /// Prefixes under which the Anthropic API is served: the native one and the aliases of the
 /// previous relay (claude-relay-service), so migrating users keep their base URLs.
 const ANTHROPIC_PREFIXES: &[&str] = &["", "/api", "/claude"];
+
+/// Prefixes under which the OpenAI API is served.
+const OPENAI_PREFIXES: &[&str] = &["", "/openai"];
+
+async fn models(state: axum::extract::State<AppState>, request: Request) -> Response {
+    if request.headers().contains_key("anthropic-version") {
+        anthropic::models(state, request).await
+    } else {
+        openai::models(state, request).await
+    }
+}
 
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
@@ -40,9 +54,21 @@ pub fn router(state: AppState) -> Router {
             .route(
                 &format!("{prefix}/v1/messages/count_tokens"),
                 post(anthropic::count_tokens),
-            )
-            .route(&format!("{prefix}/v1/models"), get(anthropic::models));
+            );
+        if !prefix.is_empty() {
+            router = router.route(&format!("{prefix}/v1/models"), get(anthropic::models));
+        }
     }
+    // `GET /v1/models` is shared: Anthropic's shape when the request names an
+    // `anthropic-version`, OpenAI's otherwise.
+    router = router.route("/v1/models", get(models));
+    for prefix in OPENAI_PREFIXES {
+        router = router.route(
+            &format!("{prefix}/v1/chat/completions"),
+            post(openai::chat_completions),
+        );
+    }
+    router = router.route("/openai/v1/models", get(openai::models));
     for path in [
         "/v1/usage",
         "/api/v1/usage",
@@ -88,28 +114,35 @@ async fn check_host(
         return next.run(request).await;
     }
     with_status(
+        request.uri().path(),
         ErrorKind::Permission,
         "this relay does not serve that host name (see server.allowed_hosts)",
         http::StatusCode::MISDIRECTED_REQUEST,
     )
 }
 
-/// An error in Anthropic's shape with a status other than its type's own.
-fn with_status(kind: ErrorKind, message: &str, status: http::StatusCode) -> Response {
-    let mut response = anthropic_error(&error(kind, message), &anthropic::new_request_id());
+/// An error in the dialect `path` implies, with a status other than its kind's own.
+fn with_status(path: &str, kind: ErrorKind, message: &str, status: http::StatusCode) -> Response {
+    let mut response = render_error(
+        dialect_of_path(path),
+        &error(kind, message),
+        &new_request_id(),
+    );
     *response.status_mut() = status;
     response
 }
 
-async fn not_found() -> Response {
-    anthropic_error(
+async fn not_found(uri: http::Uri) -> Response {
+    render_error(
+        dialect_of_path(uri.path()),
         &error(ErrorKind::NotFound, "no such endpoint on this relay"),
-        &anthropic::new_request_id(),
+        &new_request_id(),
     )
 }
 
-async fn method_not_allowed() -> Response {
+async fn method_not_allowed(uri: http::Uri) -> Response {
     with_status(
+        uri.path(),
         ErrorKind::InvalidRequest,
         "method not allowed on this endpoint",
         http::StatusCode::METHOD_NOT_ALLOWED,
@@ -117,13 +150,15 @@ async fn method_not_allowed() -> Response {
 }
 
 async fn catch_panic(request: Request, next: Next) -> Response {
+    let dialect = dialect_of_path(request.uri().path());
     match AssertUnwindSafe(next.run(request)).catch_unwind().await {
         Ok(response) => response,
         Err(_) => {
             tracing::error!("handler panicked; answered 500");
-            anthropic_error(
+            render_error(
+                dialect,
                 &error(ErrorKind::Api, "internal error in the relay"),
-                &anthropic::new_request_id(),
+                &new_request_id(),
             )
         }
     }

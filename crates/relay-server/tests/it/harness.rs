@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use relay_core::admin::{AdminService, NewAccountInput};
 use relay_core::bootstrap::open_installation;
-use relay_core::metrics::Metrics;
 use relay_core::snapshot::SnapshotStore;
 use relay_core::{Relay, RelaySettings};
 use relay_server::{router, serve, AppState, ServerSettings};
-use relay_store::{Store, UsageFilter, UsageRecord, UsageWriter, UsageWriterHandle};
+use relay_store::{Store, UsageFilter, UsageRecord, UsageWriterHandle};
+use relay_testkit::openai::MockOpenAi;
 use relay_testkit::MockUpstream;
 use tokio::sync::oneshot;
 
@@ -22,6 +22,8 @@ pub struct Harness {
     pub admin: AdminService,
     pub store: Store,
     pub mock: MockUpstream,
+    /// The OpenAI-compatible upstream that `openai_account`s point at.
+    pub openai: MockOpenAi,
     pub relay: Arc<Relay>,
     pub snapshots: Arc<SnapshotStore>,
     pub client: reqwest::Client,
@@ -38,14 +40,34 @@ pub struct AccountSpec {
     pub api_key: &'static str,
     pub priority: i64,
     pub base_url: Option<String>,
+    pub platform: &'static str,
+    /// Served-model patterns (`--model`); none: the platform's defaults.
+    pub models: Option<Vec<String>>,
 }
 
+/// An Anthropic account on the mock Anthropic upstream.
 pub fn account(name: &'static str, api_key: &'static str, priority: i64) -> AccountSpec {
     AccountSpec {
         name,
         api_key,
         priority,
         base_url: None,
+        platform: "anthropic",
+        models: None,
+    }
+}
+
+/// An OpenAI-compatible account on the mock OpenAI upstream, serving these model patterns.
+pub fn openai_account(
+    name: &'static str,
+    api_key: &'static str,
+    priority: i64,
+    models: &[&str],
+) -> AccountSpec {
+    AccountSpec {
+        platform: "openai",
+        models: Some(models.iter().map(|model| (*model).to_owned()).collect()),
+        ..account(name, api_key, priority)
     }
 }
 
@@ -69,6 +91,7 @@ impl Harness {
             .await
             .unwrap();
         let mock = MockUpstream::start().await;
+        let openai = MockOpenAi::start().await;
         relay_settings.oauth = oauth_settings(&mock);
         // The mocks listen on loopback: allowed explicitly, as an operator would.
         let egress = loopback_egress();
@@ -76,13 +99,22 @@ impl Harness {
         let admin = AdminService::new(installation.store.clone(), &installation.keyring)
             .with_egress(egress);
         for spec in accounts {
+            let default_base = if spec.platform == "openai" {
+                openai.base_url()
+            } else {
+                mock.url()
+            };
             admin
                 .add_account(NewAccountInput {
-                    platform: "anthropic".into(),
+                    platform: spec.platform.into(),
                     name: spec.name.into(),
                     api_key: spec.api_key.into(),
-                    base_url: Some(spec.base_url.unwrap_or_else(|| mock.url())),
+                    base_url: Some(spec.base_url.unwrap_or(default_base)),
                     priority: spec.priority,
+                    settings: relay_core::account_settings::AccountSettings {
+                        models: spec.models,
+                        ..Default::default()
+                    },
                     ..NewAccountInput::default()
                 })
                 .await
@@ -99,31 +131,20 @@ impl Harness {
             )
             .await
             .unwrap();
-        let snapshots = SnapshotStore::load(
-            installation.store.clone(),
-            installation.keyring.secret_box.clone(),
-        )
-        .await
-        .unwrap();
-        let reloader = snapshots.spawn_reloader();
-        let snapshot_handle = snapshots.clone();
-        let (sink, writer) = UsageWriter::spawn(installation.store.clone());
-        let metrics = Arc::new(Metrics::new());
-        let relay = Arc::new(Relay::new(
-            snapshots,
-            installation.keyring.key_hasher.clone(),
-            sink,
-            metrics.clone(),
-            relay_settings,
-        ));
+        let assembly = relay_core::app::assemble(&installation, relay_settings)
+            .await
+            .unwrap();
+        let relay = assembly.relay.clone();
+        let metrics = assembly.metrics.clone();
+        let snapshot_handle = assembly.snapshots.clone();
         let state = AppState {
             relay: relay.clone(),
             settings: Arc::new(server_settings.clone()),
             admin: Arc::new(admin.clone()),
-            admin_auth: Arc::new(relay_core::admin_auth::AdminAuth::new(
-                installation.store.clone(),
-            )),
+            admin_auth: assembly.admin_auth.clone(),
         };
+        let writer = assembly.usage_writer;
+        let reloader = assembly.reloader;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -140,6 +161,7 @@ impl Harness {
             admin,
             store: installation.store,
             mock,
+            openai,
             relay,
             snapshots: snapshot_handle,
             client: reqwest::Client::new(),

@@ -5,7 +5,7 @@ use relay_core::policy::KeyPolicy;
 use relay_testkit::Behavior;
 use serde_json::json;
 
-use crate::harness::{account, error_of, messages_body, post_as, Harness};
+use crate::harness::{account, error_of, messages_body, post_as, AccountSpec, Harness};
 
 fn budget(usd_nano: i64) -> KeyPolicy {
     KeyPolicy {
@@ -116,7 +116,12 @@ async fn a_model_name_too_long_or_unprintable_is_refused_and_nothing_is_stored()
 
 #[tokio::test]
 async fn an_unpriced_model_is_charged_against_cost_limits_at_a_stand_in_price() {
-    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    // An Anthropic-compatible relay serving GLM under its own name: the account lists it.
+    let harness = Harness::start(vec![AccountSpec {
+        models: Some(vec!["*".into()]),
+        ..account("main", "sk-main", 1)
+    }])
+    .await;
     let (key, key_id) = harness.key_with("thrifty", &budget(50_000_000)).await;
     let mut body = messages_body(false, "x");
     body["model"] = json!("glm-4.6");

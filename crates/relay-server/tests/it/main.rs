@@ -9,6 +9,7 @@
 
 mod admin_api;
 mod availability;
+mod dialects;
 mod harness;
 mod health;
 mod hostile;

@@ -19,6 +19,7 @@ fn usage_of(body: &Value, output_tokens: u64) -> Usage {
         cache_creation_5m_tokens: expected.cache_creation_5m,
         cache_creation_1h_tokens: expected.cache_creation_1h,
         cache_read_tokens: expected.cache_read,
+        reasoning_tokens: 0,
     }
 }
 
@@ -259,10 +260,8 @@ async fn refused_connection_fails_over_and_alone_is_a_502() {
     };
     let harness = Harness::start(vec![
         AccountSpec {
-            name: "dead",
-            api_key: "sk-dead",
-            priority: 1,
             base_url: Some(closed.clone()),
+            ..account("dead", "sk-dead", 1)
         },
         account("alive", "sk-alive", 2),
     ])

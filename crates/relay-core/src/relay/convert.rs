@@ -1,0 +1,363 @@
+//! Where the relay's pipeline meets `relay_protocol::convert`: the request body in the chosen
+//! account's dialect (once per attempt: the dialect depends on the account), the re-framing of
+//! its answer into the client's dialect, and the usage reader of the upstream's dialect.
+//!
+//! Same dialect in and out is a pass-through: the body goes as it came (only the model changes
+//! when the account maps it, and an OpenAI stream asks for its usage chunk), the answer comes
+//! back byte for byte.
+
+use bytes::Bytes;
+use http::StatusCode;
+use relay_protocol::anthropic::{MessagesUsageTracker, StreamEnding, UsageFault};
+use relay_protocol::convert::anthropic::from_openai_chat as to_anthropic;
+use relay_protocol::convert::openai_chat::from_anthropic as to_openai_chat;
+use relay_protocol::convert::{RequestOptions, Translate};
+use relay_protocol::openai::ChatUsageTracker;
+use relay_protocol::{Dialect, ErrorKind, Usage};
+
+use super::{RelayBody, RelayError, RelayRequest, RelayResponse, RelaySettings};
+use crate::accounts::AccountEntry;
+
+/// The request body for `account`: converted to its dialect, with its model name.
+pub(super) fn upstream_body(
+    request: &RelayRequest,
+    account: &AccountEntry,
+    settings: &RelaySettings,
+) -> Result<Bytes, RelayError> {
+    let mapped = account.settings.map_model(&request.model);
+    let model = mapped.unwrap_or(&request.model);
+    let options = RequestOptions {
+        model: Some(model),
+        default_max_tokens: crate::pricing::max_output_tokens(model)
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+            .min(settings.max_tokens_ceiling),
+    };
+    let converted = match (request.endpoint.dialect(), account.platform.dialect()) {
+        (Dialect::AnthropicMessages, Dialect::OpenAiChat) => {
+            to_openai_chat::request(&request.body, &options)
+        }
+        (Dialect::OpenAiChat, Dialect::AnthropicMessages) => {
+            to_anthropic::request(&request.body, &options)
+        }
+        (Dialect::OpenAiChat, Dialect::OpenAiChat) if request.stream && !request.include_usage => {
+            return Ok(rewritten(&request.body, mapped, true));
+        }
+        _ => return Ok(rewritten(&request.body, mapped, false)),
+    };
+    converted.map(Bytes::from).map_err(|error| {
+        RelayError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "this request cannot be served by the chosen {} account: {}",
+                account.platform.as_str(),
+                error.message
+            ),
+        )
+    })
+}
+
+/// Output assumed for a converted request that names no limit (Anthropic requires one).
+const DEFAULT_MAX_TOKENS: u64 = 8_192;
+
+/// The body with its `model` replaced and, for an OpenAI stream, the usage chunk requested; the
+/// body untouched when neither applies (or it cannot be rewritten).
+fn rewritten(body: &Bytes, model: Option<&str>, include_usage: bool) -> Bytes {
+    if model.is_none() && !include_usage {
+        return body.clone();
+    }
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice(body) else {
+        return body.clone();
+    };
+    if let Some(model) = model {
+        object.insert(
+            "model".to_owned(),
+            serde_json::Value::String(model.to_owned()),
+        );
+    }
+    if include_usage {
+        let options = object
+            .entry("stream_options")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(options) = options.as_object_mut() {
+            options.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
+        }
+    }
+    serde_json::to_vec(&object)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| body.clone())
+}
+
+/// `count_tokens` served by an account that cannot count: an estimate from the body's size (a
+/// quarter of its bytes, as tokenizers average on English and code), flagged in the
+/// `x-claude-relay-estimate` header and not sent upstream.
+pub(super) fn estimated_token_count(request: &RelayRequest) -> RelayResponse {
+    let tokens = request.body.len().div_ceil(4);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        "x-claude-relay-estimate",
+        http::HeaderValue::from_static("body-bytes/4"),
+    );
+    RelayResponse {
+        status: StatusCode::OK,
+        headers,
+        body: RelayBody::Buffered(Bytes::from(format!("{{\"input_tokens\":{tokens}}}"))),
+    }
+}
+
+/// An upstream error body said in the client's dialect.
+pub(super) fn error_body(client: Dialect, upstream: Dialect, status: u16, body: &[u8]) -> Bytes {
+    let converted = match (upstream, client) {
+        (Dialect::AnthropicMessages, Dialect::OpenAiChat) => to_openai_chat::error(status, body),
+        (Dialect::OpenAiChat, Dialect::AnthropicMessages) => to_anthropic::error(status, body),
+        _ => relay_protocol::dialect::error_body(
+            client,
+            ErrorKind::from_status(status),
+            "the upstream refused the request",
+            "",
+        ),
+    };
+    Bytes::from(converted)
+}
+
+/// How the answer's bytes reach the client.
+pub(crate) enum Reframe {
+    /// Byte for byte (zero copy).
+    Passthrough,
+    /// Event by event through a translator.
+    Stream(Box<dyn Translate + Send>),
+    /// A whole JSON body, converted at its end.
+    Whole {
+        convert: fn(u16, &[u8]) -> Vec<u8>,
+        status: u16,
+        buffer: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for Reframe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Passthrough => "Passthrough",
+            Self::Stream(_) => "Stream",
+            Self::Whole { .. } => "Whole",
+        })
+    }
+}
+
+/// A converted whole body is kept up to this size (the upstream's non-streamed answers are far
+/// smaller); beyond it the client gets an error body instead of a cut document.
+const WHOLE_BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+impl Reframe {
+    /// The client's bytes for an upstream chunk; `None` when nothing is ready yet.
+    pub(crate) fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
+        match self {
+            Self::Passthrough => Some(chunk),
+            Self::Stream(translator) => {
+                let mut out = Vec::new();
+                translator.push(&chunk, &mut out);
+                (!out.is_empty()).then(|| Bytes::from(out))
+            }
+            Self::Whole { buffer, .. } => {
+                if buffer.len() + chunk.len() <= WHOLE_BODY_LIMIT {
+                    buffer.extend_from_slice(&chunk);
+                } else {
+                    buffer.clear();
+                    buffer.shrink_to_fit();
+                    *buffer = OVERSIZED.to_vec();
+                }
+                None
+            }
+        }
+    }
+
+    /// The client's last bytes once the upstream ended cleanly.
+    pub(crate) fn finish(&mut self) -> Option<Bytes> {
+        match self {
+            Self::Passthrough => None,
+            Self::Stream(translator) => {
+                let mut out = Vec::new();
+                translator.finish(&mut out);
+                (!out.is_empty()).then(|| Bytes::from(out))
+            }
+            Self::Whole {
+                convert,
+                status,
+                buffer,
+            } => Some(Bytes::from(convert(*status, buffer))),
+        }
+    }
+}
+
+/// Marks a whole body that outgrew [`WHOLE_BODY_LIMIT`]; no conversion parses it.
+const OVERSIZED: &[u8] = b"\0oversized";
+
+/// How the answer to `request` from an upstream speaking `upstream` is re-framed for the client.
+pub(super) fn reframe(
+    request: &RelayRequest,
+    upstream: Dialect,
+    is_sse: bool,
+    status: StatusCode,
+) -> Reframe {
+    let client = request.endpoint.dialect();
+    match (upstream, client) {
+        (Dialect::OpenAiChat, Dialect::OpenAiChat)
+            if is_sse && request.stream && !request.include_usage =>
+        {
+            Reframe::Stream(Box::new(HideUsageChunk {
+                decoder: relay_protocol::sse::SseDecoder::new(),
+            }))
+        }
+        (upstream, client) if upstream == client => Reframe::Passthrough,
+        (Dialect::AnthropicMessages, Dialect::OpenAiChat) => {
+            if !status.is_success() {
+                whole(status, to_openai_chat::error)
+            } else if is_sse {
+                Reframe::Stream(Box::new(to_openai_chat::StreamTranslator::new(
+                    request.include_usage,
+                )))
+            } else {
+                whole(status, |_, body| {
+                    to_openai_chat::response(body)
+                        .unwrap_or_else(|error| unconvertible(Dialect::OpenAiChat, &error.message))
+                })
+            }
+        }
+        (Dialect::OpenAiChat, Dialect::AnthropicMessages) => {
+            if !status.is_success() {
+                whole(status, to_anthropic::error)
+            } else if is_sse {
+                Reframe::Stream(Box::new(to_anthropic::StreamTranslator::new()))
+            } else {
+                whole(status, |_, body| {
+                    to_anthropic::response(body).unwrap_or_else(|error| {
+                        unconvertible(Dialect::AnthropicMessages, &error.message)
+                    })
+                })
+            }
+        }
+        // Pairs without a conversion are never scheduled (`schedule::bridges`).
+        _ => Reframe::Passthrough,
+    }
+}
+
+fn whole(status: StatusCode, convert: fn(u16, &[u8]) -> Vec<u8>) -> Reframe {
+    Reframe::Whole {
+        convert,
+        status: status.as_u16(),
+        buffer: Vec::new(),
+    }
+}
+
+/// An OpenAI stream for a client that did not ask for usage: the relay asked for it (to bill
+/// the request) and hides the usage-only chunk; every other event passes as it came.
+struct HideUsageChunk {
+    decoder: relay_protocol::sse::SseDecoder,
+}
+
+impl Translate for HideUsageChunk {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        self.decoder.feed(chunk, &mut |event, data| {
+            if relay_protocol::openai::is_usage_only_chunk(data.as_bytes()) {
+                return;
+            }
+            if !event.is_empty() {
+                out.extend_from_slice(b"event: ");
+                out.extend_from_slice(event.as_bytes());
+                out.push(b'\n');
+            }
+            for line in data.split('\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+            out.push(b'\n');
+        });
+    }
+
+    fn finish(&mut self, _out: &mut Vec<u8>) {}
+}
+
+fn unconvertible(client: Dialect, detail: &str) -> Vec<u8> {
+    relay_protocol::dialect::error_body(
+        client,
+        ErrorKind::BadGateway,
+        &format!("the upstream's answer could not be converted: {detail}"),
+        "",
+    )
+}
+
+/// Reads usage from the upstream's dialect, whatever the client speaks.
+#[derive(Debug)]
+pub(crate) enum UsageReader {
+    Messages(MessagesUsageTracker),
+    Chat(ChatUsageTracker),
+}
+
+impl UsageReader {
+    pub(crate) fn new(upstream: Dialect) -> Self {
+        match upstream {
+            Dialect::OpenAiChat => Self::Chat(ChatUsageTracker::new()),
+            _ => Self::Messages(MessagesUsageTracker::new()),
+        }
+    }
+
+    pub(crate) fn observe_sse_chunk(&mut self, chunk: &[u8]) {
+        match self {
+            Self::Messages(tracker) => tracker.observe_sse_chunk(chunk),
+            Self::Chat(tracker) => tracker.observe_sse_chunk(chunk),
+        }
+    }
+
+    pub(crate) fn observe_json_body(&mut self, body: &[u8]) -> bool {
+        match self {
+            Self::Messages(tracker) => tracker.observe_json_body(body),
+            Self::Chat(tracker) => tracker.observe_json_body(body),
+        }
+    }
+
+    pub(crate) fn usage(&self) -> Usage {
+        match self {
+            Self::Messages(tracker) => tracker.usage(),
+            Self::Chat(tracker) => tracker.usage(),
+        }
+    }
+
+    pub(crate) fn model(&self) -> Option<&str> {
+        match self {
+            Self::Messages(tracker) => tracker.model(),
+            Self::Chat(tracker) => tracker.model(),
+        }
+    }
+
+    pub(crate) fn ending(&self) -> &StreamEnding {
+        match self {
+            Self::Messages(tracker) => tracker.ending(),
+            Self::Chat(tracker) => tracker.ending(),
+        }
+    }
+
+    pub(crate) fn fault(&self) -> Option<UsageFault> {
+        match self {
+            Self::Messages(tracker) => tracker.fault(),
+            Self::Chat(tracker) => tracker.fault(),
+        }
+    }
+
+    /// The error type an error body of the upstream's dialect names, or `http_<status>`.
+    pub(crate) fn error_type(&self, body: &[u8], status: u16) -> String {
+        let value = serde_json::from_slice::<serde_json::Value>(body).ok();
+        let named = value.as_ref().and_then(|value| {
+            let error = &value["error"];
+            match self {
+                Self::Messages(_) => error["type"].as_str(),
+                Self::Chat(_) => error["code"].as_str().or_else(|| error["type"].as_str()),
+            }
+            .map(str::to_owned)
+        });
+        named.unwrap_or_else(|| format!("http_{status}"))
+    }
+}
