@@ -12,16 +12,18 @@ url = os.environ["RELAY_URL"]
 key = os.environ["RELAY_KEY"]
 client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
 model = "claude-sonnet-4-5-20250929"
+# The model the upstream answers as: the account may map the client's model to another.
+reply_model = os.environ.get("REPLY_MODEL", model)
 messages = [{"role": "user", "content": "hello from the SDK"}]
 
 message = client.messages.create(model=model, max_tokens=32, messages=messages)
-assert message.content[0].text == f"MOCK_OK from {model}.", message
+assert message.content[0].text == f"MOCK_OK from {reply_model}.", message
 assert message.usage.input_tokens > 0, message.usage
 
 with client.messages.stream(model=model, max_tokens=32, messages=messages) as stream:
     text = "".join(stream.text_stream)
     final = stream.get_final_message()
-assert text == f"MOCK_OK from {model}.", text
+assert text == f"MOCK_OK from {reply_model}.", text
 assert final.usage.output_tokens > 0, final.usage
 
 counted = client.messages.count_tokens(model=model, messages=messages)

@@ -1,8 +1,10 @@
-//! Real clients through the relay: the Claude Code CLI and the official anthropic Python SDK.
+//! Real clients through the relay: the Claude Code CLI and the official anthropic and openai Python
+//! SDKs, against Anthropic accounts and OpenAI-compatible ones.
 
 use std::path::Path;
 use std::process::Output;
 
+use relay_testkit::openai::MockOpenAi;
 use relay_testkit::{Behavior, MockUpstream};
 use serde_json::Value;
 
@@ -274,4 +276,202 @@ async fn claude_code_shows_a_readable_refusal_when_its_key_is_over_budget() {
         mock.requests().is_empty(),
         "a refused request must not reach the upstream"
     );
+}
+
+/// `account add --platform openai` at the mock's base URL, with extra settings.
+fn add_openai_account(data_dir: &Path, name: &str, api_key: &str, base_url: &str, extra: &[&str]) {
+    let mut args = vec![
+        "account",
+        "add",
+        "--platform",
+        "openai",
+        "--name",
+        name,
+        "--api-key",
+        api_key,
+        "--base-url",
+        base_url,
+    ];
+    args.extend_from_slice(extra);
+    crate::support::cli(data_dir, &args);
+}
+
+async fn run_python(python: &Path, script: &str, env: &[(&str, &str)]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/python")
+        .join(script);
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "SDK script failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_works_against_an_anthropic_and_an_openai_compatible_account() {
+    let Some(python) = client("venv/bin/python") else {
+        return;
+    };
+    let anthropic = MockUpstream::start().await;
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_account(&data_dir, "claude", "sk-ant-main", &anthropic.url(), 50);
+    add_openai_account(
+        &data_dir,
+        "oai",
+        "sk-oai",
+        &openai.base_url(),
+        &["--model", "gpt-4o-mini"],
+    );
+    let key = create_key(&data_dir, "sdk");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    run_python(
+        &python,
+        "openai_sdk.py",
+        &[
+            ("RELAY_URL", &relay.url),
+            ("RELAY_KEY", &key),
+            ("MODELS", "claude-sonnet-4-5-20250929,gpt-4o-mini"),
+        ],
+    )
+    .await;
+    // Five chat calls per model, each served by the account for its model: converted for the
+    // Anthropic account, passed through to the OpenAI-compatible one.
+    assert_eq!(anthropic.requests().len(), 5);
+    assert!(anthropic
+        .requests()
+        .iter()
+        .all(|request| request.path == "/v1/messages" && request.api_key == "sk-ant-main"));
+    assert_eq!(openai.requests().len(), 5);
+    assert!(openai
+        .requests()
+        .iter()
+        .all(|request| request.path == "/v1/chat/completions" && request.api_key == "sk-oai"));
+    let usage = usage_when(&data_dir, Some("sdk"), 10).await;
+    assert_eq!(usage["requests"], 10);
+    assert_eq!(
+        usage["unpriced_requests"], 0,
+        "claude and gpt-4o-mini are priced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_python_sdk_works_against_an_openai_compatible_account() {
+    let Some(python) = client("venv/bin/python") else {
+        return;
+    };
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_openai_account(
+        &data_dir,
+        "ds",
+        "sk-ds",
+        &openai.base_url(),
+        &["--map-model", "claude-*=deepseek-chat"],
+    );
+    let key = create_key(&data_dir, "sdk");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    run_python(
+        &python,
+        "anthropic_sdk.py",
+        &[
+            ("RELAY_URL", &relay.url),
+            ("RELAY_KEY", &key),
+            ("REPLY_MODEL", "deepseek-chat"),
+        ],
+    )
+    .await;
+    // create and stream went upstream as Chat Completions; count_tokens was estimated here.
+    let upstream = openai.requests();
+    assert_eq!(upstream.len(), 2);
+    assert!(upstream
+        .iter()
+        .all(|request| request.body["model"] == "deepseek-chat" && request.api_key == "sk-ds"));
+    let usage = usage_when(&data_dir, Some("sdk"), 2).await;
+    assert_eq!(usage["requests"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_runs_on_an_openai_compatible_account_and_usage_matches() {
+    let Some(claude_binary) = client("npm/node_modules/.bin/claude") else {
+        return;
+    };
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_openai_account(
+        &data_dir,
+        "deepseek",
+        "sk-ds",
+        &openai.base_url(),
+        &["--map-model", "claude-*=deepseek-chat"],
+    );
+    let key = create_key(&data_dir, "claude-code");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let output = claude(
+        &claude_binary,
+        &home,
+        &relay.url,
+        ("ANTHROPIC_API_KEY", &key),
+        &[
+            "-p",
+            "USE_TOOL:Bash NONCE-oc1",
+            "--output-format",
+            "json",
+            "--model",
+            "claude-sonnet-4-5-20250929",
+            "--allowedTools",
+            "Bash",
+        ],
+    )
+    .await;
+    let result = parse_result(&output);
+    assert_eq!(result["is_error"], false, "{result}");
+    assert_eq!(result["result"], "TOOL_DONE: TOOLRESULT-oc1", "{result}");
+    assert_eq!(result["num_turns"], 2);
+
+    // Both turns went to the OpenAI-compatible upstream as Chat Completions, with the account's
+    // key and model, the tool result as a `tool` message.
+    let upstream = openai.requests();
+    assert_eq!(upstream.len(), 2, "one request per turn");
+    for request in &upstream {
+        assert_eq!(request.path, "/v1/chat/completions");
+        assert_eq!(request.api_key, "sk-ds");
+        assert_eq!(request.body["model"], "deepseek-chat");
+        assert_eq!(request.body["stream_options"]["include_usage"], true);
+    }
+    let second = upstream[1].body["messages"].as_array().unwrap();
+    assert!(
+        second.iter().any(|message| message["role"] == "tool"
+            && message["content"].to_string().contains("TOOLRESULT-oc1")),
+        "{second:?}"
+    );
+
+    // The relay's bill equals what Claude Code itself was told, token for token.
+    let usage = usage_when(&data_dir, Some("claude-code"), 2).await;
+    assert_eq!(usage["requests"], 2);
+    for name in [
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ] {
+        assert_eq!(
+            field(&usage, name),
+            field(&result["usage"], name),
+            "{name}: relay vs Claude Code"
+        );
+    }
+    drop(relay);
 }
