@@ -1042,4 +1042,52 @@ mod tests {
         let store = Store::open(&path).await.unwrap();
         assert_eq!(store.list_keys().await.unwrap().len(), 1);
     }
+
+    #[tokio::test]
+    async fn accounts_from_before_served_model_defaults_keep_serving_every_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        {
+            // An installation at schema 10: migration 11 not yet applied.
+            let store = Store::open(&path).await.unwrap();
+            sqlx::raw_sql(
+                "DELETE FROM schema_version WHERE version = 11;
+                 ALTER TABLE usage_records DROP COLUMN reasoning_tokens;
+                 INSERT INTO accounts (id, name, platform, base_url, priority, status, secret_sealed,
+                     secret_hint, created_at_ms, updated_at_ms, settings)
+                 VALUES ('a1', 'open', 'anthropic', NULL, 1, 'active', x'00', 'h', 1, 1, '{\"weight\":2}'),
+                        ('a2', 'listed', 'anthropic', NULL, 1, 'active', x'00', 'h', 1, 1,
+                         '{\"models\":[\"claude-sonnet-*\"]}');",
+            )
+            .execute(&store.pool)
+            .await
+            .unwrap();
+            store.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        let settings: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT name, json_extract(settings, '$.models'), json_extract(settings, '$.weight')
+             FROM accounts ORDER BY name",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            settings,
+            vec![
+                (
+                    "listed".to_owned(),
+                    r#"["claude-sonnet-*"]"#.to_owned(),
+                    None
+                ),
+                ("open".to_owned(), r#"["*"]"#.to_owned(), Some(2)),
+            ],
+            "a list is kept; no list becomes every model; other settings stay"
+        );
+        // The new usage column exists again.
+        sqlx::query("SELECT reasoning_tokens FROM usage_records")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+    }
 }

@@ -489,3 +489,173 @@ async fn models_answer_in_the_shape_the_client_speaks_and_routing_follows_the_mo
     );
     harness.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_translated_stream_that_breaks_reaches_the_client_broken_and_is_recorded_once() {
+    let harness = Harness::start(vec![openai_account("ds", "sk-ds", 1, &["deepseek-*"])]).await;
+    harness
+        .openai
+        .script("sk-ds", [Behavior::AbortAfterEvents(3)]);
+    let response = harness
+        .post("/v1/messages", deepseek_body(true, "hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the first byte had arrived: committed"
+    );
+    let mut body = response;
+    let mut received = Vec::new();
+    let ending = loop {
+        match body.chunk().await {
+            Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+            Ok(None) => break "clean end",
+            Err(_) => break "broken",
+        }
+    };
+    assert_eq!(
+        ending, "broken",
+        "an upstream drop must not look like a clean end"
+    );
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("message_start"), "{text}");
+    assert!(!text.contains("message_stop"), "{text}");
+
+    // A client that leaves a translated stream early: recorded once, as partial.
+    harness.openai.script(
+        "sk-ds",
+        [Behavior::SlowEvents(std::time::Duration::from_millis(300))],
+    );
+    let mut response = harness
+        .post("/v1/messages", deepseek_body(true, "hello"))
+        .send()
+        .await
+        .unwrap();
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(response);
+
+    let records = harness.records(2).await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].outcome, "upstream_interrupted");
+    assert_eq!(records[0].error_kind.as_deref(), Some("stream_error"));
+    assert_eq!(records[1].outcome, "partial");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        harness.shutdown().await.len(),
+        2,
+        "exactly one record per request"
+    );
+}
+
+#[tokio::test]
+async fn an_openai_accounts_rate_limit_cools_it_and_the_next_account_serves() {
+    let harness = Harness::start(vec![
+        openai_account("first", "sk-first", 1, &["deepseek-*"]),
+        openai_account("second", "sk-second", 2, &["deepseek-*"]),
+    ])
+    .await;
+    harness.openai.script(
+        "sk-first",
+        [Behavior::openai_status_with_headers(
+            429,
+            &[
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "6m0s"),
+            ],
+        )],
+    );
+    for _ in 0..3 {
+        let response = harness
+            .post("/v1/messages", deepseek_body(false, "hello"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // One 429, then the first account sits out for the six minutes it was told.
+    assert_eq!(harness.openai.count_for("sk-first"), 1);
+    assert_eq!(harness.openai.count_for("sk-second"), 3);
+    let status = harness
+        .relay
+        .account_statuses()
+        .into_iter()
+        .find(|status| status.name == "first")
+        .unwrap();
+    assert_eq!(status.state, "cooling");
+    let cooling_s = (status.cooling_until_ms.unwrap() - relay_core::clock::now_ms()) / 1000;
+    assert!((350..=360).contains(&cooling_s), "{cooling_s}");
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_keys_service_restricts_the_ingress_protocol() {
+    let harness = Harness::start(vec![account("claude", "sk-ant-1", 1)]).await;
+    let policy = relay_core::policy::KeyPolicy {
+        services: Some(vec![relay_core::policy::Service::Claude]),
+        ..Default::default()
+    };
+    let (key, _) = harness.key_with("claude-only", &policy).await;
+    let refused = harness
+        .client
+        .post(format!("{}/v1/chat/completions", harness.url))
+        .bearer_auth(&key)
+        .json(&chat_body(false, "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"].is_string() && body["type"].is_null(),
+        "{body}"
+    );
+    let allowed = harness
+        .client
+        .post(format!("{}/v1/messages", harness.url))
+        .header("x-api-key", &key)
+        .json(&crate::harness::messages_body(false, "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert!(harness.mock.requests().len() == 1);
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn reasoning_becomes_thinking_and_its_tokens_are_recorded() {
+    let harness = Harness::start(vec![openai_account("ds", "sk-ds", 1, &["deepseek-*"])]).await;
+    let mut body = deepseek_body(true, "hello");
+    body["model"] = json!("deepseek-reasoner");
+    let text = harness
+        .post("/v1/messages", body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<Value> = sse_data(&text)
+        .iter()
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let thinking: String = events
+        .iter()
+        .filter_map(|event| event["delta"]["thinking"].as_str())
+        .collect();
+    assert_eq!(thinking, relay_testkit::openai::REASONING, "{text}");
+    let first_block = events
+        .iter()
+        .find(|event| event["type"] == "content_block_start")
+        .unwrap();
+    assert_eq!(first_block["content_block"]["type"], "thinking");
+    let sent = harness.openai.requests().remove(0).body;
+    let expected = expected_chat_usage(&sent);
+    let records = harness.shutdown().await;
+    assert_eq!(records[0].usage.reasoning_tokens, expected.reasoning_tokens);
+    assert!(expected.reasoning_tokens > 0);
+    assert_eq!(records[0].usage.output_tokens, expected.completion_tokens);
+}
