@@ -1,7 +1,7 @@
 //! The relay's business: keys, accounts, scheduling, the relay pipeline, pricing, accounting.
 //!
 //! *API Boundary*: this crate knows no axum and no JSON API shapes. The server hands it a parsed
-//! request ([`relay::ForwardRequest`]) and renders whatever it returns; the CLI calls [`admin`].
+//! request ([`relay::RelayRequest`]) and renders whatever it returns; the CLI calls [`admin`].
 
 pub mod access;
 pub mod account_settings;
@@ -12,17 +12,12 @@ pub mod app;
 pub mod bootstrap;
 pub mod clock;
 pub mod crypto;
-pub mod egress;
-pub mod health;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
-pub mod oauth;
 pub mod policy;
 pub mod pricing;
-pub mod proxy;
 pub mod quantity;
-pub mod redact;
 pub mod relay;
 pub mod report;
 pub mod rotation;
@@ -30,6 +25,9 @@ pub mod schedule;
 pub mod snapshot;
 pub mod sticky;
 pub mod throttle;
-pub mod transport;
 
 pub use relay::{Relay, RelaySettings};
+
+// The upstream side lives in relay-upstream; these paths stay for the rest of the core.
+pub use relay_upstream::claude_oauth as oauth;
+pub use relay_upstream::{egress, health, proxy, redact, transport};

@@ -5,9 +5,9 @@
 use http::header::{self, HeaderValue};
 use relay_protocol::{Dialect, ErrorKind};
 
-use super::upstream::AttemptFailure;
 use super::{RelayBody, RelayError, RelayResponse};
 use crate::limits::Refusal;
+use relay_upstream::attempt::AttemptFailure;
 
 /// What the client gets once no account is left: a JSON 429/529 from the upstream passes
 /// through (its message and `retry-after` help the client), said in the client's dialect;
@@ -52,7 +52,7 @@ pub(super) fn failure(
                 {
                     let passthrough = client == upstream;
                     let mut client_headers =
-                        super::adapter::client_response_headers(&headers, passthrough);
+                        relay_upstream::adapter::client_response_headers(&headers, passthrough);
                     let body = if passthrough {
                         crate::redact::json_body(&body)
                     } else {

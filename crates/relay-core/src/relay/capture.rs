@@ -19,10 +19,10 @@ use relay_store::UsageSink;
 use tokio::time::{Instant, Sleep};
 
 use super::convert::{Reframe, UsageReader};
-use super::upstream::Started;
 use super::{Outcome, RecordContext};
 use crate::accounts::AccountSlot;
 use crate::metrics::Metrics;
+use relay_upstream::attempt::Started;
 
 /// Non-streaming bodies are kept (as shared chunks) to read their usage at the end; beyond this
 /// size they are still relayed but no longer kept.

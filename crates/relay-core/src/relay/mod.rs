@@ -10,11 +10,9 @@
 //! - nothing here touches the database: keys and accounts come from the snapshot, records go to
 //!   the usage channel.
 
-mod adapter;
 mod answer;
 mod capture;
 mod convert;
-mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,9 +39,9 @@ use crate::sticky::{SessionId, StickySessions, SPILL_MS};
 use crate::throttle::AuthThrottle;
 use crate::transport::{self, AnyClient};
 
-use adapter::UpstreamAuth;
 pub use capture::CapturedStream;
-use upstream::{AttemptFailure, Started};
+use relay_upstream::adapter::{self, UpstreamAuth};
+use relay_upstream::attempt::{self as upstream, AttemptFailure, Started};
 
 /// Timeouts and bounds of the relay path.
 #[derive(Debug, Clone)]
@@ -146,6 +144,14 @@ impl Endpoint {
         self == Self::CountTokens
     }
 
+    fn operation(self) -> adapter::Operation {
+        if self.counts_tokens() {
+            adapter::Operation::CountTokens
+        } else {
+            adapter::Operation::Generate
+        }
+    }
+
     /// The key policy's service for the dialect.
     fn service(self) -> Service {
         match self.dialect() {
@@ -183,6 +189,19 @@ pub struct RelayRequest {
     /// The TCP peer, for address allowlists.
     pub client_ip: Option<std::net::IpAddr>,
     pub received_at: Instant,
+}
+
+impl RelayRequest {
+    /// What the upstream adapter needs to know of this request.
+    fn call(&self) -> adapter::Call<'_> {
+        adapter::Call {
+            dialect: self.endpoint.dialect(),
+            operation: self.endpoint.operation(),
+            query: self.query.as_deref(),
+            headers: &self.headers,
+            stream: self.stream,
+        }
+    }
 }
 
 /// An error the relay answers itself; the ingress renders it in the caller's dialect.
@@ -901,7 +920,13 @@ impl Relay {
                 (None, _) => UpstreamAuth::ApiKey(account.api_key.expose()),
             };
             let client = self.client_for(account);
-            let outbound = adapter::outbound(account, auth, request, body.clone());
+            let outbound = adapter::outbound(
+                account.platform,
+                &account.base_url,
+                &request.call(),
+                auth,
+                body.clone(),
+            );
             let attempt = upstream::attempt(
                 &client,
                 &account.id,

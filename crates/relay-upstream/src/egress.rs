@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::connect::dns::Name;
 
-use crate::access::Cidr;
+use crate::net::Cidr;
 
 /// Host names that reach a cloud provider's instance metadata.
 const METADATA_HOSTS: &[&str] = &[

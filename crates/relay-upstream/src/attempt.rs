@@ -20,7 +20,7 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An upstream that answered and produced its first body byte (or an empty body).
-pub(crate) struct Started {
+pub struct Started {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub first_chunk: Option<Bytes>,
@@ -29,7 +29,7 @@ pub(crate) struct Started {
 
 /// Why an attempt failed before anything reached the client; each is worth another account.
 #[derive(Debug)]
-pub(crate) enum AttemptFailure {
+pub enum AttemptFailure {
     Connect,
     Timeout,
     /// The upstream answered 2xx but the body broke before its first byte.
@@ -94,7 +94,7 @@ fn is_retryable(status: StatusCode) -> bool {
 
 /// A request ready to send: where, with which headers, and the body in the upstream's dialect.
 #[derive(Debug)]
-pub(crate) struct Outbound {
+pub struct Outbound {
     pub url: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -102,7 +102,7 @@ pub(crate) struct Outbound {
 
 /// Sends `outbound` and waits, until `deadline`, for the first body byte. `proxy` is the
 /// account's proxy address, checked by the egress guard with the target.
-pub(crate) async fn attempt(
+pub async fn attempt(
     client: &AnyClient,
     account_id: &str,
     outbound: Outbound,

@@ -6,15 +6,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use relay_protocol::Dialect;
 
-use super::upstream::Outbound;
-use super::{Endpoint, RelayRequest};
-use crate::accounts::{AccountEntry, Platform};
+use crate::attempt::Outbound;
+use crate::Platform;
 
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// How a request authenticates upstream.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum UpstreamAuth<'a> {
+pub enum UpstreamAuth<'a> {
     /// `x-api-key` (Console keys, Anthropic-compatible relays).
     ApiKey(&'a str),
     /// `Authorization: Bearer` with the OAuth beta (Claude subscriptions).
@@ -23,22 +22,45 @@ pub(crate) enum UpstreamAuth<'a> {
     Bearer(&'a str),
 }
 
-/// The request for `account`: its URL, the headers (the client's own when the dialects match,
-/// a fresh set when the body was converted) and `body`, already in the upstream's dialect.
-pub(crate) fn outbound(
-    account: &AccountEntry,
+/// What a client asked for, as far as the upstream request depends on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The dialect the client speaks (the body is already in the upstream's).
+    pub dialect: Dialect,
+    pub operation: Operation,
+    /// The client's query string, passed on to an upstream of the same dialect.
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub stream: bool,
+}
+
+/// What the request does upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Generate a response (Messages, Chat Completions).
+    Generate,
+    /// Count a prompt's tokens (Anthropic only).
+    CountTokens,
+}
+
+/// The request to `base_url` of `platform`: its URL, the headers (the client's own when the
+/// dialects match, a fresh set when the body was converted) and `body`, already in the
+/// upstream's dialect.
+pub fn outbound(
+    platform: Platform,
+    base_url: &str,
+    call: &Call<'_>,
     auth: UpstreamAuth<'_>,
-    request: &RelayRequest,
     body: Bytes,
 ) -> Outbound {
-    let upstream_dialect = account.platform.dialect();
-    let passthrough = upstream_dialect == request.endpoint.dialect();
-    let base = account.base_url.trim_end_matches('/');
-    let path = match (account.platform, request.endpoint) {
-        (Platform::Anthropic | Platform::ClaudeOauth, Endpoint::CountTokens) => {
+    let upstream_dialect = platform.dialect();
+    let passthrough = upstream_dialect == call.dialect;
+    let base = base_url.trim_end_matches('/');
+    let path = match (platform, call.operation) {
+        (Platform::Anthropic | Platform::ClaudeOauth, Operation::CountTokens) => {
             "/v1/messages/count_tokens"
         }
-        (Platform::Anthropic | Platform::ClaudeOauth, _) => "/v1/messages",
+        (Platform::Anthropic | Platform::ClaudeOauth, Operation::Generate) => "/v1/messages",
         // The base URL is the one OpenAI SDKs take (it ends in `/v1` or the host's own prefix).
         (Platform::OpenAi, _) => "/chat/completions",
     };
@@ -46,14 +68,14 @@ pub(crate) fn outbound(
     url.push_str(base);
     url.push_str(path);
     // The query belongs to the client's dialect (Claude Code's `beta=true`).
-    if let Some(query) = request.query.as_ref().filter(|_| passthrough) {
+    if let Some(query) = call.query.filter(|_| passthrough) {
         url.push('?');
         url.push_str(query);
     }
     let mut headers = if passthrough {
-        forwarded_headers(&request.headers)
+        forwarded_headers(call.headers)
     } else {
-        converted_headers(&request.headers, request.stream)
+        converted_headers(call.headers, call.stream)
     };
     if upstream_dialect == Dialect::AnthropicMessages && !headers.contains_key("anthropic-version")
     {
@@ -169,9 +191,12 @@ fn authenticate(headers: &mut HeaderMap, auth: UpstreamAuth<'_>) {
                 .map(|beta| beta.trim().to_owned())
                 .filter(|beta| !beta.is_empty())
                 .collect();
-            if !betas.iter().any(|beta| beta == crate::oauth::OAUTH_BETA) {
+            if !betas
+                .iter()
+                .any(|beta| beta == crate::claude_oauth::OAUTH_BETA)
+            {
                 let mut all = betas;
-                all.push(crate::oauth::OAUTH_BETA.to_owned());
+                all.push(crate::claude_oauth::OAUTH_BETA.to_owned());
                 if let Ok(value) = HeaderValue::from_str(&all.join(",")) {
                     headers.insert(HeaderName::from_static("anthropic-beta"), value);
                 }
@@ -184,7 +209,7 @@ fn authenticate(headers: &mut HeaderMap, auth: UpstreamAuth<'_>) {
 /// organization ids, CDN headers) could identify the upstream account and stays behind. The
 /// upstream's rate-limit headers pass only to a client of its own dialect (`passthrough`); a
 /// translated body gets its content type from the relay.
-pub(crate) fn client_response_headers(upstream: &HeaderMap, passthrough: bool) -> HeaderMap {
+pub fn client_response_headers(upstream: &HeaderMap, passthrough: bool) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in upstream {
         let name_str = name.as_str();
