@@ -80,28 +80,17 @@ pub fn check(policy: &KeyPolicy, facts: &RequestFacts<'_>, now_ms: i64) -> Resul
 /// Whether the allow- and deny-lists let `model` through (matched on its canonical name, so
 /// dated snapshots match their family id).
 pub fn model_allowed(policy: &KeyPolicy, model: &str) -> bool {
-    let allowed = policy
-        .allowed_models
-        .as_ref()
-        .is_none_or(|patterns| patterns.iter().any(|pattern| model_matches(pattern, model)));
-    let denied = policy
-        .denied_models
-        .as_ref()
-        .is_some_and(|patterns| patterns.iter().any(|pattern| model_matches(pattern, model)));
+    let allowed = policy.allowed_models.as_ref().is_none_or(|patterns| {
+        patterns
+            .iter()
+            .any(|pattern| crate::model::matches(pattern, model))
+    });
+    let denied = policy.denied_models.as_ref().is_some_and(|patterns| {
+        patterns
+            .iter()
+            .any(|pattern| crate::model::matches(pattern, model))
+    });
     allowed && !denied
-}
-
-/// Whether `model` matches `pattern`: an exact id (dated snapshots match their family id) or a
-/// prefix ending in `*`, case-insensitively.
-pub fn model_matches(pattern: &str, model: &str) -> bool {
-    let canonical = crate::pricing::canonical_model(model);
-    let pattern = pattern.to_ascii_lowercase();
-    match pattern.strip_suffix('*') {
-        Some(prefix) => {
-            canonical.starts_with(prefix) || model.to_ascii_lowercase().starts_with(prefix)
-        }
-        None => canonical == pattern || model.eq_ignore_ascii_case(&pattern),
-    }
 }
 
 /// One entry of `allowed_clients`.

@@ -39,7 +39,7 @@ pub struct AccountSettings {
     pub tier: Option<String>,
 }
 
-use crate::access::model_matches as matches;
+use crate::model::matches;
 
 impl AccountSettings {
     pub fn from_json(text: &str) -> Result<Self, String> {
@@ -62,7 +62,7 @@ impl AccountSettings {
     /// platform's patterns, used when the account lists none.
     pub fn serves(&self, model: &str, defaults: &[&str]) -> bool {
         let opus_without_access = matches!(self.tier.as_deref(), Some("pro" | "free"))
-            && crate::pricing::canonical_model(model).contains("opus");
+            && crate::model::family(model) == Some("opus");
         if opus_without_access {
             return false;
         }

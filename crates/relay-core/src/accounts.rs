@@ -101,8 +101,7 @@ impl Drop for AccountSlot {
     }
 }
 
-/// The model families a rate limit can be scoped to.
-pub const FAMILIES: [&str; 3] = ["opus", "sonnet", "haiku"];
+pub use crate::model::FAMILIES;
 
 fn family_index(family: &str) -> Option<usize> {
     FAMILIES.iter().position(|known| *known == family)

@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod pricing;
 pub mod quantity;

@@ -64,8 +64,8 @@ impl Period {
             Self::Day => now_ms.div_euclid(DAY_MS) * DAY_MS,
             Self::Week => week_start(now_ms, 0),
             Self::Month => {
-                let (year, month, _) = civil_from_days(now_ms.div_euclid(DAY_MS));
-                days_from_civil(year, month, 1) * DAY_MS
+                let (year, month, _) = crate::clock::civil_from_days(now_ms.div_euclid(DAY_MS));
+                crate::clock::days_from_civil(year, month, 1) * DAY_MS
             }
             Self::FamilyWeek { weekday, hour, .. } => week_start(
                 now_ms,
@@ -80,13 +80,13 @@ impl Period {
             Self::Day => self.start(now_ms) + DAY_MS,
             Self::Week | Self::FamilyWeek { .. } => self.start(now_ms) + WEEK_MS,
             Self::Month => {
-                let (year, month, _) = civil_from_days(now_ms.div_euclid(DAY_MS));
+                let (year, month, _) = crate::clock::civil_from_days(now_ms.div_euclid(DAY_MS));
                 let (year, month) = if month == 12 {
                     (year + 1, 1)
                 } else {
                     (year, month + 1)
                 };
-                days_from_civil(year, month, 1) * DAY_MS
+                crate::clock::days_from_civil(year, month, 1) * DAY_MS
             }
         }
     }
@@ -106,39 +106,6 @@ fn week_start(now_ms: i64, offset_ms: i64) -> i64 {
     (now_ms - origin).div_euclid(WEEK_MS) * WEEK_MS + origin
 }
 
-/// Days since the epoch → (year, month, day), proleptic Gregorian (Hinnant's algorithm).
-pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// (year, month, day) → days since the epoch.
-pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The model family a family limit can name, from the model id.
-pub fn model_family(model: &str) -> Option<&'static str> {
-    let canonical = crate::pricing::canonical_model(model);
-    ["opus", "sonnet", "haiku"]
-        .into_iter()
-        .find(|family| canonical.contains(family))
-}
-
 /// The cost limits of a policy that apply to a request of `family`.
 fn period_limits<'a>(
     policy: &'a KeyPolicy,
@@ -150,7 +117,7 @@ fn period_limits<'a>(
         (Period::Month, policy.monthly_cost_nano_usd),
     ];
     let family_limit = policy.family_weekly.as_ref().and_then(|limit| {
-        let wanted = model_family(&limit.family)?;
+        let wanted = crate::model::family(&limit.family)?;
         (family == Some(wanted)).then_some((
             Period::FamilyWeek {
                 family: wanted,
@@ -552,7 +519,7 @@ impl Limiter {
         };
         let family_period = policy.family_weekly.as_ref().and_then(|limit| {
             Some(Period::FamilyWeek {
-                family: model_family(&limit.family)?,
+                family: crate::model::family(&limit.family)?,
                 weekday: limit.reset_weekday,
                 hour: limit.reset_hour,
             })
@@ -562,7 +529,7 @@ impl Limiter {
         }
         let window_ms = window_ms(policy);
         for (at_ms, tokens, cost, model) in &prior.recent {
-            let family = model_family(model);
+            let family = crate::model::family(model);
             for period in [Period::Day, Period::Week, Period::Month]
                 .into_iter()
                 .chain(family_period.filter(|period| {
@@ -598,7 +565,7 @@ impl Limiter {
         now_ms: i64,
     ) -> Result<Admission, Refusal> {
         let ledger = self.ledger(key_id);
-        let family = model_family(model);
+        let family = crate::model::family(model);
         lock(&ledger).admit(policy, estimate, family, now_ms)?;
         Ok(Admission {
             ledger,
@@ -657,7 +624,7 @@ impl Limiter {
         let mut ledger = lock(&ledger);
         let mut periods: Vec<Period> = vec![Period::Day, Period::Week, Period::Month];
         if let Some(limit) = &policy.family_weekly {
-            if let Some(family) = model_family(&limit.family) {
+            if let Some(family) = crate::model::family(&limit.family) {
                 periods.push(Period::FamilyWeek {
                     family,
                     weekday: limit.reset_weekday,
@@ -896,26 +863,32 @@ mod tests {
 
     #[test]
     fn calendar_periods_start_where_the_calendar_says() {
-        assert_eq!(civil_from_days(days_from_civil(2026, 2, 28)), (2026, 2, 28));
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(civil_from_days(SUNDAY_NOON / DAY_MS), (2026, 11, 22));
+        assert_eq!(
+            crate::clock::civil_from_days(crate::clock::days_from_civil(2026, 2, 28)),
+            (2026, 2, 28)
+        );
+        assert_eq!(crate::clock::days_from_civil(1970, 1, 1), 0);
+        assert_eq!(
+            crate::clock::civil_from_days(SUNDAY_NOON / DAY_MS),
+            (2026, 11, 22)
+        );
         // The week started on Monday the 16th; the month on the 1st; next month on Dec 1.
         assert_eq!(
             Period::Week.start(SUNDAY_NOON),
-            days_from_civil(2026, 11, 16) * DAY_MS
+            crate::clock::days_from_civil(2026, 11, 16) * DAY_MS
         );
         assert_eq!(
             Period::Month.start(SUNDAY_NOON),
-            days_from_civil(2026, 11, 1) * DAY_MS
+            crate::clock::days_from_civil(2026, 11, 1) * DAY_MS
         );
         assert_eq!(
             Period::Month.next_start(SUNDAY_NOON),
-            days_from_civil(2026, 12, 1) * DAY_MS
+            crate::clock::days_from_civil(2026, 12, 1) * DAY_MS
         );
-        let december = days_from_civil(2026, 12, 31) * DAY_MS;
+        let december = crate::clock::days_from_civil(2026, 12, 31) * DAY_MS;
         assert_eq!(
             Period::Month.next_start(december),
-            days_from_civil(2027, 1, 1) * DAY_MS
+            crate::clock::days_from_civil(2027, 1, 1) * DAY_MS
         );
         // A family week resetting on Sundays at 10:00 started this morning.
         let sunday_ten = Period::FamilyWeek {
@@ -963,10 +936,10 @@ mod tests {
             Refusal::PeriodCost {
                 period: Period::Month,
                 limit: 15,
-                resets_at_ms: days_from_civil(2026, 12, 1) * DAY_MS
+                resets_at_ms: crate::clock::days_from_civil(2026, 12, 1) * DAY_MS
             }
         );
-        let december = days_from_civil(2026, 12, 1) * DAY_MS;
+        let december = crate::clock::days_from_civil(2026, 12, 1) * DAY_MS;
         assert!(limiter
             .admit("k", &policy, "m", estimate(1, 0), december)
             .is_ok());

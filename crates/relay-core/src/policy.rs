@@ -164,7 +164,7 @@ impl KeyPolicy {
             crate::access::ClientRule::parse(client)?;
         }
         if let Some(family) = &self.family_weekly {
-            if !matches!(family.family.as_str(), "opus" | "sonnet" | "haiku") {
+            if !crate::model::FAMILIES.contains(&family.family.as_str()) {
                 return Err(format!(
                     "unknown model family '{}'; use opus, sonnet or haiku",
                     family.family
@@ -230,9 +230,9 @@ pub fn parse_date_ms(text: &str) -> Result<i64, String> {
     if !(1..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return Err(invalid());
     }
-    let days = crate::limits::days_from_civil(year, month, day);
+    let days = crate::clock::days_from_civil(year, month, day);
     // Reject dates like 2026-02-30 that normalise to another day.
-    let (y, m, d) = crate::limits::civil_from_days(days);
+    let (y, m, d) = crate::clock::civil_from_days(days);
     if (y, m, d) != (year, month, day) {
         return Err(invalid());
     }

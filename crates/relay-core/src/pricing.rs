@@ -192,46 +192,13 @@ const PRICES: &[PriceEntry] = &[
     },
 ];
 
-/// Reduces a model id to its table name: lower case, no `[1m]` marker, no `-latest`, no
-/// `-YYYYMMDD` snapshot date.
-pub fn canonical_model(model: &str) -> String {
-    let mut name = model.trim().to_ascii_lowercase();
-    if let Some(stripped) = name.strip_suffix("[1m]") {
-        name = stripped.to_owned();
-    }
-    if let Some(stripped) = name.strip_suffix("-latest") {
-        name = stripped.to_owned();
-    }
-    if let Some((head, tail)) = name.rsplit_once('-') {
-        if tail.len() == 8 && tail.bytes().all(|byte| byte.is_ascii_digit()) {
-            name = head.to_owned();
-        }
-    }
-    // OpenAI's snapshots: `gpt-4o-2024-08-06`.
-    let bytes = name.as_bytes();
-    if bytes.len() > 11 {
-        let date = &bytes[bytes.len() - 11..];
-        let is_date = date[0] == b'-'
-            && date[5] == b'-'
-            && date[8] == b'-'
-            && date
-                .iter()
-                .enumerate()
-                .all(|(index, byte)| matches!(index, 0 | 5 | 8) || byte.is_ascii_digit());
-        if is_date {
-            name.truncate(name.len() - 11);
-        }
-    }
-    name
-}
-
 /// The models the table knows, for `GET /v1/models`.
 pub fn known_models() -> impl Iterator<Item = &'static str> {
     PRICES.iter().flat_map(|entry| entry.models.iter().copied())
 }
 
 fn entry_for(model: &str) -> Option<&'static PriceEntry> {
-    let name = canonical_model(model);
+    let name = crate::model::canonical(model);
     PRICES
         .iter()
         .find(|entry| entry.models.iter().any(|known| *known == name))
@@ -253,7 +220,7 @@ pub fn limit_cost_nano_usd(model: &str, usage: &Usage, unpriced_as: Option<&str>
     if let Some(cost) = unpriced_as.and_then(|stand_in| cost_nano_usd(stand_in, usage)) {
         return cost;
     }
-    let family = crate::limits::model_family(model);
+    let family = crate::model::family(model);
     let dearest = |entries: &mut dyn Iterator<Item = &PriceEntry>| {
         entries
             .filter_map(|entry| cost_nano_usd(entry.models[0], usage))
@@ -309,15 +276,21 @@ mod tests {
     #[test]
     fn canonical_names_drop_dates_and_markers() {
         assert_eq!(
-            canonical_model("claude-sonnet-4-5-20250929"),
+            crate::model::canonical("claude-sonnet-4-5-20250929"),
             "claude-sonnet-4-5"
         );
-        assert_eq!(canonical_model("Claude-Opus-4-8[1m]"), "claude-opus-4-8");
         assert_eq!(
-            canonical_model("claude-3-5-haiku-latest"),
+            crate::model::canonical("Claude-Opus-4-8[1m]"),
+            "claude-opus-4-8"
+        );
+        assert_eq!(
+            crate::model::canonical("claude-3-5-haiku-latest"),
             "claude-3-5-haiku"
         );
-        assert_eq!(canonical_model("claude-haiku-4-5"), "claude-haiku-4-5");
+        assert_eq!(
+            crate::model::canonical("claude-haiku-4-5"),
+            "claude-haiku-4-5"
+        );
     }
 
     #[test]
@@ -396,8 +369,8 @@ mod tests {
 
     #[test]
     fn gpt_snapshots_are_priced_with_cached_reads_and_no_write_premium() {
-        assert_eq!(canonical_model("gpt-4o-2024-08-06"), "gpt-4o");
-        assert_eq!(canonical_model("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(crate::model::canonical("gpt-4o-2024-08-06"), "gpt-4o");
+        assert_eq!(crate::model::canonical("gpt-4o-mini"), "gpt-4o-mini");
         // 1,000 input (of which 400 cached read), 100 output on gpt-4o-mini:
         // 600 × 150 + 400 × 75 + 100 × 600 nano-USD.
         let usage = Usage {

@@ -388,7 +388,7 @@ mod tests {
             let candidates = Candidates {
                 dialect: Dialect::AnthropicMessages,
                 model,
-                family: crate::limits::model_family(model),
+                family: crate::model::family(model),
                 group: grouped.then_some("team"),
                 dedicated: dedicated.as_deref(),
                 excluded: &[],

@@ -690,7 +690,7 @@ impl Relay {
         // With one account there is nothing to stick to.
         let session = request.session.filter(|_| snapshot.accounts.len() > 1);
         let bound = session.and_then(|session| self.sticky.get(session, now_ms()));
-        let candidates_family = crate::limits::model_family(&request.model);
+        let candidates_family = crate::model::family(&request.model);
         while tried.len() < self.settings.max_attempts {
             let candidates = Candidates {
                 dialect,
