@@ -309,7 +309,7 @@ fn user_blocks(content: &Value, position: usize) -> Result<Vec<Value>, ConvertEr
                 })),
                 Some("image_url") => image_block(part, position),
                 Some(other) => Err(ConvertError::new(format!(
-                    "messages[{position}]: a `{other}` part cannot be expressed for an Anthropic upstream"
+                    "messages[{position}]: a part of type `{other}` cannot be expressed for an Anthropic upstream"
                 ))),
                 None => Err(ConvertError::new(format!(
                     "messages[{position}]: a content part needs a type"

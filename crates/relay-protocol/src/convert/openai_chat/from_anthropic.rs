@@ -735,7 +735,9 @@ impl StreamTranslator {
                     (Some(Block::Thinking), Some("thinking_delta")) => {
                         self.chunk(json!({"reasoning_content": piece("thinking")}), None, out);
                     }
-                    (Some(Block::Tool(position)), Some("input_json_delta")) => {
+                    (Some(Block::Tool(position)), Some("input_json_delta"))
+                        if !piece("partial_json").is_empty() =>
+                    {
                         let call = json!({"index": position, "function": {"arguments": piece("partial_json")}});
                         self.chunk(json!({"tool_calls": [call]}), None, out);
                     }
