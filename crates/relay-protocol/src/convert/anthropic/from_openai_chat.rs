@@ -309,7 +309,7 @@ fn user_blocks(content: &Value, position: usize) -> Result<Vec<Value>, ConvertEr
                 })),
                 Some("image_url") => image_block(part, position),
                 Some(other) => Err(ConvertError::new(format!(
-                    "messages[{position}]: a `{other}` part cannot be expressed for an Anthropic upstream"
+                    "messages[{position}]: a part of type `{other}` cannot be expressed for an Anthropic upstream"
                 ))),
                 None => Err(ConvertError::new(format!(
                     "messages[{position}]: a content part needs a type"
@@ -867,5 +867,226 @@ impl StreamTranslator {
     /// See [`Translate::finish`].
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         Translate::finish(self, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: RequestOptions<'static> = RequestOptions {
+        model: None,
+        default_max_tokens: 1024,
+    };
+
+    fn refused(body: Value) -> String {
+        request(body.to_string().as_bytes(), &OPTIONS)
+            .unwrap_err()
+            .message
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        body[field] = value;
+        body
+    }
+
+    fn user(content: Value) -> Value {
+        json!({"model": "m", "messages": [{"role": "user", "content": content}]})
+    }
+
+    #[test]
+    fn every_request_error_says_what_is_wrong() {
+        assert!(request(b"nope", &OPTIONS)
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
+        let cases = [
+            (json!({"messages": []}), "`model` is required"),
+            (json!({"model": "m"}), "`messages` must be an array"),
+            (with("audio", json!({"voice": "alloy"})), "`audio`"),
+            (with("functions", json!([])), "`functions`"),
+            (with("n", json!(3)), "`n` greater than 1"),
+            (with("logprobs", json!(true)), "`logprobs`"),
+            (with("top_logprobs", json!(2)), "`logprobs`"),
+            (
+                with("modalities", json!(["text", "audio"])),
+                "only text output",
+            ),
+            (
+                with(
+                    "tools",
+                    json!([{"type": "custom", "custom": {"name": "x"}}]),
+                ),
+                "only function tools",
+            ),
+            (
+                with("tools", json!([{"type": "function", "function": {}}])),
+                "needs a name",
+            ),
+            (
+                with("tool_choice", json!("sometimes")),
+                "tool_choice `sometimes`",
+            ),
+            (
+                with("tool_choice", json!({"type": "allowed_tools"})),
+                "tool_choice must be",
+            ),
+            (
+                with("reasoning_effort", json!("extreme")),
+                "reasoning_effort `extreme`",
+            ),
+            (
+                with(
+                    "response_format",
+                    json!({"type": "json_schema", "json_schema": {"name": "x"}}),
+                ),
+                "schema is missing",
+            ),
+            (
+                with("response_format", json!({"type": "json_object"})),
+                "response formats",
+            ),
+            (user(json!(3)), "must be a string or an array"),
+            (user(json!([{"text": "x"}])), "needs a type"),
+            (
+                user(json!([{"type": "file", "file": {"file_id": "f"}}])),
+                "`file`",
+            ),
+            (
+                user(json!([{"type": "image_url", "image_url": {}}])),
+                "image_url.url is missing",
+            ),
+            (
+                user(json!([{"type": "image_url", "image_url": {"url": "data:image/png,abc"}}])),
+                "base64 data URLs",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "system", "content": [{"type": "image_url"}]}]}),
+                "only hold text parts",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "system", "content": 3}]}),
+                "must be a string or an array",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
+                "tool_call_id is missing",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "tool", "tool_call_id": "c", "content": 3}]}),
+                "string or text parts",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "function", "content": "x"}]}),
+                "role must be",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "content": [{"type": "image_url"}]}]}),
+                "only hold text parts",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "content": 3}]}),
+                "must be a string or an array",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]}),
+                "needs a function name",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}]}),
+                "not a JSON object",
+            ),
+        ];
+        for (body, expected) in cases {
+            let message = refused(body.clone());
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn response_errors() {
+        assert!(response(b"<html>").is_err());
+        assert!(response(b"{\"choices\":[]}").is_err());
+        let bad = json!({"choices": [{"message": {"tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}}]});
+        assert!(response(bad.to_string().as_bytes())
+            .unwrap_err()
+            .message
+            .contains("not a JSON object"));
+    }
+
+    #[test]
+    fn budgets_stay_under_max_tokens_and_sampling_is_clamped() {
+        let convert = |body: Value| -> Value {
+            serde_json::from_slice(&request(body.to_string().as_bytes(), &OPTIONS).unwrap())
+                .unwrap()
+        };
+        let mut body = with("reasoning_effort", json!("high"));
+        body["max_completion_tokens"] = json!(4000);
+        body["max_tokens"] = json!(100);
+        let out = convert(body);
+        assert_eq!(out["max_tokens"], 4000);
+        assert_eq!(out["thinking"]["budget_tokens"], 3999);
+        // The default max_tokens (1024) leaves no room for Anthropic's minimum budget.
+        assert!(convert(with("reasoning_effort", json!("high")))
+            .get("thinking")
+            .is_none());
+        let mut body = with("reasoning_effort", json!("low"));
+        body["max_tokens"] = json!(500);
+        body["temperature"] = json!(0.3);
+        let out = convert(body);
+        assert!(out.get("thinking").is_none());
+        assert_eq!(out["temperature"], 0.3);
+        assert!(convert(with("reasoning_effort", json!("minimal")))
+            .get("thinking")
+            .is_none());
+        let out = convert(with("temperature", json!(2.0)));
+        assert_eq!(out["temperature"], 1.0);
+        let mut body = with("parallel_tool_calls", json!(false));
+        body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+        body["tool_choice"] = json!("none");
+        let out = convert(body);
+        assert_eq!(out["tool_choice"], json!({"type": "none"}));
+        assert_eq!(out["tools"][0]["input_schema"]["type"], "object");
+    }
+
+    #[test]
+    fn errors_map_kinds_and_never_pass_html() {
+        let rendered: Value = serde_json::from_slice(&error(
+            529,
+            br#"{"error":{"message":"busy","type":"server_error","code":"overloaded"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(rendered["error"]["type"], "overloaded_error");
+        let rendered: Value = serde_json::from_slice(&error(
+            404,
+            br#"{"error":{"message":"no such model","type":"invalid_request_error"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(rendered["error"]["type"], "not_found_error");
+        let long = "x".repeat(MAX_ERROR_MESSAGE * 2);
+        let body = json!({"error": {"message": long}});
+        let rendered: Value =
+            serde_json::from_slice(&error(500, body.to_string().as_bytes())).unwrap();
+        assert_eq!(
+            rendered["error"]["message"].as_str().unwrap().len(),
+            MAX_ERROR_MESSAGE
+        );
+        let rendered: Value = serde_json::from_slice(&error(500, b"<html>oops</html>")).unwrap();
+        assert!(!rendered.to_string().contains("oops"));
+    }
+
+    #[test]
+    fn a_cut_stream_gets_no_clean_end() {
+        let mut translator = StreamTranslator::new();
+        let mut out = Vec::new();
+        translator.push(
+            b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+            &mut out,
+        );
+        translator.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("message_stop"), "{text}");
+        assert!(!text.contains("content_block_stop"), "{text}");
     }
 }

@@ -735,7 +735,9 @@ impl StreamTranslator {
                     (Some(Block::Thinking), Some("thinking_delta")) => {
                         self.chunk(json!({"reasoning_content": piece("thinking")}), None, out);
                     }
-                    (Some(Block::Tool(position)), Some("input_json_delta")) => {
+                    (Some(Block::Tool(position)), Some("input_json_delta"))
+                        if !piece("partial_json").is_empty() =>
+                    {
                         let call = json!({"index": position, "function": {"arguments": piece("partial_json")}});
                         self.chunk(json!({"tool_calls": [call]}), None, out);
                     }
@@ -801,5 +803,189 @@ impl StreamTranslator {
     /// See [`Translate::finish`].
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         Translate::finish(self, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: RequestOptions<'static> = RequestOptions {
+        model: None,
+        default_max_tokens: 1024,
+    };
+
+    fn refused(body: Value) -> String {
+        request(body.to_string().as_bytes(), &OPTIONS)
+            .unwrap_err()
+            .message
+    }
+
+    fn with_messages(messages: Value) -> Value {
+        json!({"model": "m", "max_tokens": 10, "messages": messages})
+    }
+
+    fn user(content: Value) -> Value {
+        with_messages(json!([{"role": "user", "content": content}]))
+    }
+
+    #[test]
+    fn every_request_error_says_what_is_wrong() {
+        assert!(request(b"{", &OPTIONS)
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
+        assert!(request(b"[]", &OPTIONS)
+            .unwrap_err()
+            .message
+            .contains("JSON object"));
+        let cases = [
+            (json!({"messages": []}), "`model` is required"),
+            (
+                json!({"model": "m", "messages": {}}),
+                "`messages` must be an array",
+            ),
+            (
+                json!({"model": "m", "messages": [], "container": "c"}),
+                "`container`",
+            ),
+            (
+                json!({"model": "m", "messages": [], "system": [{"type": "image"}]}),
+                "system may only hold text blocks",
+            ),
+            (
+                json!({"model": "m", "messages": [], "system": 3}),
+                "system must be a string",
+            ),
+            (
+                with_messages(json!([{"role": "tool", "content": "x"}])),
+                "role must be",
+            ),
+            (user(json!(3)), "must be a string or an array"),
+            (user(json!([{"text": "x"}])), "a block needs a type"),
+            (
+                user(json!([{"type": "image", "source": {"type": "base64", "data": "x"}}])),
+                "needs media_type and data",
+            ),
+            (
+                user(json!([{"type": "image", "source": {"type": "url"}}])),
+                "image url is missing",
+            ),
+            (
+                user(json!([{"type": "image", "source": {"type": "file", "file_id": "f"}}])),
+                "only base64 and url images",
+            ),
+            (
+                user(json!([{"type": "tool_result", "content": "x"}])),
+                "tool_use_id is missing",
+            ),
+            (
+                user(
+                    json!([{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "document"}]}]),
+                ),
+                "only text and images",
+            ),
+            (
+                user(json!([{"type": "tool_result", "tool_use_id": "t", "content": 3}])),
+                "must be a string or an array",
+            ),
+            (
+                with_messages(json!([{"role": "assistant", "content": 3}])),
+                "must be a string or an array",
+            ),
+            (
+                with_messages(
+                    json!([{"role": "assistant", "content": [{"type": "server_tool_use"}]}]),
+                ),
+                "`server_tool_use` block",
+            ),
+            (
+                with_messages(json!([{"role": "system", "content": [{"type": "image"}]}])),
+                "may only hold text blocks",
+            ),
+            (
+                json!({"model": "m", "messages": [], "tools": [{"input_schema": {}}]}),
+                "a tool needs a name",
+            ),
+            (
+                json!({"model": "m", "messages": [], "tool_choice": {"type": "sometimes"}}),
+                "tool_choice.type",
+            ),
+            (
+                json!({"model": "m", "messages": [], "tool_choice": {"type": "tool"}}),
+                "needs a name",
+            ),
+            (
+                json!({"model": "m", "messages": [], "output_config": {"effort": "extreme"}}),
+                "output_config.effort",
+            ),
+            (
+                json!({"model": "m", "messages": [], "thinking": {"type": "maybe"}}),
+                "thinking.type",
+            ),
+            (
+                json!({"model": "m", "messages": [], "output_config": {"format": {"type": "regex"}}}),
+                "output_config.format",
+            ),
+        ];
+        for (body, expected) in cases {
+            let message = refused(body.clone());
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn response_errors_and_mapped_model() {
+        assert!(response(b"<html>").is_err());
+        assert!(response(b"{\"content\":\"x\"}").is_err());
+        let mapped = RequestOptions {
+            model: Some("deepseek-chat"),
+            default_max_tokens: 1,
+        };
+        let out: Value = serde_json::from_slice(
+            &request(json!({"messages": []}).to_string().as_bytes(), &mapped).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out["model"], "deepseek-chat");
+        assert!(out.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn user_ids_are_bounded_and_thinking_budgets_map_to_efforts() {
+        let long = "é".repeat(MAX_USER_ID);
+        let body = json!({"model": "m", "messages": [], "metadata": {"user_id": long},
+                          "thinking": {"type": "enabled", "budget_tokens": 2000}});
+        let out: Value =
+            serde_json::from_slice(&request(body.to_string().as_bytes(), &OPTIONS).unwrap())
+                .unwrap();
+        assert!(out["user"].as_str().unwrap().len() <= MAX_USER_ID);
+        assert_eq!(out["reasoning_effort"], "low");
+        let body = json!({"model": "m", "messages": [], "thinking": {"type": "enabled", "budget_tokens": 8000}});
+        let out: Value =
+            serde_json::from_slice(&request(body.to_string().as_bytes(), &OPTIONS).unwrap())
+                .unwrap();
+        assert_eq!(out["reasoning_effort"], "medium");
+    }
+
+    #[test]
+    fn a_cut_stream_gets_no_clean_end_and_a_closed_one_ignores_the_rest() {
+        let mut translator = StreamTranslator::new(true);
+        let mut out = Vec::new();
+        translator.push(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"x\"}}\n\n", &mut out);
+        translator.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("[DONE]"), "{text}");
+
+        let mut out = Vec::new();
+        translator.push(
+            b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            &mut out,
+        );
+        translator.push(
+            b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            &mut out,
+        );
+        translator.finish(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap().matches("[DONE]").count(), 1);
     }
 }
