@@ -7,8 +7,10 @@
 //! [`anthropic::from_openai_chat`]'s `response` / `StreamTranslator` / `error` on the way down,
 //! and the other way round for an OpenAI client on an Anthropic upstream.
 //!
-//! Conversions are a single pass over a parsed [`serde_json::Value`]. Key order in the output is
-//! alphabetical (the workspace's `serde_json` keeps no insertion order); JSON meaning is kept.
+//! Conversions are a single pass over a parsed [`serde_json::Value`]. Objects keep the order
+//! they are built in, and what passes through (tool schemas, `response_format` schemas) keeps the
+//! client's key order (`serde_json`'s `preserve_order`): a model may read a schema's properties
+//! in order.
 
 use serde_json::{Map, Value};
 
