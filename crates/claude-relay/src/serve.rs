@@ -100,6 +100,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let metrics = assembly.metrics;
     let state = AppState {
         relay: relay.clone(),
+        keys: assembly.keys.clone(),
         settings: Arc::new(config.server.clone()),
         admin: Arc::new(assembly.admin),
         admin_auth: assembly.admin_auth,

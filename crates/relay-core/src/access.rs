@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::policy::{KeyPolicy, Service};
+use crate::policy::{ClientRule, KeyPolicy, Service};
 
 /// What the access rules look at in a request.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +58,7 @@ pub fn check(policy: &KeyPolicy, facts: &RequestFacts<'_>, now_ms: i64) -> Resul
     if let Some(clients) = &policy.allowed_clients {
         let allowed = clients.iter().any(|rule| {
             ClientRule::parse(rule)
-                .is_ok_and(|rule| rule.matches(facts.user_agent, facts.claude_code_marks))
+                .is_ok_and(|rule| client_matches(&rule, facts.user_agent, facts.claude_code_marks))
         });
         if !allowed {
             return Err(Denial::Client);
@@ -93,40 +93,17 @@ pub fn model_allowed(policy: &KeyPolicy, model: &str) -> bool {
     allowed && !denied
 }
 
-/// One entry of `allowed_clients`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientRule {
-    ClaudeCode,
-    CodexCli,
-    GeminiCli,
-    UserAgent(String),
-}
-
-impl ClientRule {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "claude-code" => Ok(Self::ClaudeCode),
-            "codex-cli" => Ok(Self::CodexCli),
-            "gemini-cli" => Ok(Self::GeminiCli),
-            other => match other.strip_prefix("ua:") {
-                Some(pattern) if !pattern.is_empty() => Ok(Self::UserAgent(pattern.to_owned())),
-                _ => Err(format!(
-                    "unknown client '{other}'; use claude-code, codex-cli, gemini-cli or ua:<pattern>"
-                )),
-            },
-        }
-    }
-
-    fn matches(&self, user_agent: Option<&str>, claude_code_marks: bool) -> bool {
-        let user_agent = user_agent.unwrap_or_default();
-        match self {
-            // A User-Agent alone is trivially forged; Claude Code also sends its app header or
-            // beta and a metadata.user_id.
-            Self::ClaudeCode => user_agent.starts_with("claude-cli/") && claude_code_marks,
-            Self::CodexCli => user_agent.starts_with("codex_"),
-            Self::GeminiCli => user_agent.starts_with("GeminiCLI"),
-            Self::UserAgent(pattern) => glob_matches(pattern, user_agent),
-        }
+/// Whether a request from `user_agent` (with or without Claude Code's other marks) is the
+/// client `rule` names.
+fn client_matches(rule: &ClientRule, user_agent: Option<&str>, claude_code_marks: bool) -> bool {
+    let user_agent = user_agent.unwrap_or_default();
+    match rule {
+        // A User-Agent alone is trivially forged; Claude Code also sends its app header or
+        // beta and a metadata.user_id.
+        ClientRule::ClaudeCode => user_agent.starts_with("claude-cli/") && claude_code_marks,
+        ClientRule::CodexCli => user_agent.starts_with("codex_"),
+        ClientRule::GeminiCli => user_agent.starts_with("GeminiCLI"),
+        ClientRule::UserAgent(pattern) => glob_matches(pattern, user_agent),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The one assembly of a running relay's core, shared by the binary and the test harness so the
-//! tests run what production runs: snapshot and its reloader, usage writer, the relay with its
+//! tests run what production runs: snapshot and its reloader, usage writer, key authentication,
+//! the relay with its
 //! ledgers and account costs seeded from the records, the admin services.
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use relay_store::{StoreError, UsageWriter, UsageWriterHandle};
 
 use crate::admin::AdminService;
 use crate::admin_auth::AdminAuth;
+use crate::auth::KeyAuthenticator;
 use crate::bootstrap::Installation;
 use crate::metrics::Metrics;
 use crate::snapshot::SnapshotStore;
@@ -18,6 +20,7 @@ use crate::{Relay, RelaySettings};
 #[derive(Debug)]
 pub struct Assembly {
     pub relay: Arc<Relay>,
+    pub keys: Arc<KeyAuthenticator>,
     pub snapshots: Arc<SnapshotStore>,
     pub admin: AdminService,
     pub admin_auth: Arc<AdminAuth>,
@@ -41,13 +44,11 @@ pub async fn assemble(
     let metrics = Arc::new(Metrics::new());
     let admin = AdminService::new(installation.store.clone(), &installation.keyring)
         .with_egress(settings.egress.clone());
-    let relay = Relay::new(
+    let keys = Arc::new(KeyAuthenticator::new(
         snapshots.clone(),
         installation.keyring.key_hasher.clone(),
-        usage_sink,
-        metrics.clone(),
-        settings,
-    );
+    ));
+    let relay = Relay::new(snapshots.clone(), usage_sink, metrics.clone(), settings);
     relay
         .limiter()
         .seed_from_store(
@@ -60,6 +61,7 @@ pub async fn assemble(
     let reloader = snapshots.spawn_reloader();
     Ok(Assembly {
         relay: Arc::new(relay),
+        keys,
         snapshots,
         admin,
         admin_auth: Arc::new(AdminAuth::new(installation.store.clone())),

@@ -1,13 +1,9 @@
 //! Relay keys: generation, the in-memory entry the request path sees, and resolution.
 
-use std::sync::Arc;
-
 use base64::Engine;
 use rand::RngCore;
 
-use crate::crypto::KeyHasher;
 use crate::policy::KeyPolicy;
-use crate::snapshot::Snapshot;
 
 /// The prefix every relay key starts with, so it is recognisable in a config file or a leak scan.
 pub const KEY_PREFIX: &str = "cr_";
@@ -61,26 +57,6 @@ pub enum KeyRejection {
     Throttled {
         retry_after_ms: i64,
     },
-}
-
-/// Resolves a presented key against the current snapshot: one HMAC and one hash-map lookup.
-pub fn resolve_key(
-    snapshot: &Snapshot,
-    hasher: &KeyHasher,
-    presented: Option<&str>,
-) -> Result<Arc<KeyEntry>, KeyRejection> {
-    let presented = presented
-        .filter(|key| !key.is_empty())
-        .ok_or(KeyRejection::Missing)?;
-    let entry = snapshot
-        .keys
-        .get(&hasher.digest(presented))
-        .ok_or(KeyRejection::Unknown)?;
-    if entry.active {
-        Ok(entry.clone())
-    } else {
-        Err(KeyRejection::Disabled)
-    }
 }
 
 #[cfg(test)]

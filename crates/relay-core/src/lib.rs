@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod admin;
 pub mod admin_auth;
 pub mod app;
+pub mod auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod crypto;

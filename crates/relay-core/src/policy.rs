@@ -158,10 +158,10 @@ impl KeyPolicy {
             return Err("the rate window must be at least one second".into());
         }
         for cidr in self.allowed_ips.iter().flatten() {
-            crate::access::Cidr::parse(cidr)?;
+            relay_upstream::net::Cidr::parse(cidr)?;
         }
         for client in self.allowed_clients.iter().flatten() {
-            crate::access::ClientRule::parse(client)?;
+            ClientRule::parse(client)?;
         }
         if let Some(family) = &self.family_weekly {
             if !crate::model::FAMILIES.contains(&family.family.as_str()) {
@@ -270,6 +270,31 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
         _ => return Err(invalid()),
     };
     number.checked_mul(scale).ok_or_else(invalid)
+}
+
+/// One entry of `allowed_clients`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRule {
+    ClaudeCode,
+    CodexCli,
+    GeminiCli,
+    UserAgent(String),
+}
+
+impl ClientRule {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "claude-code" => Ok(Self::ClaudeCode),
+            "codex-cli" => Ok(Self::CodexCli),
+            "gemini-cli" => Ok(Self::GeminiCli),
+            other => match other.strip_prefix("ua:") {
+                Some(pattern) if !pattern.is_empty() => Ok(Self::UserAgent(pattern.to_owned())),
+                _ => Err(format!(
+                    "unknown client '{other}'; use claude-code, codex-cli, gemini-cli or ua:<pattern>"
+                )),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

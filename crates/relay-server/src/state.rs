@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use relay_core::admin::AdminService;
 use relay_core::admin_auth::AdminAuth;
+use relay_core::auth::KeyAuthenticator;
 use relay_core::Relay;
 
 use crate::ServerSettings;
@@ -11,6 +12,8 @@ use crate::ServerSettings;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub relay: Arc<Relay>,
+    /// Resolves relay keys (before anything reaches the relay).
+    pub keys: Arc<KeyAuthenticator>,
     pub settings: Arc<ServerSettings>,
     pub admin: Arc<AdminService>,
     pub admin_auth: Arc<AdminAuth>,

@@ -26,9 +26,8 @@ use tokio::time::Instant;
 use crate::access::{self, Denial, RequestFacts};
 use crate::accounts::{AccountEntry, AccountSlot, Platform, UsageWindows};
 use crate::clock::now_ms;
-use crate::crypto::KeyHasher;
 use crate::health::{self, Verdict};
-use crate::keys::{resolve_key, KeyEntry, KeyRejection};
+use crate::keys::KeyEntry;
 use crate::limits::{Admission, Estimate, Limiter};
 use crate::metrics::Metrics;
 use crate::oauth::{self, OAuthSession, OAuthSettings};
@@ -36,7 +35,6 @@ use crate::policy::Service;
 use crate::schedule::{is_routable, AccountSelector, Candidates, Selection, Strategy};
 use crate::snapshot::SnapshotStore;
 use crate::sticky::{SessionId, StickySessions, SPILL_MS};
-use crate::throttle::AuthThrottle;
 use crate::transport::{self, AnyClient};
 
 pub use capture::CapturedStream;
@@ -355,10 +353,8 @@ pub struct Relay {
     proxied_clients:
         std::sync::Mutex<std::collections::HashMap<crate::proxy::ProxyConfig, Arc<AnyClient>>>,
     snapshots: Arc<SnapshotStore>,
-    hasher: KeyHasher,
     selector: AccountSelector,
     limiter: Limiter,
-    auth_throttle: AuthThrottle,
     sticky: StickySessions,
     usage: UsageSink,
     metrics: Arc<Metrics>,
@@ -370,7 +366,6 @@ pub struct Relay {
 impl Relay {
     pub fn new(
         snapshots: Arc<SnapshotStore>,
-        hasher: KeyHasher,
         usage: UsageSink,
         metrics: Arc<Metrics>,
         settings: RelaySettings,
@@ -385,10 +380,8 @@ impl Relay {
             client,
             proxied_clients: std::sync::Mutex::default(),
             snapshots,
-            hasher,
             selector: AccountSelector::new(settings.strategy),
             limiter: Limiter::default(),
-            auth_throttle: AuthThrottle::default(),
             sticky: StickySessions::default(),
             usage,
             metrics,
@@ -630,16 +623,6 @@ impl Relay {
         self.snapshots.ping().await
     }
 
-    /// The key a presented secret belongs to, active or not (for a key's view of itself).
-    pub fn find_key(&self, presented: Option<&str>) -> Option<Arc<KeyEntry>> {
-        let presented = presented.filter(|key| !key.is_empty())?;
-        self.snapshots
-            .current()
-            .keys
-            .get(&self.hasher.digest(presented))
-            .cloned()
-    }
-
     /// The key holder's own view of their key (the self-service endpoints).
     pub async fn key_report(&self, key: &KeyEntry) -> crate::report::KeyReport {
         let filter = relay_store::UsageFilter {
@@ -659,23 +642,6 @@ impl Relay {
             }
         };
         crate::report::build(key, &self.limiter, recent, now_ms())
-    }
-
-    /// Resolves the presented relay key against the current snapshot. A valid key always gets
-    /// through; an unknown one counts against the client's address, which is refused for a
-    /// while after too many (see [`crate::throttle`]).
-    pub fn authenticate(
-        &self,
-        presented: Option<&str>,
-        client_ip: Option<std::net::IpAddr>,
-    ) -> Result<Arc<KeyEntry>, KeyRejection> {
-        let resolved = resolve_key(&self.snapshots.current(), &self.hasher, presented);
-        if resolved == Err(KeyRejection::Unknown) {
-            self.auth_throttle
-                .failed(client_ip, now_ms())
-                .map_err(|retry_after_ms| KeyRejection::Throttled { retry_after_ms })?;
-        }
-        resolved
     }
 
     /// Forwards a request, failing over between accounts before the first byte.

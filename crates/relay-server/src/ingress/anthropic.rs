@@ -223,11 +223,11 @@ pub(crate) async fn key_info(State(state): State<AppState>, request: Request) ->
         }
     };
     let key = state
-        .relay
+        .keys
         .authenticate(presented, client_ip(&parts.extensions));
     let key = match key {
         Ok(key) => Ok(key),
-        Err(KeyRejection::Disabled) => state.relay.find_key(presented).ok_or(KeyRejection::Unknown),
+        Err(KeyRejection::Disabled) => state.keys.find(presented).ok_or(KeyRejection::Unknown),
         Err(rejection) => Err(rejection),
     };
     let response = match key {

@@ -94,7 +94,7 @@ pub(crate) fn authenticate(
     parts: &http::request::Parts,
 ) -> Result<Arc<KeyEntry>, RelayError> {
     state
-        .relay
+        .keys
         .authenticate(presented_key(&parts.headers)?, client_ip(&parts.extensions))
         .map_err(rejection_error)
 }

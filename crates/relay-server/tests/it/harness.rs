@@ -139,6 +139,7 @@ impl Harness {
         let snapshot_handle = assembly.snapshots.clone();
         let state = AppState {
             relay: relay.clone(),
+            keys: assembly.keys.clone(),
             settings: Arc::new(server_settings.clone()),
             admin: Arc::new(admin.clone()),
             admin_auth: assembly.admin_auth.clone(),
