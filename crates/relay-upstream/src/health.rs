@@ -57,6 +57,10 @@ fn says_blocked(body: &[u8]) -> bool {
         || text.contains("oauth authentication is currently not allowed")
 }
 
+fn says_quota_exhausted(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body).contains("insufficient_quota")
+}
+
 fn clamp_until(until_ms: i64, now_ms: i64) -> i64 {
     let max = now_ms + i64::try_from(MAX_COOLDOWN.as_millis()).unwrap_or(i64::MAX / 2);
     until_ms.clamp(now_ms + 1000, max)
@@ -73,6 +77,13 @@ pub fn classify(
 ) -> Verdict {
     let millis = |duration: Duration| i64::try_from(duration.as_millis()).unwrap_or(i64::MAX / 2);
     match status.as_u16() {
+        // OpenAI's "you exceeded your current quota": billing, not pacing; waiting seconds
+        // will not help, so the account sits out as long as for refused credentials.
+        429 if says_quota_exhausted(body) => Verdict::RateLimited {
+            until_ms: now_ms + millis(UNAUTHORIZED_COOLDOWN),
+            family: None,
+            reason: "quota exhausted",
+        },
         429 => {
             if let Some(reset_ms) = unified_reset_ms(headers) {
                 return Verdict::RateLimited {
@@ -308,6 +319,28 @@ mod tests {
         assert_eq!(ejection_time(3), Duration::from_secs(240));
         assert_eq!(ejection_time(10), Duration::from_secs(600));
         assert_eq!(ejection_time(u32::MAX), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn an_exhausted_openai_quota_is_not_a_30_second_pause() {
+        let body = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("1"));
+        assert_eq!(
+            classify(
+                StatusCode::TOO_MANY_REQUESTS,
+                &headers,
+                body,
+                None,
+                Duration::from_secs(30),
+                NOW
+            ),
+            Verdict::RateLimited {
+                until_ms: NOW + 1_800_000,
+                family: None,
+                reason: "quota exhausted"
+            }
+        );
     }
 
     #[test]

@@ -48,6 +48,14 @@ impl Platform {
         }
     }
 
+    /// A cheap model to test an account with when it names none.
+    pub fn probe_model(self) -> &'static str {
+        match self {
+            Self::Anthropic | Self::ClaudeOauth => "claude-haiku-4-5",
+            Self::OpenAi => "gpt-4o-mini",
+        }
+    }
+
     /// The models an account serves when the operator lists none: Claude accounts serve Claude
     /// models; an OpenAI-compatible host's models are the operator's to name (`--model`).
     pub fn default_models(self) -> &'static [&'static str] {

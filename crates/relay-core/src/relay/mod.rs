@@ -473,12 +473,22 @@ impl Relay {
             .iter()
             .find(|account| account.name == name)?
             .clone();
-        let model = account
-            .settings
+        // A model the account serves by name, else one it maps to, else its platform's probe.
+        let settings = &account.settings;
+        let model = settings
             .models
-            .as_ref()
-            .and_then(|models| models.iter().find(|model| !model.ends_with('*')).cloned())
-            .unwrap_or_else(|| "claude-haiku-4-5".to_owned());
+            .iter()
+            .flatten()
+            .find(|model| !model.contains('*'))
+            .or_else(|| {
+                settings
+                    .model_map
+                    .iter()
+                    .flat_map(|map| map.values())
+                    .next()
+            })
+            .cloned()
+            .unwrap_or_else(|| account.platform.probe_model().to_owned());
         let body = serde_json::json!({
             "model": model,
             "max_tokens": 1,

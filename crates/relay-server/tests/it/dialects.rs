@@ -659,3 +659,26 @@ async fn reasoning_becomes_thinking_and_its_tokens_are_recorded() {
     assert!(expected.reasoning_tokens > 0);
     assert_eq!(records[0].usage.output_tokens, expected.completion_tokens);
 }
+
+#[tokio::test]
+async fn testing_an_openai_compatible_account_sends_a_model_it_serves() {
+    let harness = Harness::start(vec![
+        openai_account("named", "sk-named", 1, &["deepseek-chat", "deepseek-*"]),
+        openai_account("patterns", "sk-patterns", 1, &["gpt-*"]),
+    ])
+    .await;
+    let named = harness.relay.test_account("named").await.unwrap();
+    assert!(named.ok, "{named:?}");
+    let patterns = harness.relay.test_account("patterns").await.unwrap();
+    assert!(patterns.ok, "{patterns:?}");
+    let requests = harness.openai.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].body["model"], "deepseek-chat");
+    assert_eq!(requests[0].api_key, "sk-named");
+    assert_eq!(
+        requests[1].body["model"], "gpt-4o-mini",
+        "the platform's probe"
+    );
+    assert_eq!(requests[1].body["messages"][0]["role"], "user");
+    harness.shutdown().await;
+}
