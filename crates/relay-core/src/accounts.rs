@@ -283,6 +283,17 @@ impl AccountRuntime {
     }
 }
 
+/// An account's credential, opened: one variant per kind of sign-in. A platform that needs more
+/// than a key (Bedrock's key pair and region, Azure's deployment) adds its variant here.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// An API key, sent the way its platform expects (`x-api-key` for Anthropic, a bearer token
+    /// for OpenAI-compatible hosts).
+    ApiKey(SecretString),
+    /// A Claude subscription's live tokens (refreshed ahead of expiry, one refresh at a time).
+    ClaudeSubscription(Arc<OAuthSession>),
+}
+
 /// One upstream account with its credential opened, ready to send with.
 #[derive(Debug)]
 pub struct AccountEntry {
@@ -294,10 +305,7 @@ pub struct AccountEntry {
     /// Lower is tried first.
     pub priority: i64,
     pub active: bool,
-    /// The stored credential: an API key, or (subscription accounts) the tokens as JSON.
-    pub api_key: SecretString,
-    /// Set for subscription accounts: the live tokens.
-    pub oauth: Option<Arc<OAuthSession>>,
+    pub credential: Credential,
     pub settings: AccountSettings,
     /// The outbound proxy this account's requests go through.
     pub proxy: Option<ProxyConfig>,
@@ -314,8 +322,7 @@ impl AccountEntry {
             base_url: self.base_url.clone(),
             priority: self.priority,
             active: self.active,
-            api_key: self.api_key.clone(),
-            oauth: self.oauth.clone(),
+            credential: self.credential.clone(),
             settings: self.settings.clone(),
             proxy: self.proxy.clone(),
             runtime: Arc::new(AccountRuntime::default()),

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use relay_store::Store;
 
 use crate::account_settings::AccountSettings;
-use crate::accounts::{AccountEntry, AccountRuntime, Platform};
+use crate::accounts::{AccountEntry, AccountRuntime, Credential, Platform};
 use crate::crypto::SecretBox;
 use crate::keys::KeyEntry;
 use crate::oauth::OAuthTokens;
@@ -150,14 +150,15 @@ impl SnapshotStore {
                 .map(|account| account.runtime.clone())
                 .unwrap_or_else(|| Arc::new(AccountRuntime::default()));
             runtime.apply_reset(row.health_reset_at_ms);
-            let oauth = if platform == Platform::ClaudeOauth {
-                let Some(tokens) = OAuthTokens::from_json(api_key.expose()) else {
-                    tracing::error!(account_id = %row.id, "skipping subscription account with unreadable tokens");
-                    continue;
-                };
-                Some(runtime.oauth_session(tokens))
-            } else {
-                None
+            let credential = match platform {
+                Platform::ClaudeOauth => {
+                    let Some(tokens) = OAuthTokens::from_json(api_key.expose()) else {
+                        tracing::error!(account_id = %row.id, "skipping subscription account with unreadable tokens");
+                        continue;
+                    };
+                    Credential::ClaudeSubscription(runtime.oauth_session(tokens))
+                }
+                Platform::Anthropic | Platform::OpenAi => Credential::ApiKey(api_key),
             };
             let base_url = row
                 .base_url
@@ -197,8 +198,7 @@ impl SnapshotStore {
                 base_url,
                 priority: row.priority,
                 active: row.status == "active",
-                api_key,
-                oauth,
+                credential,
                 settings,
                 proxy,
                 runtime,

@@ -24,7 +24,7 @@ use relay_store::{UsageRecord, UsageSink};
 use tokio::time::Instant;
 
 use crate::access::{self, Denial, RequestFacts};
-use crate::accounts::{AccountEntry, AccountSlot, Platform, UsageWindows};
+use crate::accounts::{AccountEntry, AccountSlot, Credential, Platform, UsageWindows};
 use crate::clock::now_ms;
 use crate::health::{self, Verdict};
 use crate::keys::KeyEntry;
@@ -887,13 +887,13 @@ impl Relay {
         let mut refreshed_after_401 = false;
         loop {
             let token;
-            let auth = match (&account.oauth, account.platform) {
-                (Some(session), _) => {
+            let auth = match (&account.credential, account.platform) {
+                (Credential::ClaudeSubscription(session), _) => {
                     token = self.access_token(account, session, false).await?;
                     UpstreamAuth::Subscription(&token)
                 }
-                (None, Platform::OpenAi) => UpstreamAuth::Bearer(account.api_key.expose()),
-                (None, _) => UpstreamAuth::ApiKey(account.api_key.expose()),
+                (Credential::ApiKey(key), Platform::OpenAi) => UpstreamAuth::Bearer(key.expose()),
+                (Credential::ApiKey(key), _) => UpstreamAuth::ApiKey(key.expose()),
             };
             let client = self.client_for(account);
             let outbound = adapter::outbound(
@@ -929,7 +929,7 @@ impl Relay {
             // A subscription token the upstream refuses may just have been revoked early:
             // refresh once and try again.
             if status == 401 && !refreshed_after_401 {
-                if let Some(session) = &account.oauth {
+                if let Credential::ClaudeSubscription(session) = &account.credential {
                     refreshed_after_401 = true;
                     self.access_token(account, session, true).await?;
                     continue;
