@@ -312,7 +312,56 @@ pub struct AccountEntry {
     pub runtime: Arc<AccountRuntime>,
 }
 
+/// An account's live state, as this process sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccountStatus {
+    pub name: String,
+    pub platform: &'static str,
+    /// `active`, `cooling`, `blocked`, `unschedulable` or `disabled`.
+    pub state: &'static str,
+    pub cooling_until_ms: Option<i64>,
+    pub family_cooling_until_ms: Vec<(&'static str, i64)>,
+    pub in_flight: u32,
+    pub consecutive_failures: u32,
+    /// Subscription windows from the last response (5-hour and weekly status and resets).
+    pub windows: Option<UsageWindows>,
+    /// The last health change and its evidence.
+    pub reason: Option<String>,
+}
+
 impl AccountEntry {
+    /// The account's live state in this process, for operators.
+    pub fn status(&self, now: i64) -> AccountStatus {
+        let runtime = &self.runtime;
+        let cooling_until = runtime.cooling_until_ms();
+        let state = if !self.active {
+            "disabled"
+        } else if runtime.is_blocked() {
+            "blocked"
+        } else if cooling_until > now {
+            "cooling"
+        } else if !self.settings.schedulable() {
+            "unschedulable"
+        } else {
+            "active"
+        };
+        AccountStatus {
+            name: self.name.clone(),
+            platform: self.platform.as_str(),
+            state,
+            cooling_until_ms: (cooling_until > now).then_some(cooling_until),
+            family_cooling_until_ms: runtime
+                .family_cooling_until_ms()
+                .into_iter()
+                .filter(|(_, until)| *until > now)
+                .collect(),
+            in_flight: runtime.in_flight(),
+            consecutive_failures: runtime.consecutive_failures(),
+            windows: runtime.windows(),
+            reason: runtime.reason(),
+        }
+    }
+
     /// A copy sharing the credential's session and a fresh runtime (for tests and tools).
     pub fn clone_shallow(&self) -> Self {
         Self {

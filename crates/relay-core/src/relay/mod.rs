@@ -13,6 +13,8 @@
 mod answer;
 mod capture;
 mod convert;
+mod credentials;
+mod verdicts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +28,11 @@ use tokio::time::Instant;
 use crate::access::{self, Denial, RequestFacts};
 use crate::accounts::{AccountEntry, AccountSlot, Credential, Platform, UsageWindows};
 use crate::clock::now_ms;
-use crate::health::{self, Verdict};
+use crate::health;
 use crate::keys::KeyEntry;
 use crate::limits::{Admission, Estimate, Limiter};
 use crate::metrics::Metrics;
-use crate::oauth::{self, OAuthSession, OAuthSettings};
+use crate::oauth::OAuthSettings;
 use crate::policy::Service;
 use crate::schedule::{is_routable, AccountSelector, Candidates, Selection, Strategy};
 use crate::snapshot::SnapshotStore;
@@ -83,22 +85,7 @@ impl Default for RelaySettings {
     }
 }
 
-/// An account's live state, as this process sees it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AccountStatus {
-    pub name: String,
-    pub platform: &'static str,
-    /// `active`, `cooling`, `blocked`, `unschedulable` or `disabled`.
-    pub state: &'static str,
-    pub cooling_until_ms: Option<i64>,
-    pub family_cooling_until_ms: Vec<(&'static str, i64)>,
-    pub in_flight: u32,
-    pub consecutive_failures: u32,
-    /// Subscription windows from the last response (5-hour and weekly status and resets).
-    pub windows: Option<UsageWindows>,
-    /// The last health change and its evidence.
-    pub reason: Option<String>,
-}
+pub use crate::accounts::AccountStatus;
 
 /// The result of a test-connection request.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -400,30 +387,6 @@ impl Relay {
         &self.metrics
     }
 
-    /// Records a change of an account's health, with its evidence, off the request path.
-    fn record_event(
-        &self,
-        account: &AccountEntry,
-        kind: &'static str,
-        until_ms: Option<i64>,
-        evidence: &str,
-    ) {
-        account.runtime.set_reason(kind, evidence);
-        let event = relay_store::AccountEvent {
-            account_id: account.id.clone(),
-            at_ms: now_ms(),
-            kind: kind.to_owned(),
-            until_ms,
-            evidence: evidence.to_owned(),
-        };
-        let snapshots = self.snapshots.clone();
-        self.background.spawn(async move {
-            if let Err(error) = snapshots.store().insert_account_event(&event).await {
-                tracing::warn!(%error, "cannot record an account event");
-            }
-        });
-    }
-
     /// Every account's live state in this process, for operators.
     pub fn account_statuses(&self) -> Vec<AccountStatus> {
         let now = now_ms();
@@ -431,36 +394,7 @@ impl Relay {
             .current()
             .accounts
             .iter()
-            .map(|account| {
-                let runtime = &account.runtime;
-                let cooling_until = runtime.cooling_until_ms();
-                let state = if !account.active {
-                    "disabled"
-                } else if runtime.is_blocked() {
-                    "blocked"
-                } else if cooling_until > now {
-                    "cooling"
-                } else if !account.settings.schedulable() {
-                    "unschedulable"
-                } else {
-                    "active"
-                };
-                AccountStatus {
-                    name: account.name.clone(),
-                    platform: account.platform.as_str(),
-                    state,
-                    cooling_until_ms: (cooling_until > now).then_some(cooling_until),
-                    family_cooling_until_ms: runtime
-                        .family_cooling_until_ms()
-                        .into_iter()
-                        .filter(|(_, until)| *until > now)
-                        .collect(),
-                    in_flight: runtime.in_flight(),
-                    consecutive_failures: runtime.consecutive_failures(),
-                    windows: runtime.windows(),
-                    reason: runtime.reason(),
-                }
-            })
+            .map(|account| account.status(now))
             .collect()
     }
 
@@ -944,158 +878,6 @@ impl Relay {
             }
             retries += 1;
             tokio::time::sleep(pause).await;
-        }
-    }
-
-    /// A subscription account's access token, refreshed ahead of expiry (or now, if `force`).
-    /// Only one refresh per account is ever in flight: a rotating refresh token used twice is
-    /// burnt, so whoever waits for the lock finds the new token and uses it.
-    async fn access_token(
-        &self,
-        account: &AccountEntry,
-        session: &OAuthSession,
-        force: bool,
-    ) -> Result<String, AttemptFailure> {
-        let seen = session.tokens();
-        if !force && !seen.needs_refresh(now_ms()) {
-            return Ok(seen.access_token);
-        }
-        let _refreshing = session.refresh_lock().await;
-        let now = now_ms();
-        let current = session.tokens();
-        if current.access_token != seen.access_token && !current.needs_refresh(now) {
-            return Ok(current.access_token);
-        }
-        let Some(refresh_token) = current.refresh_token.clone() else {
-            // A setup token: nothing to refresh with.
-            return Ok(current.access_token);
-        };
-        match oauth::refresh(
-            &self.client_for(account),
-            &self.settings.oauth,
-            &refresh_token,
-            now,
-        )
-        .await
-        {
-            Ok(tokens) => {
-                session.set(tokens.clone());
-                tracing::info!(account_id = %account.id, "refreshed subscription tokens");
-                if let Err(error) = self
-                    .snapshots
-                    .save_account_secret(&account.id, &tokens.to_json())
-                    .await
-                {
-                    // The tokens work in this process; a restart would need a new sign-in.
-                    tracing::error!(account_id = %account.id, %error, "cannot store refreshed tokens");
-                }
-                Ok(tokens.access_token)
-            }
-            Err(error) => {
-                tracing::error!(account_id = %account.id, %error, "subscription token refresh failed");
-                Err(AttemptFailure::Credentials)
-            }
-        }
-    }
-
-    /// Applies what a failed attempt says about its account, and logs it with the evidence.
-    fn apply_verdict(
-        &self,
-        account: &AccountEntry,
-        failure: &AttemptFailure,
-        family: Option<&'static str>,
-        snapshot: &crate::snapshot::Snapshot,
-        request: &RelayRequest,
-    ) {
-        let now = now_ms();
-        let verdict = match failure {
-            AttemptFailure::Status {
-                status,
-                headers,
-                body,
-            } => health::classify(
-                *status,
-                headers,
-                body,
-                family,
-                self.settings.default_rate_limit_cooldown,
-                now,
-            ),
-            AttemptFailure::Connect | AttemptFailure::Timeout | AttemptFailure::Interrupted => {
-                Verdict::Failing
-            }
-            AttemptFailure::Credentials => Verdict::Unauthorized {
-                until_ms: now + 1_800_000,
-            },
-        };
-        let evidence = failure.evidence();
-        let event = match &verdict {
-            Verdict::Healthy | Verdict::Overloaded | Verdict::Failing => None,
-            Verdict::RateLimited { until_ms, .. } => Some(("rate_limited", Some(*until_ms))),
-            Verdict::Unauthorized { until_ms } => Some((
-                if matches!(failure, AttemptFailure::Credentials) {
-                    "refresh_failed"
-                } else {
-                    "unauthorized"
-                },
-                Some(*until_ms),
-            )),
-            Verdict::Blocked => Some(("blocked", None)),
-        };
-        if let Some((kind, until_ms)) = event {
-            self.record_event(account, kind, until_ms, &evidence);
-        }
-        match verdict {
-            Verdict::Healthy | Verdict::Overloaded => {}
-            Verdict::RateLimited {
-                until_ms,
-                family,
-                reason,
-            } => {
-                match family {
-                    Some(family) => account.runtime.cool_family_until(family, until_ms),
-                    None => account.runtime.cool_until(until_ms),
-                }
-                tracing::warn!(account_id = %account.id, family = family.unwrap_or("all"), reason, cooling_s = (until_ms - now) / 1000, %evidence, "account rate limited");
-            }
-            Verdict::Unauthorized { until_ms } => {
-                account.runtime.cool_until(until_ms);
-                tracing::error!(account_id = %account.id, cooling_s = (until_ms - now) / 1000, %evidence, "upstream refused the account's credentials");
-            }
-            Verdict::Blocked => {
-                account.runtime.block();
-                tracing::error!(account_id = %account.id, %evidence, "account blocked by the upstream; out of rotation until reset");
-            }
-            Verdict::Failing => {
-                let failures = account.runtime.record_failure();
-                // Never eject the last account that could serve: a struggling pool is better
-                // than none.
-                let others_serve = || {
-                    let candidates = Candidates {
-                        dialect: request.endpoint.dialect(),
-                        model: &request.model,
-                        family,
-                        group: request.key.policy.account_group.as_deref(),
-                        dedicated: request.key.policy.dedicated_account.as_deref(),
-                        excluded: &[],
-                    };
-                    snapshot
-                        .accounts
-                        .iter()
-                        .any(|other| other.id != account.id && is_routable(other, &candidates, now))
-                };
-                if failures >= health::EJECT_AFTER_FAILURES && others_serve() {
-                    let ejected_for = health::ejection_time(account.runtime.record_ejection());
-                    account.runtime.cool_until(now + millis(ejected_for));
-                    self.record_event(
-                        account,
-                        "ejected",
-                        Some(now + millis(ejected_for)),
-                        &evidence,
-                    );
-                    tracing::warn!(account_id = %account.id, failures, ejected_s = ejected_for.as_secs(), %evidence, "account ejected after repeated failures");
-                }
-            }
         }
     }
 
