@@ -1,10 +1,12 @@
 //! Claude Code's interactive terminal UI through the relay, driven in a private tmux server:
-//! a tool-using turn and a plain turn in one session.
+//! a tool-using turn and a plain turn in one session, on an Anthropic account and on an
+//! OpenAI-compatible one.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use relay_testkit::openai::MockOpenAi;
 use relay_testkit::MockUpstream;
 
 use crate::support::{add_account, client, create_key, usage_when, RunningRelay};
@@ -85,29 +87,34 @@ fn seed_claude_home(home: &Path, workdir: &Path, key: &str) {
     std::fs::write(home.join(".claude.json"), config.to_string()).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claude_code_interactive_session_with_a_tool_completes() {
-    let Some(claude_binary) = client("npm/node_modules/.bin/claude") else {
-        return;
-    };
+/// Whether the interactive test can run here (Claude Code and tmux installed).
+fn claude_and_tmux() -> Option<std::path::PathBuf> {
+    let claude_binary = client("npm/node_modules/.bin/claude")?;
     if Command::new("tmux").arg("-V").output().is_err() {
         assert!(
             std::env::var("CLAUDE_RELAY_REQUIRE_CLIENTS").as_deref() != Ok("1"),
             "tmux is required for the interactive Claude Code test"
         );
-        return;
+        return None;
     }
-    let mock = MockUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    add_account(&data_dir, "main", "sk-ant-main", &mock.url(), 50);
-    let key = create_key(&data_dir, "interactive");
-    let relay = RunningRelay::start(&data_dir, Some("pw"));
-    let home = dir.path().join("home");
-    let workdir = dir.path().join("work");
+    Some(claude_binary)
+}
+
+/// Runs Claude Code's terminal UI against a relay on `data_dir` (its accounts already added):
+/// a tool-using turn, then a plain one answered `MOCK_OK from <reply_model>.`.
+async fn interactive_session(
+    claude_binary: &Path,
+    dir: &Path,
+    data_dir: &Path,
+    key: &str,
+    reply_model: &str,
+) {
+    let relay = RunningRelay::start(data_dir, Some("pw"));
+    let home = dir.join("home");
+    let workdir = dir.join("work");
     std::fs::create_dir_all(&home).unwrap();
     std::fs::create_dir_all(&workdir).unwrap();
-    seed_claude_home(&home, &workdir, &key);
+    seed_claude_home(&home, &workdir, key);
 
     let node_bin = String::from_utf8_lossy(
         &Command::new("sh")
@@ -129,7 +136,7 @@ async fn claude_code_interactive_session_with_a_tool_completes() {
         claude = claude_binary.display(),
     );
     let tmux = Tmux {
-        socket: format!("claude-relay-test-{}", std::process::id()),
+        socket: format!("claude-relay-test-{}-{reply_model}", std::process::id()),
     };
     let started = tmux.run(&[
         "new-session",
@@ -155,8 +162,30 @@ async fn claude_code_interactive_session_with_a_tool_completes() {
         .await;
     tmux.type_line("Say hello");
     tmux.wait_for(
-        "MOCK_OK from claude-sonnet-4-5-20250929.",
+        &format!("MOCK_OK from {reply_model}."),
         Duration::from_secs(30),
+    )
+    .await;
+    drop(tmux);
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_interactive_session_with_a_tool_completes() {
+    let Some(claude_binary) = claude_and_tmux() else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_account(&data_dir, "main", "sk-ant-main", &mock.url(), 50);
+    let key = create_key(&data_dir, "interactive");
+    interactive_session(
+        &claude_binary,
+        dir.path(),
+        &data_dir,
+        &key,
+        "claude-sonnet-4-5-20250929",
     )
     .await;
 
@@ -171,6 +200,43 @@ async fn claude_code_interactive_session_with_a_tool_completes() {
         .all(|request| request.api_key == "sk-ant-main"));
     let usage = usage_when(&data_dir, Some("interactive"), upstream.len() as i64).await;
     assert_eq!(usage["requests"], upstream.len() as i64);
-    drop(tmux);
-    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_interactive_session_runs_on_an_openai_compatible_account() {
+    let Some(claude_binary) = claude_and_tmux() else {
+        return;
+    };
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    crate::support::cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "openai",
+            "--name",
+            "deepseek",
+            "--api-key",
+            "sk-ds",
+            "--base-url",
+            &openai.base_url(),
+            "--map-model",
+            "claude-*=deepseek-chat",
+        ],
+    );
+    let key = create_key(&data_dir, "interactive");
+    interactive_session(&claude_binary, dir.path(), &data_dir, &key, "deepseek-chat").await;
+
+    // Every request Claude Code made (the turns and its own side requests, such as a session
+    // title) went to the OpenAI-compatible host as Chat Completions and was billed once.
+    let upstream = openai.requests();
+    assert!(upstream.len() >= 3, "{}", upstream.len());
+    assert!(upstream.iter().all(|request| request.api_key == "sk-ds"
+        && request.path == "/v1/chat/completions"
+        && request.body["model"] == "deepseek-chat"));
+    let usage = usage_when(&data_dir, Some("interactive"), upstream.len() as i64).await;
+    assert_eq!(usage["requests"], upstream.len() as i64);
 }
