@@ -16,7 +16,7 @@ pub struct AccountSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedulable: Option<bool>,
     /// Models it serves (exact ids or `prefix*`); absent means its platform's defaults
-    /// ([`crate::accounts::Platform::default_models`]).
+    /// (`Platform::default_models`, relay-upstream).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
     /// Client model → upstream model, for accounts whose upstream names models differently.

@@ -22,12 +22,12 @@ pub mod pricing;
 pub mod quantity;
 pub mod relay;
 pub mod report;
-pub mod rotation;
 pub mod schedule;
 pub mod snapshot;
 pub mod sticky;
 pub mod throttle;
 
+pub use bootstrap::rotation;
 pub use relay::{Relay, RelaySettings};
 
 // The upstream side lives in relay-upstream; these paths stay for the rest of the core.

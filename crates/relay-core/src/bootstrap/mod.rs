@@ -5,6 +5,8 @@
 //! Every process that opens an installation holds a shared lock on `relay.lock`; a master-key
 //! rotation (`rotation`) holds it exclusively, so nothing seals under a key being replaced.
 
+pub mod rotation;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -110,7 +112,7 @@ pub(crate) async fn open_locked(
     let store = Store::open(&data_dir.join(DATABASE_FILE)).await?;
     let master_key = match master_key_hex {
         Some(_) => master_key,
-        None => crate::rotation::finish_interrupted_rotation(data_dir, &store, master_key).await?,
+        None => rotation::finish_interrupted_rotation(data_dir, &store, master_key).await?,
     };
     let keyring = open_keyring(&store, &master_key).await?;
     let installation = Installation {

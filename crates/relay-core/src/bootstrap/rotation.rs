@@ -28,7 +28,7 @@ use std::path::Path;
 
 use relay_store::{SealedField, SealedValue, Store, StoreError};
 
-use crate::bootstrap::{
+use super::{
     installation_secret_binding, open_locked, BootstrapError, KEY_HASH_KEY, MASTER_KEY_FILE,
 };
 use crate::crypto::{CryptoError, MasterKey};
@@ -176,8 +176,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::{AdminService, NewAccountInput};
     use crate::bootstrap::{open_installation, Installation};
+    use crate::admin::{AdminService, NewAccountInput};
     use crate::oauth::OAuthSettings;
     use crate::policy::KeyPolicy;
     use crate::snapshot::SnapshotStore;
