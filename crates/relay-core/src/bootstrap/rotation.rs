@@ -176,8 +176,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootstrap::{open_installation, Installation};
     use crate::admin::{AdminService, NewAccountInput};
+    use crate::bootstrap::{open_installation, Installation};
     use crate::oauth::OAuthSettings;
     use crate::policy::KeyPolicy;
     use crate::snapshot::SnapshotStore;

@@ -42,6 +42,13 @@ pub(super) fn upstream_body(
         (Dialect::OpenAiChat, Dialect::OpenAiChat) if request.stream && !request.include_usage => {
             return Ok(rewritten(&request.body, mapped, true));
         }
+        (Dialect::AnthropicMessages, Dialect::AnthropicMessages) => {
+            // Thinking converted from an OpenAI-compatible host earlier in the conversation
+            // carries no Anthropic signature; Anthropic would refuse the request with it.
+            let body = relay_protocol::convert::anthropic::strip_unsigned_thinking(&request.body)
+                .map_or_else(|| request.body.clone(), Bytes::from);
+            return Ok(rewritten(&body, mapped, false));
+        }
         _ => return Ok(rewritten(&request.body, mapped, false)),
     };
     converted.map(Bytes::from).map_err(|error| {

@@ -682,3 +682,26 @@ async fn testing_an_openai_compatible_account_sends_a_model_it_serves() {
     assert_eq!(requests[1].body["messages"][0]["role"], "user");
     harness.shutdown().await;
 }
+
+#[tokio::test]
+async fn thinking_converted_from_an_openai_host_is_not_sent_to_an_anthropic_account() {
+    let harness = Harness::start(vec![account("claude", "sk-ant-1", 1)]).await;
+    let marker = relay_protocol::convert::UNSIGNED_THINKING_SIGNATURE;
+    let mut body = crate::harness::messages_body(false, "go on");
+    body["messages"] = json!([
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "from the OpenAI-compatible host", "signature": marker},
+            {"type": "text", "text": "MOCK_OK from deepseek-chat."},
+        ]},
+        {"role": "user", "content": "go on"},
+    ]);
+    let response = harness.post("/v1/messages", body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let sent = &harness.mock.requests()[0].body;
+    let blocks = sent["messages"][1]["content"].as_array().unwrap();
+    assert_eq!(blocks.len(), 1, "{sent}");
+    assert_eq!(blocks[0]["type"], "text");
+    assert!(!sent.to_string().contains(marker));
+    harness.shutdown().await;
+}
