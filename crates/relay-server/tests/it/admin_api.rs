@@ -532,3 +532,57 @@ async fn an_account_with_an_invalid_setting_or_proxy_is_not_created_at_all() {
         assert_eq!(names, ["main"], "{body} left an account behind");
     }
 }
+
+#[tokio::test]
+async fn an_openai_compatible_account_is_added_tested_and_used_through_the_admin_api() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![]).await;
+    let token = login(&harness).await;
+    let created = admin(&harness, &token, Method::POST, "/admin/v1/accounts")
+        .json(&json!({
+            "platform": "openai", "name": "ds", "api_key": "sk-ds-secret",
+            "base_url": harness.openai.base_url(), "priority": 5,
+            "settings": {"model_map": {"claude-*": "deepseek-chat"}}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["platform"], "openai", "{created}");
+    assert!(!created.to_string().contains("sk-ds-secret"));
+    let unknown = admin(&harness, &token, Method::POST, "/admin/v1/accounts")
+        .json(&json!({"platform": "gopher", "name": "x", "api_key": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+    let said = unknown.text().await.unwrap();
+    assert!(said.contains("anthropic, claude-oauth, openai"), "{said}");
+
+    harness.snapshots.reload().await.unwrap();
+    let test = post_json(&harness, &token, "/admin/v1/accounts/ds/test").await;
+    assert_eq!(test["ok"], true, "{test}");
+    // Claude Code's model reaches the account mapped, as Chat Completions.
+    let response = harness.send(false, "hello").await;
+    assert_eq!(response.status(), 200);
+    let requests = harness.openai.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(
+        |request| request.body["model"] == "deepseek-chat" && request.api_key == "sk-ds-secret"
+    ));
+    let listed = get_json(&harness, &token, "/admin/v1/accounts").await;
+    assert!(listed.to_string().contains("\"openai\""), "{listed}");
+    harness.shutdown().await;
+}
+
+/// `POST` an admin path without a body and read the JSON answer.
+async fn post_json(harness: &Harness, token: &str, path: &str) -> Value {
+    admin(harness, token, reqwest::Method::POST, path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
