@@ -403,6 +403,23 @@ impl AdminService {
             ));
         }
         input.settings.validate().map_err(AdminError::Invalid)?;
+        let serves_something = input
+            .settings
+            .models
+            .as_ref()
+            .is_some_and(|models| !models.is_empty())
+            || input
+                .settings
+                .model_map
+                .as_ref()
+                .is_some_and(|map| !map.is_empty())
+            || !platform.default_models().is_empty();
+        if !serves_something {
+            return Err(AdminError::Invalid(format!(
+                "a {} account serves no model by default: name them with --model (e.g. --model 'deepseek-*') or map Claude's with --map-model 'claude-*=deepseek-chat'",
+                platform.as_str()
+            )));
+        }
         let proxy_url = match &input.proxy {
             Some(url) => {
                 ProxyConfig::parse(url).map_err(AdminError::Invalid)?;

@@ -551,6 +551,14 @@ async fn an_openai_compatible_account_is_added_tested_and_used_through_the_admin
     let created: Value = created.json().await.unwrap();
     assert_eq!(created["platform"], "openai", "{created}");
     assert!(!created.to_string().contains("sk-ds-secret"));
+    let serves_nothing = admin(&harness, &token, Method::POST, "/admin/v1/accounts")
+        .json(&json!({"platform": "openai", "name": "idle", "api_key": "sk-idle"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(serves_nothing.status(), 400);
+    let said = serves_nothing.text().await.unwrap();
+    assert!(said.contains("serves no model by default"), "{said}");
     let unknown = admin(&harness, &token, Method::POST, "/admin/v1/accounts")
         .json(&json!({"platform": "gopher", "name": "x", "api_key": "k"}))
         .send()
