@@ -141,6 +141,9 @@ pub(crate) enum Reframe {
         convert: fn(u16, &[u8]) -> Vec<u8>,
         status: u16,
         buffer: Vec<u8>,
+        /// The client's dialect, for the error that replaces an oversized body.
+        client: Dialect,
+        oversized: bool,
     },
 }
 
@@ -168,13 +171,14 @@ impl Reframe {
                 translator.push(&chunk, &mut out);
                 (!out.is_empty()).then(|| Bytes::from(out))
             }
-            Self::Whole { buffer, .. } => {
-                if buffer.len() + chunk.len() <= WHOLE_BODY_LIMIT {
-                    buffer.extend_from_slice(&chunk);
+            Self::Whole {
+                buffer, oversized, ..
+            } => {
+                if *oversized || buffer.len() + chunk.len() > WHOLE_BODY_LIMIT {
+                    *oversized = true;
+                    *buffer = Vec::new();
                 } else {
-                    buffer.clear();
-                    buffer.shrink_to_fit();
-                    *buffer = OVERSIZED.to_vec();
+                    buffer.extend_from_slice(&chunk);
                 }
                 None
             }
@@ -194,13 +198,16 @@ impl Reframe {
                 convert,
                 status,
                 buffer,
-            } => Some(Bytes::from(convert(*status, buffer))),
+                client,
+                oversized,
+            } => Some(Bytes::from(if *oversized {
+                unconvertible(*client, "the answer is too large to convert")
+            } else {
+                convert(*status, buffer)
+            })),
         }
     }
 }
-
-/// Marks a whole body that outgrew [`WHOLE_BODY_LIMIT`]; no conversion parses it.
-const OVERSIZED: &[u8] = b"\0oversized";
 
 /// How the answer to `request` from an upstream speaking `upstream` is re-framed for the client.
 pub(super) fn reframe(
@@ -221,13 +228,13 @@ pub(super) fn reframe(
         (upstream, client) if upstream == client => Reframe::Passthrough,
         (Dialect::AnthropicMessages, Dialect::OpenAiChat) => {
             if !status.is_success() {
-                whole(status, to_openai_chat::error)
+                whole(client, status, to_openai_chat::error)
             } else if is_sse {
                 Reframe::Stream(Box::new(to_openai_chat::StreamTranslator::new(
                     request.include_usage,
                 )))
             } else {
-                whole(status, |_, body| {
+                whole(client, status, |_, body| {
                     to_openai_chat::response(body)
                         .unwrap_or_else(|error| unconvertible(Dialect::OpenAiChat, &error.message))
                 })
@@ -235,11 +242,11 @@ pub(super) fn reframe(
         }
         (Dialect::OpenAiChat, Dialect::AnthropicMessages) => {
             if !status.is_success() {
-                whole(status, to_anthropic::error)
+                whole(client, status, to_anthropic::error)
             } else if is_sse {
                 Reframe::Stream(Box::new(to_anthropic::StreamTranslator::new()))
             } else {
-                whole(status, |_, body| {
+                whole(client, status, |_, body| {
                     to_anthropic::response(body).unwrap_or_else(|error| {
                         unconvertible(Dialect::AnthropicMessages, &error.message)
                     })
@@ -251,11 +258,13 @@ pub(super) fn reframe(
     }
 }
 
-fn whole(status: StatusCode, convert: fn(u16, &[u8]) -> Vec<u8>) -> Reframe {
+fn whole(client: Dialect, status: StatusCode, convert: fn(u16, &[u8]) -> Vec<u8>) -> Reframe {
     Reframe::Whole {
         convert,
         status: status.as_u16(),
         buffer: Vec::new(),
+        client,
+        oversized: false,
     }
 }
 
@@ -366,5 +375,38 @@ impl UsageReader {
             .map(str::to_owned)
         });
         named.unwrap_or_else(|| format!("http_{status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_body_is_converted_at_its_end_and_an_oversized_one_becomes_an_error() {
+        let mut reframe = whole(Dialect::OpenAiChat, StatusCode::OK, |_, body| {
+            to_openai_chat::response(body).unwrap_or_default()
+        });
+        let message = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-haiku-4-5","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1}}"#;
+        let (head, tail) = message.split_at(40);
+        assert_eq!(reframe.push(Bytes::from_static(head)), None);
+        assert_eq!(reframe.push(Bytes::from_static(tail)), None);
+        let converted: serde_json::Value =
+            serde_json::from_slice(&reframe.finish().unwrap()).unwrap();
+        assert_eq!(converted["choices"][0]["message"]["content"], "hi");
+
+        let mut reframe = whole(Dialect::OpenAiChat, StatusCode::OK, |_, _| b"{}".to_vec());
+        let chunk = Bytes::from(vec![b' '; 1024 * 1024]);
+        for _ in 0..=WHOLE_BODY_LIMIT / chunk.len() {
+            assert_eq!(reframe.push(chunk.clone()), None);
+        }
+        let error: serde_json::Value = serde_json::from_slice(&reframe.finish().unwrap()).unwrap();
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("too large"),
+            "{error}"
+        );
     }
 }
