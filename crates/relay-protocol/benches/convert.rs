@@ -16,6 +16,7 @@
     clippy::print_stderr
 )] // bench setup: a bad fixture should stop the run.
 
+use relay_protocol::convert::Translate;
 use std::hint::black_box;
 use std::path::Path;
 

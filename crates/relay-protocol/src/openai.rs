@@ -15,7 +15,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::sse::SseDecoder;
-use crate::usage::{StreamEnding, UsageFault, MAX_REPORTED_TOKENS};
+use crate::usage::{Reported, StreamEnding, UsageFault};
 use crate::Usage;
 
 /// The `usage` object of a Chat Completions response or chunk.
@@ -105,11 +105,9 @@ pub fn is_usage_only_chunk(data: &[u8]) -> bool {
 pub struct ChatUsageTracker {
     decoder: SseDecoder,
     usage: Usage,
-    model: Option<String>,
+    reported: Reported,
     ending: StreamEnding,
     saw_usage: bool,
-    /// A reported count was beyond [`MAX_REPORTED_TOKENS`] and was clamped.
-    clamped: bool,
 }
 
 impl Default for ChatUsageTracker {
@@ -123,10 +121,9 @@ impl ChatUsageTracker {
         Self {
             decoder: SseDecoder::new(),
             usage: Usage::default(),
-            model: None,
+            reported: Reported::default(),
             ending: StreamEnding::Open,
             saw_usage: false,
-            clamped: false,
         }
     }
 
@@ -146,7 +143,10 @@ impl ChatUsageTracker {
             return;
         }
         // Most chunks are content deltas: parse only those that can say something new.
-        if self.model.is_some() && !data.contains("\"usage\"") && !data.contains("\"error\"") {
+        if self.reported.model.is_some()
+            && !data.contains("\"usage\"")
+            && !data.contains("\"error\"")
+        {
             return;
         }
         if let Ok(chunk) = serde_json::from_str::<WireChunk>(data) {
@@ -154,8 +154,8 @@ impl ChatUsageTracker {
                 self.ending = StreamEnding::Error(error.name());
                 return;
             }
-            if self.model.is_none() {
-                self.set_model(chunk.model);
+            if self.reported.model.is_none() {
+                self.reported.set_model(chunk.model);
             }
             if let Some(usage) = chunk.usage {
                 self.apply(&usage);
@@ -174,7 +174,7 @@ impl ChatUsageTracker {
                 false
             }
             Ok(chunk) => {
-                self.set_model(chunk.model);
+                self.reported.set_model(chunk.model);
                 if let Some(usage) = chunk.usage {
                     self.apply(&usage);
                 }
@@ -185,23 +185,14 @@ impl ChatUsageTracker {
         }
     }
 
-    fn set_model(&mut self, model: Option<String>) {
-        if let Some(model) = model.filter(|model| crate::is_model_name(model)) {
-            self.model = Some(model);
-        }
-    }
-
-    fn bounded(&mut self, value: u64) -> u64 {
-        if value > MAX_REPORTED_TOKENS {
-            self.clamped = true;
-        }
-        value.min(MAX_REPORTED_TOKENS)
-    }
-
     fn apply(&mut self, usage: &WireUsage) {
         self.saw_usage = true;
-        let prompt = usage.prompt_tokens.map(|value| self.bounded(value));
-        let cached = usage.cached_tokens().map(|value| self.bounded(value));
+        let prompt = usage
+            .prompt_tokens
+            .map(|value| self.reported.bounded(value));
+        let cached = usage
+            .cached_tokens()
+            .map(|value| self.reported.bounded(value));
         if prompt.is_some() || cached.is_some() {
             let cached = cached.unwrap_or(0);
             let prompt = prompt.unwrap_or(0);
@@ -210,22 +201,16 @@ impl ChatUsageTracker {
             self.usage.cache_read_tokens = cached;
         }
         if let Some(value) = usage.completion_tokens {
-            self.usage.output_tokens = self.bounded(value);
+            self.usage.output_tokens = self.reported.bounded(value);
         }
         if let Some(value) = usage.reasoning_tokens() {
-            self.usage.reasoning_tokens = self.bounded(value);
+            self.usage.reasoning_tokens = self.reported.bounded(value);
         }
     }
 
     /// Whether the usage could not be read whole, or was clamped.
     pub fn fault(&self) -> Option<UsageFault> {
-        if self.decoder.overflowed() {
-            Some(UsageFault::Unreadable)
-        } else if self.clamped {
-            Some(UsageFault::OutOfRange)
-        } else {
-            None
-        }
+        self.reported.fault(self.decoder.overflowed())
     }
 
     /// The usage seen so far (OpenAI has no cache writes: those fields stay 0).
@@ -234,7 +219,7 @@ impl ChatUsageTracker {
     }
 
     pub fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+        self.reported.model.as_deref()
     }
 
     pub fn ending(&self) -> &StreamEnding {
@@ -249,6 +234,7 @@ impl ChatUsageTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::MAX_REPORTED_TOKENS;
 
     const STREAM: &str = concat!(
         "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4.1\",",

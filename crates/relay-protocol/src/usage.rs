@@ -78,3 +78,39 @@ impl UsageFault {
         }
     }
 }
+
+/// What every usage reader keeps besides the counts: the model the upstream reported (held to
+/// the rules a request's model follows; anything else is not believed) and whether a count was
+/// clamped to [`MAX_REPORTED_TOKENS`].
+#[derive(Debug, Default)]
+pub(crate) struct Reported {
+    pub(crate) model: Option<String>,
+    clamped: bool,
+}
+
+impl Reported {
+    pub(crate) fn set_model(&mut self, model: Option<String>) {
+        if let Some(model) = model.filter(|model| crate::is_model_name(model)) {
+            self.model = Some(model);
+        }
+    }
+
+    /// A reported count, clamped to what one response can hold.
+    pub(crate) fn bounded(&mut self, value: u64) -> u64 {
+        if value > MAX_REPORTED_TOKENS {
+            self.clamped = true;
+        }
+        value.min(MAX_REPORTED_TOKENS)
+    }
+
+    /// Why the usage read may be wrong: an event too long to read, or a count out of range.
+    pub(crate) fn fault(&self, decoder_overflowed: bool) -> Option<UsageFault> {
+        if decoder_overflowed {
+            Some(UsageFault::Unreadable)
+        } else if self.clamped {
+            Some(UsageFault::OutOfRange)
+        } else {
+            None
+        }
+    }
+}

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use crate::sse::SseDecoder;
-use crate::usage::{StreamEnding, UsageFault, MAX_REPORTED_TOKENS};
+use crate::usage::{Reported, StreamEnding, UsageFault};
 use crate::Usage;
 
 #[derive(Deserialize, Default)]
@@ -62,11 +62,9 @@ pub struct MessagesUsageTracker {
     cache_creation_1h: Option<u64>,
     cache_creation_5m: Option<u64>,
     cache_read_tokens: u64,
-    model: Option<String>,
+    reported: Reported,
     ending: StreamEnding,
     saw_usage: bool,
-    /// A reported count was beyond [`MAX_REPORTED_TOKENS`] and was clamped.
-    clamped: bool,
 }
 
 impl Default for MessagesUsageTracker {
@@ -85,10 +83,9 @@ impl MessagesUsageTracker {
             cache_creation_1h: None,
             cache_creation_5m: None,
             cache_read_tokens: 0,
-            model: None,
+            reported: Reported::default(),
             ending: StreamEnding::Open,
             saw_usage: false,
-            clamped: false,
         }
     }
 
@@ -103,7 +100,7 @@ impl MessagesUsageTracker {
         match event {
             "message_start" => {
                 if let Ok(start) = serde_json::from_str::<MessageStart>(data) {
-                    self.set_model(start.message.model);
+                    self.reported.set_model(start.message.model);
                     if let Some(usage) = start.message.usage {
                         self.apply(&usage);
                     }
@@ -129,7 +126,7 @@ impl MessagesUsageTracker {
     pub fn observe_json_body(&mut self, body: &[u8]) -> bool {
         match serde_json::from_slice::<WireMessage>(body) {
             Ok(message) => {
-                self.set_model(message.model);
+                self.reported.set_model(message.model);
                 if let Some(usage) = message.usage {
                     self.apply(&usage);
                 }
@@ -140,55 +137,33 @@ impl MessagesUsageTracker {
         }
     }
 
-    /// Takes a model name the upstream reported, held to the rules a request's model follows
-    /// (1–256 printable ASCII characters); anything else is not believed.
-    fn set_model(&mut self, model: Option<String>) {
-        if let Some(model) = model.filter(|model| crate::is_model_name(model)) {
-            self.model = Some(model);
-        }
-    }
-
-    /// A reported count, clamped to what one response can hold.
-    fn bounded(&mut self, value: u64) -> u64 {
-        if value > MAX_REPORTED_TOKENS {
-            self.clamped = true;
-        }
-        value.min(MAX_REPORTED_TOKENS)
-    }
-
     fn apply(&mut self, usage: &WireUsage) {
         self.saw_usage = true;
         if let Some(value) = usage.input_tokens {
-            self.input_tokens = self.bounded(value);
+            self.input_tokens = self.reported.bounded(value);
         }
         if let Some(value) = usage.output_tokens {
-            self.output_tokens = self.bounded(value);
+            self.output_tokens = self.reported.bounded(value);
         }
         if let Some(value) = usage.cache_creation_input_tokens {
-            self.cache_creation_total = self.bounded(value);
+            self.cache_creation_total = self.reported.bounded(value);
         }
         if let Some(value) = usage.cache_read_input_tokens {
-            self.cache_read_tokens = self.bounded(value);
+            self.cache_read_tokens = self.reported.bounded(value);
         }
         if let Some(split) = &usage.cache_creation {
             if let Some(value) = split.ephemeral_1h_input_tokens {
-                self.cache_creation_1h = Some(self.bounded(value));
+                self.cache_creation_1h = Some(self.reported.bounded(value));
             }
             if let Some(value) = split.ephemeral_5m_input_tokens {
-                self.cache_creation_5m = Some(self.bounded(value));
+                self.cache_creation_5m = Some(self.reported.bounded(value));
             }
         }
     }
 
     /// Whether the usage could not be read whole, or was clamped.
     pub fn fault(&self) -> Option<UsageFault> {
-        if self.decoder.overflowed() {
-            Some(UsageFault::Unreadable)
-        } else if self.clamped {
-            Some(UsageFault::OutOfRange)
-        } else {
-            None
-        }
+        self.reported.fault(self.decoder.overflowed())
     }
 
     /// The usage seen so far. Without a 5m/1h split every cache write counts as 5-minute (the
@@ -209,7 +184,7 @@ impl MessagesUsageTracker {
     }
 
     pub fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+        self.reported.model.as_deref()
     }
 
     pub fn ending(&self) -> &StreamEnding {

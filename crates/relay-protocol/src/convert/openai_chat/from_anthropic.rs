@@ -794,18 +794,6 @@ impl Translate for StreamTranslator {
     }
 }
 
-impl StreamTranslator {
-    /// See [`Translate::push`].
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        Translate::push(self, chunk, out);
-    }
-
-    /// See [`Translate::finish`].
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        Translate::finish(self, out);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
