@@ -619,6 +619,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let installation = open_installation(
                 &config.data_dir,
                 config.master_key.as_ref().map(|secret| secret.0.as_str()),
+                config.database_url.as_ref().map(|secret| secret.0.as_str()),
             )
             .await?;
             let admin = AdminService::new(installation.store.clone(), &installation.keyring)
@@ -632,15 +633,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn rotate_master_key(config: &Config) -> anyhow::Result<()> {
     let from_env = config.master_key.as_ref().map(|secret| secret.0.as_str());
-    let rotated = relay_core::rotation::rotate_master_key(&config.data_dir, from_env, |new_key| {
-        // Alone on stdout, before anything changes: the operator holds both keys whatever
-        // happens next.
-        out(new_key.to_hex().expose());
-        notice(
-            "the new master key (shown once): set CLAUDE_RELAY_MASTER_KEY to it wherever the \
+    let rotated = relay_core::rotation::rotate_master_key(
+        &config.data_dir,
+        from_env,
+        config.database_url.as_ref().map(|secret| secret.0.as_str()),
+        |new_key| {
+            // Alone on stdout, before anything changes: the operator holds both keys whatever
+            // happens next.
+            out(new_key.to_hex().expose());
+            notice(
+                "the new master key (shown once): set CLAUDE_RELAY_MASTER_KEY to it wherever the \
              relay runs before starting it again",
-        );
-    })
+            );
+        },
+    )
     .await;
     match (rotated, from_env) {
         (Ok(resealed), Some(_)) => {

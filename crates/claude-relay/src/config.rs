@@ -20,6 +20,8 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    /// `postgres://…`: PostgreSQL instead of the SQLite file in the data directory.
+    database_url: Option<String>,
     #[serde(default)]
     log: FileLog,
     #[serde(default)]
@@ -124,6 +126,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub master_key: Option<Secret>,
+    /// PostgreSQL instead of the SQLite file in the data directory (it may hold a password).
+    pub database_url: Option<Secret>,
     pub admin_password: Option<Secret>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -161,6 +165,20 @@ impl Config {
             ));
             SocketAddr::from(([127, 0, 0, 1], 3180))
         });
+        let database_url = var("CLAUDE_RELAY_DATABASE_URL")
+            .or(file.database_url)
+            .filter(|url| {
+                let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+                if !postgres {
+                    problems.push(format!(
+                        "database_url (CLAUDE_RELAY_DATABASE_URL): '{}' is not a postgres:// URL \
+                         (leave it unset for the SQLite file in the data directory)",
+                        relay_store::redact_url(url)
+                    ));
+                }
+                postgres
+            })
+            .map(Secret);
         let data_dir = var("CLAUDE_RELAY_DATA_DIR")
             .map(PathBuf::from)
             .or(file.data_dir)
@@ -381,11 +399,22 @@ impl Config {
                 "server.trusted_proxies",
                 &mut problems,
             ),
-            allowed_hosts: file.server.allowed_hosts.map(|hosts| {
-                hosts
+            allowed_hosts: file.server.allowed_hosts.and_then(|hosts| {
+                let hosts: Vec<String> = hosts
                     .into_iter()
                     .map(|host| host.trim().to_ascii_lowercase())
-                    .collect()
+                    .filter(|host| !host.is_empty())
+                    .collect();
+                if hosts.is_empty() {
+                    // An empty list would refuse every request, /health included.
+                    problems.push(
+                        "server.allowed_hosts: name at least one host, or leave it out to serve \
+                         any Host"
+                            .to_owned(),
+                    );
+                    return None;
+                }
+                Some(hosts)
             }),
             shutdown_grace: secs(
                 file.server.shutdown_grace_secs,
@@ -421,6 +450,7 @@ impl Config {
             listen,
             data_dir,
             master_key: var("CLAUDE_RELAY_MASTER_KEY").map(Secret),
+            database_url,
             admin_password: var("CLAUDE_RELAY_ADMIN_PASSWORD").map(Secret),
             log_format,
             log_level,
@@ -478,6 +508,21 @@ mod tests {
             .any(|p| p.starts_with("upstream.idle_timeout_secs")));
         let unknown = Config::build(Some("lisen = 1"), &HashMap::new()).unwrap_err();
         assert!(unknown[0].contains("lisen"));
+        let no_hosts =
+            Config::build(Some("[server]\nallowed_hosts = [\"\"]"), &HashMap::new()).unwrap_err();
+        assert!(
+            no_hosts[0].starts_with("server.allowed_hosts"),
+            "{no_hosts:?}"
+        );
+        let not_postgres = Config::build(
+            None,
+            &env(&[("CLAUDE_RELAY_DATABASE_URL", "mysql://root:hunter2@db/relay")]),
+        )
+        .unwrap_err();
+        assert!(
+            not_postgres[0].starts_with("database_url") && !not_postgres[0].contains("hunter2"),
+            "{not_postgres:?}"
+        );
     }
 
     #[test]

@@ -63,10 +63,18 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let installation = open_installation(
         &config.data_dir,
         config.master_key.as_ref().map(|secret| secret.0.as_str()),
+        config.database_url.as_ref().map(|secret| secret.0.as_str()),
     )
     .await?;
     if installation.created {
         tracing::info!(data_dir = %config.data_dir.display(), "created a new installation");
+    }
+    if installation.store.backend() == relay_store::Backend::Postgres {
+        // Limits, cooldowns and sticky sessions are still counted in this process.
+        tracing::warn!(
+            "PostgreSQL without Redis: key limits, account cooldowns and sticky sessions are \
+             counted per instance; run a single instance in this mode"
+        );
     }
     match ensure_admin(
         &installation.store,

@@ -1,17 +1,20 @@
-//! Durable storage: the SQLite database behind keys, accounts, admins and usage records.
+//! Durable storage: the database behind keys, accounts, admins and usage records — an embedded
+//! SQLite file by default, or PostgreSQL when several instances share one database.
 //!
 //! *Architecture Invariant*: nothing on the proxy path awaits this crate. Keys and accounts are
 //! read into in-memory snapshots (see `relay-core::snapshot`); usage is handed to the
 //! [`UsageWriter`] through a channel and written in batches.
 //!
 //! Every mutation of `relay_keys` or `accounts` bumps the single `revision` row through triggers,
-//! so a running server notices a change made by any process (the CLI, another connection) by
-//! polling one integer.
+//! so a running server notices a change made by any process (the CLI, another instance) by
+//! reading one integer; on PostgreSQL the trigger also sends a notification.
 
 mod error;
 mod records;
 mod schema;
 mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod usage_writer;
 
 pub use error::StoreError;
@@ -19,5 +22,5 @@ pub use records::{
     AccountEvent, AccountRow, AdminRow, KeyMeta, KeyRow, KeySpend, NewAccount, NewKey, SealedField,
     SealedValue, UsageFilter, UsageRecord, UsageTotals,
 };
-pub use store::Store;
+pub use store::{redact_url, Backend, Store};
 pub use usage_writer::{UsageSink, UsageWriter, UsageWriterHandle};

@@ -211,18 +211,19 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_writes_everything_handed_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("relay.db")).await.unwrap();
-        let (sink, handle) = UsageWriter::spawn(store.clone());
-        for n in 1..=2000 {
-            sink.record(record(n));
+        for database in crate::testing::each_backend().await {
+            let store = database.store.clone();
+            let (sink, handle) = UsageWriter::spawn(store.clone());
+            for n in 1..=2000 {
+                sink.record(record(n));
+            }
+            handle.shutdown().await;
+            let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
+            assert_eq!(totals.requests, 2000);
+            assert_eq!(totals.input_tokens, (1..=2000).sum::<i64>());
+            assert_eq!(totals.cost_nano_usd, 20_000);
+            assert_eq!(sink.queue_depth(), 0);
+            assert_eq!(sink.written_total(), 2000);
         }
-        handle.shutdown().await;
-        let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
-        assert_eq!(totals.requests, 2000);
-        assert_eq!(totals.input_tokens, (1..=2000).sum::<i64>());
-        assert_eq!(totals.cost_nano_usd, 20_000);
-        assert_eq!(sink.queue_depth(), 0);
-        assert_eq!(sink.written_total(), 2000);
     }
 }

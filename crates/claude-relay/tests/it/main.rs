@@ -13,5 +13,6 @@ mod binary;
 mod canary;
 mod clients;
 mod interactive;
+mod scale_out;
 mod secrets;
 mod support;

@@ -201,12 +201,23 @@ impl Drop for RunningRelay {
 
 /// Polls `usage --json` until it reports at least `requests` requests.
 pub async fn usage_when(data_dir: &Path, key: Option<&str>, requests: i64) -> serde_json::Value {
+    usage_when_env(data_dir, &[], key, requests).await
+}
+
+/// [`usage_when`] with these environment variables set.
+pub async fn usage_when_env(
+    data_dir: &Path,
+    env: &[(&str, &str)],
+    key: Option<&str>,
+    requests: i64,
+) -> serde_json::Value {
     let mut args = vec!["usage", "--json"];
     if let Some(key) = key {
         args.extend(["--key", key]);
     }
     for _ in 0..100 {
-        let usage = cli_json(data_dir, &args);
+        let usage: serde_json::Value =
+            serde_json::from_str(&cli_env(data_dir, env, &args)).unwrap();
         if usage["requests"].as_i64().unwrap_or(0) >= requests {
             return usage;
         }

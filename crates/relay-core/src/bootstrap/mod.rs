@@ -83,12 +83,17 @@ pub struct Installation {
 }
 
 /// Opens the installation in `data_dir`, creating what is missing. `master_key_hex`, when given
-/// (from the environment), takes the place of the key file.
+/// (from the environment), takes the place of the key file; `database_url`, when given, is the
+/// PostgreSQL database that takes the place of the SQLite file (several instances may share it,
+/// and this directory).
 pub async fn open_installation(
     data_dir: &Path,
     master_key_hex: Option<&str>,
+    database_url: Option<&str>,
 ) -> Result<Installation, BootstrapError> {
-    Ok(open_locked(data_dir, master_key_hex, false).await?.0)
+    Ok(open_locked(data_dir, master_key_hex, database_url, false)
+        .await?
+        .0)
 }
 
 /// [`open_installation`] under a shared lock, or an exclusive one that fails at once if the
@@ -96,6 +101,7 @@ pub async fn open_installation(
 pub(crate) async fn open_locked(
     data_dir: &Path,
     master_key_hex: Option<&str>,
+    database_url: Option<&str>,
     exclusive: bool,
 ) -> Result<(Installation, MasterKey), BootstrapError> {
     create_private_dir(data_dir).map_err(|source| BootstrapError::DataDir {
@@ -104,12 +110,17 @@ pub(crate) async fn open_locked(
     })?;
     restrict_to_owner(data_dir)?;
     let lock = DataDirLock::acquire(data_dir, exclusive)?;
-    prepare_database_files(data_dir)?;
     let (master_key, created) = match master_key_hex {
         Some(hex) => (MasterKey::from_hex(hex)?, false),
         None => MasterKey::load_or_create(&data_dir.join(MASTER_KEY_FILE))?,
     };
-    let store = Store::open(&data_dir.join(DATABASE_FILE)).await?;
+    let store = match database_url {
+        Some(url) => Store::connect(url).await?,
+        None => {
+            prepare_database_files(data_dir)?;
+            Store::open(&data_dir.join(DATABASE_FILE)).await?
+        }
+    };
     let master_key = match master_key_hex {
         Some(_) => master_key,
         None => rotation::finish_interrupted_rotation(data_dir, &store, master_key).await?,
@@ -368,7 +379,7 @@ mod tests {
     async fn first_open_creates_everything_and_one_admin() {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("nested/data");
-        let installation = open_installation(&data_dir, None).await.unwrap();
+        let installation = open_installation(&data_dir, None, None).await.unwrap();
         assert!(installation.created);
         assert!(data_dir.join(MASTER_KEY_FILE).exists());
         assert!(data_dir.join(DATABASE_FILE).exists());
@@ -400,7 +411,7 @@ mod tests {
                 .unwrap(),
             AdminBootstrap::AlreadyPresent
         );
-        let again = open_installation(&data_dir, None).await.unwrap();
+        let again = open_installation(&data_dir, None, None).await.unwrap();
         assert!(!again.created);
         let hash = hash_password("pw").unwrap();
         assert!(Argon2::default()

@@ -43,9 +43,10 @@ pub const NEW_MASTER_KEY_FILE: &str = "master.key.new";
 pub async fn rotate_master_key(
     data_dir: &Path,
     master_key_hex: Option<&str>,
+    database_url: Option<&str>,
     hand_over: impl FnOnce(&MasterKey),
 ) -> Result<usize, BootstrapError> {
-    let (installation, old_key) = open_locked(data_dir, master_key_hex, true).await?;
+    let (installation, old_key) = open_locked(data_dir, master_key_hex, database_url, true).await?;
     let store = installation.store.clone();
     let new_key = MasterKey::generate();
     let pending = data_dir.join(NEW_MASTER_KEY_FILE);
@@ -188,7 +189,9 @@ mod tests {
 
     /// Opens (creating) the installation and adds an API-key account.
     async fn with_an_account(data_dir: &Path, master_key_hex: Option<&str>) -> Installation {
-        let installation = open_installation(data_dir, master_key_hex).await.unwrap();
+        let installation = open_installation(data_dir, master_key_hex, None)
+            .await
+            .unwrap();
         AdminService::new(installation.store.clone(), &installation.keyring)
             .add_account(NewAccountInput {
                 platform: "anthropic".into(),
@@ -220,7 +223,7 @@ mod tests {
     async fn rotation_reseals_every_secret_and_issued_keys_keep_their_hash() {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
-        let installation = open_installation(&data_dir, None).await.unwrap();
+        let installation = open_installation(&data_dir, None, None).await.unwrap();
         let admin = AdminService::new(installation.store.clone(), &installation.keyring);
         for (platform, name, proxy) in [
             (
@@ -254,7 +257,7 @@ mod tests {
         drop((admin, installation));
         let old_key = key_file(&data_dir);
 
-        let resealed = rotate_master_key(&data_dir, None, |_| unreachable!("a key file"))
+        let resealed = rotate_master_key(&data_dir, None, None, |_| unreachable!("a key file"))
             .await
             .unwrap();
         // Two credentials, one proxy, one pending verifier, the key-hash key.
@@ -263,7 +266,7 @@ mod tests {
         assert_ne!(new_key.to_hex(), old_key.to_hex());
         assert!(!data_dir.join(NEW_MASTER_KEY_FILE).exists());
 
-        let reopened = open_installation(&data_dir, None).await.unwrap();
+        let reopened = open_installation(&data_dir, None, None).await.unwrap();
         assert_eq!(
             assert_sealed_under(&reopened.store, &new_key, &old_key).await,
             5
@@ -299,7 +302,7 @@ mod tests {
                 let private = std::fs::Permissions::from_mode(0o600);
                 std::fs::set_permissions(&pending, private).unwrap();
             }
-            let reopened = open_installation(&data_dir, None).await.unwrap();
+            let reopened = open_installation(&data_dir, None, None).await.unwrap();
             assert!(!pending.exists());
             assert_eq!(key_file(&data_dir).to_hex(), old_key.to_hex());
             assert_sealed_under(&reopened.store, &old_key, &MasterKey::generate()).await;
@@ -313,7 +316,7 @@ mod tests {
             .unwrap();
         installation.store.close().await;
         drop(installation);
-        let reopened = open_installation(&data_dir, None).await.unwrap();
+        let reopened = open_installation(&data_dir, None, None).await.unwrap();
         assert!(!pending.exists());
         assert_eq!(key_file(&data_dir).to_hex(), new_key.to_hex());
         assert_sealed_under(&reopened.store, &new_key, &old_key).await;
@@ -325,7 +328,7 @@ mod tests {
         let data_dir = dir.path().join("data");
         let key = MasterKey::generate();
         let open = with_an_account(&data_dir, Some(key.to_hex().expose())).await;
-        let refused = rotate_master_key(&data_dir, Some(key.to_hex().expose()), |_| {
+        let refused = rotate_master_key(&data_dir, Some(key.to_hex().expose()), None, |_| {
             unreachable!("refused before a new key is made")
         })
         .await;
@@ -336,26 +339,26 @@ mod tests {
         drop(open);
 
         let other = MasterKey::generate();
-        let wrong = open_installation(&data_dir, Some(other.to_hex().expose())).await;
+        let wrong = open_installation(&data_dir, Some(other.to_hex().expose()), None).await;
         assert!(
             matches!(wrong, Err(BootstrapError::WrongMasterKey)),
             "{wrong:?}"
         );
 
         let mut handed_over = None;
-        rotate_master_key(&data_dir, Some(key.to_hex().expose()), |new_key| {
+        rotate_master_key(&data_dir, Some(key.to_hex().expose()), None, |new_key| {
             handed_over = Some(new_key.clone());
         })
         .await
         .unwrap();
         let new_key = handed_over.unwrap();
-        let stale = open_installation(&data_dir, Some(key.to_hex().expose())).await;
+        let stale = open_installation(&data_dir, Some(key.to_hex().expose()), None).await;
         assert!(
             matches!(stale, Err(BootstrapError::WrongMasterKey)),
             "{stale:?}"
         );
         assert!(
-            open_installation(&data_dir, Some(new_key.to_hex().expose()))
+            open_installation(&data_dir, Some(new_key.to_hex().expose()), None)
                 .await
                 .is_ok()
         );

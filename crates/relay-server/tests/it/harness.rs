@@ -87,7 +87,7 @@ impl Harness {
         server_settings: ServerSettings,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let installation = open_installation(&dir.path().join("data"), None)
+        let installation = open_installation(&dir.path().join("data"), None, None)
             .await
             .unwrap();
         let mock = MockUpstream::start().await;

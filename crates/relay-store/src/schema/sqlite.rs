@@ -1,4 +1,4 @@
-//! Schema migrations, applied in order at open; each runs once, inside a transaction.
+//! SQLite migrations, applied in order at open; each runs once, inside a transaction.
 
 /// `(version, sql)`; append only, never edit a shipped entry.
 pub(crate) const MIGRATIONS: &[(i64, &str)] = &[

@@ -1,0 +1,364 @@
+//! The store's behaviour, one test body per backend (SQLite always, PostgreSQL where it runs).
+
+use super::*;
+use crate::records::{KeyMeta, NewKey, UsageFilter};
+use crate::testing;
+
+fn new_key(id: &str, name: &str, hash: u8) -> NewKey {
+    NewKey {
+        id: id.into(),
+        name: name.into(),
+        key_hash: vec![hash; 32],
+        key_hint: "cr_…abcd".into(),
+        policy: "{}".into(),
+        meta: KeyMeta::default(),
+        created_at_ms: 1,
+    }
+}
+
+/// Inserts a usage row with literal values (which may be beyond what the relay writes today).
+async fn insert_raw_usage(store: &Store, tokens: &str, cost: &str) {
+    let statement = format!(
+        "INSERT INTO usage_records (request_id, created_at_ms, key_id, platform, endpoint,
+             model, stream, input_tokens, output_tokens, cache_creation_5m_tokens,
+             cache_creation_1h_tokens, cache_read_tokens, cost_nano_usd, status, outcome,
+             attempts, latency_ms)
+         VALUES ('r', 10, 'k', 'anthropic', 'messages', 'm', false, {tokens}, {tokens},
+             {tokens}, {tokens}, {tokens}, {cost}, 200, 'ok', 1, 1)"
+    );
+    on_db!(store, |pool, sql| sqlx::raw_sql(&statement)
+        .execute(pool)
+        .await
+        .map(drop))
+    .unwrap();
+}
+
+#[tokio::test]
+async fn rows_with_impossible_numbers_cannot_break_the_sums_read_at_start() {
+    for database in testing::each_backend().await {
+        let store = &database.store;
+        // What an upstream reporting u64::MAX tokens left behind before usage was bounded.
+        let mut rows = vec![
+            ("9223372036854775807", "9223372036854775807"),
+            ("9223372036854775807", "-9223372036854775808"),
+            ("12", "300"),
+        ];
+        if database.backend() == Backend::Sqlite {
+            // SQLite had already turned such a value into a REAL.
+            rows.push(("1.8e19", "1.8e19"));
+        }
+        for (tokens, cost) in &rows {
+            insert_raw_usage(store, tokens, cost).await;
+        }
+        let spend = store.key_spend().await.unwrap();
+        assert_eq!(spend.len(), 1);
+        assert!(spend[0].total_cost_nano_usd > 0);
+        assert!(spend[0].total_tokens > 10_000_000_000);
+        let recent = store.recent_spend(0).await.unwrap();
+        assert_eq!(recent.len(), rows.len());
+        assert!(recent
+            .iter()
+            .all(|(_, _, tokens, cost, _)| *tokens >= 0 && *cost >= 0));
+        store.account_costs_since(0).await.unwrap();
+        let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
+        assert_eq!(totals.requests, rows.len() as i64);
+        assert!(totals.input_tokens > 0 && totals.cost_nano_usd > 0);
+    }
+}
+
+#[tokio::test]
+async fn mutations_bump_the_revision_and_names_are_unique() {
+    for database in testing::each_backend().await {
+        let store = &database.store;
+        let before = store.revision().await.unwrap();
+        store.insert_key(&new_key("k1", "alice", 1)).await.unwrap();
+        let after_insert = store.revision().await.unwrap();
+        assert!(after_insert > before);
+        assert!(matches!(
+            store.insert_key(&new_key("k2", "alice", 2)).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(store.set_key_status("alice", "disabled", 2).await.unwrap());
+        assert!(!store.set_key_status("nobody", "disabled", 2).await.unwrap());
+        assert!(store.revision().await.unwrap() > after_insert);
+        assert_eq!(store.list_keys().await.unwrap()[0].status, "disabled");
+    }
+}
+
+#[tokio::test]
+async fn trash_purge_removes_only_what_is_old_enough() {
+    for database in testing::each_backend().await {
+        let store = &database.store;
+        for (n, name) in ["old", "new", "kept"].iter().enumerate() {
+            store
+                .insert_key(&new_key(name, name, n as u8))
+                .await
+                .unwrap();
+        }
+        assert!(store.set_key_deleted("old", Some(10), 10).await.unwrap());
+        assert!(store.set_key_deleted("new", Some(50), 50).await.unwrap());
+        assert_eq!(store.purge_keys(20).await.unwrap(), vec!["old".to_owned()]);
+        let names: Vec<String> = store
+            .list_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|key| key.name)
+            .collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.contains(&"new".to_owned()) && names.contains(&"kept".to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn usage_round_trips_with_every_field() {
+    for database in testing::each_backend().await {
+        let store = &database.store;
+        let record = crate::UsageRecord {
+            request_id: "req_1".into(),
+            created_at_ms: 42,
+            key_id: "k".into(),
+            account_id: Some("a".into()),
+            platform: "anthropic".into(),
+            endpoint: "messages".into(),
+            model: "claude-sonnet-4-5".into(),
+            upstream_model: Some("claude-sonnet-4-5-20250929".into()),
+            stream: true,
+            usage: relay_protocol::Usage {
+                input_tokens: 1,
+                output_tokens: 2,
+                cache_creation_5m_tokens: 3,
+                cache_creation_1h_tokens: 4,
+                cache_read_tokens: 5,
+                reasoning_tokens: 6,
+            },
+            cost_nano_usd: None,
+            charged_nano_usd: Some(77),
+            status: 200,
+            outcome: "partial".into(),
+            error_kind: Some("client_gone".into()),
+            attempts: 2,
+            latency_ms: 9,
+            ttfb_ms: Some(3),
+            user_agent: Some("claude-cli/2".into()),
+        };
+        // More than one statement's worth, so both insert shapes run.
+        let batch: Vec<_> = (0..40).map(|_| record.clone()).collect();
+        store.insert_usage(&batch).await.unwrap();
+        let recent = store
+            .recent_usage(&UsageFilter::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(recent, vec![record.clone()]);
+        let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
+        assert_eq!(totals.requests, 40);
+        assert_eq!(totals.cache_creation_input_tokens, 40 * 7);
+        assert_eq!(totals.unpriced_requests, 40);
+        assert_eq!(totals.partial_requests, 40);
+        assert_eq!(totals.failed_requests, 0);
+        let spend = store.key_spend().await.unwrap();
+        assert_eq!(spend[0].total_cost_nano_usd, 40 * 77, "the stand-in charge");
+        assert_eq!(
+            spend[0].total_tokens,
+            40 * 15,
+            "reasoning is part of output"
+        );
+        assert_eq!(spend[0].first_used_ms, Some(42));
+        assert_eq!(
+            store.account_costs_since(0).await.unwrap(),
+            vec![("a".to_owned(), 0)]
+        );
+        let filtered = UsageFilter {
+            key_id: Some("other".into()),
+            since_ms: None,
+        };
+        assert_eq!(store.usage_totals(&filtered).await.unwrap().requests, 0);
+    }
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_does_not_rerun_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    {
+        let store = Store::open(&path).await.unwrap();
+        store.insert_key(&new_key("k1", "alice", 1)).await.unwrap();
+        store.close().await;
+    }
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(store.list_keys().await.unwrap().len(), 1);
+
+    if let Some(url) = testing::postgres_url().await {
+        let first = Store::connect(&url).await.unwrap();
+        first.insert_key(&new_key("k1", "alice", 1)).await.unwrap();
+        first.close().await;
+        let again = Store::connect(&url).await.unwrap();
+        assert_eq!(again.list_keys().await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn instances_starting_together_migrate_once() {
+    let Some(url) = testing::postgres_url().await else {
+        return;
+    };
+    // Four connects in flight at once, each on its own connection.
+    let opened = tokio::join!(
+        Store::connect(&url),
+        Store::connect(&url),
+        Store::connect(&url),
+        Store::connect(&url)
+    );
+    for store in [opened.0, opened.1, opened.2, opened.3] {
+        store.unwrap();
+    }
+    let store = Store::connect(&url).await.unwrap();
+    let versions: Vec<i64> = on_db!(store, |pool, sql| sqlx::query_scalar(
+        "SELECT version FROM schema_version ORDER BY version"
+    )
+    .fetch_all(pool)
+    .await)
+    .unwrap();
+    let expected: Vec<i64> = schema::postgres::MIGRATIONS
+        .iter()
+        .map(|(version, _)| *version)
+        .collect();
+    assert_eq!(versions, expected, "each migration recorded exactly once");
+}
+
+/// `(table, column, type class, nullable)` of every table, comparable across backends.
+async fn schema_shape(store: &Store) -> Vec<(String, String, &'static str, bool)> {
+    let class = |declared: &str| -> &'static str {
+        let declared = declared.to_ascii_lowercase();
+        if declared.contains("int") {
+            "integer"
+        } else if declared.contains("bool") {
+            "boolean"
+        } else if declared.contains("blob") || declared.contains("bytea") {
+            "bytes"
+        } else {
+            "text"
+        }
+    };
+    let mut shape = Vec::new();
+    match &store.db {
+        Db::Sqlite(pool) => {
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'table'
+                 AND name NOT LIKE 'sqlite_%'",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            for table in tables {
+                let columns: Vec<(String, String, bool, bool)> = sqlx::query_as(&format!(
+                    "SELECT name, type, \"notnull\", pk FROM pragma_table_info('{table}')"
+                ))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+                for (column, declared, not_null, primary) in columns {
+                    shape.push((
+                        table.clone(),
+                        column,
+                        class(&declared),
+                        !(not_null || primary),
+                    ));
+                }
+            }
+        }
+        Db::Postgres(pool) => {
+            let columns: Vec<(String, String, String, String)> = sqlx::query_as(
+                "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text
+                 FROM information_schema.columns WHERE table_schema = current_schema()",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            for (table, column, declared, nullable) in columns {
+                shape.push((table, column, class(&declared), nullable == "YES"));
+            }
+        }
+    }
+    shape.sort();
+    shape
+}
+
+#[tokio::test]
+async fn both_backends_have_the_same_tables_and_columns() {
+    let Some(postgres) = testing::postgres().await else {
+        return;
+    };
+    let sqlite = testing::sqlite().await;
+    let mut sqlite_shape = schema_shape(&sqlite.store).await;
+    // SQLite stores booleans as integers; the column is declared as such there.
+    for column in &mut sqlite_shape {
+        if (column.0.as_str(), column.1.as_str()) == ("usage_records", "stream") {
+            column.2 = "boolean";
+        }
+    }
+    assert_eq!(sqlite_shape, schema_shape(&postgres.store).await);
+    assert_eq!(
+        schema::sqlite::MIGRATIONS
+            .last()
+            .map(|(version, _)| version),
+        schema::postgres::MIGRATIONS
+            .last()
+            .map(|(version, _)| version),
+        "both backends reach the same schema version"
+    );
+}
+
+#[tokio::test]
+async fn accounts_from_before_served_model_defaults_keep_serving_every_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    {
+        // An installation at schema 10: migration 11 not yet applied.
+        let store = Store::open(&path).await.unwrap();
+        let Db::Sqlite(pool) = &store.db else {
+            unreachable!()
+        };
+        sqlx::raw_sql(
+            "DELETE FROM schema_version WHERE version = 11;
+             ALTER TABLE usage_records DROP COLUMN reasoning_tokens;
+             INSERT INTO accounts (id, name, platform, base_url, priority, status, secret_sealed,
+                 secret_hint, created_at_ms, updated_at_ms, settings)
+             VALUES ('a1', 'open', 'anthropic', NULL, 1, 'active', x'00', 'h', 1, 1, '{\"weight\":2}'),
+                    ('a2', 'listed', 'anthropic', NULL, 1, 'active', x'00', 'h', 1, 1,
+                     '{\"models\":[\"claude-sonnet-*\"]}');",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+        store.close().await;
+    }
+    let store = Store::open(&path).await.unwrap();
+    let Db::Sqlite(pool) = &store.db else {
+        unreachable!()
+    };
+    let settings: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT name, json_extract(settings, '$.models'), json_extract(settings, '$.weight')
+         FROM accounts ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        settings,
+        vec![
+            (
+                "listed".to_owned(),
+                r#"["claude-sonnet-*"]"#.to_owned(),
+                None
+            ),
+            ("open".to_owned(), r#"["*"]"#.to_owned(), Some(2)),
+        ],
+        "a list is kept; no list becomes every model; other settings stay"
+    );
+    // The new usage column exists again.
+    sqlx::query("SELECT reasoning_tokens FROM usage_records")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+}
