@@ -476,6 +476,13 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// What was reserved for the request: its worst case.
+    pub fn reserved(&self) -> Estimate {
+        self.estimate
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         if self.open {

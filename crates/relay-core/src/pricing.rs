@@ -209,6 +209,21 @@ pub fn max_output_tokens(model: &str) -> Option<u64> {
     entry_for(model).map(|entry| entry.max_output)
 }
 
+/// The output a model without a known maximum is assumed to stop at when a request sets no
+/// limit (a conversion sends this limit; a pass-through is estimated with it).
+pub const UNKNOWN_MODEL_OUTPUT: u64 = 32_768;
+
+/// The most output one answer to a request can have: its `max_tokens` (at most the model's
+/// maximum), else the model's maximum, else [`UNKNOWN_MODEL_OUTPUT`]. The cost estimate and the
+/// limit a conversion sends both come from here, so a request never gets more than was reserved.
+pub fn output_limit(model: &str, requested: Option<u64>) -> u64 {
+    let maximum = max_output_tokens(model);
+    match requested {
+        Some(requested) => requested.min(maximum.unwrap_or(u64::MAX)),
+        None => maximum.unwrap_or(UNKNOWN_MODEL_OUTPUT),
+    }
+}
+
 /// What a request costs *against a key's limits*: its price, or for a model the table does not
 /// know, the price of `unpriced_as` (the operator's choice) or else of the dearest model of its
 /// family (`opus`, `sonnet`, `haiku`), or of the whole table. Never free. (The usage record of

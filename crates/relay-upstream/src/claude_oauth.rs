@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -168,8 +168,7 @@ async fn token_request(
             .await
             .map_err(|error| OAuthError::Transport(error.to_string()))?;
         let status = response.status();
-        let body = response
-            .into_body()
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
             .map_err(|error| OAuthError::Transport(error.to_string()))?
@@ -192,8 +191,20 @@ async fn token_request(
     Ok(OAuthTokens {
         access_token: parsed.access_token,
         refresh_token: parsed.refresh_token,
-        expires_at_ms: parsed.expires_in.map(|seconds| now_ms + seconds * 1000),
+        expires_at_ms: parsed.expires_in.map(|seconds| expiry_ms(now_ms, seconds)),
     })
+}
+
+/// A token or profile answer is at most this large (real ones are a few hundred bytes); a
+/// larger one is refused rather than read into memory.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// The longest lifetime a token endpoint can grant that the relay believes.
+const MAX_TOKEN_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
+
+/// When a token granted at `now_ms` for `seconds` expires; any `expires_in` (negative, huge)
+/// gives a time, never an overflow.
+fn expiry_ms(now_ms: i64, seconds: i64) -> i64 {
+    now_ms.saturating_add(seconds.clamp(0, MAX_TOKEN_LIFETIME_SECS) * 1000)
 }
 
 /// Exchanges the code the operator pasted (`code#state`, as the callback page shows it).
@@ -279,7 +290,11 @@ pub async fn subscription_tier(
         if !response.status().is_success() {
             return None;
         }
-        let body = response.into_body().collect().await.ok()?.to_bytes();
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
         serde_json::from_slice::<Profile>(&body).ok()
     };
     let profile = tokio::time::timeout(TOKEN_TIMEOUT, fetch).await.ok()??;
@@ -343,6 +358,17 @@ impl OAuthSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_expires_in_gives_an_expiry_without_overflow() {
+        assert_eq!(expiry_ms(1_000, 60), 61_000);
+        assert_eq!(expiry_ms(1_000, -5), 1_000);
+        assert_eq!(
+            expiry_ms(1_000, i64::MAX),
+            1_000 + MAX_TOKEN_LIFETIME_SECS * 1000
+        );
+        assert_eq!(expiry_ms(i64::MAX, 60), i64::MAX);
+    }
 
     #[test]
     fn pkce_challenge_is_the_s256_of_the_verifier_and_goes_into_the_url() {

@@ -101,7 +101,8 @@ impl ProxyConfig {
             .map_or("", |authority| authority.as_str());
         let scheme = self.address.scheme_str().unwrap_or("http");
         match &self.credentials {
-            Some((user, _)) => format!("{scheme}://{user}:***@{authority}"),
+            // The user name too: some proxies take a token there.
+            Some(_) => format!("{scheme}://***:***@{authority}"),
             None => format!("{scheme}://{authority}"),
         }
     }
@@ -136,7 +137,7 @@ mod tests {
         assert_eq!(proxy.kind, ProxyKind::Http);
         assert_eq!(proxy.credentials, Some(("alice".into(), "s@cret".into())));
         assert_eq!(proxy.address.to_string(), "http://10.0.0.1:3128/");
-        assert_eq!(proxy.masked(), "http://alice:***@10.0.0.1:3128");
+        assert_eq!(proxy.masked(), "http://***:***@10.0.0.1:3128");
         assert!(!format!("{proxy:?}").contains("cret"));
         let socks = ProxyConfig::parse("socks5://proxy.example:1080").unwrap();
         assert_eq!(socks.kind, ProxyKind::Socks5);

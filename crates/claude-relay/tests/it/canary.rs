@@ -1,11 +1,14 @@
-//! Canaries: a unique upstream secret, OAuth access and refresh tokens and a relay key are used
-//! through every path — requests, streams, failover, an upstream that echoes the credential in
-//! its error, a token endpoint answering with an unexpected shape, the admin API, the CLI —
+//! Canaries: unique upstream secrets (an Anthropic and an OpenAI-compatible account), OAuth
+//! access and refresh tokens and a relay key are used through every path — requests, streams,
+//! failover, both ingresses, conversions both ways, upstreams that echo their credential in
+//! errors the relay passes on or converts (400 and 429), a token endpoint answering with an
+//! unexpected shape, the admin API, the CLI —
 //! and afterwards none of them appears in the log, the data directory's files, the metrics,
 //! the CSV export or any answer.
 
 use std::path::Path;
 
+use relay_testkit::openai::MockOpenAi;
 use relay_testkit::{Behavior, MockUpstream};
 use serde_json::json;
 
@@ -35,6 +38,9 @@ async fn answer(response: reqwest::Response) -> (u16, String) {
     )
 }
 
+/// A path, its body, and the fault an account (by name) answers it with first.
+type Crossing<'a> = (&'a str, serde_json::Value, Option<(&'a str, Behavior)>);
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -54,7 +60,9 @@ async fn canary_secrets_never_reach_logs_files_metrics_csv_or_answers() {
     let upstream_secret = format!("sk-ant-api03-CANARY{unique}UPSTREAM");
     let access_token = format!("sk-ant-oat01-CANARY{unique}ACCESS");
     let refresh_token = format!("sk-ant-ort01-CANARY{unique}REFRESH");
+    let openai_secret = format!("sk-proj-CANARY{unique}OPENAI");
     let mock = MockUpstream::start().await;
+    let openai = MockOpenAi::start().await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let token_url = mock.token_url();
@@ -74,6 +82,23 @@ async fn canary_secrets_never_reach_logs_files_metrics_csv_or_answers() {
     };
 
     add_account(&data_dir, "main", &upstream_secret, &mock.url(), 10);
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "openai",
+            "--name",
+            "oai",
+            "--api-key",
+            &openai_secret,
+            "--base-url",
+            &openai.base_url(),
+            "--model",
+            "gpt-4o-mini",
+        ],
+    );
     // A subscription signs in; the token endpoint issues the canary tokens, expiring at once.
     mock.set_token_reply(Some(
         &json!({"access_token": access_token, "refresh_token": refresh_token, "expires_in": 1})
@@ -117,6 +142,61 @@ async fn canary_secrets_never_reach_logs_files_metrics_csv_or_answers() {
         json!({"model": "claude-sonnet-4-5", "max_tokens": 16, "stream": stream,
                "messages": [{"role": "user", "content": "hello"}]})
     };
+    let message_for = |model: &str| {
+        json!({"model": model, "max_tokens": 16,
+               "messages": [{"role": "user", "content": "hello"}]})
+    };
+    let chat = |model: &str| {
+        json!({"model": model, "max_tokens": 16,
+               "messages": [{"role": "user", "content": "hello"}]})
+    };
+    let echo = |status: u16, secret: &str| Behavior::Status {
+        status,
+        headers: Vec::new(),
+        body: json!({"error": {"type": "invalid_request_error",
+            "message": format!("this key is not valid here: {secret}")}})
+        .to_string(),
+    };
+    // Both ingresses, both directions of conversion, and upstream errors that quote the
+    // account's credential: passed through (429 JSON), converted (400 and 429).
+    let crossings: [Crossing; 5] = [
+        ("/v1/chat/completions", chat("gpt-4o-mini"), None),
+        (
+            "/v1/messages",
+            message_for("gpt-4o-mini"),
+            Some(("oai", echo(400, &openai_secret))),
+        ),
+        (
+            "/v1/messages",
+            message_for("gpt-4o-mini"),
+            Some(("oai", echo(429, &openai_secret))),
+        ),
+        (
+            "/openai/v1/chat/completions",
+            chat("claude-sonnet-4-5"),
+            Some(("main", echo(400, &upstream_secret))),
+        ),
+        (
+            "/v1/chat/completions",
+            chat("gpt-4o-mini"),
+            Some(("oai", echo(429, &openai_secret))),
+        ),
+    ];
+    for (path, body, fault) in crossings {
+        match fault {
+            Some(("oai", behavior)) => openai.script(&openai_secret, [behavior]),
+            Some((_, behavior)) => mock.script(&upstream_secret, [behavior]),
+            None => {}
+        }
+        let response = client
+            .post(format!("{}{path}", relay.url))
+            .bearer_auth(&relay_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        record(path, answer(response).await);
+    }
     let paths: [(&str, serde_json::Value); 4] = [
         // The subscription's refresh fails on the odd answer: failover to the key account.
         ("/v1/messages", message(false)),
@@ -164,6 +244,7 @@ async fn canary_secrets_never_reach_logs_files_metrics_csv_or_answers() {
         "/admin/v1/accounts",
         "/admin/v1/accounts/main/events",
         "/admin/v1/accounts/max/events",
+        "/admin/v1/accounts/oai/events",
     ] {
         let response = client
             .get(format!("{}{path}", relay.url))
@@ -186,6 +267,20 @@ async fn canary_secrets_never_reach_logs_files_metrics_csv_or_answers() {
             .any(|(what, _)| what.starts_with("/v1/messages (200)")),
         "the relay served through failover: {answers:?}"
     );
+    assert!(
+        answers
+            .iter()
+            .any(|(what, _)| what.starts_with("/v1/chat/completions (200)")),
+        "the OpenAI-compatible account served: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .filter(|(what, _)| what.ends_with("(400)") || what.ends_with("(429)"))
+            .count()
+            >= 4,
+        "the echoing errors reached the client: {answers:?}"
+    );
     let (exit, log) = relay.stop();
     assert!(exit.success(), "{log}");
     for args in [
@@ -194,6 +289,7 @@ async fn canary_secrets_never_reach_logs_files_metrics_csv_or_answers() {
         &["account", "list", "--json"],
         &["account", "events", "max"],
         &["account", "events", "main"],
+        &["account", "events", "oai"],
         &["usage", "--json"],
     ] {
         answers.push((format!("cli {args:?}"), cli(&data_dir, args)));
@@ -202,7 +298,13 @@ async fn canary_secrets_never_reach_logs_files_metrics_csv_or_answers() {
     // The key was shown once, at creation; the upstream did get its credentials. Nothing else.
     let files = files_under(&data_dir);
     assert!(files.len() >= 3, "{files:?}");
-    for canary in [&upstream_secret, &access_token, &refresh_token, &relay_key] {
+    for canary in [
+        &upstream_secret,
+        &openai_secret,
+        &access_token,
+        &refresh_token,
+        &relay_key,
+    ] {
         assert!(
             !log.contains(canary.as_str()),
             "{canary} in the log:\n{log}"

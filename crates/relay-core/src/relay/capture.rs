@@ -15,6 +15,7 @@ use futures_util::Stream;
 use http_body::Body;
 use hyper::body::Incoming;
 use relay_protocol::anthropic::StreamEnding;
+use relay_protocol::usage::UsageFault;
 use relay_store::UsageSink;
 use tokio::time::{Instant, Sleep};
 
@@ -87,6 +88,10 @@ impl Capture {
         };
         if error_kind.is_none() {
             error_kind = self.tracker.fault().map(|fault| fault.as_str().to_owned());
+        }
+        if error_kind.is_none() && !self.is_sse && self.json_len > JSON_BODY_LIMIT {
+            // A whole body too large to keep was passed on unread: its usage is unknown.
+            error_kind = Some(UsageFault::Unreadable.as_str().to_owned());
         }
         let usage = self.tracker.usage();
         self.metrics.count_tokens(&usage);

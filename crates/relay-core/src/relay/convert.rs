@@ -28,8 +28,8 @@ pub(super) fn upstream_body(
     let model = mapped.unwrap_or(&request.model);
     let options = RequestOptions {
         model: Some(model),
-        default_max_tokens: crate::pricing::max_output_tokens(model)
-            .unwrap_or(DEFAULT_MAX_TOKENS)
+        // What the estimate reserved for a request without a limit (it cannot be more).
+        default_max_tokens: crate::pricing::output_limit(model, None)
             .min(settings.max_tokens_ceiling),
     };
     let converted = match (request.endpoint.dialect(), account.platform.dialect()) {
@@ -62,9 +62,6 @@ pub(super) fn upstream_body(
         )
     })
 }
-
-/// Output assumed for a converted request that names no limit (Anthropic requires one).
-const DEFAULT_MAX_TOKENS: u64 = 8_192;
 
 /// The body with its `model` replaced and, for an OpenAI stream, the usage chunk requested; the
 /// body untouched when neither applies (or it cannot be rewritten).
@@ -115,11 +112,11 @@ pub(super) fn estimated_token_count(request: &RelayRequest) -> RelayResponse {
     }
 }
 
-/// An upstream error body said in the client's dialect.
+/// An upstream error body said in the client's dialect, anything token-like removed first.
 pub(super) fn error_body(client: Dialect, upstream: Dialect, status: u16, body: &[u8]) -> Bytes {
     let converted = match (upstream, client) {
-        (Dialect::AnthropicMessages, Dialect::OpenAiChat) => to_openai_chat::error(status, body),
-        (Dialect::OpenAiChat, Dialect::AnthropicMessages) => to_anthropic::error(status, body),
+        (Dialect::AnthropicMessages, Dialect::OpenAiChat) => openai_error(status, body),
+        (Dialect::OpenAiChat, Dialect::AnthropicMessages) => anthropic_error(status, body),
         _ => relay_protocol::dialect::error_body(
             client,
             ErrorKind::from_status(status),
@@ -128,6 +125,17 @@ pub(super) fn error_body(client: Dialect, upstream: Dialect, status: u16, body: 
         ),
     };
     Bytes::from(converted)
+}
+
+/// An Anthropic error body as OpenAI's, its text redacted (the upstream may quote a
+/// credential, and the client must never see one).
+fn openai_error(status: u16, body: &[u8]) -> Vec<u8> {
+    to_openai_chat::error(status, &crate::redact::json_body(body))
+}
+
+/// An OpenAI error body as Anthropic's, its text redacted.
+fn anthropic_error(status: u16, body: &[u8]) -> Vec<u8> {
+    to_anthropic::error(status, &crate::redact::json_body(body))
 }
 
 /// How the answer's bytes reach the client.
@@ -228,7 +236,7 @@ pub(super) fn reframe(
         (upstream, client) if upstream == client => Reframe::Passthrough,
         (Dialect::AnthropicMessages, Dialect::OpenAiChat) => {
             if !status.is_success() {
-                whole(client, status, to_openai_chat::error)
+                whole(client, status, openai_error)
             } else if is_sse {
                 Reframe::Stream(Box::new(to_openai_chat::StreamTranslator::new(
                     request.include_usage,
@@ -242,7 +250,7 @@ pub(super) fn reframe(
         }
         (Dialect::OpenAiChat, Dialect::AnthropicMessages) => {
             if !status.is_success() {
-                whole(client, status, to_anthropic::error)
+                whole(client, status, anthropic_error)
             } else if is_sse {
                 Reframe::Stream(Box::new(to_anthropic::StreamTranslator::new()))
             } else {

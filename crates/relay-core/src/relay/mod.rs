@@ -162,6 +162,9 @@ pub struct RelayRequest {
     pub stream: bool,
     /// The request's output limit, for the worst-case cost estimate.
     pub max_tokens: Option<u64>,
+    /// How many answers the request asks for (OpenAI's `n`; 1 elsewhere): each can use the
+    /// whole output limit.
+    pub choices: u64,
     /// An OpenAI client asked for the final usage chunk (`stream_options.include_usage`); the
     /// relay asks for it anyway and hides it from a client that did not.
     pub include_usage: bool,
@@ -299,10 +302,25 @@ impl RecordContext {
             ),
         };
         if let Some(admission) = self.admission.take() {
+            // Usage that could not be read is not known to be small: the key pays the worst
+            // case it reserved, never the figures seen before reading stopped.
+            let (charged, tokens) = if error_kind.as_deref()
+                == Some(relay_protocol::usage::UsageFault::Unreadable.as_str())
+            {
+                let reserved = admission.reserved();
+                (
+                    charged.max(reserved.cost_nano_usd),
+                    tokens.max(reserved.tokens),
+                )
+            } else {
+                (charged, tokens)
+            };
             admission.settle(charged, tokens, now_ms());
         }
         if let Some(runtime) = self.account_runtime.take() {
-            runtime.add_day_cost(cost_nano_usd.unwrap_or(0), now_ms());
+            // An unpriced request counts at its stand-in price here too, so that an account's
+            // daily cost limit also holds for models the price table does not know.
+            runtime.add_day_cost(charged, now_ms());
         }
         UsageRecord {
             request_id: self.request_id,
@@ -450,6 +468,7 @@ impl Relay {
             stream: false,
             max_tokens: Some(1),
             session: None,
+            choices: 1,
             include_usage: false,
             claude_code_marks: false,
             client_ip: None,
@@ -788,17 +807,21 @@ impl Relay {
     /// account that may serve it maps it to.
     fn worst_case(&self, request: &RelayRequest, snapshot: &crate::snapshot::Snapshot) -> Estimate {
         let unpriced_as = self.settings.unpriced_as.as_deref();
-        let own = estimate(
-            &request.model,
-            request.body.len(),
-            request.max_tokens,
-            unpriced_as,
-        );
+        let priced_as = |model: &str| {
+            estimate(
+                model,
+                request.body.len(),
+                request.max_tokens,
+                request.choices,
+                unpriced_as,
+            )
+        };
+        let own = priced_as(&request.model);
         snapshot
             .accounts
             .iter()
             .filter_map(|account| account.settings.map_model(&request.model))
-            .map(|mapped| estimate(mapped, request.body.len(), request.max_tokens, unpriced_as))
+            .map(priced_as)
             .fold(own, |dearest, other| {
                 if other.cost_nano_usd > dearest.cost_nano_usd {
                     other
@@ -1001,20 +1024,20 @@ impl Relay {
 
 /// The worst case a request for `model` can cost: its body as prompt tokens at the dearest
 /// prompt rate (a one-hour cache write, 2× input; long-context prices where the size calls for
-/// them), plus `max_tokens` of output (at most what the model can produce). Prompt tokens are
-/// taken as half the body's bytes: real text averages over three bytes a token in English and
-/// code and over two in CJK (three-byte characters), and JSON adds escapes and keys; only a body
-/// contrived from single-byte tokens could exceed it. Unpriced models are charged at the
-/// stand-in price ([`crate::pricing::limit_cost_nano_usd`]), as at settlement.
+/// them), plus the output limit for each answer asked for ([`crate::pricing::output_limit`]:
+/// `max_tokens`, else the model's maximum). Prompt tokens are taken as half the body's bytes:
+/// real text averages over three bytes a token in English and code and over two in CJK
+/// (three-byte characters), and JSON adds escapes and keys; only a body contrived from
+/// single-byte tokens could exceed it. Unpriced models are charged at the stand-in price
+/// ([`crate::pricing::limit_cost_nano_usd`]), as at settlement.
 pub fn estimate(
     model: &str,
     body_len: usize,
     max_tokens: Option<u64>,
+    choices: u64,
     unpriced_as: Option<&str>,
 ) -> Estimate {
-    let output = max_tokens
-        .unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE)
-        .min(crate::pricing::max_output_tokens(model).unwrap_or(u64::MAX));
+    let output = crate::pricing::output_limit(model, max_tokens).saturating_mul(choices.max(1));
     let usage = relay_protocol::Usage {
         cache_creation_1h_tokens: u64::try_from(body_len).unwrap_or(u64::MAX).div_ceil(2),
         output_tokens: output,
@@ -1054,5 +1077,61 @@ fn bounded(text: &str, limit: usize) -> String {
 /// Requests listed in a key report.
 const RECENT_REQUESTS: i64 = 20;
 
-/// Output assumed when a request names no `max_tokens` (the API requires it, so this is rare).
-const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 4_096;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::{cost_nano_usd, output_limit, UNKNOWN_MODEL_OUTPUT};
+
+    /// What a request really costs if the prompt is `prompt` tokens of `kind` and the answer
+    /// `output` tokens.
+    fn real_cost(model: &str, prompt_1h_write: u64, input: u64, output: u64) -> i64 {
+        cost_nano_usd(
+            model,
+            &relay_protocol::Usage {
+                input_tokens: input,
+                cache_creation_1h_tokens: prompt_1h_write,
+                output_tokens: output,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_estimate_covers_a_prompt_written_to_the_one_hour_cache_and_the_whole_output() {
+        let model = "claude-sonnet-4-5";
+        let body_len = 40_000;
+        let prompt = (body_len as u64).div_ceil(2);
+        let estimated = estimate(model, body_len, Some(1_000), 1, None);
+        // The dearest way to spend the prompt (a 1 h cache write) and every output token.
+        assert_eq!(estimated.cost_nano_usd, real_cost(model, prompt, 0, 1_000));
+        assert!(estimated.cost_nano_usd > real_cost(model, 0, prompt, 1_000));
+        assert_eq!(estimated.tokens, prompt + 1_000);
+    }
+
+    #[test]
+    fn without_a_limit_the_estimate_assumes_the_models_maximum_output() {
+        let model = "claude-sonnet-4-5";
+        let maximum = crate::pricing::max_output_tokens(model).unwrap();
+        assert_eq!(output_limit(model, None), maximum);
+        assert_eq!(
+            estimate(model, 0, None, 1, None).cost_nano_usd,
+            real_cost(model, 0, 0, maximum)
+        );
+        // A limit above the model's maximum cannot be used; a model the table does not know
+        // is assumed to stop at UNKNOWN_MODEL_OUTPUT.
+        assert_eq!(output_limit(model, Some(u64::MAX)), maximum);
+        assert_eq!(output_limit("glm-4.6", None), UNKNOWN_MODEL_OUTPUT);
+        assert_eq!(output_limit("glm-4.6", Some(10)), 10);
+    }
+
+    #[test]
+    fn each_answer_asked_for_is_estimated_at_the_whole_output_limit() {
+        let one = estimate("gpt-4o", 100, Some(500), 1, None);
+        let three = estimate("gpt-4o", 100, Some(500), 3, None);
+        assert_eq!(three.tokens - one.tokens, 1_000);
+        assert!(three.cost_nano_usd > one.cost_nano_usd * 2);
+        // Absurd counts saturate instead of wrapping.
+        assert!(estimate("gpt-4o", 100, Some(u64::MAX), u64::MAX, None).cost_nano_usd > 0);
+    }
+}

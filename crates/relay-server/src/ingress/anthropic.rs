@@ -147,6 +147,7 @@ async fn prepare(
         model,
         stream,
         max_tokens,
+        choices: 1,
         include_usage: false,
         session,
         claude_code_marks,

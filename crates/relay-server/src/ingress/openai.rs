@@ -22,6 +22,9 @@ use super::shared::{
 use crate::error::{error, render_error};
 use crate::AppState;
 
+/// OpenAI's own bound on `n`.
+const MAX_CHOICES: u64 = 128;
+
 /// The fields of a Chat Completions request the relay reads.
 #[derive(Deserialize)]
 struct ChatHead<'a> {
@@ -30,6 +33,8 @@ struct ChatHead<'a> {
     stream: Option<bool>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
+    /// How many answers to generate.
+    n: Option<u64>,
     stream_options: Option<StreamOptions>,
     #[serde(borrow, default)]
     messages: Vec<&'a RawValue>,
@@ -65,6 +70,13 @@ async fn prepare(
     let (parts, key, body) = accept(state, request).await?;
     let head: ChatHead = parse_head(&body)?;
     let model = required_model(head.model)?;
+    let choices = head.n.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&choices) {
+        return Err(error(
+            ErrorKind::InvalidRequest,
+            format!("n: must be between 1 and {MAX_CHOICES}"),
+        ));
+    }
     if head.messages.is_empty() {
         return Err(error(
             ErrorKind::InvalidRequest,
@@ -92,6 +104,7 @@ async fn prepare(
         model,
         stream: head.stream.unwrap_or(false),
         max_tokens: head.max_completion_tokens.or(head.max_tokens),
+        choices,
         include_usage: head
             .stream_options
             .and_then(|options| options.include_usage)

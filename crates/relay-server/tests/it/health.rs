@@ -361,7 +361,7 @@ async fn accounts_reach_their_upstream_through_http_and_socks5_proxies() {
         .unwrap()
         .unwrap();
     assert!(
-        !masked.contains("p%40ss") && masked.contains("relay:***@"),
+        !masked.contains("p%40ss") && !masked.contains("relay") && masked.contains("***:***@"),
         "{masked}"
     );
     harness

@@ -18,7 +18,7 @@ async fn fifty_parallel_requests_never_overdraw_a_budget_that_admits_ten() {
     let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
     let body = messages_body(false, "budget race");
     let body_len = serde_json::to_vec(&body).unwrap().len();
-    let per_request = estimate("claude-sonnet-4-5-20250929", body_len, Some(64), None);
+    let per_request = estimate("claude-sonnet-4-5-20250929", body_len, Some(64), 1, None);
     assert!(per_request.cost_nano_usd > 0);
     let budget = per_request.cost_nano_usd * 10;
     for round in 0..20 {
