@@ -650,6 +650,15 @@ impl AdminService {
             .map(|proxy| proxy.masked())
     }
 
+    /// A proxy URL that parses and passes the egress guard, or why not.
+    pub fn check_proxy(&self, url: &str) -> Result<ProxyConfig, AdminError> {
+        let proxy = ProxyConfig::parse(url).map_err(AdminError::Invalid)?;
+        self.egress
+            .check_url(url, PROXY_SCHEMES, "proxy")
+            .map_err(AdminError::Invalid)?;
+        Ok(proxy)
+    }
+
     /// Sets (or with `None` clears) the proxy an account's requests go through.
     pub async fn set_account_proxy(
         &self,
@@ -663,10 +672,7 @@ impl AdminService {
                 None
             }
             Some(url) => {
-                let proxy = ProxyConfig::parse(url).map_err(AdminError::Invalid)?;
-                self.egress
-                    .check_url(url, PROXY_SCHEMES, "proxy")
-                    .map_err(AdminError::Invalid)?;
+                let proxy = self.check_proxy(url)?;
                 let sealed = self.secret_box.seal(
                     url.trim(),
                     &crate::snapshot::account_proxy_binding(&account.id),

@@ -565,6 +565,23 @@ async fn patch_account(
     request: Request,
 ) -> ApiResult {
     let patch: AccountPatch = read_json(request.into_body()).await?;
+    // Every part is checked before any is written: a patch is applied whole or not at all.
+    let enabled = match patch.status.as_deref() {
+        None => None,
+        Some("active") => Some(true),
+        Some("disabled") => Some(false),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("status '{other}' is not active or disabled"),
+            ))
+        }
+    };
+    if let Some(Some(url)) = &patch.proxy {
+        state.admin.check_proxy(url)?;
+    }
+    // Settings are validated before they are written (the proxy, already checked, after).
     if let Some(settings) = &patch.settings {
         state.admin.patch_account_settings(&name, settings).await?;
     }
@@ -574,17 +591,8 @@ async fn patch_account(
             .set_account_proxy(&name, proxy.as_deref())
             .await?;
     }
-    match patch.status.as_deref() {
-        None => {}
-        Some("active") => state.admin.set_account_enabled(&name, true).await?,
-        Some("disabled") => state.admin.set_account_enabled(&name, false).await?,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("status '{other}' is not active or disabled"),
-            ))
-        }
+    if let Some(enabled) = enabled {
+        state.admin.set_account_enabled(&name, enabled).await?;
     }
     let account = state
         .admin

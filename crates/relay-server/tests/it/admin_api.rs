@@ -594,3 +594,28 @@ async fn post_json(harness: &Harness, token: &str, path: &str) -> Value {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn an_account_patch_with_any_invalid_part_changes_nothing() {
+    use reqwest::Method;
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let token = login(&harness).await;
+    let before = get_json(&harness, &token, "/admin/v1/accounts").await;
+    for patch in [
+        json!({"settings": {"weight": 7}, "proxy": "ftp://proxy.example:21"}),
+        json!({"settings": {"weight": 7}, "status": "sleeping"}),
+        json!({"proxy": "http://127.0.0.1:3128", "settings": {"weight": "heavy"}}),
+    ] {
+        let response = admin(&harness, &token, Method::PATCH, "/admin/v1/accounts/main")
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{patch}");
+        assert_eq!(
+            get_json(&harness, &token, "/admin/v1/accounts").await,
+            before,
+            "{patch} was half applied"
+        );
+    }
+}
