@@ -171,17 +171,30 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
+/// An admin body (at most [`MAX_ADMIN_BODY`]) must have arrived whole within this: the body pace
+/// alone would let an unauthenticated sign-in trickle 64 KiB for ten minutes and keep its
+/// connection busy (never evicted) all that time.
+const ADMIN_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn too_slow() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body arrived too slowly",
+    )
+}
+
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    Ok(Limited::new(body, MAX_ADMIN_BODY)
-        .collect()
-        .await
+    let collected = tokio::time::timeout(
+        ADMIN_BODY_DEADLINE,
+        Limited::new(body, MAX_ADMIN_BODY).collect(),
+    )
+    .await
+    .map_err(|_| too_slow())?;
+    Ok(collected
         .map_err(|read_error| {
             if crate::pace::is_too_slow(read_error.as_ref()) {
-                return ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    "the request body arrived too slowly",
-                );
+                return too_slow();
             }
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -669,4 +682,30 @@ async fn oauth_finish(State(state): State<AppState>, request: Request) -> ApiRes
 async fn account_events(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let events = state.admin.account_events(&name, 100).await?;
     Ok(Json(json!({"events": events})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_admin_body_that_keeps_a_pace_but_never_ends_is_cut_at_the_deadline() {
+        // 1 KiB every 5 s meets the pace; at that rate 64 KiB would take five minutes.
+        let chunks = futures_util::stream::unfold(0u32, |sent| async move {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Some((
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![
+                    b' ';
+                    1024
+                ]))),
+                sent + 1,
+            ))
+        });
+        let started = tokio::time::Instant::now();
+        let refused = read_body(Body::new(http_body_util::StreamBody::new(chunks)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status, StatusCode::REQUEST_TIMEOUT);
+        assert!(started.elapsed() <= ADMIN_BODY_DEADLINE + std::time::Duration::from_secs(1));
+    }
 }
