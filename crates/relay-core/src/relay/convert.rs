@@ -28,8 +28,9 @@ pub(super) fn upstream_body(
     let model = mapped.unwrap_or(&request.model);
     let options = RequestOptions {
         model: Some(model),
-        // What the estimate reserved for a request without a limit (it cannot be more).
-        default_max_tokens: crate::pricing::output_limit(model, None)
+        // Never more than the estimate reserved for a request without a limit
+        // (`output_limit(model, None)`, the model's maximum), which this cannot exceed.
+        default_max_tokens: crate::pricing::output_limit(model, Some(DEFAULT_MAX_TOKENS))
             .min(settings.max_tokens_ceiling),
     };
     let converted = match (request.endpoint.dialect(), account.platform.dialect()) {
@@ -111,6 +112,9 @@ pub(super) fn estimated_token_count(request: &RelayRequest) -> RelayResponse {
         body: RelayBody::Buffered(Bytes::from(format!("{{\"input_tokens\":{tokens}}}"))),
     }
 }
+
+/// Output asked for in a converted request that names no limit (Anthropic requires one).
+const DEFAULT_MAX_TOKENS: u64 = 8_192;
 
 /// An upstream error body said in the client's dialect, anything token-like removed first.
 pub(super) fn error_body(client: Dialect, upstream: Dialect, status: u16, body: &[u8]) -> Bytes {
