@@ -304,6 +304,8 @@ pub struct AccountEntry {
     pub base_url: String,
     /// Lower is tried first.
     pub priority: i64,
+    /// Breaks ties of priority: older first.
+    pub created_at_ms: i64,
     pub active: bool,
     pub credential: Credential,
     pub settings: AccountSettings,
@@ -370,6 +372,7 @@ impl AccountEntry {
             platform: self.platform,
             base_url: self.base_url.clone(),
             priority: self.priority,
+            created_at_ms: self.created_at_ms,
             active: self.active,
             credential: self.credential.clone(),
             settings: self.settings.clone(),

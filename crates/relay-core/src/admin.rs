@@ -2,6 +2,8 @@
 //! Each action writes the store; running servers pick the change up from the revision counter.
 
 pub use relay_store::{AccountRow, KeyMeta, KeyRow, StoreError, UsageTotals};
+use std::sync::Arc;
+
 use relay_store::{NewAccount, NewKey, Store, UsageFilter};
 
 use crate::account_settings::AccountSettings;
@@ -266,7 +268,7 @@ impl AdminService {
         patch: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<KeyPolicy, AdminError> {
         let current = self.key_by_name(name).await?.policy;
-        let policy = merge_patch(&current, patch, "policy")?;
+        let policy = merge_patch(current.as_ref(), patch, "policy")?;
         self.edit_key_policy(name, |current| *current = policy)
             .await
     }
@@ -733,7 +735,7 @@ impl AdminService {
                     active: key.status == "active",
                     id: key.id,
                     name: key.name,
-                    policy,
+                    policy: Arc::new(policy),
                 })
             })
     }
@@ -744,7 +746,7 @@ impl AdminService {
         name: &str,
         edit: impl FnOnce(&mut KeyPolicy),
     ) -> Result<KeyPolicy, AdminError> {
-        let mut policy = self.key_by_name(name).await?.policy;
+        let mut policy = Arc::unwrap_or_clone(self.key_by_name(name).await?.policy);
         edit(&mut policy);
         policy.validate().map_err(AdminError::Invalid)?;
         if !self

@@ -1,5 +1,7 @@
 //! Relay keys: generation, the in-memory entry the request path sees, and resolution.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use rand::RngCore;
 
@@ -15,7 +17,8 @@ pub struct KeyEntry {
     pub id: String,
     pub name: String,
     pub active: bool,
-    pub policy: KeyPolicy,
+    /// Shared by the keys whose stored policies are the same.
+    pub policy: Arc<KeyPolicy>,
 }
 
 /// A freshly generated key: the full secret (shown once), and what is stored.

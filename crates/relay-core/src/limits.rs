@@ -607,7 +607,7 @@ impl Limiter {
         let policies: HashMap<&str, &KeyPolicy> = snapshot
             .keys
             .values()
-            .map(|key| (key.id.as_str(), &key.policy))
+            .map(|key| (key.id.as_str(), &*key.policy))
             .collect();
         let default_policy = KeyPolicy::default();
         for spend in store.key_spend().await? {

@@ -146,7 +146,7 @@ pub fn build(
             dedicated_account: None,
             account_group: None,
             allowed_ips: None,
-            ..policy.clone()
+            ..KeyPolicy::clone(policy)
         },
         concurrency: Gauge {
             in_flight: standing.inflight,

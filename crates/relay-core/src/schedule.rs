@@ -196,6 +196,7 @@ mod tests {
             platform: crate::accounts::Platform::Anthropic,
             base_url: "http://x".into(),
             priority,
+            created_at_ms: 0,
             active,
             credential: crate::accounts::Credential::ApiKey(SecretString::new("k".into())),
             settings: crate::account_settings::AccountSettings::default(),

@@ -5,9 +5,10 @@
 //! read into in-memory snapshots (see `relay-core::snapshot`); usage is handed to the
 //! [`UsageWriter`] through a channel and written in batches.
 //!
-//! Every mutation of `relay_keys` or `accounts` bumps the single `revision` row through triggers,
-//! so a running server notices a change made by any process (the CLI, another instance) by
-//! reading one integer; on PostgreSQL the trigger also sends a notification.
+//! Every mutation of `relay_keys` or `accounts` bumps the single `revision` row and writes a row
+//! of the change feed through triggers, so a running server notices a change made by any process
+//! (the CLI, another instance) by reading one integer, and reads only what changed; on
+//! PostgreSQL the trigger also sends a notification.
 
 mod error;
 mod records;
@@ -22,5 +23,5 @@ pub use records::{
     AccountEvent, AccountRow, AdminRow, KeyMeta, KeyRow, KeySpend, NewAccount, NewKey, SealedField,
     SealedValue, UsageFilter, UsageRecord, UsageTotals,
 };
-pub use store::{redact_url, Backend, Store};
+pub use store::{redact_url, Backend, Change, ChangedEntity, Rows, Store};
 pub use usage_writer::{UsageSink, UsageWriter, UsageWriterHandle};

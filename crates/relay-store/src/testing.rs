@@ -138,3 +138,52 @@ fn rand_suffix() -> u64 {
     );
     hasher.finish()
 }
+
+/// Inserts `count` keys (`filler-<n>`, with hashes no relay key has) in one transaction, for
+/// tests with many keys; every tenth has a policy of its own.
+pub async fn insert_filler_keys(store: &Store, count: usize) {
+    const ROWS_PER_STATEMENT: usize = 500;
+    let mut statements = Vec::new();
+    for chunk_start in (0..count).step_by(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (chunk_start..count.min(chunk_start + ROWS_PER_STATEMENT))
+            .map(|n| {
+                let hash = format!("{:064x}", u128::MAX - n as u128);
+                let policy = if n % 10 == 0 {
+                    format!("{{\"concurrency\":{}}}", n % 1000 + 1)
+                } else {
+                    "{}".to_owned()
+                };
+                let hash_literal = match store.backend() {
+                    Backend::Sqlite => format!("x'{hash}'"),
+                    Backend::Postgres => format!("'\\x{hash}'::bytea"),
+                };
+                format!(
+                    "('filler-{n}', 'filler-{n}', {hash_literal}, 'cr_…fill', 'active', '{policy}', \
+                     '', NULL, '', 1, 1)"
+                )
+            })
+            .collect();
+        statements.push(format!(
+            "INSERT INTO relay_keys (id, name, key_hash, key_hint, status, policy, description, \
+             owner, tags, created_at_ms, updated_at_ms) VALUES {}",
+            rows.join(", ")
+        ));
+    }
+    if store.backend() == Backend::Postgres {
+        // One revision bump for all: a transaction that updates one row 100,000 times walks an
+        // ever longer chain of its versions. Servers that start later read everything anyway.
+        statements.insert(0, "ALTER TABLE relay_keys DISABLE TRIGGER USER".to_owned());
+        statements.push("ALTER TABLE relay_keys ENABLE TRIGGER USER".to_owned());
+        statements.push("UPDATE revision SET value = value + 1 WHERE id = 1".to_owned());
+    }
+    crate::store::on_db!(store, |pool, sql| {
+        let mut tx = pool.begin().await.expect("begin");
+        for statement in &statements {
+            sqlx::raw_sql(statement)
+                .execute(&mut *tx)
+                .await
+                .expect("insert filler keys");
+        }
+        tx.commit().await.expect("commit");
+    });
+}

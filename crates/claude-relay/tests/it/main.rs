@@ -13,6 +13,7 @@ mod binary;
 mod canary;
 mod clients;
 mod interactive;
+mod many_keys;
 mod scale_out;
 mod secrets;
 mod support;

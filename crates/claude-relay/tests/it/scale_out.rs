@@ -6,7 +6,7 @@ use std::time::Duration;
 use relay_testkit::MockUpstream;
 use serde_json::json;
 
-use crate::support::{cli_env, usage_when_env, RunningRelay};
+use crate::support::{cli_env, message_status, usage_when_env, RunningRelay};
 
 /// Sends a message through `relay` with `key` until it gets `want` (at most ~1 s); the last
 /// status. `answered` counts the requests that were served.
@@ -19,16 +19,7 @@ async fn status_within_a_second(
     let client = reqwest::Client::new();
     let mut status = 0;
     for _ in 0..20 {
-        status = client
-            .post(format!("{}/v1/messages", relay.url))
-            .header("x-api-key", key)
-            .json(&json!({"model": "claude-haiku-4-5", "max_tokens": 10,
-                          "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        status = message_status(&client, relay, key).await;
         *answered += i64::from(status == 200);
         if status == want {
             break;

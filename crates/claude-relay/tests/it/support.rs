@@ -159,6 +159,17 @@ impl RunningRelay {
         Self { url, child, stderr }
     }
 
+    /// The resident memory of the process, from `/proc`.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -197,6 +208,22 @@ impl Drop for RunningRelay {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The status of a small message sent through `relay` with `key`.
+pub async fn message_status(client: &reqwest::Client, relay: &RunningRelay, key: &str) -> u16 {
+    client
+        .post(format!("{}/v1/messages", relay.url))
+        .header("x-api-key", key)
+        .json(
+            &serde_json::json!({"model": "claude-haiku-4-5", "max_tokens": 10,
+                                  "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// Polls `usage --json` until it reports at least `requests` requests.

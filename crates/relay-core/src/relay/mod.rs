@@ -458,7 +458,7 @@ impl Relay {
                 id: String::new(),
                 name: String::new(),
                 active: true,
-                policy: crate::policy::KeyPolicy::default(),
+                policy: Arc::default(),
             }),
             endpoint: Endpoint::Messages,
             query: None,

@@ -5,9 +5,10 @@
 //! before it reads the version, so one of them migrates and the others then find nothing to do.
 
 /// `(version, sql)`; append only, never edit a shipped entry.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    11,
-    r#"
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        11,
+        r#"
 CREATE TABLE revision (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     value BIGINT NOT NULL
@@ -124,4 +125,45 @@ CREATE TABLE installation_secrets (
     sealed BYTEA NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        12,
+        r#"
+CREATE TABLE changes (
+    revision  BIGINT PRIMARY KEY,
+    entity    TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    key_hash  BYTEA
+);
+
+CREATE OR REPLACE FUNCTION bump_revision() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    next_revision BIGINT;
+    changed_id    TEXT;
+    old_hash      BYTEA;
+BEGIN
+    UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value INTO next_revision;
+    IF TG_OP = 'DELETE' THEN
+        changed_id := OLD.id;
+    ELSE
+        changed_id := NEW.id;
+    END IF;
+    IF TG_TABLE_NAME = 'relay_keys' THEN
+        IF TG_OP = 'INSERT' THEN
+            old_hash := NEW.key_hash;
+        ELSE
+            old_hash := OLD.key_hash;
+        END IF;
+    END IF;
+    INSERT INTO changes (revision, entity, entity_id, key_hash)
+        VALUES (next_revision,
+                CASE TG_TABLE_NAME WHEN 'relay_keys' THEN 'key' ELSE 'account' END,
+                changed_id, old_hash);
+    DELETE FROM changes WHERE revision <= next_revision - 10000;
+    PERFORM pg_notify('claude_relay_changes', current_schema());
+    RETURN NULL;
+END
+$$;
+"#,
+    ),
+];

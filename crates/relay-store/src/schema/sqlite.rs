@@ -175,4 +175,60 @@ UPDATE accounts SET settings = json_set(COALESCE(NULLIF(settings, ''), '{}'), '$
 ALTER TABLE usage_records ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
 "#,
     ),
+    (
+        12,
+        // The change feed: one row per changed key or account, numbered by the revision its
+        // change produced, so a server reads only what changed since the revision it holds.
+        // The last 10,000 are kept; a server further behind reloads everything.
+        r#"
+CREATE TABLE changes (
+    revision  INTEGER PRIMARY KEY,
+    entity    TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    key_hash  BLOB
+);
+DROP TRIGGER relay_keys_insert;
+CREATE TRIGGER relay_keys_insert AFTER INSERT ON relay_keys BEGIN
+    UPDATE revision SET value = value + 1 WHERE id = 1;
+    INSERT INTO changes (revision, entity, entity_id, key_hash)
+        SELECT value, 'key', NEW.id, NEW.key_hash FROM revision WHERE id = 1;
+    DELETE FROM changes WHERE revision <= (SELECT value FROM revision WHERE id = 1) - 10000;
+END;
+DROP TRIGGER relay_keys_update;
+CREATE TRIGGER relay_keys_update AFTER UPDATE ON relay_keys BEGIN
+    UPDATE revision SET value = value + 1 WHERE id = 1;
+    INSERT INTO changes (revision, entity, entity_id, key_hash)
+        SELECT value, 'key', NEW.id, OLD.key_hash FROM revision WHERE id = 1;
+    DELETE FROM changes WHERE revision <= (SELECT value FROM revision WHERE id = 1) - 10000;
+END;
+DROP TRIGGER relay_keys_delete;
+CREATE TRIGGER relay_keys_delete AFTER DELETE ON relay_keys BEGIN
+    UPDATE revision SET value = value + 1 WHERE id = 1;
+    INSERT INTO changes (revision, entity, entity_id, key_hash)
+        SELECT value, 'key', OLD.id, OLD.key_hash FROM revision WHERE id = 1;
+    DELETE FROM changes WHERE revision <= (SELECT value FROM revision WHERE id = 1) - 10000;
+END;
+DROP TRIGGER accounts_insert;
+CREATE TRIGGER accounts_insert AFTER INSERT ON accounts BEGIN
+    UPDATE revision SET value = value + 1 WHERE id = 1;
+    INSERT INTO changes (revision, entity, entity_id, key_hash)
+        SELECT value, 'account', NEW.id, NULL FROM revision WHERE id = 1;
+    DELETE FROM changes WHERE revision <= (SELECT value FROM revision WHERE id = 1) - 10000;
+END;
+DROP TRIGGER accounts_update;
+CREATE TRIGGER accounts_update AFTER UPDATE ON accounts BEGIN
+    UPDATE revision SET value = value + 1 WHERE id = 1;
+    INSERT INTO changes (revision, entity, entity_id, key_hash)
+        SELECT value, 'account', NEW.id, NULL FROM revision WHERE id = 1;
+    DELETE FROM changes WHERE revision <= (SELECT value FROM revision WHERE id = 1) - 10000;
+END;
+DROP TRIGGER accounts_delete;
+CREATE TRIGGER accounts_delete AFTER DELETE ON accounts BEGIN
+    UPDATE revision SET value = value + 1 WHERE id = 1;
+    INSERT INTO changes (revision, entity, entity_id, key_hash)
+        SELECT value, 'account', OLD.id, NULL FROM revision WHERE id = 1;
+    DELETE FROM changes WHERE revision <= (SELECT value FROM revision WHERE id = 1) - 10000;
+END;
+"#,
+    ),
 ];

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{on_db, Store};
+use super::{ids_json, on_db, Rows, Store};
 use crate::records::{AccountEvent, AccountRow, NewAccount};
 use crate::StoreError;
 
@@ -33,14 +33,23 @@ impl Store {
     }
 
     pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
+        self.accounts(Rows::All).await
+    }
+
+    /// The selected accounts, by priority.
+    pub async fn accounts(&self, rows: Rows<'_>) -> Result<Vec<AccountRow>, StoreError> {
         on_db!(self, |pool, sql| {
-            let rows = sqlx::query(
+            let statement = format!(
                 "SELECT id, name, platform, base_url, priority, status, secret_sealed, secret_hint,
                         created_at_ms, updated_at_ms, health_reset_at_ms, settings, proxy_sealed
-                 FROM accounts ORDER BY priority, created_at_ms, name",
-            )
-            .fetch_all(pool)
-            .await?;
+                 FROM accounts {} ORDER BY priority, created_at_ms, name",
+                sql.rows_filter(&rows)
+            );
+            let mut query = sqlx::query(&statement);
+            if let Rows::Ids(ids) = &rows {
+                query = query.bind(ids_json(ids));
+            }
+            let rows = query.fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
                     Ok(AccountRow {

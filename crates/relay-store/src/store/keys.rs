@@ -1,8 +1,9 @@
 //! Relay keys: insert, list, edit, trash and purge.
 
+use futures_util::TryStreamExt;
 use sqlx::Row;
 
-use super::{on_db, Store};
+use super::{ids_json, on_db, Rows, Store};
 use crate::records::{KeyMeta, KeyRow, NewKey};
 use crate::StoreError;
 
@@ -31,39 +32,54 @@ impl Store {
     }
 
     pub async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let mut keys = Vec::new();
+        self.for_each_key(Rows::All, |row| keys.push(row)).await?;
+        Ok(keys)
+    }
+
+    /// Hands each selected key to `visit` as it is read, so reading every key of a large
+    /// installation never holds all the rows at once.
+    pub async fn for_each_key(
+        &self,
+        rows: Rows<'_>,
+        mut visit: impl FnMut(KeyRow) + Send,
+    ) -> Result<(), StoreError> {
         on_db!(self, |pool, sql| {
-            let rows = sqlx::query(
+            let statement = format!(
                 "SELECT id, name, key_hash, key_hint, status, policy, description, owner, tags,
                         created_at_ms, updated_at_ms, deleted_at_ms
-                 FROM relay_keys ORDER BY created_at_ms, name",
-            )
-            .fetch_all(pool)
-            .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(KeyRow {
-                        id: row.try_get("id")?,
-                        name: row.try_get("name")?,
-                        key_hash: row.try_get("key_hash")?,
-                        key_hint: row.try_get("key_hint")?,
-                        status: row.try_get("status")?,
-                        policy: row.try_get("policy")?,
-                        meta: KeyMeta {
-                            description: row.try_get("description")?,
-                            owner: row.try_get("owner")?,
-                            tags: row
-                                .try_get::<String, _>("tags")?
-                                .split(',')
-                                .filter(|tag| !tag.is_empty())
-                                .map(str::to_owned)
-                                .collect(),
-                        },
-                        created_at_ms: row.try_get("created_at_ms")?,
-                        updated_at_ms: row.try_get("updated_at_ms")?,
-                        deleted_at_ms: row.try_get("deleted_at_ms")?,
-                    })
-                })
-                .collect()
+                 FROM relay_keys {} ORDER BY created_at_ms, name",
+                sql.rows_filter(&rows)
+            );
+            let mut query = sqlx::query(&statement);
+            if let Rows::Ids(ids) = &rows {
+                query = query.bind(ids_json(ids));
+            }
+            let mut stream = query.fetch(pool);
+            while let Some(row) = stream.try_next().await? {
+                visit(KeyRow {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    key_hash: row.try_get("key_hash")?,
+                    key_hint: row.try_get("key_hint")?,
+                    status: row.try_get("status")?,
+                    policy: row.try_get("policy")?,
+                    meta: KeyMeta {
+                        description: row.try_get("description")?,
+                        owner: row.try_get("owner")?,
+                        tags: row
+                            .try_get::<String, _>("tags")?
+                            .split(',')
+                            .filter(|tag| !tag.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    },
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    updated_at_ms: row.try_get("updated_at_ms")?,
+                    deleted_at_ms: row.try_get("deleted_at_ms")?,
+                });
+            }
+            Ok(())
         })
     }
 

@@ -7,6 +7,8 @@
 
 mod accounts;
 mod admins;
+mod changes;
+pub use changes::{Change, ChangedEntity};
 mod keys;
 mod secrets;
 mod usage;
@@ -25,12 +27,12 @@ use crate::StoreError;
 /// A handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: Db,
+    pub(crate) db: Db,
 }
 
 /// The backends, closed: adding one makes the compiler list every query it must learn.
 #[derive(Debug, Clone)]
-enum Db {
+pub(crate) enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -70,6 +72,8 @@ pub(crate) struct SqlDialect {
     greatest: &'static str,
     /// A sum that cannot fail on overflow, capped below `i64::MAX` and read as an integer.
     safe_sum: fn(&str) -> String,
+    /// The rows of a JSON array of text bound as `$1`.
+    json_texts: &'static str,
 }
 
 pub(crate) const SQLITE: SqlDialect = SqlDialect {
@@ -77,6 +81,7 @@ pub(crate) const SQLITE: SqlDialect = SqlDialect {
     greatest: "MAX",
     // `SUM` errors on integer overflow; `TOTAL` is a float that does not.
     safe_sum: |expression| format!("CAST(MIN(TOTAL({expression}), 9.2e18) AS INTEGER)"),
+    json_texts: "SELECT value FROM json_each($1)",
 };
 
 pub(crate) const POSTGRES: SqlDialect = SqlDialect {
@@ -88,7 +93,20 @@ pub(crate) const POSTGRES: SqlDialect = SqlDialect {
             "CAST(LEAST(COALESCE(SUM(CAST({expression} AS NUMERIC)), 0), 9200000000000000000) AS BIGINT)"
         )
     },
+    json_texts: "SELECT jsonb_array_elements_text(CAST($1 AS JSONB))",
 };
+
+/// Which rows of a table a read wants.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    All,
+    /// Those with these ids (bound as one JSON array, whatever their number).
+    Ids(&'a [String]),
+}
+
+fn ids_json(ids: &[String]) -> String {
+    serde_json::Value::from(ids).to_string()
+}
 
 /// Tokens one response can report per kind; a stored row is clamped to it when summed.
 const MAX_ROW_TOKENS: i64 = 1_000_000_000;
@@ -102,6 +120,14 @@ impl SqlDialect {
             "{}({}({expression}, {low}), {high})",
             self.least, self.greatest
         )
+    }
+
+    /// The `WHERE` clause that selects `rows` (binding `$1` for ids).
+    pub(crate) fn rows_filter(&self, rows: &Rows<'_>) -> String {
+        match rows {
+            Rows::All => String::new(),
+            Rows::Ids(_) => format!("WHERE id IN ({})", self.json_texts),
+        }
     }
 
     pub(crate) fn safe_sum(&self, expression: &str) -> String {

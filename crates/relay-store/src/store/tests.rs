@@ -314,23 +314,36 @@ async fn accounts_from_before_served_model_defaults_keep_serving_every_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.db");
     {
-        // An installation at schema 10: migration 11 not yet applied.
+        // An installation at schema 10: migrations 11 and 12 not yet applied.
         let store = Store::open(&path).await.unwrap();
         let Db::Sqlite(pool) = &store.db else {
             unreachable!()
         };
         sqlx::raw_sql(
-            "DELETE FROM schema_version WHERE version = 11;
+            "DELETE FROM schema_version WHERE version >= 11;
              ALTER TABLE usage_records DROP COLUMN reasoning_tokens;
              INSERT INTO accounts (id, name, platform, base_url, priority, status, secret_sealed,
                  secret_hint, created_at_ms, updated_at_ms, settings)
              VALUES ('a1', 'open', 'anthropic', NULL, 1, 'active', x'00', 'h', 1, 1, '{\"weight\":2}'),
                     ('a2', 'listed', 'anthropic', NULL, 1, 'active', x'00', 'h', 1, 1,
-                     '{\"models\":[\"claude-sonnet-*\"]}');",
+                     '{\"models\":[\"claude-sonnet-*\"]}');
+             DROP TABLE changes;",
         )
         .execute(pool)
         .await
         .unwrap();
+        // The triggers as they were before the change feed.
+        let mut old_triggers = String::new();
+        for table in ["relay_keys", "accounts"] {
+            for operation in ["insert", "update", "delete"] {
+                old_triggers.push_str(&format!(
+                    "DROP TRIGGER {table}_{operation};
+                     CREATE TRIGGER {table}_{operation} AFTER {operation} ON {table}
+                     BEGIN UPDATE revision SET value = value + 1 WHERE id = 1; END;"
+                ));
+            }
+        }
+        sqlx::raw_sql(&old_triggers).execute(pool).await.unwrap();
         store.close().await;
     }
     let store = Store::open(&path).await.unwrap();
@@ -361,4 +374,72 @@ async fn accounts_from_before_served_model_defaults_keep_serving_every_model() {
         .fetch_all(pool)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn every_change_of_a_key_is_in_the_feed_numbered_by_its_revision() {
+    for database in testing::each_backend().await {
+        let store = &database.store;
+        let start = store.revision().await.unwrap();
+        store.insert_key(&new_key("k1", "alice", 1)).await.unwrap();
+        store.insert_key(&new_key("k2", "bob", 2)).await.unwrap();
+        assert!(store.set_key_status("alice", "disabled", 2).await.unwrap());
+        assert!(store.set_key_deleted("bob", Some(3), 3).await.unwrap());
+        assert_eq!(store.purge_keys(4).await.unwrap(), vec!["bob".to_owned()]);
+        let now = store.revision().await.unwrap();
+        let changes = store.changes_after(start, 100).await.unwrap();
+        assert_eq!(
+            changes
+                .iter()
+                .map(|change| change.revision)
+                .collect::<Vec<_>>(),
+            ((start + 1)..=now).collect::<Vec<_>>(),
+            "one change per revision, without gaps"
+        );
+        let named: Vec<(&str, u8)> = changes
+            .iter()
+            .map(|change| {
+                assert_eq!(change.entity, ChangedEntity::Key);
+                (change.id.as_str(), change.key_hash.as_ref().unwrap()[0])
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [("k1", 1), ("k2", 2), ("k1", 1), ("k2", 2), ("k2", 2)],
+            "a purged key still names its hash"
+        );
+        assert_eq!(store.changes_after(start, 2).await.unwrap().len(), 2);
+        assert!(store.changes_after(now, 100).await.unwrap().is_empty());
+
+        let ids = ["k1".to_owned(), "gone".to_owned()];
+        let mut read = Vec::new();
+        store
+            .for_each_key(Rows::Ids(&ids), |row| read.push(row.name))
+            .await
+            .unwrap();
+        assert_eq!(read, ["alice"]);
+
+        let account = crate::records::NewAccount {
+            id: "a1".into(),
+            name: "main".into(),
+            platform: "anthropic".into(),
+            base_url: None,
+            priority: 1,
+            secret_sealed: vec![0; 8],
+            secret_hint: "…".into(),
+            settings: "{}".into(),
+            proxy_sealed: None,
+            created_at_ms: 1,
+        };
+        store.insert_account(&account).await.unwrap();
+        let change = store.changes_after(now, 100).await.unwrap();
+        assert_eq!(change.len(), 1);
+        assert_eq!(
+            (change[0].entity, change[0].id.as_str(), &change[0].key_hash),
+            (ChangedEntity::Account, "a1", &None)
+        );
+        let rows = store.accounts(Rows::Ids(&["a1".to_owned()])).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(store.accounts(Rows::Ids(&[])).await.unwrap().is_empty());
+    }
 }
