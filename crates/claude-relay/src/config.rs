@@ -22,6 +22,12 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     /// `postgres://…`: PostgreSQL instead of the SQLite file in the data directory.
     database_url: Option<String>,
+    /// `redis://…`: key limits shared by every instance on this Redis.
+    redis_url: Option<String>,
+    /// What starts every key this installation writes to Redis.
+    redis_prefix: Option<String>,
+    /// `refuse` (default) or `local`: what a request meets while Redis does not answer.
+    redis_unavailable: Option<String>,
     #[serde(default)]
     log: FileLog,
     #[serde(default)]
@@ -122,12 +128,21 @@ impl fmt::Debug for Secret {
 }
 
 #[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub prefix: String,
+    pub on_unavailable: relay_core::limits::Unavailable,
+}
+
+#[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub master_key: Option<Secret>,
     /// PostgreSQL instead of the SQLite file in the data directory (it may hold a password).
     pub database_url: Option<Secret>,
+    /// The shared Redis (it may hold a password), its key prefix, and what to do without it.
+    pub redis: Option<RedisConfig>,
     pub admin_password: Option<Secret>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -179,6 +194,42 @@ impl Config {
                 postgres
             })
             .map(Secret);
+        let redis_prefix = var("CLAUDE_RELAY_REDIS_PREFIX")
+            .or(file.redis_prefix)
+            .unwrap_or_else(|| "claude-relay".to_owned());
+        let on_unavailable = var("CLAUDE_RELAY_REDIS_UNAVAILABLE")
+            .or(file.redis_unavailable)
+            .map_or(Ok(Default::default()), |text| text.parse())
+            .unwrap_or_else(|problem| {
+                problems.push(format!(
+                    "redis_unavailable (CLAUDE_RELAY_REDIS_UNAVAILABLE): {problem}"
+                ));
+                Default::default()
+            });
+        let redis = var("CLAUDE_RELAY_REDIS_URL")
+            .or(file.redis_url)
+            .filter(|url| {
+                let redis = url.starts_with("redis://") || url.starts_with("rediss://");
+                if !redis {
+                    problems.push(format!(
+                        "redis_url (CLAUDE_RELAY_REDIS_URL): '{}' is not a redis:// URL",
+                        relay_store::redact_url(url)
+                    ));
+                }
+                redis
+            })
+            .map(|url| RedisConfig {
+                url: Secret(url),
+                prefix: redis_prefix,
+                on_unavailable,
+            });
+        if redis.is_some() && database_url.is_none() {
+            problems.push(
+                "redis_url (CLAUDE_RELAY_REDIS_URL) needs database_url (CLAUDE_RELAY_DATABASE_URL): \
+                 instances that share limits must share one PostgreSQL database"
+                    .to_owned(),
+            );
+        }
         let data_dir = var("CLAUDE_RELAY_DATA_DIR")
             .map(PathBuf::from)
             .or(file.data_dir)
@@ -451,6 +502,7 @@ impl Config {
             data_dir,
             master_key: var("CLAUDE_RELAY_MASTER_KEY").map(Secret),
             database_url,
+            redis,
             admin_password: var("CLAUDE_RELAY_ADMIN_PASSWORD").map(Secret),
             log_format,
             log_level,

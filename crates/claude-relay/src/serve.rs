@@ -69,7 +69,16 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     if installation.created {
         tracing::info!(data_dir = %config.data_dir.display(), "created a new installation");
     }
-    if installation.store.backend() == relay_store::Backend::Postgres {
+    if let Some(redis) = &config.redis {
+        tracing::info!(
+            url = %relay_store::redact_url(&redis.url.0),
+            prefix = %redis.prefix,
+            when_unavailable = ?redis.on_unavailable,
+            "key limits are shared through Redis (account cooldowns, sticky sessions and the \
+             token refresh lock are still per instance)"
+        );
+    }
+    if installation.store.backend() == relay_store::Backend::Postgres && config.redis.is_none() {
         // Limits, cooldowns and sticky sessions are still counted in this process.
         tracing::warn!(
             "PostgreSQL without Redis: key limits, account cooldowns and sticky sessions are \
@@ -101,7 +110,17 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let assembly = relay_core::app::assemble(&installation, config.relay.clone()).await?;
+    let shared = config
+        .redis
+        .as_ref()
+        .map(|redis| relay_core::app::SharedState {
+            redis_url: &redis.url.0,
+            prefix: &redis.prefix,
+            on_unavailable: redis.on_unavailable,
+        });
+    let assembly =
+        relay_core::app::assemble(&installation, config.relay.clone(), shared.as_ref()).await?;
+    let shared_ledgers = assembly.shared_ledgers;
     let relay = assembly.relay.clone();
     let reloader = assembly.reloader;
     let usage_writer = assembly.usage_writer;
@@ -132,6 +151,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let _ = tokio::join!(purger, reloader);
     // Account events spawned by the last requests, then the last usage records.
     relay.drain_background().await;
+    relay_core::app::Assembly::close_shared(shared_ledgers).await;
     usage_writer.shutdown().await;
     installation.store.close().await;
     tracing::info!("stopped");

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use relay_store::{StoreError, UsageWriter, UsageWriterHandle};
 
+use crate::limits::{SharedLedgers, Unavailable};
+
 use crate::admin::AdminService;
 use crate::admin_auth::AdminAuth;
 use crate::auth::KeyAuthenticator;
@@ -14,6 +16,14 @@ use crate::bootstrap::Installation;
 use crate::metrics::Metrics;
 use crate::snapshot::SnapshotStore;
 use crate::{Relay, RelaySettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssemblyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("shared state: {0}")]
+    Redis(#[from] relay_coord::CoordError),
+}
 
 /// The parts of a running relay; the caller serves them and, at shutdown, stops the reloader,
 /// drains the relay's background writes, then the usage writer.
@@ -27,6 +37,29 @@ pub struct Assembly {
     pub metrics: Arc<Metrics>,
     pub usage_writer: UsageWriterHandle,
     pub reloader: tokio::task::JoinHandle<()>,
+    /// The shared key ledgers' worker, when instances share a Redis: closed and joined after
+    /// the last request, before the usage writer.
+    pub shared_ledgers: Option<(Arc<SharedLedgers>, tokio::task::JoinHandle<()>)>,
+}
+
+/// Where instances keep the state they share.
+#[derive(Debug)]
+pub struct SharedState<'a> {
+    /// `redis://…`
+    pub redis_url: &'a str,
+    /// Every key written starts with `prefix:` (several installations may share a Redis).
+    pub prefix: &'a str,
+    pub on_unavailable: Unavailable,
+}
+
+impl Assembly {
+    /// Writes what the shared ledgers still owe Redis and stops their worker.
+    pub async fn close_shared(shared: Option<(Arc<SharedLedgers>, tokio::task::JoinHandle<()>)>) {
+        if let Some((ledgers, worker)) = shared {
+            ledgers.close();
+            let _ = worker.await;
+        }
+    }
 }
 
 /// Loads the snapshot, starts the reloader and the usage writer, builds the relay and seeds its
@@ -34,7 +67,8 @@ pub struct Assembly {
 pub async fn assemble(
     installation: &Installation,
     settings: RelaySettings,
-) -> Result<Assembly, StoreError> {
+    shared: Option<&SharedState<'_>>,
+) -> Result<Assembly, AssemblyError> {
     let snapshots = SnapshotStore::load(
         installation.store.clone(),
         installation.keyring.secret_box.clone(),
@@ -48,7 +82,18 @@ pub async fn assemble(
         snapshots.clone(),
         installation.keyring.key_hasher.clone(),
     ));
-    let relay = Relay::new(snapshots.clone(), usage_sink, metrics.clone(), settings);
+    let mut relay = Relay::new(snapshots.clone(), usage_sink, metrics.clone(), settings);
+    let shared_ledgers = match shared {
+        None => None,
+        Some(shared) => {
+            let redis = relay_coord::Redis::connect(shared.redis_url, shared.prefix).await?;
+            let (ledgers, worker) =
+                SharedLedgers::start(redis, installation.store.clone(), shared.on_unavailable);
+            relay.share_limits(ledgers.clone());
+            metrics.register_shared(&ledgers);
+            Some((ledgers, worker))
+        }
+    };
     relay
         .limiter()
         .seed_from_store(
@@ -68,5 +113,6 @@ pub async fn assemble(
         metrics,
         usage_writer,
         reloader,
+        shared_ledgers,
     })
 }

@@ -69,7 +69,31 @@ pub struct Metrics {
     /// Connections the server closed, by reason (handshake_timeout, idle_timeout, evicted,
     /// refused, shutdown).
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Read from the shared ledgers at each scrape, when there are any.
+    shared: std::sync::OnceLock<std::sync::Arc<crate::limits::SharedLedgers>>,
+    redis: [Gauge; 4],
+    redis_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
+
+/// `(name, help)` of the Redis gauges, in [`Metrics::redis`] order.
+const REDIS_GAUGES: [(&str, &str); 4] = [
+    (
+        "redis_round_trips",
+        "Round trips to the shared Redis since start",
+    ),
+    (
+        "redis_errors",
+        "Round trips to the shared Redis that failed",
+    ),
+    (
+        "redis_bytes_sent",
+        "Bytes of keys and arguments sent to the shared Redis",
+    ),
+    (
+        "redis_pending_finishes",
+        "Settlements and releases not yet written to Redis",
+    ),
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -151,8 +175,22 @@ impl Metrics {
             "Client connections the server closed or refused, by reason",
             connections_closed.clone(),
         );
+        let redis = REDIS_GAUGES.map(|(name, help)| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        });
+        let redis_latency = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "redis_latency_seconds_sum",
+            "Time spent in round trips to the shared Redis",
+            redis_latency.clone(),
+        );
         Self {
             registry,
+            shared: std::sync::OnceLock::new(),
+            redis,
+            redis_latency,
             connections_open,
             connections_closed,
             requests,
@@ -195,8 +233,26 @@ impl Metrics {
         }
     }
 
+    /// Reports the shared ledgers' traffic with Redis from now on.
+    pub fn register_shared(&self, shared: &std::sync::Arc<crate::limits::SharedLedgers>) {
+        let _ = self.shared.set(shared.clone());
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(shared) = self.shared.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let stats = shared.redis().stats();
+            let read = |value: &std::sync::atomic::AtomicU64| {
+                i64::try_from(value.load(Relaxed)).unwrap_or(i64::MAX)
+            };
+            self.redis[0].set(read(&stats.round_trips));
+            self.redis[1].set(read(&stats.errors));
+            self.redis[2].set(read(&stats.bytes_sent));
+            self.redis[3].set(shared.pending());
+            self.redis_latency
+                .set(stats.latency_micros.load(Relaxed) as f64 / 1e6);
+        }
         let mut out = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(%error, "cannot encode metrics");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use relay_testkit::MockUpstream;
+use relay_testkit::{Behavior, MockUpstream};
 use serde_json::json;
 
 use crate::support::{cli_env, message_status, usage_when_env, RunningRelay};
@@ -109,4 +109,261 @@ async fn two_instances_and_the_cli_share_one_postgres_database() {
         assert!(exit.success(), "relay exited with {exit}: {log}");
         assert!(!log.contains(&key) && !log.contains("sk-ant-shared-secret"));
     }
+}
+
+/// Two instances on one PostgreSQL database and one Redis (under a prefix of this test's own).
+struct SharedPair {
+    _dir: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    relays: Vec<RunningRelay>,
+}
+
+impl SharedPair {
+    async fn start() -> Option<Self> {
+        let url = relay_store::testing::postgres_url().await?;
+        relay_coord::testing::redis().await?;
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let env = vec![
+            ("CLAUDE_RELAY_DATABASE_URL".to_owned(), url),
+            (
+                "CLAUDE_RELAY_REDIS_URL".to_owned(),
+                relay_coord::testing::redis_url(),
+            ),
+            (
+                "CLAUDE_RELAY_REDIS_PREFIX".to_owned(),
+                relay_coord::testing::unique_prefix(),
+            ),
+        ];
+        let mut pair = Self {
+            _dir: dir,
+            data_dir,
+            env,
+            relays: Vec::new(),
+        };
+        for _ in 0..2 {
+            let relay = RunningRelay::start_with_env(&pair.data_dir, None, &pair.env_pairs());
+            pair.relays.push(relay);
+        }
+        Some(pair)
+    }
+
+    fn env_pairs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect()
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        cli_env(&self.data_dir, &self.env_pairs(), args)
+    }
+}
+
+const RACE_BODY: &str =
+    r#"{"model":"claude-haiku-4-5","max_tokens":16,"messages":[{"role":"user","content":"race"}]}"#;
+
+/// Waits until every instance knows `key` (asking for the model list, which costs nothing).
+async fn until_known(relays: &[&RunningRelay], key: &str) {
+    let client = reqwest::Client::new();
+    for relay in relays {
+        for attempt in 0.. {
+            let status = client
+                .get(format!("{}/v1/models", relay.url))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == 200 {
+                break;
+            }
+            assert!(
+                attempt < 100,
+                "{} does not know the key: {status}",
+                relay.url
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Sends `count` requests at once, alternating between the instances; their statuses.
+async fn burst(relays: &[&RunningRelay], key: &str, count: usize) -> Vec<u16> {
+    let client = reqwest::Client::new();
+    let requests = (0..count).map(|n| {
+        let request = client
+            .post(format!("{}/v1/messages", relays[n % relays.len()].url))
+            .header("x-api-key", key)
+            .header("content-type", "application/json")
+            .body(RACE_BODY);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            if ![200, 402, 429].contains(&status) {
+                eprintln!("{status}: {}", response.text().await.unwrap());
+            }
+            status
+        }
+    });
+    futures_util::future::join_all(requests).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_share_every_key_limit() {
+    let Some(pair) = SharedPair::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    pair.cli(&[
+        "account",
+        "add",
+        "--platform",
+        "anthropic",
+        "--name",
+        "main",
+        "--api-key",
+        "sk-ant-race",
+        "--base-url",
+        &mock.url(),
+    ]);
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    assert!(relays[0].stderr().contains("shared through Redis"));
+    // Every request stays in flight long enough for all of the burst to be admitted or refused
+    // while the first ones still hold their reservations.
+    mock.script(
+        "sk-ant-race",
+        std::iter::repeat_n(Behavior::SlowFirstByte(Duration::from_millis(800)), 2_000),
+    );
+    let estimate =
+        relay_core::relay::estimate("claude-haiku-4-5", RACE_BODY.len(), Some(16), 1, None);
+    // Room for ten reservations and a half.
+    let budget_usd = (estimate.cost_nano_usd as f64 * 10.5) / 1e9;
+    for round in 0..20 {
+        let name = format!("race-{round}");
+        let key = pair
+            .cli(&[
+                "key",
+                "create",
+                "--name",
+                &name,
+                "--total-cost-usd",
+                &format!("{budget_usd:.9}"),
+            ])
+            .trim()
+            .to_owned();
+        until_known(&relays, &key).await;
+        let statuses = burst(&relays, &key, 50).await;
+        let admitted = statuses.iter().filter(|status| **status == 200).count();
+        assert_eq!(admitted, 10, "round {round}: {statuses:?}");
+        assert!(
+            statuses.iter().all(|status| [200, 402].contains(status)),
+            "{statuses:?}"
+        );
+    }
+
+    let key = pair
+        .cli(&[
+            "key",
+            "create",
+            "--name",
+            "two-at-a-time",
+            "--concurrency",
+            "2",
+        ])
+        .trim()
+        .to_owned();
+    until_known(&relays, &key).await;
+    let statuses = burst(&relays, &key, 10).await;
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 200).count(),
+        2,
+        "two in flight across both instances: {statuses:?}"
+    );
+    // Released: the next burst gets its two again.
+    let statuses = burst(&relays, &key, 4).await;
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_gives_its_reservations_back_within_the_lease_ttl() {
+    let Some(mut pair) = SharedPair::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    pair.cli(&[
+        "account",
+        "add",
+        "--platform",
+        "anthropic",
+        "--name",
+        "main",
+        "--api-key",
+        "sk-ant-kill",
+        "--base-url",
+        &mock.url(),
+    ]);
+    let key = pair
+        .cli(&["key", "create", "--name", "held", "--concurrency", "2"])
+        .trim()
+        .to_owned();
+    until_known(&pair.relays.iter().collect::<Vec<_>>(), &key).await;
+    // Two requests completed on the instance about to die, then two that hang there.
+    let client = reqwest::Client::new();
+    let mut answered = 0;
+    for _ in 0..2 {
+        assert_eq!(message_status(&client, &pair.relays[0], &key).await, 200);
+        answered += 1;
+    }
+    mock.script(
+        "sk-ant-kill",
+        [
+            Behavior::SlowFirstByte(Duration::from_secs(300)),
+            Behavior::SlowFirstByte(Duration::from_secs(300)),
+        ],
+    );
+    let doomed = pair.relays[0].url.clone();
+    for _ in 0..2 {
+        let request = client
+            .post(format!("{doomed}/v1/messages"))
+            .header("x-api-key", &key)
+            .header("content-type", "application/json")
+            .body(RACE_BODY)
+            .send();
+        #[allow(clippy::disallowed_methods)] // cut short by the kill below
+        tokio::spawn(request);
+    }
+    while mock.requests().len() < 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The records of the completed requests are written off the request path, promptly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pair.relays[0].kill();
+    let killed_at = std::time::Instant::now();
+    let survivor = pair.relays.pop().unwrap();
+    assert_eq!(
+        message_status(&client, &survivor, &key).await,
+        429,
+        "the dead instance's two slots are still held"
+    );
+    loop {
+        let status = message_status(&client, &survivor, &key).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < relay_coord::LEASE_TTL + Duration::from_secs(5),
+            "the slots came back within the lease TTL ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    answered += 1;
+    eprintln!("slots back {:?} after the kill", killed_at.elapsed());
+    let usage = usage_when_env(&pair.data_dir, &pair.env_pairs(), Some("held"), answered).await;
+    assert!(usage["requests"].as_i64().unwrap() >= answered, "{usage}");
 }

@@ -159,6 +159,12 @@ impl RunningRelay {
         Self { url, child, stderr }
     }
 
+    /// Ends the process at once (SIGKILL): nothing is flushed, nothing is released.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The resident memory of the process, from `/proc`.
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

@@ -170,6 +170,13 @@ pub(super) fn refusal(refusal: &Refusal, now_ms: i64) -> RelayError {
             ErrorKind::Billing,
             format!("this key's quota of {limit} tokens is used up"),
         ),
+        Refusal::LimitsUnavailable => RelayError {
+            retry_after_s: Some(1),
+            ..RelayError::new(
+                ErrorKind::ServiceUnavailable,
+                "the relay cannot check this key's limits right now (its shared state does not answer); try again shortly",
+            )
+        },
     }
 }
 

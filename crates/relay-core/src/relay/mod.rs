@@ -556,6 +556,11 @@ impl Relay {
         &self.limiter
     }
 
+    /// Counts every key's limits in the shared ledgers (several instances on one Redis).
+    pub fn share_limits(&mut self, shared: Arc<crate::limits::SharedLedgers>) {
+        self.limiter.share(shared);
+    }
+
     pub fn usage_sink(&self) -> &UsageSink {
         &self.usage
     }
@@ -611,7 +616,7 @@ impl Relay {
     pub async fn forward(&self, request: RelayRequest) -> Result<RelayResponse, RelayError> {
         // Released by `Drop` on every early return below; settled with the usage record.
         let snapshot = self.snapshots.current();
-        let mut admission = self.admit(&request, &snapshot)?;
+        let mut admission = self.admit(&request, &snapshot).await?;
         let dialect = request.endpoint.dialect();
         let deadline = request.received_at + self.settings.first_byte_timeout;
         let mut tried: Vec<Arc<AccountEntry>> = Vec::new();
@@ -750,7 +755,7 @@ impl Relay {
     /// Checks what the relay would store or reserve from the request, then reserves its
     /// worst-case cost and a concurrency slot under the key's policy. Counting tokens costs
     /// nothing but still takes a slot and counts against request-rate windows.
-    fn admit(
+    async fn admit(
         &self,
         request: &RelayRequest,
         snapshot: &crate::snapshot::Snapshot,
@@ -796,6 +801,7 @@ impl Relay {
         };
         self.limiter
             .admit(&request.key.id, &request.key.policy, &request.model, estimate, now)
+            .await
             .map(Some)
             .map_err(|refusal| {
                 tracing::info!(request_id = %request.request_id, key_id = %request.key.id, ?refusal, "request refused by key policy");

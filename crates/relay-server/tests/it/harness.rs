@@ -131,7 +131,7 @@ impl Harness {
             )
             .await
             .unwrap();
-        let assembly = relay_core::app::assemble(&installation, relay_settings)
+        let assembly = relay_core::app::assemble(&installation, relay_settings, None)
             .await
             .unwrap();
         let relay = assembly.relay.clone();

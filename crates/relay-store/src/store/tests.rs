@@ -50,11 +50,11 @@ async fn rows_with_impossible_numbers_cannot_break_the_sums_read_at_start() {
         for (tokens, cost) in &rows {
             insert_raw_usage(store, tokens, cost).await;
         }
-        let spend = store.key_spend().await.unwrap();
+        let spend = store.key_spend(None).await.unwrap();
         assert_eq!(spend.len(), 1);
         assert!(spend[0].total_cost_nano_usd > 0);
         assert!(spend[0].total_tokens > 10_000_000_000);
-        let recent = store.recent_spend(0).await.unwrap();
+        let recent = store.recent_spend(0, None).await.unwrap();
         assert_eq!(recent.len(), rows.len());
         assert!(recent
             .iter()
@@ -156,7 +156,7 @@ async fn usage_round_trips_with_every_field() {
         assert_eq!(totals.unpriced_requests, 40);
         assert_eq!(totals.partial_requests, 40);
         assert_eq!(totals.failed_requests, 0);
-        let spend = store.key_spend().await.unwrap();
+        let spend = store.key_spend(None).await.unwrap();
         assert_eq!(spend[0].total_cost_nano_usd, 40 * 77, "the stand-in charge");
         assert_eq!(
             spend[0].total_tokens,
@@ -164,6 +164,18 @@ async fn usage_round_trips_with_every_field() {
             "reasoning is part of output"
         );
         assert_eq!(spend[0].first_used_ms, Some(42));
+        let key_id = spend[0].key_id.clone();
+        assert_eq!(store.key_spend(Some(&key_id)).await.unwrap(), spend);
+        assert!(store.key_spend(Some("nobody")).await.unwrap().is_empty());
+        assert_eq!(
+            store.recent_spend(0, Some(&key_id)).await.unwrap().len(),
+            40
+        );
+        assert!(store
+            .recent_spend(0, Some("nobody"))
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(
             store.account_costs_since(0).await.unwrap(),
             vec![("a".to_owned(), 0)]

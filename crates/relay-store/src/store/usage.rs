@@ -206,16 +206,17 @@ impl Store {
     }
 
     /// Every key's lifetime spend and first use.
-    pub async fn key_spend(&self) -> Result<Vec<KeySpend>, StoreError> {
+    pub async fn key_spend(&self, key_id: Option<&str>) -> Result<Vec<KeySpend>, StoreError> {
         on_db!(self, |pool, sql| {
             let query = format!(
                 "SELECT key_id, {} AS total_cost, {} AS total_tokens,
                         MIN(created_at_ms) AS first_used
-                 FROM usage_records GROUP BY key_id",
+                 FROM usage_records WHERE (CAST($1 AS TEXT) IS NULL OR key_id = $1)
+                 GROUP BY key_id",
                 sql.safe_sum(&sql.row_charged()),
                 sql.safe_sum(&sql.row_tokens())
             );
-            let rows = sqlx::query(&query).fetch_all(pool).await?;
+            let rows = sqlx::query(&query).bind(key_id).fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
                     Ok(KeySpend {
@@ -234,16 +235,23 @@ impl Store {
     pub async fn recent_spend(
         &self,
         since_ms: i64,
+        key_id: Option<&str>,
     ) -> Result<Vec<(String, i64, i64, i64, String)>, StoreError> {
         on_db!(self, |pool, sql| {
             let query = format!(
                 "SELECT key_id, created_at_ms, {} AS tokens, {} AS cost,
                         COALESCE(upstream_model, model) AS model
-                 FROM usage_records WHERE created_at_ms >= $1 ORDER BY created_at_ms",
+                 FROM usage_records
+                 WHERE created_at_ms >= $1 AND (CAST($2 AS TEXT) IS NULL OR key_id = $2)
+                 ORDER BY created_at_ms",
                 sql.row_tokens(),
                 sql.row_charged()
             );
-            let rows = sqlx::query(&query).bind(since_ms).fetch_all(pool).await?;
+            let rows = sqlx::query(&query)
+                .bind(since_ms)
+                .bind(key_id)
+                .fetch_all(pool)
+                .await?;
             rows.iter()
                 .map(|row| {
                     Ok((

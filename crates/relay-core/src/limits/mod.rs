@@ -10,11 +10,17 @@
 //! Every sum is a [`Quantity`] (128-bit, saturating): no estimate, limit or reported usage can
 //! make a sum wrap and admit what it should refuse.
 //!
-//! All state is in memory, behind one short mutex per key; the shared-Redis mode will keep the
-//! same ledger in a Lua-scripted hash with the same three operations (admit, settle, release).
+//! In one process the state is in memory, behind one short mutex per key. Instances that share
+//! a Redis keep each key's ledger there instead (`shared`), with the same three operations
+//! (admit, settle, release) as atomic scripts and every reservation a lease that expires if its
+//! instance dies.
+
+mod shared;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use shared::{SharedLedgers, Unavailable};
 
 use crate::policy::KeyPolicy;
 use crate::quantity::Quantity;
@@ -163,6 +169,9 @@ pub enum Refusal {
     TokenQuota {
         limit: u64,
     },
+    /// The shared ledgers do not answer, and the operator chose to refuse rather than count
+    /// per instance.
+    LimitsUnavailable,
 }
 
 /// Spend a key had before this process started (from the usage records).
@@ -278,6 +287,50 @@ impl SlidingWindow {
 }
 
 impl Ledger {
+    /// A key's ledger as its usage records left it.
+    fn seeded(policy: &KeyPolicy, prior: &PriorSpend, now_ms: i64) -> Self {
+        let mut ledger = Ledger {
+            first_used_ms: prior.first_used_ms,
+            ..Ledger::default()
+        };
+        let family_period = policy.family_weekly.as_ref().and_then(|limit| {
+            Some(Period::FamilyWeek {
+                family: crate::model::family(&limit.family)?,
+                weekday: limit.reset_weekday,
+                hour: limit.reset_hour,
+            })
+        });
+        if let Some(period) = family_period {
+            ledger.period(period, now_ms);
+        }
+        let window_ms = window_ms(policy);
+        for (at_ms, tokens, cost, model) in &prior.recent {
+            let family = crate::model::family(model);
+            for period in [Period::Day, Period::Week, Period::Month]
+                .into_iter()
+                .chain(family_period.filter(|period| {
+                    matches!(period, Period::FamilyWeek { family: named, .. } if Some(*named) == family)
+                }))
+            {
+                if *at_ms >= period.start(now_ms) {
+                    ledger.period(period, now_ms).cost += Quantity::from_i64(*cost);
+                }
+            }
+            if let Some(window) = window_ms.filter(|window| *at_ms > now_ms - window) {
+                ledger.window.add(
+                    window,
+                    *at_ms,
+                    Quantity::from_u64(1),
+                    Quantity::from_u64(*tokens),
+                    Quantity::from_i64(*cost),
+                );
+            }
+        }
+        ledger.total_cost = Quantity::from_i64(prior.total_cost_nano_usd);
+        ledger.total_tokens = Quantity::from_u64(prior.total_tokens);
+        ledger
+    }
+
     /// The current period's cost, starting the period afresh when it has turned over.
     fn period(&mut self, period: Period, now_ms: i64) -> &mut PeriodCost {
         let start_ms = period.start(now_ms);
@@ -428,6 +481,15 @@ impl Ledger {
     }
 }
 
+/// How far back the usage records matter to a ledger: a month, or a week that started in the
+/// previous month, reaches at most 31 days back; rate windows longer than that are uncommon and
+/// count from the seeding on.
+fn seed_since(now_ms: i64) -> i64 {
+    Period::Month
+        .start(now_ms)
+        .min(Period::Week.start(now_ms) - WEEK_MS)
+}
+
 /// The rate window of a policy in ms, if it has rate limits.
 fn window_ms(policy: &KeyPolicy) -> Option<i64> {
     policy
@@ -443,16 +505,17 @@ fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The ledgers of all keys.
+/// The ledgers of all keys: in this process, or shared by every instance through Redis.
 #[derive(Debug, Default)]
 pub struct Limiter {
     ledgers: Mutex<HashMap<String, Arc<Mutex<Ledger>>>>,
+    shared: Option<Arc<SharedLedgers>>,
 }
 
 /// A reservation and a concurrency slot, held for the life of one request.
 #[derive(Debug)]
 pub struct Admission {
-    ledger: Arc<Mutex<Ledger>>,
+    holder: Holder,
     estimate: Estimate,
     family: Option<&'static str>,
     /// The key's rate window, if it has one: the real figures go into it at settlement.
@@ -460,23 +523,33 @@ pub struct Admission {
     open: bool,
 }
 
+/// Where the reservation is held.
+#[derive(Debug)]
+enum Holder {
+    Local(Arc<Mutex<Ledger>>),
+    Shared(shared::SharedLease),
+}
+
 impl Admission {
     /// Replaces the reservation by what the request really used.
     pub fn settle(mut self, cost_nano_usd: i64, tokens: u64, now_ms: i64) {
         self.open = false;
-        let mut ledger = lock(&self.ledger);
-        ledger.release(self.estimate, self.family);
-        ledger.record(
-            Quantity::from_i64(cost_nano_usd),
-            Quantity::from_u64(tokens),
-            self.family,
-            self.window_ms,
-            now_ms,
-        );
+        match &self.holder {
+            Holder::Local(ledger) => {
+                let mut ledger = lock(ledger);
+                ledger.release(self.estimate, self.family);
+                ledger.record(
+                    Quantity::from_i64(cost_nano_usd),
+                    Quantity::from_u64(tokens),
+                    self.family,
+                    self.window_ms,
+                    now_ms,
+                );
+            }
+            Holder::Shared(lease) => lease.finish(Some((cost_nano_usd, tokens)), now_ms),
+        }
     }
-}
 
-impl Admission {
     /// What was reserved for the request: its worst case.
     pub fn reserved(&self) -> Estimate {
         self.estimate
@@ -486,7 +559,10 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         if self.open {
-            lock(&self.ledger).release(self.estimate, self.family);
+            match &self.holder {
+                Holder::Local(ledger) => lock(ledger).release(self.estimate, self.family),
+                Holder::Shared(lease) => lease.finish(None, crate::clock::now_ms()),
+            }
         }
     }
 }
@@ -519,51 +595,21 @@ impl Limiter {
     /// Seeds a key's ledger with what it spent before this process started.
     pub fn seed(&self, key_id: &str, policy: &KeyPolicy, prior: PriorSpend, now_ms: i64) {
         let ledger = self.ledger(key_id);
-        let mut ledger = lock(&ledger);
-        *ledger = Ledger {
-            first_used_ms: prior.first_used_ms,
-            ..Ledger::default()
-        };
-        let family_period = policy.family_weekly.as_ref().and_then(|limit| {
-            Some(Period::FamilyWeek {
-                family: crate::model::family(&limit.family)?,
-                weekday: limit.reset_weekday,
-                hour: limit.reset_hour,
-            })
-        });
-        if let Some(period) = family_period {
-            ledger.period(period, now_ms);
-        }
-        let window_ms = window_ms(policy);
-        for (at_ms, tokens, cost, model) in &prior.recent {
-            let family = crate::model::family(model);
-            for period in [Period::Day, Period::Week, Period::Month]
-                .into_iter()
-                .chain(family_period.filter(|period| {
-                    matches!(period, Period::FamilyWeek { family: named, .. } if Some(*named) == family)
-                }))
-            {
-                if *at_ms >= period.start(now_ms) {
-                    ledger.period(period, now_ms).cost += Quantity::from_i64(*cost);
-                }
-            }
-            if let Some(window) = window_ms.filter(|window| *at_ms > now_ms - window) {
-                ledger.window.add(
-                    window,
-                    *at_ms,
-                    Quantity::from_u64(1),
-                    Quantity::from_u64(*tokens),
-                    Quantity::from_i64(*cost),
-                );
-            }
-        }
-        ledger.total_cost = Quantity::from_i64(prior.total_cost_nano_usd);
-        ledger.total_tokens = Quantity::from_u64(prior.total_tokens);
+        *lock(&ledger) = Ledger::seeded(policy, &prior, now_ms);
+    }
+
+    /// Counts every key's requests in the shared ledgers from now on.
+    pub fn share(&mut self, shared: Arc<SharedLedgers>) {
+        self.shared = Some(shared);
+    }
+
+    pub fn shared(&self) -> Option<&Arc<SharedLedgers>> {
+        self.shared.as_ref()
     }
 
     /// Admits a request for `model` under `policy`, reserving `estimate`, or says which limit
     /// refuses it.
-    pub fn admit(
+    pub async fn admit(
         &self,
         key_id: &str,
         policy: &KeyPolicy,
@@ -571,11 +617,60 @@ impl Limiter {
         estimate: Estimate,
         now_ms: i64,
     ) -> Result<Admission, Refusal> {
-        let ledger = self.ledger(key_id);
         let family = crate::model::family(model);
+        if let Some(shared) = &self.shared {
+            match shared.admit(key_id, policy, family, estimate, now_ms).await {
+                Ok(lease) => {
+                    return Ok(Admission {
+                        holder: Holder::Shared(lease),
+                        estimate,
+                        family,
+                        window_ms: window_ms(policy),
+                        open: true,
+                    })
+                }
+                Err(shared::SharedRefusal::Refused(refusal)) => return Err(refusal),
+                Err(shared::SharedRefusal::Unreachable) => match shared.on_unavailable() {
+                    Unavailable::Refuse => return Err(Refusal::LimitsUnavailable),
+                    // Counted in this process, as if it were alone.
+                    Unavailable::CountLocally => {}
+                },
+            }
+        }
+        self.admit_locally(key_id, policy, family, estimate, now_ms)
+    }
+
+    /// [`Limiter::admit`] in this process only, for tests.
+    #[cfg(test)]
+    fn admit_local(
+        &self,
+        key_id: &str,
+        policy: &KeyPolicy,
+        model: &str,
+        estimate: Estimate,
+        now_ms: i64,
+    ) -> Result<Admission, Refusal> {
+        self.admit_locally(
+            key_id,
+            policy,
+            crate::model::family(model),
+            estimate,
+            now_ms,
+        )
+    }
+
+    fn admit_locally(
+        &self,
+        key_id: &str,
+        policy: &KeyPolicy,
+        family: Option<&'static str>,
+        estimate: Estimate,
+        now_ms: i64,
+    ) -> Result<Admission, Refusal> {
+        let ledger = self.ledger(key_id);
         lock(&ledger).admit(policy, estimate, family, now_ms)?;
         Ok(Admission {
-            ledger,
+            holder: Holder::Local(ledger),
             estimate,
             family,
             window_ms: window_ms(policy),
@@ -591,13 +686,9 @@ impl Limiter {
         snapshot: &crate::snapshot::Snapshot,
         now_ms: i64,
     ) -> Result<(), relay_store::StoreError> {
-        // A month, or a week that started in the previous month, reaches at most 31 days back;
-        // rate windows longer than that are uncommon and count from here on.
-        let since = Period::Month
-            .start(now_ms)
-            .min(Period::Week.start(now_ms) - WEEK_MS);
+        let since = seed_since(now_ms);
         let mut recent: HashMap<String, Vec<(i64, u64, i64, String)>> = HashMap::new();
-        for (key_id, at_ms, tokens, cost, model) in store.recent_spend(since).await? {
+        for (key_id, at_ms, tokens, cost, model) in store.recent_spend(since, None).await? {
             let tokens = u64::try_from(tokens).unwrap_or(0);
             recent
                 .entry(key_id)
@@ -610,7 +701,7 @@ impl Limiter {
             .map(|key| (key.id.as_str(), &*key.policy))
             .collect();
         let default_policy = KeyPolicy::default();
-        for spend in store.key_spend().await? {
+        for spend in store.key_spend(None).await? {
             let policy = policies
                 .get(spend.key_id.as_str())
                 .copied()
@@ -689,18 +780,24 @@ mod tests {
             concurrency: Some(2),
             ..KeyPolicy::default()
         };
-        let first = limiter.admit("k", &policy, "m", estimate(0, 0), 0).unwrap();
-        let second = limiter.admit("k", &policy, "m", estimate(0, 0), 0).unwrap();
+        let first = limiter
+            .admit_local("k", &policy, "m", estimate(0, 0), 0)
+            .unwrap();
+        let second = limiter
+            .admit_local("k", &policy, "m", estimate(0, 0), 0)
+            .unwrap();
         assert_eq!(
             limiter
-                .admit("k", &policy, "m", estimate(0, 0), 0)
+                .admit_local("k", &policy, "m", estimate(0, 0), 0)
                 .unwrap_err(),
             Refusal::Concurrency { limit: 2 }
         );
         first.settle(0, 0, 0);
         drop(second);
         assert_eq!(limiter.standing("k", &KeyPolicy::default(), 0).inflight, 0);
-        assert!(limiter.admit("k", &policy, "m", estimate(0, 0), 0).is_ok());
+        assert!(limiter
+            .admit_local("k", &policy, "m", estimate(0, 0), 0)
+            .is_ok());
     }
 
     #[test]
@@ -713,13 +810,13 @@ mod tests {
         let held: Vec<Admission> = (0..10)
             .map(|_| {
                 limiter
-                    .admit("k", &policy, "m", estimate(10, 0), 0)
+                    .admit_local("k", &policy, "m", estimate(10, 0), 0)
                     .unwrap()
             })
             .collect();
         assert_eq!(
             limiter
-                .admit("k", &policy, "m", estimate(10, 0), 0)
+                .admit_local("k", &policy, "m", estimate(10, 0), 0)
                 .unwrap_err(),
             Refusal::TotalCost { limit: 100 }
         );
@@ -729,17 +826,21 @@ mod tests {
         // 70 spent, 30 left: three more of 10 fit, the fourth does not.
         for _ in 0..3 {
             limiter
-                .admit("k", &policy, "m", estimate(10, 0), 0)
+                .admit_local("k", &policy, "m", estimate(10, 0), 0)
                 .unwrap()
                 .settle(10, 0, 0);
         }
         assert!(limiter
-            .admit("k", &policy, "m", estimate(10, 0), 0)
+            .admit_local("k", &policy, "m", estimate(10, 0), 0)
             .is_err());
         // A free request (counting tokens) still passes an exhausted budget; unpriced models
         // are never estimated at zero (see `pricing::limit_cost_nano_usd`).
-        assert!(limiter.admit("k", &policy, "m", estimate(0, 0), 0).is_ok());
-        assert!(limiter.admit("k", &policy, "m", estimate(1, 0), 0).is_err());
+        assert!(limiter
+            .admit_local("k", &policy, "m", estimate(0, 0), 0)
+            .is_ok());
+        assert!(limiter
+            .admit_local("k", &policy, "m", estimate(1, 0), 0)
+            .is_err());
     }
 
     #[test]
@@ -751,12 +852,12 @@ mod tests {
         };
         let late = DAY_MS - 1;
         limiter
-            .admit("k", &policy, "m", estimate(50, 0), late)
+            .admit_local("k", &policy, "m", estimate(50, 0), late)
             .unwrap()
             .settle(50, 0, late);
         assert_eq!(
             limiter
-                .admit("k", &policy, "m", estimate(1, 0), late)
+                .admit_local("k", &policy, "m", estimate(1, 0), late)
                 .unwrap_err(),
             Refusal::PeriodCost {
                 period: Period::Day,
@@ -765,7 +866,7 @@ mod tests {
             }
         );
         assert!(limiter
-            .admit("k", &policy, "m", estimate(1, 0), DAY_MS)
+            .admit_local("k", &policy, "m", estimate(1, 0), DAY_MS)
             .is_ok());
     }
 
@@ -779,13 +880,13 @@ mod tests {
         };
         for at in [0, 10_000, 20_000] {
             limiter
-                .admit("k", &policy, "m", estimate(0, 0), at)
+                .admit_local("k", &policy, "m", estimate(0, 0), at)
                 .unwrap()
                 .settle(0, 0, at);
         }
         assert_eq!(
             limiter
-                .admit("k", &policy, "m", estimate(0, 0), 59_999)
+                .admit_local("k", &policy, "m", estimate(0, 0), 59_999)
                 .unwrap_err(),
             // The first request sits in the bucket [0 s, 1 s): it leaves the window at 61 s.
             Refusal::RateRequests {
@@ -794,13 +895,13 @@ mod tests {
             }
         );
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 0), 60_999)
+            .admit_local("k", &policy, "m", estimate(0, 0), 60_999)
             .is_err());
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 0), 61_000)
+            .admit_local("k", &policy, "m", estimate(0, 0), 61_000)
             .is_ok());
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 0), 61_001)
+            .admit_local("k", &policy, "m", estimate(0, 0), 61_001)
             .is_err());
     }
 
@@ -813,26 +914,26 @@ mod tests {
             ..KeyPolicy::default()
         };
         let held = limiter
-            .admit("k", &policy, "m", estimate(0, 600), 0)
+            .admit_local("k", &policy, "m", estimate(0, 600), 0)
             .unwrap();
         assert!(matches!(
-            limiter.admit("k", &policy, "m", estimate(0, 600), 0),
+            limiter.admit_local("k", &policy, "m", estimate(0, 600), 0),
             Err(Refusal::RateTokens { .. })
         ));
         held.settle(0, 300, 1_000);
         let second = limiter
-            .admit("k", &policy, "m", estimate(0, 600), 2_000)
+            .admit_local("k", &policy, "m", estimate(0, 600), 2_000)
             .unwrap();
         second.settle(0, 600, 2_000);
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 200), 3_000)
+            .admit_local("k", &policy, "m", estimate(0, 200), 3_000)
             .is_err());
         // The first settlement (bucket [1 s, 2 s)) leaves the 10 s window at 12 s.
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 300), 11_999)
+            .admit_local("k", &policy, "m", estimate(0, 300), 11_999)
             .is_err());
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 300), 12_000)
+            .admit_local("k", &policy, "m", estimate(0, 300), 12_000)
             .is_ok());
     }
 
@@ -856,11 +957,11 @@ mod tests {
             0,
         );
         assert!(matches!(
-            limiter.admit("k", &policy, "m", estimate(20, 0), 0),
+            limiter.admit_local("k", &policy, "m", estimate(20, 0), 0),
             Err(Refusal::TotalCost { .. })
         ));
         assert!(matches!(
-            limiter.admit("k", &policy, "m", estimate(1, 2), 0),
+            limiter.admit_local("k", &policy, "m", estimate(1, 2), 0),
             Err(Refusal::TokenQuota { .. })
         ));
     }
@@ -919,11 +1020,11 @@ mod tests {
             ..KeyPolicy::default()
         };
         limiter
-            .admit("k", &policy, "m", estimate(10, 0), SUNDAY_NOON)
+            .admit_local("k", &policy, "m", estimate(10, 0), SUNDAY_NOON)
             .unwrap()
             .settle(10, 0, SUNDAY_NOON);
         assert!(matches!(
-            limiter.admit("k", &policy, "m", estimate(1, 0), SUNDAY_NOON),
+            limiter.admit_local("k", &policy, "m", estimate(1, 0), SUNDAY_NOON),
             Err(Refusal::PeriodCost {
                 period: Period::Week,
                 ..
@@ -931,12 +1032,12 @@ mod tests {
         ));
         let monday = Period::Week.next_start(SUNDAY_NOON);
         limiter
-            .admit("k", &policy, "m", estimate(5, 0), monday)
+            .admit_local("k", &policy, "m", estimate(5, 0), monday)
             .unwrap()
             .settle(5, 0, monday);
         // 15 spent this month: the monthly limit refuses until December.
         let refusal = limiter
-            .admit("k", &policy, "m", estimate(1, 0), monday)
+            .admit_local("k", &policy, "m", estimate(1, 0), monday)
             .unwrap_err();
         assert_eq!(
             refusal,
@@ -948,7 +1049,7 @@ mod tests {
         );
         let december = crate::clock::days_from_civil(2026, 12, 1) * DAY_MS;
         assert!(limiter
-            .admit("k", &policy, "m", estimate(1, 0), december)
+            .admit_local("k", &policy, "m", estimate(1, 0), december)
             .is_ok());
     }
 
@@ -966,18 +1067,18 @@ mod tests {
         };
         let opus = "claude-opus-4-8";
         limiter
-            .admit("k", &policy, opus, estimate(100, 0), SUNDAY_NOON)
+            .admit_local("k", &policy, opus, estimate(100, 0), SUNDAY_NOON)
             .unwrap()
             .settle(100, 0, SUNDAY_NOON);
         assert!(matches!(
-            limiter.admit("k", &policy, opus, estimate(1, 0), SUNDAY_NOON),
+            limiter.admit_local("k", &policy, opus, estimate(1, 0), SUNDAY_NOON),
             Err(Refusal::PeriodCost {
                 period: Period::FamilyWeek { family: "opus", .. },
                 ..
             })
         ));
         assert!(limiter
-            .admit(
+            .admit_local(
                 "k",
                 &policy,
                 "claude-sonnet-4-5",
@@ -988,10 +1089,10 @@ mod tests {
         // Next Sunday at 10:00 the family week starts over.
         let next = SUNDAY_NOON - 2 * HOUR_MS + WEEK_MS;
         assert!(limiter
-            .admit("k", &policy, opus, estimate(1, 0), next - 1)
+            .admit_local("k", &policy, opus, estimate(1, 0), next - 1)
             .is_err());
         assert!(limiter
-            .admit("k", &policy, opus, estimate(1, 0), next)
+            .admit_local("k", &policy, opus, estimate(1, 0), next)
             .is_ok());
     }
 
@@ -1003,15 +1104,15 @@ mod tests {
             ..KeyPolicy::default()
         };
         limiter
-            .admit("k", &policy, "m", estimate(0, 0), 5_000)
+            .admit_local("k", &policy, "m", estimate(0, 0), 5_000)
             .unwrap()
             .settle(0, 0, 5_000);
         assert!(limiter
-            .admit("k", &policy, "m", estimate(0, 0), 64_999)
+            .admit_local("k", &policy, "m", estimate(0, 0), 64_999)
             .is_ok());
         assert_eq!(
             limiter
-                .admit("k", &policy, "m", estimate(0, 0), 65_000)
+                .admit_local("k", &policy, "m", estimate(0, 0), 65_000)
                 .unwrap_err(),
             Refusal::Expired
         );
@@ -1054,7 +1155,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Admit { estimate: cost } => {
-                        if let Ok(admission) = limiter.admit("k", &policy, "m", estimate(cost, 0), 0) {
+                        if let Ok(admission) = limiter.admit_local("k", &policy, "m", estimate(cost, 0), 0) {
                             open.push((admission, cost));
                         }
                     }
@@ -1127,7 +1228,7 @@ mod tests {
             for (cost, tokens, action, fraction_pct) in ops {
                 match action {
                     0 | 1 => {
-                        if let Ok(admission) = limiter.admit("k", &policy, "m", estimate(cost, tokens), 0) {
+                        if let Ok(admission) = limiter.admit_local("k", &policy, "m", estimate(cost, tokens), 0) {
                             open.push((admission, cost, tokens));
                         }
                     }

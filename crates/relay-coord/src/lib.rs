@@ -1,0 +1,456 @@
+//! Runtime state that several relay instances share, on Redis: each key's ledger (reservations,
+//! lifetime and calendar spend, the rate window) behind atomic Lua scripts, with every
+//! reservation held as a **lease** that expires by itself if its instance dies.
+//!
+//! *Architecture Invariant*: a request costs at most two round trips here — one script to
+//! admit it, one (pipelined with others, off the response path) to finish its lease — and
+//! writes a bounded number of bytes: a lease member, a few hash fields, one bucket.
+//! Leases are renewed in one pipeline per instance, not per request.
+//!
+//! Numbers travel as integers and are computed in Redis's Lua, whose numbers are doubles: they
+//! are exact up to 2^53 (nano-USD: about $9 million), and the caller clamps to that, so a sum
+//! can lose precision far beyond any real budget but can never wrap.
+//!
+//! The scripts know nothing of policies: the caller (relay-core's limiter) passes each limit,
+//! period start and window as plain numbers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Pipeline, Script};
+
+/// Lease lifetime: a crashed instance's reservations come back after at most this long.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+/// The largest number the scripts compute exactly.
+pub const MAX_EXACT: i64 = 1 << 53;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis answered something unexpected: {0}")]
+    Unexpected(String),
+}
+
+/// One calendar period a cost limit applies to: a name stable for the policy (`day`,
+/// `week`, `month`, `fw:opus:1:0`), where the current period started, and the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodLimit {
+    pub name: String,
+    pub start_ms: i64,
+    pub limit: i64,
+    /// The family whose reservations count against it; `None` counts all.
+    pub family: Option<&'static str>,
+}
+
+/// A rate window and its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub window_ms: i64,
+    pub bucket_ms: i64,
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+    pub cost: Option<i64>,
+}
+
+/// What one admission asks of a key's ledger.
+#[derive(Debug, Clone)]
+pub struct Admit<'a> {
+    pub now_ms: i64,
+    pub lease: &'a Lease,
+    pub concurrency: Option<u32>,
+    pub token_quota: Option<u64>,
+    pub total_cost: Option<i64>,
+    pub lifetime_ms: Option<i64>,
+    pub periods: Vec<PeriodLimit>,
+    pub window: Option<Window>,
+}
+
+/// Why a ledger refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Expired,
+    Concurrency,
+    TokenQuota,
+    TotalCost,
+    /// The period at this index of [`Admit::periods`].
+    Period(usize),
+    RateRequests {
+        retry_after_ms: i64,
+    },
+    RateTokens {
+        retry_after_ms: i64,
+    },
+    RateCost {
+        retry_after_ms: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    Yes,
+    No(Refused),
+    /// The ledger is not in Redis (first use, or Redis lost its data): seed it and ask again.
+    Unseeded,
+}
+
+/// A reservation held in a key's ledger: what it reserved, under an id unique to this
+/// instance and request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key_id: String,
+    /// `id|cost|tokens|family`, as stored in the ledger's lease set.
+    member: String,
+}
+
+impl Lease {
+    pub fn new(key_id: &str, id: &str, cost: i64, tokens: u64, family: Option<&str>) -> Self {
+        Self {
+            key_id: key_id.to_owned(),
+            member: format!(
+                "{id}|{}|{}|{}",
+                exact(cost),
+                exact_u64(tokens),
+                family.unwrap_or("")
+            ),
+        }
+    }
+
+    fn field(&self, index: usize) -> &str {
+        self.member.split('|').nth(index).unwrap_or("")
+    }
+
+    fn cost(&self) -> &str {
+        self.field(1)
+    }
+
+    fn tokens(&self) -> &str {
+        self.field(2)
+    }
+
+    fn family(&self) -> &str {
+        self.field(3)
+    }
+}
+
+/// How a lease ends.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub lease: Lease,
+    pub now_ms: i64,
+    /// What the request really used, if it settled; `None` gives the reservation back only.
+    pub settled: Option<(i64, u64)>,
+    pub window: Option<(i64, i64)>,
+    /// `(name, start)` of every period the request's cost counts in.
+    pub periods: Vec<(String, i64)>,
+}
+
+/// A ledger rebuilt from the usage records.
+#[derive(Debug, Clone, Default)]
+pub struct Seed {
+    pub total_cost: i64,
+    pub total_tokens: u64,
+    pub first_used_ms: Option<i64>,
+    /// `(name, start, cost)`.
+    pub periods: Vec<(String, i64, i64)>,
+    /// `(end, requests, tokens, cost)`, oldest first.
+    pub buckets: Vec<(i64, u64, u64, i64)>,
+}
+
+/// Counters of the traffic with Redis, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub round_trips: AtomicU64,
+    pub errors: AtomicU64,
+    /// Bytes of arguments sent (keys and values), a bound on what is written.
+    pub bytes_sent: AtomicU64,
+    pub latency_micros: AtomicU64,
+}
+
+/// A connection to the shared Redis, reconnecting by itself, and the ledger scripts.
+#[derive(Clone)]
+pub struct Redis {
+    connection: ConnectionManager,
+    prefix: String,
+    admit: std::sync::Arc<Script>,
+    finish: std::sync::Arc<Script>,
+    seed: std::sync::Arc<Script>,
+    stats: std::sync::Arc<Stats>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("lua/common.lua"),
+            "\n",
+            include_str!($file)
+        ))
+    };
+}
+
+fn exact(value: i64) -> i64 {
+    value.clamp(0, MAX_EXACT)
+}
+
+fn exact_u64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX).min(MAX_EXACT)
+}
+
+fn limit_arg(limit: Option<i64>) -> i64 {
+    limit.map_or(-1, exact)
+}
+
+impl Redis {
+    /// Connects to `url` (`redis://…`); every key this instance writes starts with `prefix:`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, CoordError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        // Lazily: an instance starts while Redis is down and connects when it is back.
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+            admit: std::sync::Arc::new(script!("lua/admit.lua")),
+            finish: std::sync::Arc::new(script!("lua/finish.lua")),
+            seed: std::sync::Arc::new(script!("lua/seed.lua")),
+            stats: std::sync::Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// A key's ledger hash, lease set and window list, in the scripts' `KEYS` order.
+    fn keys(&self, key_id: &str) -> [String; 3] {
+        let ledger = format!("{}:ledger:{key_id}", self.prefix);
+        let leases = format!("{ledger}:leases");
+        let window = format!("{ledger}:window");
+        [ledger, leases, window]
+    }
+
+    /// Times one exchange and counts it.
+    async fn exchange<T>(
+        &self,
+        sent: usize,
+        exchange: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, CoordError> {
+        let started = Instant::now();
+        let result = exchange.await;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .latency_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        self.stats
+            .bytes_sent
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        if result.is_err() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(result?)
+    }
+
+    /// Reserves `admit.lease` in its key's ledger if every limit allows it: one round trip.
+    pub async fn admit(&self, admit: &Admit<'_>) -> Result<Admitted, CoordError> {
+        let keys = self.keys(&admit.lease.key_id);
+        let mut invocation = self.admit.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        let expiry = admit.now_ms + LEASE_TTL.as_millis() as i64;
+        invocation
+            .arg(admit.now_ms)
+            .arg(&admit.lease.member)
+            .arg(expiry)
+            .arg(admit.lease.cost())
+            .arg(admit.lease.tokens())
+            .arg(admit.lease.family())
+            .arg(admit.concurrency.map_or(-1, i64::from))
+            .arg(admit.token_quota.map_or(-1, exact_u64))
+            .arg(limit_arg(admit.total_cost))
+            .arg(admit.lifetime_ms.map_or(-1, |ms| ms.max(0)))
+            .arg(admit.periods.len());
+        for period in &admit.periods {
+            invocation
+                .arg(&period.name)
+                .arg(period.start_ms)
+                .arg(exact(period.limit))
+                .arg(period.family.unwrap_or(""));
+        }
+        match admit.window {
+            None => invocation.arg(-1).arg(1).arg(-1).arg(-1).arg(-1),
+            Some(window) => invocation
+                .arg(window.window_ms)
+                .arg(window.bucket_ms.max(1))
+                .arg(window.requests.map_or(-1, exact_u64))
+                .arg(window.tokens.map_or(-1, exact_u64))
+                .arg(limit_arg(window.cost)),
+        };
+        let sent = keys.iter().map(String::len).sum::<usize>() + admit.lease.member.len() + 64;
+        let mut connection = self.connection.clone();
+        let reply: Vec<i64> = self
+            .exchange(sent, invocation.invoke_async(&mut connection))
+            .await?;
+        let detail = reply.get(2).copied().unwrap_or(0);
+        Ok(match (reply.first(), reply.get(1)) {
+            (Some(0), _) => Admitted::Yes,
+            (Some(9), _) => Admitted::Unseeded,
+            (Some(1), Some(reason)) => Admitted::No(match reason {
+                1 => Refused::Expired,
+                2 => Refused::Concurrency,
+                3 => Refused::TokenQuota,
+                4 => Refused::TotalCost,
+                5 => Refused::Period(usize::try_from(detail - 1).unwrap_or(0)),
+                6 => Refused::RateRequests {
+                    retry_after_ms: detail,
+                },
+                7 => Refused::RateTokens {
+                    retry_after_ms: detail,
+                },
+                8 => Refused::RateCost {
+                    retry_after_ms: detail,
+                },
+                other => return Err(CoordError::Unexpected(format!("refusal {other}"))),
+            }),
+            _ => return Err(CoordError::Unexpected(format!("{reply:?}"))),
+        })
+    }
+
+    /// Writes a key's ledger from its usage records, unless one is there already.
+    pub async fn seed(&self, key_id: &str, seed: &Seed) -> Result<(), CoordError> {
+        let keys = self.keys(key_id);
+        let mut invocation = self.seed.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation
+            .arg(exact(seed.total_cost))
+            .arg(exact_u64(seed.total_tokens))
+            .arg(seed.first_used_ms.unwrap_or(-1))
+            .arg(seed.periods.len());
+        for (name, start, cost) in &seed.periods {
+            invocation.arg(name).arg(start).arg(exact(*cost));
+        }
+        invocation.arg(seed.buckets.len());
+        for (end, requests, tokens, cost) in &seed.buckets {
+            invocation.arg(format!(
+                "{end}|{}|{}|{}",
+                exact_u64(*requests),
+                exact_u64(*tokens),
+                exact(*cost)
+            ));
+        }
+        let mut connection = self.connection.clone();
+        let _: i64 = self
+            .exchange(256, invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(())
+    }
+
+    /// Ends leases, all in one pipelined round trip.
+    pub async fn finish(&self, finishes: &[Finish]) -> Result<(), CoordError> {
+        if finishes.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = Pipeline::new();
+        let mut sent = 0;
+        for finish in finishes {
+            let keys = self.keys(&finish.lease.key_id);
+            let mut invocation = self.finish.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+                sent += key.len();
+            }
+            let (cost, tokens) = finish.settled.unwrap_or((0, 0));
+            let (window, bucket) = finish.window.unwrap_or((-1, 1));
+            invocation
+                .arg(finish.now_ms)
+                .arg(&finish.lease.member)
+                .arg(i64::from(finish.settled.is_some()))
+                .arg(exact(cost))
+                .arg(exact_u64(tokens))
+                .arg(window)
+                .arg(bucket.max(1))
+                .arg(finish.periods.len());
+            for (name, start) in &finish.periods {
+                invocation.arg(name).arg(start);
+            }
+            sent += finish.lease.member.len() + 64;
+            pipeline.invoke_script(&invocation);
+        }
+        let mut connection = self.connection.clone();
+        let first: Result<Vec<i64>, CoordError> = self
+            .exchange(sent, pipeline.query_async(&mut connection))
+            .await;
+        match first {
+            // A pipeline sends scripts by hash only; after a Redis restart, load it and retry.
+            Err(CoordError::Redis(error))
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let _: String = self
+                    .exchange(64, self.finish.load_async(&mut connection))
+                    .await?;
+                let _: Vec<i64> = self
+                    .exchange(sent, pipeline.query_async(&mut connection))
+                    .await?;
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// Pushes back the expiry of leases still held, in one pipelined round trip.
+    pub async fn renew(&self, leases: &[Lease], now_ms: i64) -> Result<(), CoordError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let expiry = now_ms + LEASE_TTL.as_millis() as i64;
+        let mut pipeline = Pipeline::new();
+        let mut sent = 0;
+        for lease in leases {
+            let [_, leases_key, _] = self.keys(&lease.key_id);
+            sent += leases_key.len() + lease.member.len();
+            pipeline
+                .cmd("ZADD")
+                .arg(&leases_key)
+                .arg("XX")
+                .arg(expiry)
+                .arg(&lease.member)
+                .ignore();
+        }
+        let mut connection = self.connection.clone();
+        let () = self
+            .exchange(sent, pipeline.query_async(&mut connection))
+            .await?;
+        Ok(())
+    }
+
+    /// One round trip, for health checks.
+    pub async fn ping(&self) -> Result<Duration, CoordError> {
+        let started = Instant::now();
+        let mut connection = self.connection.clone();
+        let _: String = self
+            .exchange(4, redis::cmd("PING").query_async(&mut connection))
+            .await?;
+        Ok(started.elapsed())
+    }
+}
+
+pub mod testing;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+-- Shared by the ledger scripts. KEYS[1]: the ledger hash, KEYS[2]: its leases (a sorted set of
+-- "id|cost|tokens|family" by expiry), KEYS[3]: its rate-window buckets (a list of
+-- "end|requests|tokens|cost", oldest first). Numbers are integers below 2^53, written with %.0f.
+local ledger, leases, buckets = KEYS[1], KEYS[2], KEYS[3]
+
+local function num(field)
+  return tonumber(redis.call('HGET', ledger, field) or '0') or 0
+end
+
+local function add(field, amount)
+  if amount ~= 0 then
+    local value = num(field) + amount
+    if value < 0 then value = 0 end
+    redis.call('HSET', ledger, field, string.format('%.0f', value))
+  end
+end
+
+local function split(text)
+  local parts = {}
+  for part in string.gmatch(text, '([^|]*)|?') do
+    parts[#parts + 1] = part
+  end
+  return parts
+end
+
+-- Gives back what a lease reserved.
+local function unreserve(member)
+  local parts = split(member)
+  local cost, tokens, family = tonumber(parts[2]) or 0, tonumber(parts[3]) or 0, parts[4] or ''
+  add('n', -1)
+  add('rc', -cost)
+  add('rt', -tokens)
+  if family ~= '' then add('rf:' .. family, -cost) end
+end
+
+-- Leases whose holder stopped renewing them (a crashed instance) give back their reservation.
+local function expire_leases(now)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now)) do
+    redis.call('ZREM', leases, member)
+    unreserve(member)
+  end
+end
+
+-- A period's cost so far, zero once the period has turned over.
+local function period_cost(name, start)
+  if num('p:' .. name .. ':s') ~= start then return 0 end
+  return num('p:' .. name)
+end
+
+local function add_period(name, start, cost)
+  if num('p:' .. name .. ':s') ~= start then
+    redis.call('HSET', ledger, 'p:' .. name .. ':s', string.format('%.0f', start), 'p:' .. name, '0')
+  end
+  add('p:' .. name, cost)
+end
+
+-- Drops the buckets wholly outside the window.
+local function trim_window(window, now)
+  while true do
+    local first = redis.call('LINDEX', buckets, 0)
+    if not first then return end
+    local parts = split(first)
+    if tonumber(parts[1]) > now - window then return end
+    redis.call('LPOP', buckets)
+    add('wr', -tonumber(parts[2]))
+    add('wt', -tonumber(parts[3]))
+    add('wc', -tonumber(parts[4]))
+  end
+end
+
+local function add_window(width, now, requests, tokens, cost)
+  local last = redis.call('LINDEX', buckets, -1)
+  local parts = last and split(last)
+  if parts and now < tonumber(parts[1]) then
+    redis.call('LSET', buckets, -1, string.format('%.0f|%.0f|%.0f|%.0f', tonumber(parts[1]),
+      tonumber(parts[2]) + requests, tonumber(parts[3]) + tokens, tonumber(parts[4]) + cost))
+  else
+    local ends = now - (now % width) + width
+    redis.call('RPUSH', buckets, string.format('%.0f|%.0f|%.0f|%.0f', ends, requests, tokens, cost))
+  end
+  add('wr', requests)
+  add('wt', tokens)
+  add('wc', cost)
+end

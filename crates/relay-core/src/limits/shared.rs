@@ -1,0 +1,434 @@
+//! Key ledgers shared by every instance, on Redis (`relay_coord`): the same admit, settle and
+//! release as the local ledger, as atomic scripts. A reservation is a lease that this instance
+//! renews every [`RENEW_EVERY`] while its request runs; if the instance dies, its leases expire
+//! after [`relay_coord::LEASE_TTL`] and their reservations come back by themselves.
+//!
+//! Worst case after a crash: requests that were in flight on the dead instance and finished
+//! upstream are never settled in Redis, so until their usage records are read again (a reseed)
+//! the key may spend up to their reservations once more — at most the sum of the estimates of
+//! the requests the instance had in flight. Nothing is overdrawn while instances live.
+//!
+//! Finishing a lease (settle or release) never waits on Redis: it goes to a worker that sends
+//! finishes in pipelined batches and retries while Redis is away.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relay_coord::{Admit, Admitted, Finish, Lease, PeriodLimit, Redis, Refused, Seed, Window};
+use tokio::sync::mpsc;
+
+use super::{period_limits, window_ms, Estimate, Ledger, Period, PriorSpend, Refusal};
+use crate::policy::KeyPolicy;
+
+/// How often held leases are renewed (a third of their lifetime).
+pub const RENEW_EVERY: Duration = Duration::from_secs(10);
+const FINISH_BATCH: usize = 256;
+
+/// What to do with a request when the shared ledgers do not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unavailable {
+    /// Refuse it (503): no request is served without its key's limits. The default, because it
+    /// protects the operator's money.
+    #[default]
+    Refuse,
+    /// Count it in this instance's own ledger, as if it ran alone: the service stays up, and
+    /// each instance may spend a key's whole budget while Redis is away.
+    CountLocally,
+}
+
+impl std::str::FromStr for Unavailable {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "refuse" => Ok(Self::Refuse),
+            "local" => Ok(Self::CountLocally),
+            other => Err(format!(
+                "'{other}' is not a choice for when Redis is unavailable: refuse or local"
+            )),
+        }
+    }
+}
+
+pub(super) enum SharedRefusal {
+    Refused(Refusal),
+    Unreachable,
+}
+
+#[derive(Debug)]
+pub struct SharedLedgers {
+    redis: Redis,
+    store: relay_store::Store,
+    on_unavailable: Unavailable,
+    /// Makes lease ids unique across instances.
+    instance: String,
+    next_lease: AtomicU64,
+    /// Leases held by this instance's requests, renewed by the worker.
+    held: Mutex<HashMap<u64, Lease>>,
+    finishes: mpsc::UnboundedSender<Finish>,
+    /// Finishes not yet written to Redis.
+    pending: AtomicI64,
+    closing: tokio::sync::Notify,
+}
+
+/// A request's lease in the shared ledger.
+#[derive(Debug)]
+pub(super) struct SharedLease {
+    ledgers: Arc<SharedLedgers>,
+    id: u64,
+    lease: Lease,
+    family: Option<&'static str>,
+    family_period: Option<Period>,
+    window_ms: Option<i64>,
+}
+
+impl SharedLease {
+    /// Ends the lease: `settled` is what the request really used, `None` gives the reservation
+    /// back. Never waits.
+    pub(super) fn finish(&self, settled: Option<(i64, u64)>, now_ms: i64) {
+        let ledgers = &self.ledgers;
+        ledgers
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
+        let periods = [Period::Day, Period::Week, Period::Month]
+            .into_iter()
+            .chain(self.family_period.filter(|period| {
+                matches!(period, Period::FamilyWeek { family, .. } if Some(*family) == self.family)
+            }))
+            .map(|period| (period_name(period), period.start(now_ms)))
+            .collect();
+        let finish = Finish {
+            lease: self.lease.clone(),
+            now_ms,
+            settled,
+            window: self.window_ms.map(|window| (window, bucket_width(window))),
+            periods,
+        };
+        ledgers.pending.fetch_add(1, Ordering::Relaxed);
+        if ledgers.finishes.send(finish).is_err() {
+            // The worker has stopped (shutdown): the lease expires by itself.
+            ledgers.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The ledger's name for a period: stable for a policy, different when its reset moves.
+pub(super) fn period_name(period: Period) -> String {
+    match period {
+        Period::Day => "day".to_owned(),
+        Period::Week => "week".to_owned(),
+        Period::Month => "month".to_owned(),
+        Period::FamilyWeek {
+            family,
+            weekday,
+            hour,
+        } => format!("fw:{family}:{weekday}:{hour}"),
+    }
+}
+
+/// The rate window's bucket width, as the local ledger has it.
+fn bucket_width(window_ms: i64) -> i64 {
+    (window_ms / super::WINDOW_BUCKETS).max(1000)
+}
+
+impl SharedLedgers {
+    /// The shared ledgers and the worker that finishes and renews leases; the worker runs until
+    /// [`SharedLedgers::close`].
+    pub fn start(
+        redis: Redis,
+        store: relay_store::Store,
+        on_unavailable: Unavailable,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (finishes, receiver) = mpsc::unbounded_channel();
+        let ledgers = Arc::new(Self {
+            redis,
+            store,
+            on_unavailable,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            next_lease: AtomicU64::new(0),
+            held: Mutex::default(),
+            finishes,
+            pending: AtomicI64::new(0),
+            closing: tokio::sync::Notify::new(),
+        });
+        #[allow(clippy::disallowed_methods)] // joined by the caller at shutdown, after close()
+        let worker = tokio::spawn(ledgers.clone().work(receiver));
+        (ledgers, worker)
+    }
+
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    pub fn on_unavailable(&self) -> Unavailable {
+        self.on_unavailable
+    }
+
+    /// Finishes not yet written to Redis.
+    pub fn pending(&self) -> i64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Asks the worker to write what is pending and stop (call once no request is left).
+    pub fn close(&self) {
+        self.closing.notify_one();
+    }
+
+    pub(super) async fn admit(
+        self: &Arc<Self>,
+        key_id: &str,
+        policy: &KeyPolicy,
+        family: Option<&'static str>,
+        estimate: Estimate,
+        now_ms: i64,
+    ) -> Result<SharedLease, SharedRefusal> {
+        let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        let lease = Lease::new(
+            key_id,
+            &format!("{}-{id}", self.instance),
+            estimate.cost_nano_usd,
+            estimate.tokens,
+            family,
+        );
+        let limited: Vec<(Period, i64)> = period_limits(policy, family).collect();
+        let window = window_ms(policy);
+        let request = Admit {
+            now_ms,
+            lease: &lease,
+            concurrency: policy.concurrency,
+            token_quota: policy.token_quota,
+            total_cost: policy.total_cost_nano_usd,
+            lifetime_ms: policy
+                .expires_after_first_use_secs
+                .map(|secs| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            periods: limited
+                .iter()
+                .map(|&(period, limit)| PeriodLimit {
+                    name: period_name(period),
+                    start_ms: period.start(now_ms),
+                    limit,
+                    family: match period {
+                        Period::FamilyWeek { family, .. } => Some(family),
+                        _ => None,
+                    },
+                })
+                .collect(),
+            window: window.map(|window_ms| Window {
+                window_ms,
+                bucket_ms: bucket_width(window_ms),
+                requests: policy.rate_requests,
+                tokens: policy.rate_tokens,
+                cost: policy.rate_cost_nano_usd,
+            }),
+        };
+        for attempt in 0..2 {
+            let admitted = self.redis.admit(&request).await.map_err(|error| {
+                tracing::warn!(%error, "the shared key ledgers do not answer");
+                SharedRefusal::Unreachable
+            })?;
+            match admitted {
+                Admitted::Yes => {
+                    self.held
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id, lease.clone());
+                    return Ok(SharedLease {
+                        ledgers: self.clone(),
+                        id,
+                        lease,
+                        family,
+                        family_period: family_period(policy),
+                        window_ms: window,
+                    });
+                }
+                Admitted::No(refused) => {
+                    return Err(SharedRefusal::Refused(refusal(
+                        refused, policy, &limited, now_ms,
+                    )))
+                }
+                Admitted::Unseeded if attempt == 0 => self.seed(key_id, policy, now_ms).await?,
+                Admitted::Unseeded => break,
+            }
+        }
+        Err(SharedRefusal::Unreachable)
+    }
+
+    /// Writes a key's ledger from its usage records: on its first use, and after Redis lost
+    /// its data (it keeps nothing on disk here, and need not).
+    async fn seed(
+        &self,
+        key_id: &str,
+        policy: &KeyPolicy,
+        now_ms: i64,
+    ) -> Result<(), SharedRefusal> {
+        let read = async {
+            let spend = self.store.key_spend(Some(key_id)).await?;
+            let recent = self
+                .store
+                .recent_spend(super::seed_since(now_ms), Some(key_id))
+                .await?;
+            Ok::<_, relay_store::StoreError>((spend, recent))
+        };
+        let (spend, recent) = read.await.map_err(|error| {
+            tracing::warn!(%error, key_id, "cannot read a key's usage to seed its shared ledger");
+            SharedRefusal::Unreachable
+        })?;
+        let spend = spend.into_iter().next().unwrap_or_default();
+        let prior = PriorSpend {
+            total_cost_nano_usd: spend.total_cost_nano_usd,
+            total_tokens: u64::try_from(spend.total_tokens).unwrap_or(0),
+            first_used_ms: spend.first_used_ms,
+            recent: recent
+                .into_iter()
+                .map(|(_, at_ms, tokens, cost, model)| {
+                    (at_ms, u64::try_from(tokens).unwrap_or(0), cost, model)
+                })
+                .collect(),
+        };
+        let ledger = Ledger::seeded(policy, &prior, now_ms);
+        let seed = Seed {
+            total_cost: ledger.total_cost.to_i64(),
+            total_tokens: ledger.total_tokens.to_u64(),
+            first_used_ms: ledger.first_used_ms,
+            periods: ledger
+                .periods
+                .iter()
+                .map(|(period, cost)| (period_name(*period), cost.start_ms, cost.cost.to_i64()))
+                .collect(),
+            buckets: ledger
+                .window
+                .buckets
+                .iter()
+                .map(|bucket| {
+                    (
+                        bucket.end_ms,
+                        bucket.requests.to_u64(),
+                        bucket.tokens.to_u64(),
+                        bucket.cost.to_i64(),
+                    )
+                })
+                .collect(),
+        };
+        self.redis.seed(key_id, &seed).await.map_err(|error| {
+            tracing::warn!(%error, "the shared key ledgers do not answer");
+            SharedRefusal::Unreachable
+        })
+    }
+
+    /// Writes finishes in batches and renews held leases, until closed.
+    async fn work(self: Arc<Self>, mut receiver: mpsc::UnboundedReceiver<Finish>) {
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(FINISH_BATCH);
+        loop {
+            tokio::select! {
+                received = receiver.recv_many(&mut batch, FINISH_BATCH) => {
+                    if received == 0 {
+                        return;
+                    }
+                    self.write(&mut batch, false).await;
+                }
+                _ = renew.tick() => self.renew().await,
+                () = self.closing.notified() => {
+                    while let Ok(finish) = receiver.try_recv() {
+                        batch.push(finish);
+                    }
+                    self.write(&mut batch, true).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends `batch`, retrying while Redis does not answer (held leases keep being renewed
+    /// meanwhile); at shutdown, one try.
+    async fn write(&self, batch: &mut Vec<Finish>, last: bool) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.redis.finish(batch).await {
+                Ok(()) => break,
+                Err(error) if last => {
+                    tracing::warn!(%error, finishes = batch.len(), "could not finish leases at shutdown; they expire by themselves");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, finishes = batch.len(), "cannot finish leases yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.renew().await;
+                }
+            }
+        }
+        self.pending
+            .fetch_sub(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
+        batch.clear();
+    }
+
+    async fn renew(&self) {
+        let held: Vec<Lease> = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        if let Err(error) = self.redis.renew(&held, crate::clock::now_ms()).await {
+            tracing::warn!(%error, leases = held.len(), "cannot renew leases");
+        }
+    }
+}
+
+fn family_period(policy: &KeyPolicy) -> Option<Period> {
+    policy.family_weekly.as_ref().and_then(|limit| {
+        Some(Period::FamilyWeek {
+            family: crate::model::family(&limit.family)?,
+            weekday: limit.reset_weekday,
+            hour: limit.reset_hour,
+        })
+    })
+}
+
+/// The local refusal for what the shared ledger refused.
+fn refusal(
+    refused: Refused,
+    policy: &KeyPolicy,
+    periods: &[(Period, i64)],
+    now_ms: i64,
+) -> Refusal {
+    match refused {
+        Refused::Expired => Refusal::Expired,
+        Refused::Concurrency => Refusal::Concurrency {
+            limit: policy.concurrency.unwrap_or(0),
+        },
+        Refused::TokenQuota => Refusal::TokenQuota {
+            limit: policy.token_quota.unwrap_or(0),
+        },
+        Refused::TotalCost => Refusal::TotalCost {
+            limit: policy.total_cost_nano_usd.unwrap_or(0),
+        },
+        Refused::Period(index) => {
+            let (period, limit) = periods.get(index).copied().unwrap_or((Period::Day, 0));
+            Refusal::PeriodCost {
+                period,
+                limit,
+                resets_at_ms: period.next_start(now_ms),
+            }
+        }
+        Refused::RateRequests { retry_after_ms } => Refusal::RateRequests {
+            limit: policy.rate_requests.unwrap_or(0),
+            retry_after_ms,
+        },
+        Refused::RateTokens { retry_after_ms } => Refusal::RateTokens {
+            limit: policy.rate_tokens.unwrap_or(0),
+            retry_after_ms,
+        },
+        Refused::RateCost { retry_after_ms } => Refusal::RateCost {
+            limit: policy.rate_cost_nano_usd.unwrap_or(0),
+            retry_after_ms,
+        },
+    }
+}
