@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use relay_store::Store;
 use relay_testkit::MockUpstream;
 
-use crate::support::{cli_env, message_status, RunningRelay};
+use crate::support::{add_account_env, cli_env, message_status, RunningRelay};
 
 const KEYS: usize = 100_000;
 
@@ -36,22 +36,7 @@ async fn until_every_instance_answers(relays: &[&RunningRelay], key: &str, want:
 
 async fn exercise(data_dir: &Path, env: &[(&str, &str)], store: Store, instances: usize) {
     let mock = MockUpstream::start().await;
-    cli_env(
-        data_dir,
-        env,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "anthropic",
-            "--name",
-            "main",
-            "--api-key",
-            "sk-ant-x",
-            "--base-url",
-            &mock.url(),
-        ],
-    );
+    add_account_env(data_dir, env, "main", "sk-ant-x", &mock.url(), 1);
     let started = Instant::now();
     let relays: Vec<RunningRelay> = (0..instances)
         .map(|_| RunningRelay::start_with_env(data_dir, None, env))

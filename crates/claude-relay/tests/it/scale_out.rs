@@ -6,7 +6,7 @@ use std::time::Duration;
 use relay_testkit::{Behavior, MockUpstream};
 use serde_json::json;
 
-use crate::support::{cli_env, message_status, usage_when_env, RunningRelay};
+use crate::support::{add_account_env, cli_env, message_status, usage_when_env, RunningRelay};
 
 /// Sends a message through `relay` with `key` until it gets `want` (at most ~1 s); the last
 /// status. `answered` counts the requests that were served.
@@ -121,16 +121,18 @@ struct SharedPair {
 
 impl SharedPair {
     async fn start() -> Option<Self> {
-        let url = relay_store::testing::postgres_url().await?;
         relay_coord::testing::redis().await?;
+        Self::start_on(&relay_coord::testing::redis_url(), &[&[], &[]]).await
+    }
+
+    /// One instance per entry of `extra_env`, with those variables set as well.
+    async fn start_on(redis_url: &str, extra_env: &[&[(&str, &str)]]) -> Option<Self> {
+        let url = relay_store::testing::postgres_url().await?;
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let env = vec![
             ("CLAUDE_RELAY_DATABASE_URL".to_owned(), url),
-            (
-                "CLAUDE_RELAY_REDIS_URL".to_owned(),
-                relay_coord::testing::redis_url(),
-            ),
+            ("CLAUDE_RELAY_REDIS_URL".to_owned(), redis_url.to_owned()),
             (
                 "CLAUDE_RELAY_REDIS_PREFIX".to_owned(),
                 relay_coord::testing::unique_prefix(),
@@ -142,8 +144,10 @@ impl SharedPair {
             env,
             relays: Vec::new(),
         };
-        for _ in 0..2 {
-            let relay = RunningRelay::start_with_env(&pair.data_dir, None, &pair.env_pairs());
+        for extra in extra_env {
+            let mut env = pair.env_pairs();
+            env.extend_from_slice(extra);
+            let relay = RunningRelay::start_with_env(&pair.data_dir, None, &env);
             pair.relays.push(relay);
         }
         Some(pair)
@@ -216,18 +220,14 @@ async fn two_instances_on_one_redis_share_every_key_limit() {
         return;
     };
     let mock = MockUpstream::start().await;
-    pair.cli(&[
-        "account",
-        "add",
-        "--platform",
-        "anthropic",
-        "--name",
+    add_account_env(
+        &pair.data_dir,
+        &pair.env_pairs(),
         "main",
-        "--api-key",
         "sk-ant-race",
-        "--base-url",
         &mock.url(),
-    ]);
+        1,
+    );
     let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
     assert!(relays[0].stderr().contains("shared through Redis"));
     // Every request stays in flight long enough for all of the burst to be admitted or refused
@@ -296,18 +296,14 @@ async fn a_killed_instance_gives_its_reservations_back_within_the_lease_ttl() {
         return;
     };
     let mock = MockUpstream::start().await;
-    pair.cli(&[
-        "account",
-        "add",
-        "--platform",
-        "anthropic",
-        "--name",
+    add_account_env(
+        &pair.data_dir,
+        &pair.env_pairs(),
         "main",
-        "--api-key",
         "sk-ant-kill",
-        "--base-url",
         &mock.url(),
-    ]);
+        1,
+    );
     let key = pair
         .cli(&["key", "create", "--name", "held", "--concurrency", "2"])
         .trim()
@@ -338,7 +334,14 @@ async fn a_killed_instance_gives_its_reservations_back_within_the_lease_ttl() {
         #[allow(clippy::disallowed_methods)] // cut short by the kill below
         tokio::spawn(request);
     }
-    while mock.requests().len() < 4 {
+    for attempt in 0.. {
+        if mock.requests().len() == 4 {
+            break;
+        }
+        assert!(
+            attempt < 500,
+            "the two hanging requests never reached the upstream"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The records of the completed requests are written off the request path, promptly.
@@ -366,4 +369,148 @@ async fn a_killed_instance_gives_its_reservations_back_within_the_lease_ttl() {
     eprintln!("slots back {:?} after the kill", killed_at.elapsed());
     let usage = usage_when_env(&pair.data_dir, &pair.env_pairs(), Some("held"), answered).await;
     assert!(usage["requests"].as_i64().unwrap() >= answered, "{usage}");
+}
+
+/// A Redis server of this test's own, on a free loopback port, keeping nothing on disk.
+struct OwnRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_restarts_limits_are_refused_or_counted_locally_and_then_shared_again() {
+    // The shared Redis must answer for this test to matter (it starts its own, but skips with
+    // the others where services are absent).
+    if relay_coord::testing::redis().await.is_none() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = OwnRedis::start(port);
+    let refuse: &[(&str, &str)] = &[];
+    let local: &[(&str, &str)] = &[("CLAUDE_RELAY_REDIS_UNAVAILABLE", "local")];
+    let Some(pair) = SharedPair::start_on(&redis.url(), &[refuse, local]).await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    add_account_env(
+        &pair.data_dir,
+        &pair.env_pairs(),
+        "main",
+        "sk-ant-r",
+        &mock.url(),
+        1,
+    );
+    let key = pair
+        .cli(&["key", "create", "--name", "k", "--concurrency", "4"])
+        .trim()
+        .to_owned();
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    until_known(&relays, &key).await;
+    let client = reqwest::Client::new();
+    let mut answered = 0;
+    for relay in &relays {
+        assert_eq!(message_status(&client, relay, &key).await, 200);
+        answered += 1;
+    }
+
+    let probe = |relay: &RunningRelay, route: &str| {
+        let request = client.get(format!("{}{route}", relay.url)).send();
+        async move {
+            let response = request.await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, health) = probe(relays[0], "/health").await;
+    assert_eq!(
+        (status, &health["redis"], &health["store_backend"]),
+        (200, &json!("ok"), &json!("postgres")),
+        "{health}"
+    );
+
+    drop(redis);
+    let (status, health) = probe(relays[0], "/health").await;
+    assert_eq!(
+        (status, &health["redis"]),
+        (503, &json!("unreachable")),
+        "{health}"
+    );
+    assert_eq!(
+        probe(relays[0], "/ready").await.0,
+        503,
+        "refusing: not ready"
+    );
+    assert_eq!(
+        probe(relays[1], "/ready").await.0,
+        200,
+        "counting locally: ready"
+    );
+    let status = message_status(&client, relays[0], &key).await;
+    assert_eq!(status, 503, "without Redis, the default refuses");
+    assert_eq!(
+        message_status(&client, relays[1], &key).await,
+        200,
+        "`local` counts in the instance and serves"
+    );
+    answered += 1;
+
+    // Back, empty: the ledgers are seeded again from the usage records.
+    let _redis = OwnRedis::start(port);
+    let started = std::time::Instant::now();
+    loop {
+        let status = message_status(&client, relays[0], &key).await;
+        if status == 200 {
+            answered += 1;
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not back: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(relays[0].stderr().contains("do not answer"));
+    assert_eq!(probe(relays[0], "/ready").await.0, 200);
+    let usage = usage_when_env(&pair.data_dir, &pair.env_pairs(), Some("k"), answered).await;
+    assert_eq!(usage["requests"], answered);
 }

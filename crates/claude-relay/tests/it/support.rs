@@ -288,8 +288,21 @@ pub fn client(relative: &str) -> Option<PathBuf> {
 
 /// `account add` for an Anthropic account at `base_url`.
 pub fn add_account(data_dir: &Path, name: &str, api_key: &str, base_url: &str, priority: i64) {
-    cli(
+    add_account_env(data_dir, &[], name, api_key, base_url, priority);
+}
+
+/// [`add_account`] with these environment variables set.
+pub fn add_account_env(
+    data_dir: &Path,
+    env: &[(&str, &str)],
+    name: &str,
+    api_key: &str,
+    base_url: &str,
+    priority: i64,
+) {
+    cli_env(
         data_dir,
+        env,
         &[
             "account",
             "add",

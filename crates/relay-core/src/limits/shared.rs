@@ -25,6 +25,8 @@ use crate::policy::KeyPolicy;
 /// How often held leases are renewed (a third of their lifetime).
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 const FINISH_BATCH: usize = 256;
+/// How long a refused admission waits for this instance's pending finishes before it stands.
+const FLUSH_WAIT: Duration = Duration::from_millis(100);
 
 /// What to do with a request when the shared ledgers do not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,6 +72,8 @@ pub struct SharedLedgers {
     finishes: mpsc::UnboundedSender<Finish>,
     /// Finishes not yet written to Redis.
     pending: AtomicI64,
+    /// Woken after each batch of finishes is written.
+    flushed: tokio::sync::Notify,
     closing: tokio::sync::Notify,
 }
 
@@ -153,6 +157,7 @@ impl SharedLedgers {
             held: Mutex::default(),
             finishes,
             pending: AtomicI64::new(0),
+            flushed: tokio::sync::Notify::new(),
             closing: tokio::sync::Notify::new(),
         });
         #[allow(clippy::disallowed_methods)] // joined by the caller at shutdown, after close()
@@ -244,6 +249,14 @@ impl SharedLedgers {
                         family_period: family_period(policy),
                         window_ms: window,
                     });
+                }
+                // This instance's own finishes may still be on their way (a client that sends
+                // its next request the moment the last one ended): let them land, ask again.
+                Admitted::No(_) if attempt == 0 && self.pending() > 0 => {
+                    let flushed = self.flushed.notified();
+                    if self.pending() > 0 {
+                        let _ = tokio::time::timeout(FLUSH_WAIT, flushed).await;
+                    }
                 }
                 Admitted::No(refused) => {
                     return Err(SharedRefusal::Refused(refusal(
@@ -366,9 +379,14 @@ impl SharedLedgers {
         self.pending
             .fetch_sub(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
         batch.clear();
+        self.flushed.notify_waiters();
     }
 
     async fn renew(&self) {
+        self.renew_at(crate::clock::now_ms()).await;
+    }
+
+    async fn renew_at(&self, now_ms: i64) {
         let held: Vec<Lease> = self
             .held
             .lock()
@@ -376,7 +394,7 @@ impl SharedLedgers {
             .values()
             .cloned()
             .collect();
-        if let Err(error) = self.redis.renew(&held, crate::clock::now_ms()).await {
+        if let Err(error) = self.redis.renew(&held, now_ms).await {
             tracing::warn!(%error, leases = held.len(), "cannot renew leases");
         }
     }
@@ -430,5 +448,110 @@ fn refusal(
             limit: policy.rate_cost_nano_usd.unwrap_or(0),
             retry_after_ms,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{Admission, Limiter};
+    use crate::policy::FamilyWeeklyLimit;
+
+    /// A small deterministic generator, so a failure replays.
+    struct Steps(u64);
+
+    impl Steps {
+        fn next(&mut self, below: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % below
+        }
+    }
+
+    /// The same operations on a local and a shared limiter give the same answers.
+    #[tokio::test]
+    async fn the_shared_ledger_decides_as_the_local_one() {
+        let Some((redis, _)) = relay_coord::testing::redis().await else {
+            return;
+        };
+        let database = relay_store::testing::sqlite().await;
+        let (ledgers, worker) =
+            SharedLedgers::start(redis, database.store.clone(), Unavailable::Refuse);
+        let mut shared = Limiter::default();
+        shared.share(ledgers.clone());
+        let local = Limiter::default();
+        let policy = KeyPolicy {
+            concurrency: Some(3),
+            rate_window_secs: Some(60),
+            rate_requests: Some(12),
+            rate_tokens: Some(9_000),
+            daily_cost_nano_usd: Some(12_000),
+            total_cost_nano_usd: Some(30_000),
+            token_quota: Some(250_000),
+            family_weekly: Some(FamilyWeeklyLimit {
+                family: "opus".into(),
+                cost_nano_usd: 4_000,
+                reset_weekday: 2,
+                reset_hour: 5,
+            }),
+            ..KeyPolicy::default()
+        };
+        for seed in [7, 11, 42] {
+            let key = format!("k{seed}");
+            let mut steps = Steps(seed);
+            let mut now = 1_700_000_000_000;
+            let mut held: Vec<(Admission, Admission)> = Vec::new();
+            let mut decisions = [0; 2];
+            for step in 0..400 {
+                now += i64::try_from(steps.next(9_000)).unwrap();
+                // As the worker does every 10 s of real time.
+                ledgers.renew_at(now).await;
+                match steps.next(2) {
+                    0 => {
+                        let model =
+                            ["claude-opus-4-1", "claude-sonnet-4-5"][steps.next(2) as usize];
+                        let estimate = Estimate {
+                            cost_nano_usd: i64::try_from(steps.next(300)).unwrap(),
+                            tokens: steps.next(2_000),
+                        };
+                        let a = local.admit(&key, &policy, model, estimate, now).await;
+                        let b = shared.admit(&key, &policy, model, estimate, now).await;
+                        assert_eq!(
+                            a.as_ref().err(),
+                            b.as_ref().err(),
+                            "seed {seed}, step {step}: {model} {estimate:?}"
+                        );
+                        decisions[usize::from(a.is_ok())] += 1;
+                        if let (Ok(a), Ok(b)) = (a, b) {
+                            held.push((a, b));
+                        }
+                    }
+                    _ if !held.is_empty() => {
+                        let (a, b) = held.remove(steps.next(held.len() as u64) as usize);
+                        if steps.next(4) == 0 {
+                            drop((a, b));
+                        } else {
+                            let (cost, tokens) =
+                                (i64::try_from(steps.next(200)).unwrap(), steps.next(1_500));
+                            a.settle(cost, tokens, now);
+                            b.settle(cost, tokens, now);
+                        }
+                        while ledgers.pending() > 0 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                decisions[0] > 20 && decisions[1] > 20,
+                "seed {seed}: both answers were exercised: {decisions:?}"
+            );
+            drop(held);
+        }
+        ledgers.close();
+        worker.await.unwrap();
     }
 }

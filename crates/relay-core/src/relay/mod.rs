@@ -351,6 +351,13 @@ fn millis(duration: Duration) -> i64 {
 }
 
 /// The relay: shared by every request, cheap to use concurrently.
+/// What `/health` and `/ready` say of the shared Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedCheck {
+    pub round_trip: Option<std::time::Duration>,
+    pub serves_without: bool,
+}
+
 #[derive(Debug)]
 pub struct Relay {
     /// The direct client (most accounts), and one per proxy.
@@ -589,6 +596,24 @@ impl Relay {
     /// Whether the store answers (for `/health`).
     pub async fn check_store(&self) -> bool {
         self.snapshots.ping().await
+    }
+
+    /// The shared Redis's state, when limits are shared: its round trip, or `None` when it
+    /// does not answer; and whether requests are served without it.
+    pub async fn check_shared(&self) -> Option<SharedCheck> {
+        let shared = self.limiter.shared()?;
+        Some(SharedCheck {
+            round_trip: shared.redis().ping().await.ok(),
+            serves_without: shared.on_unavailable() == crate::limits::Unavailable::CountLocally,
+        })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn store_backend(&self) -> &'static str {
+        match self.snapshots.store().backend() {
+            relay_store::Backend::Sqlite => "sqlite",
+            relay_store::Backend::Postgres => "postgres",
+        }
     }
 
     /// The key holder's own view of their key (the self-service endpoints).

@@ -27,7 +27,7 @@ use shared::{dialect_of_path, new_request_id};
 
 /// Routes that answer without a relay key or an admin session (`/admin/v1/login` checks a
 /// password instead).
-pub const UNAUTHENTICATED_ROUTES: &[&str] = &["/health", "/metrics", "/admin/v1/login"];
+pub const UNAUTHENTICATED_ROUTES: &[&str] = &["/health", "/ready", "/metrics", "/admin/v1/login"];
 
 /// Prefixes under which the Anthropic API is served: the native one and the aliases of the
 /// previous relay (claude-relay-service), so migrating users keep their base URLs.
@@ -47,6 +47,7 @@ async fn models(state: axum::extract::State<AppState>, request: Request) -> Resp
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics));
     for prefix in ANTHROPIC_PREFIXES {
         router = router
