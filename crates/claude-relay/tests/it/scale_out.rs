@@ -163,6 +163,30 @@ impl SharedPair {
     fn cli(&self, args: &[&str]) -> String {
         cli_env(&self.data_dir, &self.env_pairs(), args)
     }
+
+    /// An account at `mock` with `upstream_key`, and a key `name` with these policy flags, once
+    /// every instance knows it; the key.
+    async fn account_and_key(
+        &self,
+        mock: &MockUpstream,
+        upstream_key: &str,
+        name: &str,
+        policy: &[&str],
+    ) -> String {
+        add_account_env(
+            &self.data_dir,
+            &self.env_pairs(),
+            "main",
+            upstream_key,
+            &mock.url(),
+            1,
+        );
+        let mut args = vec!["key", "create", "--name", name];
+        args.extend_from_slice(policy);
+        let key = self.cli(&args).trim().to_owned();
+        until_known(&self.relays.iter().collect::<Vec<_>>(), &key).await;
+        key
+    }
 }
 
 const RACE_BODY: &str =
@@ -296,19 +320,9 @@ async fn a_killed_instance_gives_its_reservations_back_within_the_lease_ttl() {
         return;
     };
     let mock = MockUpstream::start().await;
-    add_account_env(
-        &pair.data_dir,
-        &pair.env_pairs(),
-        "main",
-        "sk-ant-kill",
-        &mock.url(),
-        1,
-    );
     let key = pair
-        .cli(&["key", "create", "--name", "held", "--concurrency", "2"])
-        .trim()
-        .to_owned();
-    until_known(&pair.relays.iter().collect::<Vec<_>>(), &key).await;
+        .account_and_key(&mock, "sk-ant-kill", "held", &["--concurrency", "2"])
+        .await;
     // Two requests completed on the instance about to die, then two that hang there.
     let client = reqwest::Client::new();
     let mut answered = 0;
@@ -432,20 +446,10 @@ async fn when_redis_restarts_limits_are_refused_or_counted_locally_and_then_shar
         return;
     };
     let mock = MockUpstream::start().await;
-    add_account_env(
-        &pair.data_dir,
-        &pair.env_pairs(),
-        "main",
-        "sk-ant-r",
-        &mock.url(),
-        1,
-    );
     let key = pair
-        .cli(&["key", "create", "--name", "k", "--concurrency", "4"])
-        .trim()
-        .to_owned();
+        .account_and_key(&mock, "sk-ant-r", "k", &["--concurrency", "4"])
+        .await;
     let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
-    until_known(&relays, &key).await;
     let client = reqwest::Client::new();
     let mut answered = 0;
     for relay in &relays {
