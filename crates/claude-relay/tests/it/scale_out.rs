@@ -327,9 +327,21 @@ async fn a_killed_instance_gives_its_reservations_back_within_the_lease_ttl() {
     let client = reqwest::Client::new();
     let mut answered = 0;
     for _ in 0..2 {
-        assert_eq!(message_status(&client, &pair.relays[0], &key).await, 200);
+        // Read to the end: the request is complete (and its slot given back) only then.
+        let response = client
+            .post(format!("{}/v1/messages", pair.relays[0].url))
+            .header("x-api-key", &key)
+            .header("content-type", "application/json")
+            .body(RACE_BODY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap();
         answered += 1;
     }
+    // Their leases are finished off the request path, promptly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     mock.script(
         "sk-ant-kill",
         [
