@@ -74,8 +74,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             url = %relay_store::redact_url(&redis.url.0),
             prefix = %redis.prefix,
             when_unavailable = ?redis.on_unavailable,
-            "key limits are shared through Redis (account cooldowns, sticky sessions and the \
-             token refresh lock are still per instance)"
+            "key limits, account health and concurrency, sticky sessions and token refreshes \
+             are shared through Redis"
         );
     }
     if installation.store.backend() == relay_store::Backend::Postgres && config.redis.is_none() {
@@ -120,7 +120,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         });
     let assembly =
         relay_core::app::assemble(&installation, config.relay.clone(), shared.as_ref()).await?;
-    let shared_ledgers = assembly.shared_ledgers;
+    let shared = assembly.shared;
     let relay = assembly.relay.clone();
     let reloader = assembly.reloader;
     let usage_writer = assembly.usage_writer;
@@ -151,7 +151,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let _ = tokio::join!(purger, reloader);
     // Account events spawned by the last requests, then the last usage records.
     relay.drain_background().await;
-    relay_core::app::Assembly::close_shared(shared_ledgers).await;
+    relay_core::app::Assembly::close_shared(shared).await;
     usage_writer.shutdown().await;
     installation.store.close().await;
     tracing::info!("stopped");

@@ -168,15 +168,46 @@ pub struct Stats {
     pub latency_micros: AtomicU64,
 }
 
-/// A connection to the shared Redis, reconnecting by itself, and the ledger scripts.
+/// A connection to the shared Redis, reconnecting by itself, and the scripts.
 #[derive(Clone)]
 pub struct Redis {
+    client: redis::Client,
     connection: ConnectionManager,
     prefix: String,
-    admit: std::sync::Arc<Script>,
-    finish: std::sync::Arc<Script>,
-    seed: std::sync::Arc<Script>,
+    scripts: std::sync::Arc<Scripts>,
     stats: std::sync::Arc<Stats>,
+}
+
+struct Scripts {
+    admit: Script,
+    finish: Script,
+    seed: Script,
+    mark: Script,
+    day: Script,
+    slot: Script,
+    unlock: Script,
+}
+
+/// A write that need not be waited for: sent by the caller's worker, many in one pipeline.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Ends a key ledger's lease.
+    Finish(Finish),
+    /// Gives an account's place back.
+    Release(Slot),
+    /// Adds to an account's cost today (UTC day number); crossing `limit` tells every instance.
+    DayCost {
+        account_id: String,
+        day: i64,
+        cost: i64,
+        limit: Option<i64>,
+    },
+    /// Binds a conversation to an account for `ttl_ms`.
+    Bind {
+        session: String,
+        account_id: String,
+        ttl_ms: i64,
+    },
 }
 
 impl std::fmt::Debug for Redis {
@@ -187,6 +218,7 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+/// A ledger script: the shared functions, then its own part.
 macro_rules! script {
     ($file:literal) => {
         Script::new(concat!(
@@ -219,13 +251,20 @@ impl Redis {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         // Lazily: an instance starts while Redis is down and connects when it is back.
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(Self {
+            client,
             connection,
             prefix: prefix.to_owned(),
-            admit: std::sync::Arc::new(script!("lua/admit.lua")),
-            finish: std::sync::Arc::new(script!("lua/finish.lua")),
-            seed: std::sync::Arc::new(script!("lua/seed.lua")),
+            scripts: std::sync::Arc::new(Scripts {
+                admit: script!("lua/admit.lua"),
+                finish: script!("lua/finish.lua"),
+                seed: script!("lua/seed.lua"),
+                mark: Script::new(include_str!("lua/mark.lua")),
+                day: Script::new(include_str!("lua/day.lua")),
+                slot: Script::new(include_str!("lua/slot.lua")),
+                unlock: Script::new(include_str!("lua/unlock.lua")),
+            }),
             stats: std::sync::Arc::default(),
         })
     }
@@ -267,7 +306,7 @@ impl Redis {
     /// Reserves `admit.lease` in its key's ledger if every limit allows it: one round trip.
     pub async fn admit(&self, admit: &Admit<'_>) -> Result<Admitted, CoordError> {
         let keys = self.keys(&admit.lease.key_id);
-        let mut invocation = self.admit.prepare_invoke();
+        let mut invocation = self.scripts.admit.prepare_invoke();
         for key in &keys {
             invocation.key(key);
         }
@@ -333,7 +372,7 @@ impl Redis {
     /// Writes a key's ledger from its usage records, unless one is there already.
     pub async fn seed(&self, key_id: &str, seed: &Seed) -> Result<(), CoordError> {
         let keys = self.keys(key_id);
-        let mut invocation = self.seed.prepare_invoke();
+        let mut invocation = self.scripts.seed.prepare_invoke();
         for key in &keys {
             invocation.key(key);
         }
@@ -363,59 +402,117 @@ impl Redis {
 
     /// Ends leases, all in one pipelined round trip.
     pub async fn finish(&self, finishes: &[Finish]) -> Result<(), CoordError> {
-        if finishes.is_empty() {
-            return Ok(());
+        let writes: Vec<Write> = finishes.iter().cloned().map(Write::Finish).collect();
+        self.write(&writes).await.map(drop)
+    }
+
+    /// Sends `writes` in one pipelined round trip; the account's total cost today for each
+    /// [`Write::DayCost`], in order.
+    pub async fn write(&self, writes: &[Write]) -> Result<Vec<i64>, CoordError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
         let mut pipeline = Pipeline::new();
         let mut sent = 0;
-        for finish in finishes {
-            let keys = self.keys(&finish.lease.key_id);
-            let mut invocation = self.finish.prepare_invoke();
-            for key in &keys {
-                invocation.key(key);
-                sent += key.len();
-            }
-            let (cost, tokens) = finish.settled.unwrap_or((0, 0));
-            let (window, bucket) = finish.window.unwrap_or((-1, 1));
-            invocation
-                .arg(finish.now_ms)
-                .arg(&finish.lease.member)
-                .arg(i64::from(finish.settled.is_some()))
-                .arg(exact(cost))
-                .arg(exact_u64(tokens))
-                .arg(window)
-                .arg(bucket.max(1))
-                .arg(finish.periods.len());
-            for (name, start) in &finish.periods {
-                invocation.arg(name).arg(start);
-            }
-            sent += finish.lease.member.len() + 64;
-            pipeline.invoke_script(&invocation);
+        for write in writes {
+            sent += self.add_write(&mut pipeline, write);
         }
         let mut connection = self.connection.clone();
-        let first: Result<Vec<i64>, CoordError> = self
+        let first = self
             .exchange(sent, pipeline.query_async(&mut connection))
             .await;
         match first {
-            // A pipeline sends scripts by hash only; after a Redis restart, load it and retry.
+            // A pipeline sends scripts by hash only; after a Redis restart, load them and retry.
             Err(CoordError::Redis(error))
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                let _: String = self
-                    .exchange(64, self.finish.load_async(&mut connection))
-                    .await?;
-                let _: Vec<i64> = self
-                    .exchange(sent, pipeline.query_async(&mut connection))
-                    .await?;
-                Ok(())
+                for script in [&self.scripts.finish, &self.scripts.day] {
+                    let _: String = self
+                        .exchange(64, script.load_async(&mut connection))
+                        .await?;
+                }
+                self.exchange(sent, pipeline.query_async(&mut connection))
+                    .await
             }
-            other => other.map(drop),
+            other => other,
         }
     }
 
-    /// Pushes back the expiry of leases still held, in one pipelined round trip.
-    pub async fn renew(&self, leases: &[Lease], now_ms: i64) -> Result<(), CoordError> {
-        if leases.is_empty() {
+    /// Adds one write to `pipeline`; the bytes it sends. Only a day's cost answers.
+    fn add_write(&self, pipeline: &mut Pipeline, write: &Write) -> usize {
+        match write {
+            Write::Finish(finish) => {
+                let keys = self.keys(&finish.lease.key_id);
+                let mut invocation = self.scripts.finish.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                let (cost, tokens) = finish.settled.unwrap_or((0, 0));
+                let (window, bucket) = finish.window.unwrap_or((-1, 1));
+                invocation
+                    .arg(finish.now_ms)
+                    .arg(&finish.lease.member)
+                    .arg(i64::from(finish.settled.is_some()))
+                    .arg(exact(cost))
+                    .arg(exact_u64(tokens))
+                    .arg(window)
+                    .arg(bucket.max(1))
+                    .arg(finish.periods.len());
+                for (name, start) in &finish.periods {
+                    invocation.arg(name).arg(start);
+                }
+                pipeline.invoke_script(&invocation).ignore();
+                keys.iter().map(String::len).sum::<usize>() + finish.lease.member.len() + 64
+            }
+            Write::Release(slot) => {
+                let key = self.slots_key(&slot.account_id);
+                pipeline.zrem(&key, &slot.member).ignore();
+                key.len() + slot.member.len()
+            }
+            Write::DayCost {
+                account_id,
+                day,
+                cost,
+                limit,
+            } => {
+                let key = self.day_key(account_id, *day);
+                let mut invocation = self.scripts.day.prepare_invoke();
+                invocation
+                    .key(&key)
+                    .arg(exact(*cost))
+                    .arg(limit_arg(*limit))
+                    .arg(self.accounts_channel())
+                    .arg(account_id);
+                pipeline.invoke_script(&invocation);
+                key.len() + account_id.len() + 48
+            }
+            Write::Bind {
+                session,
+                account_id,
+                ttl_ms,
+            } => {
+                let key = self.sticky_key(session);
+                pipeline
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(account_id)
+                    .arg("PX")
+                    .arg(*ttl_ms)
+                    .ignore();
+                key.len() + account_id.len() + 8
+            }
+        }
+    }
+
+    /// Pushes back the expiry of leases and account places still held, in one pipelined round
+    /// trip.
+    pub async fn renew(
+        &self,
+        leases: &[Lease],
+        slots: &[Slot],
+        now_ms: i64,
+    ) -> Result<(), CoordError> {
+        if leases.is_empty() && slots.is_empty() {
             return Ok(());
         }
         let expiry = now_ms + LEASE_TTL.as_millis() as i64;
@@ -430,6 +527,17 @@ impl Redis {
                 .arg("XX")
                 .arg(expiry)
                 .arg(&lease.member)
+                .ignore();
+        }
+        for slot in slots {
+            let key = self.slots_key(&slot.account_id);
+            sent += key.len() + slot.member.len();
+            pipeline
+                .cmd("ZADD")
+                .arg(&key)
+                .arg("XX")
+                .arg(expiry)
+                .arg(&slot.member)
                 .ignore();
         }
         let mut connection = self.connection.clone();
@@ -450,7 +558,10 @@ impl Redis {
     }
 }
 
+mod accounts;
 pub mod testing;
+
+pub use accounts::{AccountState, Mark, Notice, Slot};
 
 #[cfg(test)]
 mod tests;

@@ -108,7 +108,7 @@ async fn a_lease_not_renewed_gives_its_slot_back_after_its_ttl() {
     );
     // Renewed at 20 s: still held at 40 s, gone at 51 s.
     redis
-        .renew(std::slice::from_ref(&held), 20_000)
+        .renew(std::slice::from_ref(&held), &[], 20_000)
         .await
         .unwrap();
     assert_eq!(
@@ -196,5 +196,149 @@ async fn periods_windows_and_seeds_count_like_the_local_ledger() {
         redis.admit(&lifetime).await.unwrap(),
         Admitted::No(Refused::Expired),
         "first used at 1 ms, seeded"
+    );
+}
+
+#[tokio::test]
+async fn account_marks_are_kept_at_their_maximum_announced_and_dropped_after_a_reset() {
+    let Some((redis, _)) = testing::redis().await else {
+        return;
+    };
+    let (sender, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = {
+        let redis = redis.clone();
+        #[allow(clippy::disallowed_methods)] // joined at the end
+        tokio::spawn(async move { redis.watch_accounts(sender).await })
+    };
+    assert_eq!(notices.recv().await, Some(Notice::Subscribed));
+    // Now: marks expire a minute after their last cooldown.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let cooled = Mark {
+        at_ms: now,
+        reason: "rate_limited: 429",
+        cool_until_ms: Some(now + 60_000),
+        family_cool_until_ms: Some(("opus", now + 120_000)),
+        ..Mark::default()
+    };
+    redis.mark("a1", &cooled).await.unwrap();
+    let earlier = Mark {
+        at_ms: now + 1,
+        reason: "rate_limited: again",
+        cool_until_ms: Some(now + 30_000),
+        ..Mark::default()
+    };
+    redis.mark("a1", &earlier).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(notices.recv().await, Some(Notice::Account("a1".into())));
+    }
+    let day = now / 86_400_000;
+    let states = redis.account_states(&["a1", "a2"], day).await.unwrap();
+    assert_eq!(
+        states[0].cool_until_ms,
+        now + 60_000,
+        "the later cooldown stays"
+    );
+    assert_eq!(
+        states[0].family_cool_until_ms,
+        [("opus".to_owned(), now + 120_000)]
+    );
+    assert_eq!(states[0].marked_at_ms, now + 1);
+    assert_eq!(states[0].reason.as_deref(), Some("rate_limited: again"));
+    assert_eq!(states[1], AccountState::default());
+
+    // A mark made after an operator reset replaces everything from before it.
+    let blocked = Mark {
+        at_ms: now + 10,
+        reset_seen_ms: now + 5,
+        reason: "blocked: organization disabled",
+        blocked: true,
+        ..Mark::default()
+    };
+    redis.mark("a1", &blocked).await.unwrap();
+    let state = &redis.account_states(&["a1"], day).await.unwrap()[0];
+    assert!(state.blocked);
+    assert_eq!(
+        (state.cool_until_ms, state.family_cool_until_ms.len()),
+        (0, 0)
+    );
+
+    // A day's cost adds up; crossing the limit is announced once.
+    notices.recv().await;
+    redis.seed_day_cost("a2", day, 50).await.unwrap();
+    redis.seed_day_cost("a2", day, 999).await.unwrap();
+    let day_cost = |cost| Write::DayCost {
+        account_id: "a2".into(),
+        day,
+        cost,
+        limit: Some(100),
+    };
+    let totals = redis
+        .write(&[day_cost(30), day_cost(30), day_cost(30)])
+        .await
+        .unwrap();
+    assert_eq!(totals, [80, 110, 140]);
+    assert_eq!(notices.recv().await, Some(Notice::Account("a2".into())));
+    assert_eq!(
+        redis.account_states(&["a2"], day).await.unwrap()[0].day_cost,
+        140
+    );
+    drop(notices);
+    watcher.await.unwrap();
+}
+
+#[tokio::test]
+async fn account_places_are_leases_and_locks_and_bindings_are_shared() {
+    let Some((redis, _)) = testing::redis().await else {
+        return;
+    };
+    let slot = |member: &str| Slot {
+        account_id: "acct".into(),
+        member: member.into(),
+    };
+    assert!(redis.take_slot(&slot("a"), 2, 0).await.unwrap());
+    assert!(redis.take_slot(&slot("b"), 2, 0).await.unwrap());
+    assert!(!redis.take_slot(&slot("c"), 2, 0).await.unwrap());
+    redis.write(&[Write::Release(slot("a"))]).await.unwrap();
+    assert!(redis.take_slot(&slot("c"), 2, 1).await.unwrap());
+    // "b" renewed at 20 s lives to 50 s; "c", never renewed, is gone after 30 s.
+    redis.renew(&[], &[slot("b")], 20_000).await.unwrap();
+    assert!(redis.take_slot(&slot("d"), 2, 31_000).await.unwrap());
+    assert!(!redis.take_slot(&slot("e"), 2, 31_000).await.unwrap());
+
+    let ttl = Duration::from_secs(5);
+    assert!(redis.try_lock("refresh:acct", "one", ttl).await.unwrap());
+    assert!(!redis.try_lock("refresh:acct", "two", ttl).await.unwrap());
+    redis.unlock("refresh:acct", "two").await.unwrap();
+    assert!(
+        !redis.try_lock("refresh:acct", "two", ttl).await.unwrap(),
+        "only its holder unlocks it"
+    );
+    redis.unlock("refresh:acct", "one").await.unwrap();
+    assert!(redis.try_lock("refresh:acct", "two", ttl).await.unwrap());
+
+    assert_eq!(redis.bound_account("s1", 1_000).await.unwrap(), None);
+    redis
+        .write(&[Write::Bind {
+            session: "s1".into(),
+            account_id: "acct".into(),
+            ttl_ms: 200,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        redis.bound_account("s1", 200).await.unwrap().as_deref(),
+        Some("acct")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        redis.bound_account("s1", 200).await.unwrap(),
+        None,
+        "bindings expire"
     );
 }

@@ -84,6 +84,8 @@ impl UsageWindows {
 #[derive(Debug)]
 pub struct AccountSlot {
     runtime: Arc<AccountRuntime>,
+    /// The same place counted on every instance, when they share a Redis.
+    shared: Option<crate::coord::SharedSlot>,
 }
 
 impl AccountSlot {
@@ -91,7 +93,13 @@ impl AccountSlot {
         runtime.in_flight.fetch_add(1, Ordering::Relaxed);
         Self {
             runtime: runtime.clone(),
+            shared: None,
         }
+    }
+
+    pub(crate) fn counted_everywhere(mut self, shared: crate::coord::SharedSlot) -> Self {
+        self.shared = Some(shared);
+        self
     }
 }
 
@@ -158,6 +166,13 @@ impl AccountRuntime {
             Some(format!("{kind}: {evidence}"));
     }
 
+    pub fn set_reason_text(&self, reason: &str) {
+        *self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_owned());
+    }
+
     pub fn reason(&self) -> Option<String> {
         self.reason
             .lock()
@@ -165,7 +180,8 @@ impl AccountRuntime {
             .clone()
     }
 
-    pub fn add_day_cost(&self, cost_nano_usd: i64, now_ms: i64) {
+    /// Changes today's cost (UTC), starting from zero on a new day.
+    fn update_day_cost(&self, now_ms: i64, update: impl FnOnce(i64) -> i64) {
         let today = now_ms.div_euclid(86_400_000);
         let mut day = self
             .day_cost
@@ -174,7 +190,16 @@ impl AccountRuntime {
         if day.0 != today {
             *day = (today, 0);
         }
-        day.1 = day.1.saturating_add(cost_nano_usd.max(0));
+        day.1 = update(day.1);
+    }
+
+    pub fn add_day_cost(&self, cost_nano_usd: i64, now_ms: i64) {
+        self.update_day_cost(now_ms, |cost| cost.saturating_add(cost_nano_usd.max(0)));
+    }
+
+    /// Takes the cost of today that other instances report, if it is more than this one knows.
+    pub fn raise_day_cost(&self, total_nano_usd: i64, now_ms: i64) {
+        self.update_day_cost(now_ms, |cost| cost.max(total_nano_usd));
     }
 
     pub fn day_cost(&self, now_ms: i64) -> i64 {
@@ -262,6 +287,11 @@ impl AccountRuntime {
                 created
             }
         }
+    }
+
+    /// The last operator reset applied (marks made before it no longer count).
+    pub fn reset_seen_ms(&self) -> i64 {
+        self.reset_seen_ms.load(Ordering::Relaxed)
     }
 
     /// Clears every health mark, once per operator reset stamp.

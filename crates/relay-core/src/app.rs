@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use relay_store::{StoreError, UsageWriter, UsageWriterHandle};
 
+use crate::coord::{CoordTasks, Coordinator};
 use crate::limits::{SharedLedgers, Unavailable};
 
 use crate::admin::AdminService;
@@ -37,9 +38,9 @@ pub struct Assembly {
     pub metrics: Arc<Metrics>,
     pub usage_writer: UsageWriterHandle,
     pub reloader: tokio::task::JoinHandle<()>,
-    /// The shared key ledgers' worker, when instances share a Redis: closed and joined after
-    /// the last request, before the usage writer.
-    pub shared_ledgers: Option<(Arc<SharedLedgers>, tokio::task::JoinHandle<()>)>,
+    /// The coordination with other instances, when they share a Redis: stopped after the last
+    /// request, before the usage writer.
+    pub shared: Option<(Arc<Coordinator>, CoordTasks)>,
 }
 
 /// Where instances keep the state they share.
@@ -53,11 +54,10 @@ pub struct SharedState<'a> {
 }
 
 impl Assembly {
-    /// Writes what the shared ledgers still owe Redis and stops their worker.
-    pub async fn close_shared(shared: Option<(Arc<SharedLedgers>, tokio::task::JoinHandle<()>)>) {
-        if let Some((ledgers, worker)) = shared {
-            ledgers.close();
-            let _ = worker.await;
+    /// Writes what this instance still owes Redis and stops its coordination tasks.
+    pub async fn close_shared(shared: Option<(Arc<Coordinator>, CoordTasks)>) {
+        if let Some((coord, tasks)) = shared {
+            tasks.stop(&coord).await;
         }
     }
 }
@@ -83,15 +83,20 @@ pub async fn assemble(
         installation.keyring.key_hasher.clone(),
     ));
     let mut relay = Relay::new(snapshots.clone(), usage_sink, metrics.clone(), settings);
-    let shared_ledgers = match shared {
+    let shared = match shared {
         None => None,
         Some(shared) => {
             let redis = relay_coord::Redis::connect(shared.redis_url, shared.prefix).await?;
-            let (ledgers, worker) =
-                SharedLedgers::start(redis, installation.store.clone(), shared.on_unavailable);
-            relay.share_limits(ledgers.clone());
-            metrics.register_shared(&ledgers);
-            Some((ledgers, worker))
+            let (coord, mut tasks) = Coordinator::start(redis);
+            let ledgers = SharedLedgers::new(
+                coord.clone(),
+                installation.store.clone(),
+                shared.on_unavailable,
+            );
+            relay.share(coord.clone(), ledgers);
+            metrics.register_shared(&coord);
+            coord.watch(snapshots.clone(), &mut tasks);
+            Some((coord, tasks))
         }
     };
     relay
@@ -113,6 +118,6 @@ pub async fn assemble(
         metrics,
         usage_writer,
         reloader,
-        shared_ledgers,
+        shared,
     })
 }

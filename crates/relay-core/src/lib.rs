@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod bootstrap;
 pub mod clock;
+pub mod coord;
 pub mod crypto;
 pub mod keys;
 pub mod limits;

@@ -70,7 +70,7 @@ pub struct Metrics {
     /// refused, shutdown).
     pub connections_closed: Family<ReasonLabels, Counter>,
     /// Read from the shared ledgers at each scrape, when there are any.
-    shared: std::sync::OnceLock<std::sync::Arc<crate::limits::SharedLedgers>>,
+    shared: std::sync::OnceLock<std::sync::Arc<crate::coord::Coordinator>>,
     redis: [Gauge; 4],
     redis_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
@@ -233,8 +233,8 @@ impl Metrics {
         }
     }
 
-    /// Reports the shared ledgers' traffic with Redis from now on.
-    pub fn register_shared(&self, shared: &std::sync::Arc<crate::limits::SharedLedgers>) {
+    /// Reports the traffic with Redis from now on.
+    pub fn register_shared(&self, shared: &std::sync::Arc<crate::coord::Coordinator>) {
         let _ = self.shared.set(shared.clone());
     }
 

@@ -105,6 +105,23 @@ impl SnapshotStore {
         self.store.update_account_secret(account_id, &sealed).await
     }
 
+    /// A subscription account's tokens as the store has them now (another instance may have
+    /// refreshed them); `None` if the account is gone or holds no tokens.
+    pub async fn stored_tokens(
+        &self,
+        account_id: &str,
+    ) -> Result<Option<crate::oauth::OAuthTokens>, relay_store::StoreError> {
+        let ids = [account_id.to_owned()];
+        let rows = self.store.accounts(Rows::Ids(&ids)).await?;
+        Ok(rows.into_iter().next().and_then(|row| {
+            let secret = self
+                .secret_box
+                .open(&row.secret_sealed, &account_secret_binding(&row.id))
+                .ok()?;
+            crate::oauth::OAuthTokens::from_json(secret.expose())
+        }))
+    }
+
     /// Whether the store answers.
     pub async fn ping(&self) -> bool {
         self.store.revision().await.is_ok()

@@ -37,6 +37,17 @@ impl SessionId {
         id.copy_from_slice(&digest[..16]);
         Self(id)
     }
+
+    /// As text, for a shared store's key.
+    pub fn to_hex(self) -> String {
+        use std::fmt::Write as _;
+        self.0
+            .iter()
+            .fold(String::with_capacity(32), |mut text, byte| {
+                let _ = write!(text, "{byte:02x}");
+                text
+            })
+    }
 }
 
 #[derive(Debug)]

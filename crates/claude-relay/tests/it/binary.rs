@@ -533,12 +533,7 @@ async fn subscription_accounts_sign_in_from_the_cli_and_setup_tokens_import() {
         "{url}"
     );
     assert!(url.contains("code_challenge_method=S256"));
-    let state = url
-        .trim()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("state="))
-        .unwrap()
-        .to_owned();
+    let state = crate::support::authorize_state(&url);
     let added = run(&[
         "account",
         "oauth-finish",

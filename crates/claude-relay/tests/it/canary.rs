@@ -105,12 +105,7 @@ async fn canary_secrets_never_reach_logs_files_metrics_csv_or_answers() {
             .to_string(),
     ));
     let authorize = cli_with_token_url(&["account", "oauth-start", "--name", "max"]);
-    let state = authorize
-        .trim()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("state="))
-        .unwrap()
-        .to_owned();
+    let state = crate::support::authorize_state(&authorize);
     let code = format!("mock-code#{state}");
     let base_url = mock.url();
     let finished = cli_with_token_url(&[

@@ -111,6 +111,8 @@ async fn two_instances_and_the_cli_share_one_postgres_database() {
     }
 }
 
+const PAIR_ADMIN_PASSWORD: &str = "pair-admin-password";
+
 /// Two instances on one PostgreSQL database and one Redis (under a prefix of this test's own).
 struct SharedPair {
     _dir: tempfile::TempDir,
@@ -144,10 +146,12 @@ impl SharedPair {
             env,
             relays: Vec::new(),
         };
-        for extra in extra_env {
+        for (index, extra) in extra_env.iter().enumerate() {
             let mut env = pair.env_pairs();
             env.extend_from_slice(extra);
-            let relay = RunningRelay::start_with_env(&pair.data_dir, None, &env);
+            // The first creates the admin before the next one starts.
+            let password = (index == 0).then_some(PAIR_ADMIN_PASSWORD);
+            let relay = RunningRelay::start_with_env(&pair.data_dir, password, &env);
             pair.relays.push(relay);
         }
         Some(pair)
@@ -187,6 +191,36 @@ impl SharedPair {
         until_known(&self.relays.iter().collect::<Vec<_>>(), &key).await;
         key
     }
+}
+
+/// A message of conversation `conversation` through `relay`; the upstream key that served it
+/// (the request is read to its end).
+async fn served_by(
+    relay: &RunningRelay,
+    key: &str,
+    conversation: &str,
+    mock: &MockUpstream,
+) -> String {
+    let before = mock.requests().len();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", relay.url))
+        .header("x-api-key", key)
+        .json(&json!({
+            "model": "claude-haiku-4-5",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": conversation}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap();
+    let requests = mock.requests();
+    requests[before..]
+        .iter()
+        .rfind(|request| request.path == "/v1/messages")
+        .map(|request| request.api_key.clone())
+        .unwrap()
 }
 
 const RACE_BODY: &str =
@@ -529,4 +563,245 @@ async fn when_redis_restarts_limits_are_refused_or_counted_locally_and_then_shar
     assert_eq!(probe(relays[0], "/ready").await.0, 200);
     let usage = usage_when_env(&pair.data_dir, &pair.env_pairs(), Some("k"), answered).await;
     assert_eq!(usage["requests"], answered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_cooled_on_one_instance_is_skipped_by_the_other() {
+    let Some(pair) = SharedPair::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let env = pair.env_pairs();
+    add_account_env(
+        &pair.data_dir,
+        &env,
+        "first",
+        "sk-ant-first",
+        &mock.url(),
+        1,
+    );
+    add_account_env(
+        &pair.data_dir,
+        &env,
+        "second",
+        "sk-ant-second",
+        &mock.url(),
+        2,
+    );
+    let key = pair
+        .cli(&["key", "create", "--name", "cool"])
+        .trim()
+        .to_owned();
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    until_known(&relays, &key).await;
+    mock.script(
+        "sk-ant-first",
+        [Behavior::status_with_headers(
+            429,
+            &[("retry-after", "120")],
+        )],
+    );
+    assert_eq!(
+        served_by(relays[0], &key, "hello", &mock).await,
+        "sk-ant-second",
+        "the first account answered 429 on A; A failed over"
+    );
+    // B shows the first account cooling, with A's evidence, without a request of its own.
+    let token = crate::support::admin_login(relays[1], PAIR_ADMIN_PASSWORD).await;
+    let client = reqwest::Client::new();
+    for attempt in 0.. {
+        let accounts: serde_json::Value = client
+            .get(format!("{}/admin/v1/accounts", relays[1].url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let first = accounts["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|account| account["name"] == "first")
+            .unwrap()
+            .clone();
+        if first["live"]["state"] == "cooling" {
+            let until = first["live"]["cooling_until_ms"].as_i64().unwrap();
+            let now = relay_core::clock::now_ms();
+            assert!((100_000..=121_000).contains(&(until - now)), "{first}");
+            assert!(
+                first["live"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("rate_limited"),
+                "{first}"
+            );
+            break;
+        }
+        assert!(attempt < 100, "B never learnt of the cooldown: {first}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for n in 0..5 {
+        assert_eq!(
+            served_by(relays[1], &key, &format!("on B {n}"), &mock).await,
+            "sk-ant-second"
+        );
+    }
+    assert_eq!(
+        mock.count_for("sk-ant-first"),
+        1,
+        "B never sent to the account A saw cooled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_sticks_to_its_account_on_every_instance() {
+    let Some(pair) = SharedPair::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let env = pair.env_pairs();
+    add_account_env(&pair.data_dir, &env, "left", "sk-ant-left", &mock.url(), 1);
+    add_account_env(
+        &pair.data_dir,
+        &env,
+        "right",
+        "sk-ant-right",
+        &mock.url(),
+        1,
+    );
+    let key = pair
+        .cli(&["key", "create", "--name", "sticky"])
+        .trim()
+        .to_owned();
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    until_known(&relays, &key).await;
+    // B's rotation is one step ahead of A's: left to itself, B would pick the other account.
+    served_by(relays[1], &key, "warming B up", &mock).await;
+    let mut first_accounts = Vec::new();
+    for conversation in 0..6 {
+        let text = format!("conversation {conversation}");
+        let account = served_by(relays[0], &key, &text, &mock).await;
+        // The binding is written off the request path.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for turn in 0..4 {
+            assert_eq!(
+                served_by(relays[(turn + 1) % 2], &key, &text, &mock).await,
+                account,
+                "conversation {conversation}, turn {turn}"
+            );
+        }
+        first_accounts.push(account);
+    }
+    assert!(
+        first_accounts.contains(&"sk-ant-left".to_owned())
+            && first_accounts.contains(&"sk-ant-right".to_owned()),
+        "new conversations are spread over both accounts: {first_accounts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_concurrency_limit_counts_requests_on_both_instances() {
+    let Some(pair) = SharedPair::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let env = pair.env_pairs();
+    add_account_env(&pair.data_dir, &env, "solo", "sk-ant-solo", &mock.url(), 1);
+    pair.cli(&["account", "edit", "solo", "--account-concurrency", "1"]);
+    let key = pair
+        .cli(&["key", "create", "--name", "many"])
+        .trim()
+        .to_owned();
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    until_known(&relays, &key).await;
+    mock.script(
+        "sk-ant-solo",
+        std::iter::repeat_n(Behavior::SlowFirstByte(Duration::from_millis(800)), 100),
+    );
+    for round in 0..3 {
+        let statuses = burst(&relays, &key, 6).await;
+        assert_eq!(
+            statuses.iter().filter(|status| **status == 200).count(),
+            1,
+            "round {round}: one request at a time on the account, across both: {statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|status| [200, 503].contains(status)),
+            "{statuses:?}"
+        );
+        // The place is given back off the request path.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_requests_on_two_instances_refresh_an_expiring_token_once() {
+    let mock = MockUpstream::start().await;
+    let token_url = mock.token_url();
+    let oauth_env = [("CLAUDE_RELAY_OAUTH_TOKEN_URL", token_url.as_str())];
+    let Some(pair) = (match relay_coord::testing::redis().await {
+        Some(_) => {
+            SharedPair::start_on(
+                &relay_coord::testing::redis_url(),
+                &[&oauth_env, &oauth_env],
+            )
+            .await
+        }
+        None => None,
+    }) else {
+        return;
+    };
+    let mut env = pair.env_pairs();
+    env.extend_from_slice(&oauth_env);
+    // Signed in with tokens that expire within the refresh margin; a slow token endpoint.
+    mock.set_token_behavior(60, Duration::from_millis(200));
+    let authorize = cli_env(
+        &pair.data_dir,
+        &env,
+        &["account", "oauth-start", "--name", "max"],
+    );
+    let state = crate::support::authorize_state(&authorize);
+    let code = format!("mock-code#{state}");
+    let base_url = mock.url();
+    cli_env(
+        &pair.data_dir,
+        &env,
+        &[
+            "account",
+            "oauth-finish",
+            "--name",
+            "max",
+            "--code",
+            &code,
+            "--base-url",
+            &base_url,
+        ],
+    );
+    mock.set_token_behavior(3600, Duration::from_millis(200));
+    let key = pair
+        .cli(&["key", "create", "--name", "burst"])
+        .trim()
+        .to_owned();
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    until_known(&relays, &key).await;
+    let statuses = burst(&relays, &key, 50).await;
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    assert_eq!(
+        mock.refresh_count(),
+        1,
+        "a rotating refresh token is used once, whichever instance refreshes"
+    );
+    let used: Vec<String> = mock
+        .requests()
+        .iter()
+        .filter(|request| request.path == "/v1/messages")
+        .map(|request| request.api_key.clone())
+        .collect();
+    assert_eq!(used.len(), 50);
+    assert!(
+        used.iter().all(|token| *token == used[0]) && used[0] != "mock-access-1",
+        "every request of both instances used the one refreshed token: {used:?}"
+    );
 }

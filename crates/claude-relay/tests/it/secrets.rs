@@ -215,11 +215,7 @@ async fn rotating_the_master_key_reseals_every_secret_and_issued_keys_keep_worki
         let url = started.unwrap_or_else(|| {
             cli_env(&data_dir, &env, &["account", "oauth-start", "--name", name])
         });
-        let state = url
-            .trim()
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("state="))
-            .unwrap();
+        let state = crate::support::authorize_state(&url);
         cli_env(
             &data_dir,
             &env,

@@ -326,3 +326,12 @@ pub fn create_key(data_dir: &Path, name: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// The `state` of an authorization URL that `account oauth-start` printed.
+pub fn authorize_state(url: &str) -> String {
+    url.trim()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("state="))
+        .unwrap()
+        .to_owned()
+}

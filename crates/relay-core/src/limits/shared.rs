@@ -8,23 +8,22 @@
 //! the key may spend up to their reservations once more — at most the sum of the estimates of
 //! the requests the instance had in flight. Nothing is overdrawn while instances live.
 //!
-//! Finishing a lease (settle or release) never waits on Redis: it goes to a worker that sends
-//! finishes in pipelined batches and retries while Redis is away.
+//! Finishing a lease (settle or release) never waits on Redis: it goes to the coordinator's
+//! worker (`crate::coord`), which sends writes in pipelined batches and retries while Redis is
+//! away.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use relay_coord::{Admit, Admitted, Finish, Lease, PeriodLimit, Redis, Refused, Seed, Window};
-use tokio::sync::mpsc;
+use relay_coord::{
+    Admit, Admitted, Finish, Lease, PeriodLimit, Redis, Refused, Seed, Window, Write,
+};
+
+use crate::coord::Coordinator;
 
 use super::{period_limits, window_ms, Estimate, Ledger, Period, PriorSpend, Refusal};
 use crate::policy::KeyPolicy;
 
-/// How often held leases are renewed (a third of their lifetime).
-pub const RENEW_EVERY: Duration = Duration::from_secs(10);
-const FINISH_BATCH: usize = 256;
 /// How long a refused admission waits for this instance's pending finishes before it stands.
 const FLUSH_WAIT: Duration = Duration::from_millis(100);
 
@@ -61,20 +60,9 @@ pub(super) enum SharedRefusal {
 
 #[derive(Debug)]
 pub struct SharedLedgers {
-    redis: Redis,
+    coord: Arc<Coordinator>,
     store: relay_store::Store,
     on_unavailable: Unavailable,
-    /// Makes lease ids unique across instances.
-    instance: String,
-    next_lease: AtomicU64,
-    /// Leases held by this instance's requests, renewed by the worker.
-    held: Mutex<HashMap<u64, Lease>>,
-    finishes: mpsc::UnboundedSender<Finish>,
-    /// Finishes not yet written to Redis.
-    pending: AtomicI64,
-    /// Woken after each batch of finishes is written.
-    flushed: tokio::sync::Notify,
-    closing: tokio::sync::Notify,
 }
 
 /// A request's lease in the shared ledger.
@@ -92,12 +80,8 @@ impl SharedLease {
     /// Ends the lease: `settled` is what the request really used, `None` gives the reservation
     /// back. Never waits.
     pub(super) fn finish(&self, settled: Option<(i64, u64)>, now_ms: i64) {
-        let ledgers = &self.ledgers;
-        ledgers
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.id);
+        let coord = &self.ledgers.coord;
+        coord.let_go_lease(self.id);
         let periods = [Period::Day, Period::Week, Period::Month]
             .into_iter()
             .chain(self.family_period.filter(|period| {
@@ -112,11 +96,7 @@ impl SharedLease {
             window: self.window_ms.map(|window| (window, bucket_width(window))),
             periods,
         };
-        ledgers.pending.fetch_add(1, Ordering::Relaxed);
-        if ledgers.finishes.send(finish).is_err() {
-            // The worker has stopped (shutdown): the lease expires by itself.
-            ledgers.pending.fetch_sub(1, Ordering::Relaxed);
-        }
+        coord.send(Write::Finish(finish));
     }
 }
 
@@ -140,47 +120,24 @@ fn bucket_width(window_ms: i64) -> i64 {
 }
 
 impl SharedLedgers {
-    /// The shared ledgers and the worker that finishes and renews leases; the worker runs until
-    /// [`SharedLedgers::close`].
-    pub fn start(
-        redis: Redis,
+    pub fn new(
+        coord: Arc<Coordinator>,
         store: relay_store::Store,
         on_unavailable: Unavailable,
-    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
-        let (finishes, receiver) = mpsc::unbounded_channel();
-        let ledgers = Arc::new(Self {
-            redis,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            coord,
             store,
             on_unavailable,
-            instance: format!("{:016x}", rand::random::<u64>()),
-            next_lease: AtomicU64::new(0),
-            held: Mutex::default(),
-            finishes,
-            pending: AtomicI64::new(0),
-            flushed: tokio::sync::Notify::new(),
-            closing: tokio::sync::Notify::new(),
-        });
-        #[allow(clippy::disallowed_methods)] // joined by the caller at shutdown, after close()
-        let worker = tokio::spawn(ledgers.clone().work(receiver));
-        (ledgers, worker)
+        })
     }
 
     pub fn redis(&self) -> &Redis {
-        &self.redis
+        self.coord.redis()
     }
 
     pub fn on_unavailable(&self) -> Unavailable {
         self.on_unavailable
-    }
-
-    /// Finishes not yet written to Redis.
-    pub fn pending(&self) -> i64 {
-        self.pending.load(Ordering::Relaxed)
-    }
-
-    /// Asks the worker to write what is pending and stop (call once no request is left).
-    pub fn close(&self) {
-        self.closing.notify_one();
     }
 
     pub(super) async fn admit(
@@ -191,10 +148,10 @@ impl SharedLedgers {
         estimate: Estimate,
         now_ms: i64,
     ) -> Result<SharedLease, SharedRefusal> {
-        let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        let (id, member) = self.coord.next_id();
         let lease = Lease::new(
             key_id,
-            &format!("{}-{id}", self.instance),
+            &member,
             estimate.cost_nano_usd,
             estimate.tokens,
             family,
@@ -231,16 +188,13 @@ impl SharedLedgers {
             }),
         };
         for attempt in 0..2 {
-            let admitted = self.redis.admit(&request).await.map_err(|error| {
+            let admitted = self.redis().admit(&request).await.map_err(|error| {
                 tracing::warn!(%error, "the shared key ledgers do not answer");
                 SharedRefusal::Unreachable
             })?;
             match admitted {
                 Admitted::Yes => {
-                    self.held
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(id, lease.clone());
+                    self.coord.hold_lease(id, lease.clone());
                     return Ok(SharedLease {
                         ledgers: self.clone(),
                         id,
@@ -252,11 +206,8 @@ impl SharedLedgers {
                 }
                 // This instance's own finishes may still be on their way (a client that sends
                 // its next request the moment the last one ended): let them land, ask again.
-                Admitted::No(_) if attempt == 0 && self.pending() > 0 => {
-                    let flushed = self.flushed.notified();
-                    if self.pending() > 0 {
-                        let _ = tokio::time::timeout(FLUSH_WAIT, flushed).await;
-                    }
+                Admitted::No(_) if attempt == 0 && self.coord.pending() > 0 => {
+                    self.coord.flushed_within(FLUSH_WAIT).await;
                 }
                 Admitted::No(refused) => {
                     return Err(SharedRefusal::Refused(refusal(
@@ -326,77 +277,10 @@ impl SharedLedgers {
                 })
                 .collect(),
         };
-        self.redis.seed(key_id, &seed).await.map_err(|error| {
+        self.redis().seed(key_id, &seed).await.map_err(|error| {
             tracing::warn!(%error, "the shared key ledgers do not answer");
             SharedRefusal::Unreachable
         })
-    }
-
-    /// Writes finishes in batches and renews held leases, until closed.
-    async fn work(self: Arc<Self>, mut receiver: mpsc::UnboundedReceiver<Finish>) {
-        let mut renew = tokio::time::interval(RENEW_EVERY);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(FINISH_BATCH);
-        loop {
-            tokio::select! {
-                received = receiver.recv_many(&mut batch, FINISH_BATCH) => {
-                    if received == 0 {
-                        return;
-                    }
-                    self.write(&mut batch, false).await;
-                }
-                _ = renew.tick() => self.renew().await,
-                () = self.closing.notified() => {
-                    while let Ok(finish) = receiver.try_recv() {
-                        batch.push(finish);
-                    }
-                    self.write(&mut batch, true).await;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Sends `batch`, retrying while Redis does not answer (held leases keep being renewed
-    /// meanwhile); at shutdown, one try.
-    async fn write(&self, batch: &mut Vec<Finish>, last: bool) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.redis.finish(batch).await {
-                Ok(()) => break,
-                Err(error) if last => {
-                    tracing::warn!(%error, finishes = batch.len(), "could not finish leases at shutdown; they expire by themselves");
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, finishes = batch.len(), "cannot finish leases yet; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    self.renew().await;
-                }
-            }
-        }
-        self.pending
-            .fetch_sub(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
-        batch.clear();
-        self.flushed.notify_waiters();
-    }
-
-    async fn renew(&self) {
-        self.renew_at(crate::clock::now_ms()).await;
-    }
-
-    async fn renew_at(&self, now_ms: i64) {
-        let held: Vec<Lease> = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        if let Err(error) = self.redis.renew(&held, now_ms).await {
-            tracing::warn!(%error, leases = held.len(), "cannot renew leases");
-        }
     }
 }
 
@@ -477,8 +361,9 @@ mod tests {
             return;
         };
         let database = relay_store::testing::sqlite().await;
-        let (ledgers, worker) =
-            SharedLedgers::start(redis, database.store.clone(), Unavailable::Refuse);
+        let (coord, tasks) = Coordinator::start(redis);
+        let ledgers =
+            SharedLedgers::new(coord.clone(), database.store.clone(), Unavailable::Refuse);
         let mut shared = Limiter::default();
         shared.share(ledgers.clone());
         let local = Limiter::default();
@@ -507,7 +392,7 @@ mod tests {
             for step in 0..400 {
                 now += i64::try_from(steps.next(9_000)).unwrap();
                 // As the worker does every 10 s of real time.
-                ledgers.renew_at(now).await;
+                coord.renew_at(now).await;
                 match steps.next(2) {
                     0 => {
                         let model =
@@ -538,7 +423,7 @@ mod tests {
                             a.settle(cost, tokens, now);
                             b.settle(cost, tokens, now);
                         }
-                        while ledgers.pending() > 0 {
+                        while coord.pending() > 0 {
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                     }
@@ -551,7 +436,6 @@ mod tests {
             );
             drop(held);
         }
-        ledgers.close();
-        worker.await.unwrap();
+        tasks.stop(&coord).await;
     }
 }

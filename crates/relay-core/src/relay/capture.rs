@@ -373,6 +373,7 @@ mod tests {
             created_at_ms: 1,
             admission: None,
             account_runtime: None,
+            shared_account: None,
             unpriced_as: None,
         };
         let capture = Capture {

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use crate::access::{self, Denial, RequestFacts};
 use crate::accounts::{AccountEntry, AccountSlot, Credential, Platform, UsageWindows};
 use crate::clock::now_ms;
+use crate::coord::Coordinator;
 use crate::health;
 use crate::keys::KeyEntry;
 use crate::limits::{Admission, Estimate, Limiter};
@@ -267,6 +268,8 @@ pub(crate) struct RecordContext {
     pub admission: Option<Admission>,
     /// The account that served the request, whose daily cost the request adds to.
     pub account_runtime: Option<Arc<crate::accounts::AccountRuntime>>,
+    /// Where that cost is shared with other instances, and the account's daily limit.
+    pub shared_account: Option<(Arc<Coordinator>, Option<i64>)>,
     /// See [`RelaySettings::unpriced_as`].
     pub unpriced_as: Option<Arc<str>>,
 }
@@ -320,7 +323,13 @@ impl RecordContext {
         if let Some(runtime) = self.account_runtime.take() {
             // An unpriced request counts at its stand-in price here too, so that an account's
             // daily cost limit also holds for models the price table does not know.
-            runtime.add_day_cost(charged, now_ms());
+            let now = now_ms();
+            runtime.add_day_cost(charged, now);
+            if let (Some((coord, limit)), Some(account_id)) =
+                (self.shared_account.take(), &self.account_id)
+            {
+                coord.add_day_cost(account_id, charged, limit, now);
+            }
         }
         UsageRecord {
             request_id: self.request_id,
@@ -368,6 +377,8 @@ pub struct Relay {
     selector: AccountSelector,
     limiter: Limiter,
     sticky: StickySessions,
+    /// Shared with other instances through Redis, if they run together.
+    coord: Option<Arc<Coordinator>>,
     usage: UsageSink,
     metrics: Arc<Metrics>,
     settings: RelaySettings,
@@ -395,6 +406,7 @@ impl Relay {
             selector: AccountSelector::new(settings.strategy),
             limiter: Limiter::default(),
             sticky: StickySessions::default(),
+            coord: None,
             usage,
             metrics,
             settings,
@@ -531,6 +543,9 @@ impl Relay {
                 account.runtime.add_day_cost(*cost, now);
             }
         }
+        if let Some(coord) = &self.coord {
+            coord.seed_day_costs(&costs, now).await;
+        }
         Ok(())
     }
 
@@ -563,9 +578,15 @@ impl Relay {
         &self.limiter
     }
 
-    /// Counts every key's limits in the shared ledgers (several instances on one Redis).
-    pub fn share_limits(&mut self, shared: Arc<crate::limits::SharedLedgers>) {
-        self.limiter.share(shared);
+    /// Shares every key's limits and every account's health, places, cost and conversations
+    /// with the other instances on one Redis.
+    pub fn share(&mut self, coord: Arc<Coordinator>, ledgers: Arc<crate::limits::SharedLedgers>) {
+        self.limiter.share(ledgers);
+        self.coord = Some(coord);
+    }
+
+    pub(crate) fn coord(&self) -> Option<&Arc<Coordinator>> {
+        self.coord.as_ref()
     }
 
     pub fn usage_sink(&self) -> &UsageSink {
@@ -641,16 +662,20 @@ impl Relay {
     pub async fn forward(&self, request: RelayRequest) -> Result<RelayResponse, RelayError> {
         // Released by `Drop` on every early return below; settled with the usage record.
         let snapshot = self.snapshots.current();
-        let mut admission = self.admit(&request, &snapshot).await?;
-        let dialect = request.endpoint.dialect();
-        let deadline = request.received_at + self.settings.first_byte_timeout;
-        let mut tried: Vec<Arc<AccountEntry>> = Vec::new();
-        let mut last_failure: Option<AttemptFailure> = None;
         // With one account there is nothing to stick to.
         let session = request.session.filter(|_| snapshot.accounts.len() > 1);
-        let bound = session.and_then(|session| self.sticky.get(session, now_ms()));
+        // Both may ask Redis: at the same time, so they share one round trip's wait.
+        let (admission, bound) =
+            tokio::join!(self.admit(&request, &snapshot), self.bound_account(session));
+        let mut admission = admission?;
+        let dialect = request.endpoint.dialect();
+        let deadline = request.received_at + self.settings.first_byte_timeout;
+        // Accounts tried, and those found full on another instance (not attempts).
+        let mut tried: Vec<Arc<AccountEntry>> = Vec::new();
+        let mut full = 0;
+        let mut last_failure: Option<AttemptFailure> = None;
         let candidates_family = crate::model::family(&request.model);
-        while tried.len() < self.settings.max_attempts {
+        while tried.len() - full < self.settings.max_attempts {
             let candidates = Candidates {
                 dialect,
                 model: &request.model,
@@ -674,7 +699,7 @@ impl Relay {
             };
             let account = match selection {
                 Selection::Account(account) => account,
-                Selection::AllCooling { until_ms } if tried.is_empty() => {
+                Selection::AllCooling { until_ms } if tried.len() == full => {
                     let wait_s =
                         u64::try_from((until_ms - now_ms()).max(0)).unwrap_or(0) / 1000 + 1;
                     return Err(RelayError {
@@ -694,12 +719,15 @@ impl Relay {
             // In the account's dialect; a request that cannot be said there is the client's
             // error (400), not the account's.
             let body = convert::upstream_body(&request, &account, &self.settings)?;
-            if !tried.is_empty() {
-                self.metrics.failovers.inc();
-            }
             tried.push(account.clone());
             // Held for the whole response (or dropped with a failed attempt).
-            let slot = AccountSlot::take(&account.runtime);
+            let Some(slot) = self.take_slot(&account).await else {
+                full += 1;
+                continue;
+            };
+            if tried.len() - full > 1 {
+                self.metrics.failovers.inc();
+            }
             match self
                 .attempt_account(&account, &request, &body, deadline)
                 .await
@@ -719,7 +747,7 @@ impl Relay {
                         );
                     }
                     let mut response =
-                        self.respond(started, &account, &request, tried.len(), admission);
+                        self.respond(started, &account, &request, tried.len() - full, admission);
                     if let RelayBody::Streaming(stream) = &mut response.body {
                         stream.hold(slot);
                     }
@@ -737,7 +765,7 @@ impl Relay {
                 "no upstream account is available for this request",
             ));
         };
-        let attempts = tried.len();
+        let attempts = tried.len() - full;
         let last_account = tried.pop();
         self.give_up(
             failure,
@@ -773,7 +801,38 @@ impl Relay {
                 }),
         };
         if move_binding {
-            self.sticky.bind(session, &served_by.id, now);
+            match &self.coord {
+                Some(coord) => coord.bind(session, &served_by.id),
+                None => self.sticky.bind(session, &served_by.id, now),
+            }
+        }
+    }
+
+    /// The account a conversation is bound to: on every instance when they share a Redis (this
+    /// instance's own bindings while it does not answer).
+    async fn bound_account(&self, session: Option<SessionId>) -> Option<String> {
+        let session = session?;
+        if let Some(coord) = &self.coord {
+            if let Ok(bound) = coord.bound_account(session).await {
+                return bound;
+            }
+        }
+        self.sticky.get(session, now_ms())
+    }
+
+    /// A place on the account for this request; `None` when the account's concurrency limit
+    /// is reached on the other instances (this instance's own requests were counted when it was
+    /// chosen).
+    async fn take_slot(&self, account: &AccountEntry) -> Option<AccountSlot> {
+        let slot = AccountSlot::take(&account.runtime);
+        let (Some(coord), Some(limit)) = (&self.coord, account.settings.concurrency) else {
+            return Some(slot);
+        };
+        match coord.take_slot(&account.id, limit).await {
+            Ok(Some(shared)) => Some(slot.counted_everywhere(shared)),
+            Ok(None) => None,
+            // Redis does not answer: this instance's own count only.
+            Err(()) => Some(slot),
         }
     }
 
@@ -992,6 +1051,7 @@ impl Relay {
             created_at_ms: now_ms(),
             admission,
             account_runtime: None,
+            shared_account: None,
             unpriced_as: self.settings.unpriced_as.clone(),
         }
     }
@@ -1015,6 +1075,10 @@ impl Relay {
         );
         context.ttfb = Some(ttfb);
         context.account_runtime = Some(account.runtime.clone());
+        context.shared_account = self
+            .coord
+            .clone()
+            .map(|coord| (coord, account.settings.daily_cost_nano_usd));
         let upstream_dialect = account.platform.dialect();
         let passthrough = upstream_dialect == request.endpoint.dialect();
         let mut headers = adapter::client_response_headers(&started.headers, passthrough);

@@ -11,12 +11,15 @@ use crate::health::{self, Verdict};
 use crate::schedule::{is_routable, Candidates};
 
 impl Relay {
-    /// Records a change of an account's health, with its evidence, off the request path.
+    /// Records a change of an account's health, with its evidence, off the request path, and
+    /// tells the other instances (a cooldown of `family` only, if one is named; `until_ms`
+    /// `None` is a block).
     fn record_event(
         &self,
         account: &AccountEntry,
         kind: &'static str,
         until_ms: Option<i64>,
+        family: Option<&'static str>,
         evidence: &str,
     ) {
         account.runtime.set_reason(kind, evidence);
@@ -28,7 +31,22 @@ impl Relay {
             evidence: evidence.to_owned(),
         };
         let snapshots = self.snapshots.clone();
+        let shared = self
+            .coord()
+            .map(|coord| (coord.clone(), account.runtime.reset_seen_ms()));
         self.background.spawn(async move {
+            if let Some((coord, reset_seen_ms)) = shared {
+                let reason = format!("{}: {}", event.kind, event.evidence);
+                let mark = relay_coord::Mark {
+                    at_ms: event.at_ms,
+                    reset_seen_ms,
+                    reason: &reason,
+                    cool_until_ms: until_ms.filter(|_| family.is_none()),
+                    family_cool_until_ms: family.zip(until_ms),
+                    blocked: until_ms.is_none(),
+                };
+                coord.mark(&event.account_id, &mark).await;
+            }
             if let Err(error) = snapshots.store().insert_account_event(&event).await {
                 tracing::warn!(%error, "cannot record an account event");
             }
@@ -68,7 +86,9 @@ impl Relay {
         let evidence = failure.evidence();
         let event = match &verdict {
             Verdict::Healthy | Verdict::Overloaded | Verdict::Failing => None,
-            Verdict::RateLimited { until_ms, .. } => Some(("rate_limited", Some(*until_ms))),
+            Verdict::RateLimited {
+                until_ms, family, ..
+            } => Some(("rate_limited", Some(*until_ms), *family)),
             Verdict::Unauthorized { until_ms } => Some((
                 if matches!(failure, AttemptFailure::Credentials) {
                     "refresh_failed"
@@ -76,11 +96,12 @@ impl Relay {
                     "unauthorized"
                 },
                 Some(*until_ms),
+                None,
             )),
-            Verdict::Blocked => Some(("blocked", None)),
+            Verdict::Blocked => Some(("blocked", None, None)),
         };
-        if let Some((kind, until_ms)) = event {
-            self.record_event(account, kind, until_ms, &evidence);
+        if let Some((kind, until_ms, family)) = event {
+            self.record_event(account, kind, until_ms, family, &evidence);
         }
         match verdict {
             Verdict::Healthy | Verdict::Overloaded => {}
@@ -128,6 +149,7 @@ impl Relay {
                         account,
                         "ejected",
                         Some(now + millis(ejected_for)),
+                        None,
                         &evidence,
                     );
                     tracing::warn!(account_id = %account.id, failures, ejected_s = ejected_for.as_secs(), %evidence, "account ejected after repeated failures");
