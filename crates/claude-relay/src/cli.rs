@@ -50,6 +50,21 @@ enum Command {
     Admin(AdminCommand),
     /// Check the configuration and print it (secrets redacted).
     CheckConfig,
+    /// Move the installation's data.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Copy everything (keys, accounts with their sealed secrets, admins, usage history) into an
+    /// empty PostgreSQL database; then run the relay with CLAUDE_RELAY_DATABASE_URL set to it
+    /// and the same master key.
+    Copy {
+        /// postgres://user:password@host/database
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -690,6 +705,24 @@ async fn run_admin_command(
             run_account_command(*account_command, admin, config).await
         }
         Command::Key(key_command) => run_key_command(*key_command, admin).await,
+        Command::Db(DbCommand::Copy { to }) => {
+            if !to.starts_with("postgres://") && !to.starts_with("postgresql://") {
+                anyhow::bail!("db copy --to takes a postgres:// URL");
+            }
+            let target = relay_store::Store::connect(&to).await?;
+            let copied = store.copy_into(&target).await;
+            target.close().await;
+            let report = copied?;
+            for (table, rows) in &report.tables {
+                out(&format!("{table}: {rows} rows"));
+            }
+            notice(&format!(
+                "copied into {}; run the relay with CLAUDE_RELAY_DATABASE_URL set to it and the same \
+                 master key",
+                relay_store::redact_url(&to)
+            ));
+            Ok(())
+        }
         Command::Usage { key, json } => {
             let totals = admin.usage(key.as_deref()).await?;
             let cost_usd = format_usd(totals.cost_nano_usd);

@@ -8,6 +8,8 @@ pub enum StoreError {
     Unsealable { what: &'static str, row: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Refused(String),
     #[error("cannot open database at {path}: {source}")]
     Open {
         path: String,

@@ -23,5 +23,7 @@ pub use records::{
     AccountEvent, AccountRow, AdminRow, KeyMeta, KeyRow, KeySpend, NewAccount, NewKey, SealedField,
     SealedValue, UsageFilter, UsageRecord, UsageTotals,
 };
-pub use store::{redact_url, Backend, Change, ChangedEntity, Rows, Store};
+pub use store::{
+    redact_url, Backend, Change, ChangedEntity, CopyReport, Rows, Store, COPIED_TABLES, OWN_TABLES,
+};
 pub use usage_writer::{UsageSink, UsageWriter, UsageWriterHandle};

@@ -12,6 +12,7 @@
 mod binary;
 mod canary;
 mod clients;
+mod db_copy;
 mod interactive;
 mod many_keys;
 mod scale_out;

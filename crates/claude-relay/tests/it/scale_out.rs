@@ -6,7 +6,9 @@ use std::time::Duration;
 use relay_testkit::{Behavior, MockUpstream};
 use serde_json::json;
 
-use crate::support::{add_account_env, cli_env, message_status, usage_when_env, RunningRelay};
+use crate::support::{
+    add_account_env, cli_env, message_status, until_known, usage_when_env, RunningRelay,
+};
 
 /// Sends a message through `relay` with `key` until it gets `want` (at most ~1 s); the last
 /// status. `answered` counts the requests that were served.
@@ -225,31 +227,6 @@ async fn served_by(
 
 const RACE_BODY: &str =
     r#"{"model":"claude-haiku-4-5","max_tokens":16,"messages":[{"role":"user","content":"race"}]}"#;
-
-/// Waits until every instance knows `key` (asking for the model list, which costs nothing).
-async fn until_known(relays: &[&RunningRelay], key: &str) {
-    let client = reqwest::Client::new();
-    for relay in relays {
-        for attempt in 0.. {
-            let status = client
-                .get(format!("{}/v1/models", relay.url))
-                .header("x-api-key", key)
-                .send()
-                .await
-                .unwrap()
-                .status();
-            if status == 200 {
-                break;
-            }
-            assert!(
-                attempt < 100,
-                "{} does not know the key: {status}",
-                relay.url
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
 
 /// Sends `count` requests at once, alternating between the instances; their statuses.
 async fn burst(relays: &[&RunningRelay], key: &str, count: usize) -> Vec<u16> {

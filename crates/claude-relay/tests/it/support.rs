@@ -335,3 +335,28 @@ pub fn authorize_state(url: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Waits until every instance knows `key` (asking for the model list, which costs nothing).
+pub async fn until_known(relays: &[&RunningRelay], key: &str) {
+    let client = reqwest::Client::new();
+    for relay in relays {
+        for attempt in 0.. {
+            let status = client
+                .get(format!("{}/v1/models", relay.url))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == 200 {
+                break;
+            }
+            assert!(
+                attempt < 100,
+                "{} does not know the key: {status}",
+                relay.url
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

@@ -9,6 +9,8 @@ mod accounts;
 mod admins;
 mod changes;
 pub use changes::{Change, ChangedEntity};
+mod copy;
+pub use copy::{CopyReport, COPIED_TABLES, OWN_TABLES};
 mod keys;
 mod secrets;
 mod usage;

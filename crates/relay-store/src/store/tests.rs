@@ -255,14 +255,7 @@ async fn schema_shape(store: &Store) -> Vec<(String, String, &'static str, bool)
     let mut shape = Vec::new();
     match &store.db {
         Db::Sqlite(pool) => {
-            let tables: Vec<String> = sqlx::query_scalar(
-                "SELECT name FROM sqlite_master WHERE type = 'table'
-                 AND name NOT LIKE 'sqlite_%'",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap();
-            for table in tables {
+            for table in table_names(store).await {
                 let columns: Vec<(String, String, bool, bool)> = sqlx::query_as(&format!(
                     "SELECT name, type, \"notnull\", pk FROM pragma_table_info('{table}')"
                 ))
@@ -454,4 +447,139 @@ async fn every_change_of_a_key_is_in_the_feed_numbered_by_its_revision() {
         assert_eq!(rows.len(), 1);
         assert!(store.accounts(Rows::Ids(&[])).await.unwrap().is_empty());
     }
+}
+
+/// Every table's name, on either backend.
+async fn table_names(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = match &store.db {
+        Db::Sqlite(pool) => sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+        Db::Postgres(pool) => sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = current_schema()",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+    };
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_copy_to_postgres_holds_every_row_of_every_table() {
+    let Some(target) = testing::postgres().await else {
+        return;
+    };
+    let source = testing::sqlite().await;
+    let mut known: Vec<String> = crate::COPIED_TABLES
+        .iter()
+        .chain(crate::OWN_TABLES)
+        .map(|name| (*name).to_owned())
+        .collect();
+    known.sort();
+    for store in [&source.store, &target.store] {
+        assert_eq!(
+            table_names(store).await,
+            known,
+            "a new table must be copied or named as the database's own"
+        );
+    }
+    // More keys and records than one insert statement takes.
+    testing::insert_filler_keys(&source.store, 2_345).await;
+    for n in 0..3 {
+        source
+            .store
+            .insert_account(&crate::records::NewAccount {
+                id: format!("a{n}"),
+                name: format!("account-{n}"),
+                platform: "anthropic".into(),
+                base_url: (n == 1).then(|| "http://upstream".to_owned()),
+                priority: n,
+                secret_sealed: vec![n as u8; 40],
+                secret_hint: "…".into(),
+                settings: "{\"weight\":2}".into(),
+                proxy_sealed: (n == 2).then(|| vec![9; 30]),
+                created_at_ms: n,
+            })
+            .await
+            .unwrap();
+    }
+    let records: Vec<crate::UsageRecord> = (0..1_500)
+        .map(|n| crate::UsageRecord {
+            request_id: format!("req_{n}"),
+            created_at_ms: 1_000 + n,
+            key_id: format!("filler-{}", n % 7),
+            account_id: (n % 3 != 0).then(|| format!("a{}", n % 3)),
+            platform: "anthropic".into(),
+            endpoint: "messages".into(),
+            model: "claude-sonnet-4-5".into(),
+            upstream_model: None,
+            stream: n % 2 == 0,
+            usage: relay_protocol::Usage {
+                input_tokens: n as u64,
+                output_tokens: 2,
+                cache_creation_5m_tokens: 3,
+                cache_creation_1h_tokens: 4,
+                cache_read_tokens: 5,
+                reasoning_tokens: 1,
+            },
+            cost_nano_usd: (n % 5 != 0).then_some(n * 1_000),
+            charged_nano_usd: (n % 5 == 0).then_some(77),
+            status: 200,
+            outcome: "ok".into(),
+            error_kind: None,
+            attempts: 1,
+            latency_ms: 9,
+            ttfb_ms: Some(3),
+            user_agent: Some("claude-cli/2".into()),
+        })
+        .collect();
+    source.store.insert_usage(&records).await.unwrap();
+    let revision = target.store.revision().await.unwrap();
+
+    let report = source.store.copy_into(&target.store).await.unwrap();
+    let copied = |table: &str| {
+        report
+            .tables
+            .iter()
+            .find(|(name, _)| *name == table)
+            .map(|(_, rows)| *rows)
+    };
+    assert_eq!(copied("relay_keys"), Some(2_345));
+    assert_eq!(copied("accounts"), Some(3));
+    assert_eq!(copied("usage_records"), Some(1_500));
+    assert_eq!(
+        target.store.revision().await.unwrap(),
+        revision + 1,
+        "one revision for the whole copy"
+    );
+    let rows = |store: &Store| {
+        let store = store.clone();
+        async move {
+            let keys = format!("{:?}", store.list_keys().await.unwrap());
+            let accounts = format!("{:?}", store.list_accounts().await.unwrap());
+            let usage = store
+                .recent_usage(&UsageFilter::default(), 2_000)
+                .await
+                .unwrap();
+            let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
+            let mut spend = store.key_spend(None).await.unwrap();
+            spend.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+            (keys, accounts, usage, totals, spend)
+        }
+    };
+    let (before, after) = (rows(&source.store).await, rows(&target.store).await);
+    assert_eq!(before.0, after.0, "keys");
+    assert_eq!(before.1, after.1, "accounts");
+    assert_eq!(before.3, after.3, "totals");
+    assert_eq!(before.4, after.4, "spend");
+    assert!(before.2 == after.2, "usage records");
+    let error = source.store.copy_into(&target.store).await.unwrap_err();
+    assert!(error.to_string().contains("already holds data"), "{error}");
+    assert!(source.store.copy_into(&source.store).await.is_err());
 }
