@@ -53,6 +53,8 @@ struct FileLimits {
     max_tokens_ceiling: Option<u64>,
     /// A priced model whose price cost limits charge for unpriced models.
     unpriced_price_as: Option<String>,
+    /// Usage records waiting for the database at most before new requests are refused.
+    usage_queue_limit: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,6 +350,14 @@ impl Config {
                 &mut problems,
             ),
             unpriced_as: unpriced_as.map(std::sync::Arc::from),
+            usage_queue_limit: usize::try_from(bounded(
+                file.limits.usage_queue_limit,
+                defaults.usage_queue_limit as u64,
+                (1, 10_000_000),
+                "limits.usage_queue_limit",
+                &mut problems,
+            ))
+            .unwrap_or(defaults.usage_queue_limit),
             connect_timeout: secs(
                 file.upstream.connect_timeout_secs,
                 defaults.connect_timeout,

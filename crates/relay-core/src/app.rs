@@ -74,7 +74,8 @@ pub async fn assemble(
         installation.keyring.secret_box.clone(),
     )
     .await?;
-    let (usage_sink, usage_writer) = UsageWriter::spawn(installation.store.clone());
+    let (usage_sink, usage_writer) =
+        UsageWriter::spawn_with_limit(installation.store.clone(), settings.usage_queue_limit);
     let metrics = Arc::new(Metrics::new());
     let admin = AdminService::new(installation.store.clone(), &installation.keyring)
         .with_egress(settings.egress.clone());

@@ -73,6 +73,8 @@ pub struct Metrics {
     shared: std::sync::OnceLock<std::sync::Arc<crate::coord::Coordinator>>,
     redis: [Gauge; 4],
     redis_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
+    store: [Gauge; 2],
+    store_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// `(name, help)` of the Redis gauges, in [`Metrics::redis`] order.
@@ -90,9 +92,18 @@ const REDIS_GAUGES: [(&str, &str); 4] = [
         "Bytes of keys and arguments sent to the shared Redis",
     ),
     (
-        "redis_pending_finishes",
-        "Settlements and releases not yet written to Redis",
+        "redis_pending_writes",
+        "Settlements, releases, costs and bindings not yet written to Redis",
     ),
+];
+
+/// `(name, help)` of the database gauges, in [`Metrics::store`] order.
+const STORE_GAUGES: [(&str, &str); 2] = [
+    (
+        "store_round_trips",
+        "Revision polls and usage writes sent to the database since start",
+    ),
+    ("store_errors", "Of those, the ones that failed"),
 ];
 
 impl Default for Metrics {
@@ -186,11 +197,24 @@ impl Metrics {
             "Time spent in round trips to the shared Redis",
             redis_latency.clone(),
         );
+        let store = STORE_GAUGES.map(|(name, help)| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        });
+        let store_latency = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "store_latency_seconds_sum",
+            "Time spent in those round trips to the database",
+            store_latency.clone(),
+        );
         Self {
             registry,
             shared: std::sync::OnceLock::new(),
             redis,
             redis_latency,
+            store,
+            store_latency,
             connections_open,
             connections_closed,
             requests,
@@ -236,6 +260,18 @@ impl Metrics {
     /// Reports the traffic with Redis from now on.
     pub fn register_shared(&self, shared: &std::sync::Arc<crate::coord::Coordinator>) {
         let _ = self.shared.set(shared.clone());
+    }
+
+    /// Takes the database's round-trip counters (at each scrape).
+    pub fn observe_store(&self, stats: &relay_store::StoreStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let read = |value: &std::sync::atomic::AtomicU64| {
+            i64::try_from(value.load(Relaxed)).unwrap_or(i64::MAX)
+        };
+        self.store[0].set(read(&stats.round_trips));
+        self.store[1].set(read(&stats.errors));
+        self.store_latency
+            .set(stats.latency_micros.load(Relaxed) as f64 / 1e6);
     }
 
     /// The text exposition format.

@@ -16,7 +16,7 @@ mod schema;
 mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-mod usage_writer;
+pub mod usage_writer;
 
 pub use error::StoreError;
 pub use records::{
@@ -24,6 +24,7 @@ pub use records::{
     SealedValue, UsageFilter, UsageRecord, UsageTotals,
 };
 pub use store::{
-    redact_url, Backend, Change, ChangedEntity, CopyReport, Rows, Store, COPIED_TABLES, OWN_TABLES,
+    redact_url, Backend, Change, ChangedEntity, CopyReport, Rows, Store, StoreStats, COPIED_TABLES,
+    OWN_TABLES,
 };
 pub use usage_writer::{UsageSink, UsageWriter, UsageWriterHandle};

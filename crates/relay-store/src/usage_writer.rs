@@ -2,10 +2,16 @@
 //!
 //! *Architecture Invariant*: handing a record over never waits and never fails while the writer
 //! runs. The channel is unbounded on purpose: a record is money, and a database stall should cost
-//! memory (visible in the `usage_queue_depth` gauge) rather than bills. Failed batches are
-//! retried with backoff; on shutdown the writer drains everything that was handed over.
+//! memory (visible in the `usage_queue_depth` gauge) rather than bills. The bound is kept one
+//! step earlier: once [`UsageSink::is_full`], the relay admits no new request (503) until the
+//! queue drains, so the records of what was admitted always fit.
+//!
+//! Failed batches are retried with backoff for as long as the database does not answer — an
+//! outage loses nothing while the process lives. Only a batch that keeps failing while the
+//! database answers is written record by record, and the records it refuses are counted lost.
+//! On shutdown the writer drains everything that was handed over, with a bounded retry.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,11 +31,18 @@ const RETRY_BACKOFF: [Duration; 5] = [
     Duration::from_secs(5),
 ];
 
+/// Records queued at most before the relay stops admitting requests (about 1 KB each).
+pub const DEFAULT_QUEUE_LIMIT: usize = 100_000;
+
 #[derive(Debug, Default)]
 struct Counters {
     queued: AtomicUsize,
     written: AtomicU64,
     lost: AtomicU64,
+    limit: usize,
+    stopping: AtomicBool,
+    /// A batch was lost at shutdown for want of a database: the rest get one try each.
+    gave_up: AtomicBool,
 }
 
 /// The sending side, cloned into every request. `record` never blocks.
@@ -62,6 +75,12 @@ impl UsageSink {
     pub fn lost_total(&self) -> u64 {
         self.counters.lost.load(Ordering::Relaxed)
     }
+
+    /// Whether the queue holds its limit (the database has not answered for a while): admit
+    /// nothing new until it drains.
+    pub fn is_full(&self) -> bool {
+        self.queue_depth() >= self.counters.limit
+    }
 }
 
 /// Owns the writer task; [`UsageWriterHandle::shutdown`] drains and stops it.
@@ -69,11 +88,13 @@ impl UsageSink {
 pub struct UsageWriterHandle {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    counters: Arc<Counters>,
 }
 
 impl UsageWriterHandle {
     /// Stops accepting records, writes everything already handed over, and waits for it.
     pub async fn shutdown(self) {
+        self.counters.stopping.store(true, Ordering::Relaxed);
         let _ = self.stop.send(());
         if let Err(error) = self.task.await {
             tracing::error!(%error, "usage writer task failed");
@@ -85,14 +106,29 @@ pub struct UsageWriter;
 
 impl UsageWriter {
     pub fn spawn(store: Store) -> (UsageSink, UsageWriterHandle) {
+        Self::spawn_with_limit(store, DEFAULT_QUEUE_LIMIT)
+    }
+
+    /// [`UsageWriter::spawn`] with the queue full at `limit` records.
+    pub fn spawn_with_limit(store: Store, limit: usize) -> (UsageSink, UsageWriterHandle) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let (stop, stop_receiver) = oneshot::channel();
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            limit: limit.max(1),
+            ..Counters::default()
+        });
         #[allow(clippy::disallowed_methods)] // joined by `UsageWriterHandle::shutdown`
         let task = tokio::spawn(run(store, receiver, stop_receiver, counters.clone()));
         (
-            UsageSink { sender, counters },
-            UsageWriterHandle { stop, task },
+            UsageSink {
+                sender,
+                counters: counters.clone(),
+            },
+            UsageWriterHandle {
+                stop,
+                task,
+                counters,
+            },
         )
     }
 }
@@ -148,9 +184,13 @@ async fn run(
 }
 
 async fn write_with_retry(store: &Store, batch: &[UsageRecord], counters: &Counters) {
-    let mut attempt = 0;
+    let mut attempt = if counters.gave_up.load(Ordering::Relaxed) {
+        RETRY_BACKOFF.len() - 1
+    } else {
+        0
+    };
     loop {
-        match store.insert_usage(batch).await {
+        let error = match store.insert_usage(batch).await {
             Ok(()) => {
                 counters.queued.fetch_sub(batch.len(), Ordering::Relaxed);
                 counters
@@ -158,23 +198,50 @@ async fn write_with_retry(store: &Store, batch: &[UsageRecord], counters: &Count
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 return;
             }
-            Err(error) => match RETRY_BACKOFF.get(attempt) {
-                Some(delay) => {
-                    tracing::warn!(%error, records = batch.len(), attempt, "usage write failed; retrying");
-                    tokio::time::sleep(*delay).await;
-                    attempt += 1;
-                }
-                None => {
-                    tracing::error!(%error, records = batch.len(), "usage write failed for good; records lost");
-                    counters.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-                    counters
-                        .lost
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    return;
-                }
-            },
+            Err(error) => error,
+        };
+        let delay = RETRY_BACKOFF[attempt.min(RETRY_BACKOFF.len() - 1)];
+        attempt += 1;
+        if attempt >= RETRY_BACKOFF.len() {
+            if counters.stopping.load(Ordering::Relaxed) {
+                tracing::error!(%error, records = batch.len(), "usage write failed at shutdown; records lost");
+                counters.gave_up.store(true, Ordering::Relaxed);
+                lose(counters, batch.len());
+                return;
+            }
+            if store.revision().await.is_ok() {
+                // The database answers, yet refuses this batch: keep what it takes.
+                write_one_by_one(store, batch, counters).await;
+                return;
+            }
+            if attempt == RETRY_BACKOFF.len() {
+                tracing::error!(%error, queued = counters.queued.load(Ordering::Relaxed), "the database does not answer; usage records wait in memory until it does");
+            }
+        } else {
+            tracing::warn!(%error, records = batch.len(), attempt, "usage write failed; retrying");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn write_one_by_one(store: &Store, batch: &[UsageRecord], counters: &Counters) {
+    for record in batch {
+        match store.insert_usage(std::slice::from_ref(record)).await {
+            Ok(()) => {
+                counters.queued.fetch_sub(1, Ordering::Relaxed);
+                counters.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::error!(%error, request_id = %record.request_id, "the database refuses a usage record; it is lost");
+                lose(counters, 1);
+            }
         }
     }
+}
+
+fn lose(counters: &Counters, records: usize) {
+    counters.queued.fetch_sub(records, Ordering::Relaxed);
+    counters.lost.fetch_add(records as u64, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -585,17 +585,12 @@ async fn an_account_cooled_on_one_instance_is_skipped_by_the_other() {
     );
     // B shows the first account cooling, with A's evidence, without a request of its own.
     let token = crate::support::admin_login(relays[1], PAIR_ADMIN_PASSWORD).await;
-    let client = reqwest::Client::new();
     for attempt in 0.. {
-        let accounts: serde_json::Value = client
-            .get(format!("{}/admin/v1/accounts", relays[1].url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let accounts = crate::support::get_json(
+            &format!("{}/admin/v1/accounts", relays[1].url),
+            Some(&token),
+        )
+        .await;
         let first = accounts["accounts"]
             .as_array()
             .unwrap()
@@ -781,4 +776,195 @@ async fn fifty_requests_on_two_instances_refresh_an_expiring_token_once() {
         used.iter().all(|token| *token == used[0]) && used[0] != "mock-access-1",
         "every request of both instances used the one refreshed token: {used:?}"
     );
+}
+
+/// A TCP forwarder to PostgreSQL that can be cut (every connection dropped, new ones refused)
+/// and restored: the database "unreachable" without touching the server other tests use.
+struct Cuttable {
+    address: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Cuttable {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = tokio::spawn({
+            let (open, connections) = (open.clone(), connections.clone());
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        continue; // dropped: refused
+                    }
+                    let forward = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(forward.abort_handle());
+                }
+            }
+        });
+        Self {
+            address,
+            open,
+            connections,
+            accept,
+        }
+    }
+
+    /// `url` (a PostgreSQL URL) through this forwarder.
+    fn url(&self, url: &str) -> String {
+        let mut url = reqwest::Url::parse(url).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.address.port())).unwrap();
+        url.to_string()
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_served_through_and_loses_no_usage() {
+    let Some(url) = relay_store::testing::postgres_url().await else {
+        return;
+    };
+    let server = {
+        let parsed = reqwest::Url::parse(&url).unwrap();
+        let host = parsed.host_str().unwrap().to_owned();
+        tokio::net::lookup_host((host, parsed.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let database = Cuttable::start(server).await;
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, "[limits]\nusage_queue_limit = 30\n").unwrap();
+    let proxied = database.url(&url);
+    let config_path = config.display().to_string();
+    let relay = RunningRelay::start_with_env(
+        &data_dir,
+        None,
+        &[
+            ("CLAUDE_RELAY_DATABASE_URL", proxied.as_str()),
+            ("CLAUDE_RELAY_CONFIG", config_path.as_str()),
+        ],
+    );
+    // The CLI reaches the database directly all along.
+    let direct = [("CLAUDE_RELAY_DATABASE_URL", url.as_str())];
+    add_account_env(&data_dir, &direct, "main", "sk-ant-outage", &mock.url(), 1);
+    let key = cli_env(&data_dir, &direct, &["key", "create", "--name", "steady"])
+        .trim()
+        .to_owned();
+    until_known(&[&relay], &key).await;
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        assert_eq!(message_status(&client, &relay, &key).await, 200);
+    }
+    usage_when_env(&data_dir, &direct, Some("steady"), 5).await;
+
+    database.cut();
+    let cut_at = std::time::Instant::now();
+    // Served from memory while the records wait, up to the queue's bound; then refused.
+    let mut served = 0;
+    let refusal = loop {
+        let response = client
+            .post(format!("{}/v1/messages", relay.url))
+            .header("x-api-key", &key)
+            .json(&json!({"model": "claude-haiku-4-5", "max_tokens": 10,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        if response.status() != 200 {
+            break response;
+        }
+        response.text().await.unwrap();
+        served += 1;
+        assert!(served <= 30, "the queue's bound holds");
+    };
+    assert_eq!(served, 30, "served until the queue held its bound");
+    assert_eq!(refusal.status(), 503);
+    assert!(refusal.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refusal.json().await.unwrap();
+    assert_eq!(body["type"], "error", "in the client's dialect: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot record usage"),
+        "{body}"
+    );
+    let ready = client
+        .get(format!("{}/ready", relay.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "a full queue makes the instance unready"
+    );
+    let health = crate::support::get_json(&format!("{}/health", relay.url), None).await;
+    assert_eq!(health["store"], "unreachable");
+    assert_eq!(health["usage_queue_depth"], 30);
+    // A key created meanwhile (the CLI reaches the database) waits for the relay to see it.
+    let later = cli_env(&data_dir, &direct, &["key", "create", "--name", "later"])
+        .trim()
+        .to_owned();
+    // Longer than the writer's whole series of retries: nothing may be given up.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut_at.elapsed())).await;
+    let metrics = client
+        .get(format!("{}/metrics", relay.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("claude_relay_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(gauge("store_errors") > 0.0);
+    assert_eq!(gauge("usage_queue_depth"), 30.0);
+    assert_eq!(gauge("usage_records_lost"), 0.0);
+
+    database.restore();
+    let usage = usage_when_env(&data_dir, &direct, Some("steady"), 35).await;
+    assert_eq!(usage["requests"], 35, "every served request recorded once");
+    assert_eq!(message_status(&client, &relay, &key).await, 200);
+    until_known(&[&relay], &later).await;
+    let (exit, log) = relay.stop();
+    assert!(exit.success(), "{log}");
+    assert!(!log.contains("records lost"), "{log}");
 }

@@ -360,3 +360,12 @@ pub async fn until_known(relays: &[&RunningRelay], key: &str) {
         }
     }
 }
+
+/// `GET url` (with a bearer token, if any), read as JSON.
+pub async fn get_json(url: &str, bearer: Option<&str>) -> serde_json::Value {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}

@@ -67,6 +67,9 @@ pub struct RelaySettings {
     /// The model whose price a key's cost limits charge for models the price table does not
     /// know; unset: the dearest model of the same family, or of the whole table.
     pub unpriced_as: Option<Arc<str>>,
+    /// Usage records waiting for the database at most; beyond, new requests are refused (503)
+    /// so that what was admitted is always recorded.
+    pub usage_queue_limit: usize,
 }
 
 impl Default for RelaySettings {
@@ -81,6 +84,7 @@ impl Default for RelaySettings {
             strategy: Strategy::default(),
             max_tokens_ceiling: 1_000_000,
             unpriced_as: None,
+            usage_queue_limit: relay_store::usage_writer::DEFAULT_QUEUE_LIMIT,
             egress: crate::egress::EgressGuard::default(),
         }
     }
@@ -630,6 +634,10 @@ impl Relay {
     }
 
     /// `sqlite` or `postgres`.
+    pub fn store_stats(&self) -> &relay_store::StoreStats {
+        self.snapshots.store().stats()
+    }
+
     pub fn store_backend(&self) -> &'static str {
         match self.snapshots.store().backend() {
             relay_store::Backend::Sqlite => "sqlite",
@@ -845,6 +853,16 @@ impl Relay {
         snapshot: &crate::snapshot::Snapshot,
     ) -> Result<Option<Admission>, RelayError> {
         check_model_name(&request.model)?;
+        if self.usage.is_full() {
+            return Err(RelayError {
+                retry_after_s: Some(5),
+                ..RelayError::new(
+                    ErrorKind::ServiceUnavailable,
+                    "the relay cannot record usage right now (its database does not answer); \
+                     retry shortly",
+                )
+            });
+        }
         if let Some(max_tokens) = request
             .max_tokens
             .filter(|max_tokens| *max_tokens > self.settings.max_tokens_ceiling)

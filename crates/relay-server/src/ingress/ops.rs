@@ -40,11 +40,13 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// Whether this instance serves requests now: keys and accounts are in memory, so only a
-/// shared Redis that does not answer (with `redis_unavailable = refuse`) makes it unready.
-/// A database that does not answer does not: requests are served and their usage queued.
+/// shared Redis that does not answer (with `redis_unavailable = refuse`) makes it unready, or
+/// a database that has not answered for so long that the usage queue is full. A database
+/// that does not answer for a while does not: requests are served and their usage queued.
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     let shared = state.relay.check_shared().await;
-    let ready = shared.is_none_or(|shared| shared.round_trip.is_some() || shared.serves_without);
+    let ready = shared.is_none_or(|shared| shared.round_trip.is_some() || shared.serves_without)
+        && !state.relay.usage_sink().is_full();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -66,6 +68,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     metrics
         .usage_lost
         .set(i64::try_from(sink.lost_total()).unwrap_or(i64::MAX));
+    metrics.observe_store(relay.store_stats());
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         metrics.render(),

@@ -11,13 +11,15 @@ mod changes;
 pub use changes::{Change, ChangedEntity};
 mod copy;
 pub use copy::{CopyReport, COPIED_TABLES, OWN_TABLES};
+
 mod keys;
 mod secrets;
 mod usage;
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -30,6 +32,16 @@ use crate::StoreError;
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) db: Db,
+    stats: std::sync::Arc<StoreStats>,
+}
+
+/// Counters of the round trips that tell how the database is doing — the revision poll and the
+/// usage writes — for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub round_trips: AtomicU64,
+    pub errors: AtomicU64,
+    pub latency_micros: AtomicU64,
 }
 
 /// The backends, closed: adding one makes the compiler list every query it must learn.
@@ -196,6 +208,7 @@ impl Store {
             .map_err(open_error)?;
         let store = Self {
             db: Db::Sqlite(pool),
+            stats: std::sync::Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -218,6 +231,7 @@ impl Store {
             .map_err(open_error)?;
         let store = Self {
             db: Db::Postgres(pool),
+            stats: std::sync::Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -275,11 +289,37 @@ impl Store {
 
     /// The change counter of keys and accounts; bumped by triggers on every mutation.
     pub async fn revision(&self) -> Result<i64, StoreError> {
-        on_db!(self, |pool, sql| Ok(sqlx::query_scalar(
-            "SELECT value FROM revision WHERE id = 1"
-        )
-        .fetch_one(pool)
-        .await?))
+        self.timed(async {
+            on_db!(self, |pool, sql| Ok(sqlx::query_scalar(
+                "SELECT value FROM revision WHERE id = 1"
+            )
+            .fetch_one(pool)
+            .await?))
+        })
+        .await
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Runs one exchange with the database, counting it in [`StoreStats`].
+    pub(crate) async fn timed<T>(
+        &self,
+        exchange: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = exchange.await;
+        let stats = &self.stats;
+        stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        stats.latency_micros.fetch_add(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if result.is_err() {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 }
 

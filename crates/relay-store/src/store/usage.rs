@@ -58,21 +58,24 @@ impl Store {
     /// statement per batch size would be parsed anew for every batch, or, if cached, hold a large
     /// prepared program per size: that grew the process by ~100 MiB under load.)
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        on_db!(self, |pool, sql| {
-            let mut tx = pool.begin().await?;
-            let mut chunks = records.chunks_exact(USAGE_ROWS_PER_STATEMENT);
-            for chunk in chunks.by_ref() {
-                usage_insert!(chunk).build().execute(&mut *tx).await?;
-            }
-            for record in chunks.remainder() {
-                usage_insert!(std::slice::from_ref(record))
-                    .build()
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(())
+        self.timed(async {
+            on_db!(self, |pool, sql| {
+                let mut tx = pool.begin().await?;
+                let mut chunks = records.chunks_exact(USAGE_ROWS_PER_STATEMENT);
+                for chunk in chunks.by_ref() {
+                    usage_insert!(chunk).build().execute(&mut *tx).await?;
+                }
+                for record in chunks.remainder() {
+                    usage_insert!(std::slice::from_ref(record))
+                        .build()
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
         })
+        .await
     }
 
     /// Totals over the usage records the filter selects.
