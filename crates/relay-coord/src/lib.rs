@@ -158,6 +158,21 @@ pub struct Seed {
     pub buckets: Vec<(i64, u64, u64, i64)>,
 }
 
+/// A key's ledger as Redis holds it, for the key's report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerView {
+    pub in_flight: u32,
+    pub reserved_cost: i64,
+    pub reserved_tokens: u64,
+    pub total_cost: i64,
+    pub total_tokens: u64,
+    pub first_used_ms: Option<i64>,
+    /// The cost of each period asked about (0 once the period turned over).
+    pub periods: Vec<i64>,
+    /// Requests, tokens and cost inside the window asked about.
+    pub window: Option<(u64, u64, i64)>,
+}
+
 /// Counters of the traffic with Redis, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -545,6 +560,79 @@ impl Redis {
             .exchange(sent, pipeline.query_async(&mut connection))
             .await?;
         Ok(())
+    }
+
+    /// A key's ledger now (`None` when Redis does not hold it): its leases still alive, its
+    /// totals, the cost of each `(name, start)` period and what falls inside `window_ms`. One
+    /// pipelined round trip; not atomic, which a report does not need.
+    pub async fn ledger_view(
+        &self,
+        key_id: &str,
+        now_ms: i64,
+        periods: &[(String, i64)],
+        window_ms: Option<i64>,
+    ) -> Result<Option<LedgerView>, CoordError> {
+        let [ledger, leases, window] = self.keys(key_id);
+        let mut pipeline = Pipeline::new();
+        pipeline
+            .hgetall(&ledger)
+            .zcount(&leases, format!("({now_ms}"), "+inf")
+            .lrange(&window, 0, -1);
+        let mut connection = self.connection.clone();
+        let (fields, in_flight, buckets): (
+            std::collections::HashMap<String, String>,
+            u32,
+            Vec<String>,
+        ) = self
+            .exchange(ledger.len() * 3, pipeline.query_async(&mut connection))
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let number = |field: &str| {
+            fields
+                .get(field)
+                .and_then(|value| value.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        let unsigned = |field: &str| u64::try_from(number(field)).unwrap_or(0);
+        let window = window_ms.map(|window_ms| {
+            buckets
+                .iter()
+                .filter_map(|bucket| {
+                    let parts: Vec<i64> = bucket
+                        .split('|')
+                        .map(|part| part.parse().unwrap_or(0))
+                        .collect();
+                    (parts.len() == 4 && parts[0] > now_ms - window_ms).then_some(parts)
+                })
+                .fold((0u64, 0u64, 0i64), |(requests, tokens, cost), parts| {
+                    (
+                        requests + u64::try_from(parts[1]).unwrap_or(0),
+                        tokens + u64::try_from(parts[2]).unwrap_or(0),
+                        cost + parts[3],
+                    )
+                })
+        });
+        Ok(Some(LedgerView {
+            in_flight,
+            reserved_cost: number("rc"),
+            reserved_tokens: unsigned("rt"),
+            total_cost: number("tc"),
+            total_tokens: unsigned("tt"),
+            first_used_ms: fields.get("fu").and_then(|value| value.parse().ok()),
+            periods: periods
+                .iter()
+                .map(|(name, start)| {
+                    if number(&format!("p:{name}:s")) == *start {
+                        number(&format!("p:{name}"))
+                    } else {
+                        0
+                    }
+                })
+                .collect(),
+            window,
+        }))
     }
 
     /// One round trip, for health checks.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::keys::KeyEntry;
-use crate::limits::{Limiter, Standing};
+use crate::limits::Standing;
 use crate::policy::KeyPolicy;
 
 #[derive(Debug, Serialize)]
@@ -93,12 +93,10 @@ fn usd(nano_usd: i64) -> f64 {
 /// Builds the report from the limiter's live figures and the recorded requests.
 pub fn build(
     key: &KeyEntry,
-    limiter: &Limiter,
+    standing: Standing,
     recent: Vec<relay_store::UsageRecord>,
-    now_ms: i64,
 ) -> KeyReport {
     let policy = &key.policy;
-    let standing: Standing = limiter.standing(&key.id, policy, now_ms);
     let periods = standing
         .periods
         .iter()

@@ -323,6 +323,42 @@ async fn two_instances_on_one_redis_share_every_key_limit() {
         2,
         "{statuses:?}"
     );
+
+    // A key's own report shows what it spent on every instance.
+    mock.script("sk-ant-race", []);
+    let key = pair
+        .cli(&[
+            "key",
+            "create",
+            "--name",
+            "reported",
+            "--total-cost-usd",
+            "100",
+        ])
+        .trim()
+        .to_owned();
+    until_known(&relays, &key).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        assert_eq!(message_status(&client, relays[0], &key).await, 200);
+    }
+    let report = |relay: &RunningRelay| {
+        let request = client
+            .get(format!("{}/v1/usage", relay.url))
+            .header("x-api-key", &key);
+        async move {
+            let report: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            report["total_cost"]["used_exact"].as_i64().unwrap()
+        }
+    };
+    for attempt in 0.. {
+        let (on_a, on_b) = (report(relays[0]).await, report(relays[1]).await);
+        if on_a > 0 && on_a == on_b {
+            break;
+        }
+        assert!(attempt < 100, "B reports {on_b}, A {on_a}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -717,20 +717,30 @@ impl Limiter {
         Ok(())
     }
 
+    /// The key's standing: on every instance when they share a Redis (this instance's own if it
+    /// does not answer), else this instance's.
+    pub async fn current_standing(
+        &self,
+        key_id: &str,
+        policy: &KeyPolicy,
+        now_ms: i64,
+    ) -> Standing {
+        if let Some(shared) = &self.shared {
+            if let Some(standing) = shared
+                .standing(key_id, policy, reported_periods(policy), now_ms)
+                .await
+            {
+                return standing;
+            }
+        }
+        self.standing(key_id, policy, now_ms)
+    }
+
+    /// The key's standing in this instance's ledger.
     pub fn standing(&self, key_id: &str, policy: &KeyPolicy, now_ms: i64) -> Standing {
         let ledger = self.ledger(key_id);
         let mut ledger = lock(&ledger);
-        let mut periods: Vec<Period> = vec![Period::Day, Period::Week, Period::Month];
-        if let Some(limit) = &policy.family_weekly {
-            if let Some(family) = crate::model::family(&limit.family) {
-                periods.push(Period::FamilyWeek {
-                    family,
-                    weekday: limit.reset_weekday,
-                    hour: limit.reset_hour,
-                });
-            }
-        }
-        let periods = periods
+        let periods = reported_periods(policy)
             .into_iter()
             .map(|period| {
                 (
@@ -759,6 +769,21 @@ impl Limiter {
             window,
         }
     }
+}
+
+/// The periods a key's report shows: day, week, month, and the family week if it has one.
+fn reported_periods(policy: &KeyPolicy) -> Vec<Period> {
+    let mut periods: Vec<Period> = vec![Period::Day, Period::Week, Period::Month];
+    if let Some(limit) = &policy.family_weekly {
+        if let Some(family) = crate::model::family(&limit.family) {
+            periods.push(Period::FamilyWeek {
+                family,
+                weekday: limit.reset_weekday,
+                hour: limit.reset_hour,
+            });
+        }
+    }
+    periods
 }
 
 #[cfg(test)]

@@ -221,6 +221,56 @@ impl SharedLedgers {
         Err(SharedRefusal::Unreachable)
     }
 
+    /// The key's standing on every instance, as Redis holds it (seeding the ledger first if
+    /// Redis does not have it); `None` when Redis does not answer.
+    pub(super) async fn standing(
+        &self,
+        key_id: &str,
+        policy: &KeyPolicy,
+        periods: Vec<Period>,
+        now_ms: i64,
+    ) -> Option<super::Standing> {
+        let named: Vec<(String, i64)> = periods
+            .iter()
+            .map(|period| (period_name(*period), period.start(now_ms)))
+            .collect();
+        let window = window_ms(policy);
+        for attempt in 0..2 {
+            let view = match self
+                .redis()
+                .ledger_view(key_id, now_ms, &named, window)
+                .await
+            {
+                Ok(view) => view,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read a key's shared ledger for its report");
+                    return None;
+                }
+            };
+            let Some(view) = view else {
+                if attempt == 0 {
+                    self.seed(key_id, policy, now_ms).await.ok()?;
+                }
+                continue;
+            };
+            return Some(super::Standing {
+                inflight: view.in_flight,
+                reserved_cost_nano_usd: view.reserved_cost,
+                reserved_tokens: view.reserved_tokens,
+                total_cost_nano_usd: view.total_cost,
+                total_tokens: view.total_tokens,
+                first_used_ms: view.first_used_ms,
+                periods: periods
+                    .iter()
+                    .zip(view.periods)
+                    .map(|(period, cost)| (*period, cost, period.next_start(now_ms)))
+                    .collect(),
+                window: view.window,
+            });
+        }
+        None
+    }
+
     /// Writes a key's ledger from its usage records: on its first use, and after Redis lost
     /// its data (it keeps nothing on disk here, and need not).
     async fn seed(
@@ -433,6 +483,12 @@ mod tests {
             assert!(
                 decisions[0] > 20 && decisions[1] > 20,
                 "seed {seed}: both answers were exercised: {decisions:?}"
+            );
+            // The key's report reads the same figures from either ledger.
+            assert_eq!(
+                shared.current_standing(&key, &policy, now).await,
+                local.standing(&key, &policy, now),
+                "seed {seed}"
             );
             drop(held);
         }

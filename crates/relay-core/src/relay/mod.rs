@@ -663,7 +663,12 @@ impl Relay {
                 Vec::new()
             }
         };
-        crate::report::build(key, &self.limiter, recent, now_ms())
+        let now = now_ms();
+        let standing = self
+            .limiter
+            .current_standing(&key.id, &key.policy, now)
+            .await;
+        crate::report::build(key, standing, recent)
     }
 
     /// Forwards a request, failing over between accounts before the first byte.
