@@ -46,18 +46,31 @@ pub struct AccountState {
     pub day_cost: i64,
 }
 
-/// What the accounts channel says.
+/// What the channels say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// (Re)subscribed: notices may have been missed, read every account again.
     Subscribed,
     /// This account's state changed.
     Account(String),
+    /// Too many failed credentials came from this client address: refuse it until then.
+    Blocked { address: String, until_ms: i64 },
 }
 
 impl Redis {
     pub(crate) fn accounts_channel(&self) -> String {
         format!("{}:accounts", self.prefix)
+    }
+
+    pub(crate) fn blocks_channel(&self) -> String {
+        format!("{}:blocks", self.prefix)
+    }
+
+    pub(crate) fn failure_keys(&self, address: &str) -> [String; 2] {
+        [
+            format!("{}:failures:{address}", self.prefix),
+            format!("{}:blocked:{address}", self.prefix),
+        ]
     }
 
     fn marks_key(&self, account_id: &str) -> String {
@@ -265,15 +278,16 @@ impl Redis {
         Ok(())
     }
 
-    /// Sends the accounts channel's notices to `notices` until it closes, resubscribing (and
-    /// saying so) whenever the subscription breaks.
-    pub async fn watch_accounts(&self, notices: mpsc::UnboundedSender<Notice>) {
+    /// Sends the channels' notices to `notices` until it closes, resubscribing (and saying so)
+    /// whenever the subscription breaks.
+    pub async fn watch(&self, notices: mpsc::UnboundedSender<Notice>) {
         let channel = self.accounts_channel();
+        let blocks = self.blocks_channel();
         let mut backoff = Duration::from_millis(100);
         while !notices.is_closed() {
             let subscribed = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
+                pubsub.subscribe(&[&channel, &blocks]).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
@@ -287,22 +301,33 @@ impl Redis {
                         tokio::select! {
                             message = messages.next() => {
                                 let Some(message) = message else { break };
-                                let Ok(account_id) = message.get_payload::<String>() else {
+                                let Ok(payload) = message.get_payload::<String>() else {
                                     continue;
                                 };
-                                if notices.send(Notice::Account(account_id)).is_err() {
+                                let notice = if message.get_channel_name() == blocks {
+                                    let Some((address, until)) = payload.rsplit_once('|') else {
+                                        continue;
+                                    };
+                                    Notice::Blocked {
+                                        address: address.to_owned(),
+                                        until_ms: until.parse().unwrap_or(0),
+                                    }
+                                } else {
+                                    Notice::Account(payload)
+                                };
+                                if notices.send(notice).is_err() {
                                     return;
                                 }
                             }
                             () = notices.closed() => return,
                         }
                     }
-                    tracing::warn!("the accounts channel on Redis closed; subscribing again");
+                    tracing::warn!("the channels on Redis closed; subscribing again");
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "cannot subscribe to the accounts channel on Redis");
+                    tracing::warn!(%error, "cannot subscribe to the channels on Redis");
                 }
-                Err(_) => tracing::warn!("subscribing to the accounts channel on Redis timed out"),
+                Err(_) => tracing::warn!("subscribing to the channels on Redis timed out"),
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}

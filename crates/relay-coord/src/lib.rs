@@ -201,6 +201,7 @@ struct Scripts {
     day: Script,
     slot: Script,
     unlock: Script,
+    failed: Script,
 }
 
 /// A write that need not be waited for: sent by the caller's worker, many in one pipeline.
@@ -222,6 +223,15 @@ pub enum Write {
         session: String,
         account_id: String,
         ttl_ms: i64,
+    },
+    /// Counts a failed credential from `address`: `max` within `window_ms` block it for
+    /// `block_ms` on every instance ([`Notice::Blocked`]).
+    Failure {
+        address: String,
+        now_ms: i64,
+        window_ms: i64,
+        max: u32,
+        block_ms: i64,
     },
 }
 
@@ -279,6 +289,7 @@ impl Redis {
                 day: Script::new(include_str!("lua/day.lua")),
                 slot: Script::new(include_str!("lua/slot.lua")),
                 unlock: Script::new(include_str!("lua/unlock.lua")),
+                failed: Script::new(include_str!("lua/failed.lua")),
             }),
             stats: std::sync::Arc::default(),
         })
@@ -441,7 +452,11 @@ impl Redis {
             Err(CoordError::Redis(error))
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                for script in [&self.scripts.finish, &self.scripts.day] {
+                for script in [
+                    &self.scripts.finish,
+                    &self.scripts.day,
+                    &self.scripts.failed,
+                ] {
                     let _: String = self
                         .exchange(64, script.load_async(&mut connection))
                         .await?;
@@ -515,6 +530,27 @@ impl Redis {
                     .arg(*ttl_ms)
                     .ignore();
                 key.len() + account_id.len() + 8
+            }
+            Write::Failure {
+                address,
+                now_ms,
+                window_ms,
+                max,
+                block_ms,
+            } => {
+                let [failures, blocked] = self.failure_keys(address);
+                let mut invocation = self.scripts.failed.prepare_invoke();
+                invocation
+                    .key(&failures)
+                    .key(&blocked)
+                    .arg(now_ms)
+                    .arg(window_ms)
+                    .arg(max)
+                    .arg(block_ms)
+                    .arg(self.blocks_channel())
+                    .arg(address);
+                pipeline.invoke_script(&invocation).ignore();
+                failures.len() + blocked.len() + address.len() + 48
             }
         }
     }

@@ -199,18 +199,27 @@ async fn periods_windows_and_seeds_count_like_the_local_ledger() {
     );
 }
 
+/// The channels' notices, once subscribed; the watcher ends when the receiver is dropped.
+async fn watching(
+    redis: &Redis,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<Notice>,
+) {
+    let (sender, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let redis = redis.clone();
+    #[allow(clippy::disallowed_methods)] // joined by the test
+    let watcher = tokio::spawn(async move { redis.watch(sender).await });
+    assert_eq!(notices.recv().await, Some(Notice::Subscribed));
+    (watcher, notices)
+}
+
 #[tokio::test]
 async fn account_marks_are_kept_at_their_maximum_announced_and_dropped_after_a_reset() {
     let Some((redis, _)) = testing::redis().await else {
         return;
     };
-    let (sender, mut notices) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = {
-        let redis = redis.clone();
-        #[allow(clippy::disallowed_methods)] // joined at the end
-        tokio::spawn(async move { redis.watch_accounts(sender).await })
-    };
-    assert_eq!(notices.recv().await, Some(Notice::Subscribed));
+    let (watcher, mut notices) = watching(&redis).await;
     // Now: marks expire a minute after their last cooldown.
     let now = i64::try_from(
         std::time::SystemTime::now()
@@ -341,4 +350,58 @@ async fn account_places_are_leases_and_locks_and_bindings_are_shared() {
         None,
         "bindings expire"
     );
+}
+
+#[tokio::test]
+async fn failures_from_an_address_block_it_everywhere_once_they_reach_the_count() {
+    let Some((redis, _)) = testing::redis().await else {
+        return;
+    };
+    let (watcher, mut notices) = watching(&redis).await;
+    let failure = |address: &str| Write::Failure {
+        address: address.into(),
+        now_ms: 1_000,
+        window_ms: 60_000,
+        max: 3,
+        block_ms: 60_000,
+    };
+    redis
+        .write(&[
+            failure("192.0.2.1"),
+            failure("192.0.2.2"),
+            failure("192.0.2.1"),
+        ])
+        .await
+        .unwrap();
+    redis.write(&[failure("192.0.2.1")]).await.unwrap();
+    assert_eq!(
+        notices.recv().await,
+        Some(Notice::Blocked {
+            address: "192.0.2.1".into(),
+            until_ms: 61_000
+        })
+    );
+    // Blocked: further failures count nothing and announce nothing.
+    redis
+        .write(&[
+            failure("192.0.2.1"),
+            failure("192.0.2.1"),
+            failure("192.0.2.1"),
+        ])
+        .await
+        .unwrap();
+    redis
+        .mark(
+            "acct",
+            &Mark {
+                at_ms: 5,
+                reason: "r",
+                ..Mark::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(notices.recv().await, Some(Notice::Account("acct".into())));
+    drop(notices);
+    watcher.await.unwrap();
 }

@@ -150,6 +150,11 @@ impl AdminAuth {
         }
     }
 
+    /// Failed sign-ins per client address.
+    pub fn throttle(&self) -> &Arc<AuthThrottle> {
+        &self.throttle
+    }
+
     pub async fn login(
         &self,
         username: &str,
@@ -167,6 +172,7 @@ impl AdminAuth {
         );
         let verified = verify_password(password.to_owned(), stored).await;
         let Some(admin) = admin.filter(|_| verified) else {
+            self.throttle.share_failure(client_ip, now);
             return Err(LoginError::Invalid);
         };
         self.throttle.succeeded(client_ip);

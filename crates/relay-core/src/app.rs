@@ -84,6 +84,7 @@ pub async fn assemble(
         installation.keyring.key_hasher.clone(),
     ));
     let mut relay = Relay::new(snapshots.clone(), usage_sink, metrics.clone(), settings);
+    let admin_auth = Arc::new(AdminAuth::new(installation.store.clone()));
     let shared = match shared {
         None => None,
         Some(shared) => {
@@ -96,7 +97,13 @@ pub async fn assemble(
             );
             relay.share(coord.clone(), ledgers);
             metrics.register_shared(&coord);
-            coord.watch(snapshots.clone(), &mut tasks);
+            keys.throttle().share(coord.clone(), "key");
+            admin_auth.throttle().share(coord.clone(), "login");
+            coord.watch(
+                snapshots.clone(),
+                vec![keys.throttle().clone(), admin_auth.throttle().clone()],
+                &mut tasks,
+            );
             Some((coord, tasks))
         }
     };
@@ -115,7 +122,7 @@ pub async fn assemble(
         keys,
         snapshots,
         admin,
-        admin_auth: Arc::new(AdminAuth::new(installation.store.clone())),
+        admin_auth,
         metrics,
         usage_writer,
         reloader,

@@ -16,7 +16,7 @@ use crate::throttle::AuthThrottle;
 pub struct KeyAuthenticator {
     snapshots: Arc<SnapshotStore>,
     hasher: KeyHasher,
-    throttle: AuthThrottle,
+    throttle: Arc<AuthThrottle>,
 }
 
 impl KeyAuthenticator {
@@ -24,8 +24,13 @@ impl KeyAuthenticator {
         Self {
             snapshots,
             hasher,
-            throttle: AuthThrottle::default(),
+            throttle: Arc::new(AuthThrottle::default()),
         }
+    }
+
+    /// Failed keys per client address.
+    pub fn throttle(&self) -> &Arc<AuthThrottle> {
+        &self.throttle
     }
 
     /// Resolves the presented relay key. A valid key always gets through; an unknown one counts

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::accounts::AccountEntry;
 use crate::snapshot::SnapshotStore;
 use crate::sticky::{SessionId, STICKY_TTL_MS};
+use crate::throttle::AuthThrottle;
 
 /// How often held leases are renewed (a third of their lifetime).
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
@@ -314,12 +315,19 @@ impl Coordinator {
 
     /// Mirrors the accounts' shared health into their runtime state from now on: every account
     /// when the subscription starts (or starts again), one account on each notice.
-    pub fn watch(self: &Arc<Self>, snapshots: Arc<SnapshotStore>, tasks: &mut CoordTasks) {
+    /// Blocks reported by other instances are applied to `throttles` (each shares its failures
+    /// under its own kind).
+    pub fn watch(
+        self: &Arc<Self>,
+        snapshots: Arc<SnapshotStore>,
+        throttles: Vec<Arc<AuthThrottle>>,
+        tasks: &mut CoordTasks,
+    ) {
         let (sender, mut notices) = mpsc::unbounded_channel();
         let redis = self.redis.clone();
         #[allow(clippy::disallowed_methods)] // stopped at shutdown by `CoordTasks::stop`
         let watcher = tokio::spawn(async move {
-            let subscription = redis.watch_accounts(sender);
+            let subscription = redis.watch(sender);
             let apply = async {
                 while let Some(notice) = notices.recv().await {
                     let snapshot = snapshots.current();
@@ -330,6 +338,10 @@ impl Coordinator {
                             .iter()
                             .filter(|account| account.id == *id)
                             .collect(),
+                        Notice::Blocked { address, until_ms } => {
+                            block(&throttles, address, *until_ms);
+                            continue;
+                        }
                     };
                     let ids: Vec<&str> =
                         accounts.iter().map(|account| account.id.as_str()).collect();
@@ -349,6 +361,21 @@ impl Coordinator {
             tokio::join!(subscription, apply);
         });
         tasks.watcher = Some(watcher);
+    }
+}
+
+/// A block of `kind:address` another instance decided, applied to the throttle of that kind.
+fn block(throttles: &[Arc<AuthThrottle>], address: &str, until_ms: i64) {
+    let Some((kind, address)) = address.split_once(':') else {
+        return;
+    };
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return;
+    };
+    for throttle in throttles {
+        if throttle.shared_kind() == Some(kind) {
+            throttle.block_until(address, until_ms);
+        }
     }
 }
 

@@ -15,9 +15,11 @@
 //! the one forgotten: the table never fails open for an active guesser.
 
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashlink::LruCache;
+
+use crate::coord::Coordinator;
 
 const WINDOW_MS: i64 = 60_000;
 pub const MAX_FAILURES: u32 = 30;
@@ -35,6 +37,8 @@ struct Attempts {
 #[derive(Debug)]
 pub struct AuthThrottle {
     addresses: Mutex<LruCache<IpAddr, Attempts>>,
+    /// Where failures are also counted for every instance, under `kind:` (`key`, `login`).
+    shared: std::sync::OnceLock<(Arc<Coordinator>, &'static str)>,
 }
 
 impl Default for AuthThrottle {
@@ -58,6 +62,50 @@ impl AuthThrottle {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             addresses: Mutex::new(LruCache::new(capacity.max(1))),
+            shared: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts failures on every instance too (several instances on one Redis): an address that
+    /// reaches the limit across them is blocked on all. `kind` keeps key guesses and password
+    /// guesses apart.
+    pub fn share(&self, coord: Arc<Coordinator>, kind: &'static str) {
+        let _ = self.shared.set((coord, kind));
+    }
+
+    /// The name this throttle's failures go by on Redis, if it shares them.
+    pub fn shared_kind(&self) -> Option<&'static str> {
+        self.shared.get().map(|(_, kind)| *kind)
+    }
+
+    /// Tells the other instances of a failure from `address` (never waits).
+    pub fn share_failure(&self, address: Option<IpAddr>, now_ms: i64) {
+        if let (Some((coord, kind)), Some(address)) = (self.shared.get(), address) {
+            coord.send(relay_coord::Write::Failure {
+                address: format!("{kind}:{}", counted_as(address)),
+                now_ms,
+                window_ms: WINDOW_MS,
+                max: MAX_FAILURES,
+                block_ms: BLOCK_MS,
+            });
+        }
+    }
+
+    /// Blocks an address (as counted) until `until_ms`: another instance saw it fail too often.
+    pub fn block_until(&self, counted: IpAddr, until_ms: i64) {
+        let mut addresses = self.addresses();
+        match addresses.get_mut(&counted) {
+            Some(attempts) => attempts.blocked_until_ms = attempts.blocked_until_ms.max(until_ms),
+            None => {
+                addresses.insert(
+                    counted,
+                    Attempts {
+                        window_start_ms: until_ms,
+                        failures: 0,
+                        blocked_until_ms: until_ms,
+                    },
+                );
+            }
         }
     }
 
@@ -80,9 +128,17 @@ impl AuthThrottle {
         }
     }
 
-    /// Counts a failed attempt from `address`; `Err(retry_after_ms)` if the address is (now)
-    /// blocked.
+    /// Counts a failed attempt from `address` (here and, when shared, on every instance);
+    /// `Err(retry_after_ms)` if the address is (now) blocked.
     pub fn failed(&self, address: Option<IpAddr>, now_ms: i64) -> Result<(), i64> {
+        let counted = self.count(address, now_ms);
+        if counted.is_ok() {
+            self.share_failure(address, now_ms);
+        }
+        counted
+    }
+
+    fn count(&self, address: Option<IpAddr>, now_ms: i64) -> Result<(), i64> {
         let Some(address) = address else {
             return Ok(());
         };
@@ -123,8 +179,9 @@ impl AuthThrottle {
     /// address is blocked, in which case nothing may be checked. Refund it with
     /// [`Self::succeeded`] when the check passes.
     pub fn attempt(&self, address: Option<IpAddr>, now_ms: i64) -> Result<(), i64> {
-        // `failed` refuses a blocked address before counting anything.
-        self.failed(address, now_ms)
+        // `count` refuses a blocked address before counting anything. Only real failures are
+        // shared ([`Self::share_failure`]).
+        self.count(address, now_ms)
     }
 
     /// Takes back the attempt counted for a check that succeeded.

@@ -1004,3 +1004,50 @@ async fn a_database_outage_is_served_through_and_loses_no_usage() {
     assert!(exit.success(), "{log}");
     assert!(!log.contains("records lost"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_keys_from_one_address_are_counted_on_every_instance() {
+    let Some(pair) = SharedPair::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let key = pair
+        .account_and_key(&mock, "sk-ant-guess", "owner", &[])
+        .await;
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    let client = reqwest::Client::new();
+    // Alternating between the instances, the address is blocked after the limit's number of
+    // guesses in all (a few may have come from waiting for the key to be known): half of it on
+    // each, which neither would block on its own.
+    let mut guesses = 0;
+    loop {
+        let relay = relays[guesses as usize % 2];
+        let status = message_status(&client, relay, &format!("cr_guess{guesses}")).await;
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 401, "guess {guesses}");
+        guesses += 1;
+        assert!(
+            guesses <= relay_core::throttle::MAX_FAILURES,
+            "still not blocked after {guesses} guesses, half of them on each instance"
+        );
+        // The failures are counted off the request path.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The failures are sent off the request path; the block comes back on a channel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for relay in &relays {
+        assert_eq!(
+            message_status(&client, relay, "cr_one-more-guess").await,
+            429,
+            "{} refuses the address the two together blocked",
+            relay.url
+        );
+        assert_eq!(
+            message_status(&client, relay, &key).await,
+            200,
+            "a valid key still gets through"
+        );
+    }
+}
