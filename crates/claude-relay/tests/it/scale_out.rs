@@ -132,6 +132,12 @@ impl SharedPair {
     /// One instance per entry of `extra_env`, with those variables set as well.
     async fn start_on(redis_url: &str, extra_env: &[&[(&str, &str)]]) -> Option<Self> {
         let url = relay_store::testing::postgres_url().await?;
+        Some(Self::start_with(url, redis_url, extra_env))
+    }
+
+    /// [`SharedPair::start_on`] a database of the caller's (`url` is what the CLI uses; an
+    /// instance's `extra_env` may point it elsewhere).
+    fn start_with(url: String, redis_url: &str, extra_env: &[&[(&str, &str)]]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let env = vec![
@@ -156,7 +162,7 @@ impl SharedPair {
             let relay = RunningRelay::start_with_env(&pair.data_dir, password, &env);
             pair.relays.push(relay);
         }
-        Some(pair)
+        pair
     }
 
     fn env_pairs(&self) -> Vec<(&str, &str)> {
@@ -882,10 +888,13 @@ impl Drop for Cuttable {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_is_served_through_and_loses_no_usage() {
+async fn a_database_outage_is_served_through_by_both_instances_and_loses_no_usage() {
     let Some(url) = relay_store::testing::postgres_url().await else {
         return;
     };
+    if relay_coord::testing::redis().await.is_none() {
+        return;
+    }
     let server = {
         let parsed = reqwest::Url::parse(&url).unwrap();
         let host = parsed.host_str().unwrap().to_owned();
@@ -897,112 +906,125 @@ async fn a_database_outage_is_served_through_and_loses_no_usage() {
     };
     let database = Cuttable::start(server).await;
     let mock = MockUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let config = dir.path().join("relay.toml");
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("relay.toml");
     std::fs::write(&config, "[limits]\nusage_queue_limit = 30\n").unwrap();
     let proxied = database.url(&url);
     let config_path = config.display().to_string();
-    let relay = RunningRelay::start_with_env(
-        &data_dir,
-        None,
-        &[
-            ("CLAUDE_RELAY_DATABASE_URL", proxied.as_str()),
-            ("CLAUDE_RELAY_CONFIG", config_path.as_str()),
-        ],
+    // The instances reach the database through the forwarder; the CLI directly, all along.
+    let through: &[(&str, &str)] = &[
+        ("CLAUDE_RELAY_DATABASE_URL", proxied.as_str()),
+        ("CLAUDE_RELAY_CONFIG", config_path.as_str()),
+    ];
+    let pair = SharedPair::start_with(
+        url.clone(),
+        &relay_coord::testing::redis_url(),
+        &[through, through],
     );
-    // The CLI reaches the database directly all along.
-    let direct = [("CLAUDE_RELAY_DATABASE_URL", url.as_str())];
-    add_account_env(&data_dir, &direct, "main", "sk-ant-outage", &mock.url(), 1);
-    let key = cli_env(&data_dir, &direct, &["key", "create", "--name", "steady"])
-        .trim()
-        .to_owned();
-    until_known(&[&relay], &key).await;
+    let key = pair
+        .account_and_key(
+            &mock,
+            "sk-ant-outage",
+            "steady",
+            &["--total-cost-usd", "100"],
+        )
+        .await;
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
     let client = reqwest::Client::new();
-    for _ in 0..5 {
-        assert_eq!(message_status(&client, &relay, &key).await, 200);
+    for n in 0..6 {
+        assert_eq!(message_status(&client, relays[n % 2], &key).await, 200);
     }
-    usage_when_env(&data_dir, &direct, Some("steady"), 5).await;
+    usage_when_env(&pair.data_dir, &pair.env_pairs(), Some("steady"), 6).await;
 
     database.cut();
     let cut_at = std::time::Instant::now();
-    // Served from memory while the records wait, up to the queue's bound; then refused.
-    let mut served = 0;
-    let refusal = loop {
-        let response = client
-            .post(format!("{}/v1/messages", relay.url))
-            .header("x-api-key", &key)
-            .json(&json!({"model": "claude-haiku-4-5", "max_tokens": 10,
-                          "messages": [{"role": "user", "content": "hi"}]}))
+    // Each instance serves from memory while its records wait, up to its queue's bound.
+    for relay in &relays {
+        let mut served = 0;
+        let refusal = loop {
+            let response = client
+                .post(format!("{}/v1/messages", relay.url))
+                .header("x-api-key", &key)
+                .json(&json!({"model": "claude-haiku-4-5", "max_tokens": 10,
+                              "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            if response.status() != 200 {
+                break response;
+            }
+            response.text().await.unwrap();
+            served += 1;
+            assert!(served <= 30, "the queue's bound holds");
+        };
+        assert_eq!(served, 30, "served until the queue held its bound");
+        assert_eq!(refusal.status(), 503);
+        assert!(refusal.headers().contains_key("retry-after"));
+        let body: serde_json::Value = refusal.json().await.unwrap();
+        assert_eq!(body["type"], "error", "in the client's dialect: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot record usage"),
+            "{body}"
+        );
+        let ready = client
+            .get(format!("{}/ready", relay.url))
             .send()
             .await
             .unwrap();
-        if response.status() != 200 {
-            break response;
-        }
-        response.text().await.unwrap();
-        served += 1;
-        assert!(served <= 30, "the queue's bound holds");
-    };
-    assert_eq!(served, 30, "served until the queue held its bound");
-    assert_eq!(refusal.status(), 503);
-    assert!(refusal.headers().contains_key("retry-after"));
-    let body: serde_json::Value = refusal.json().await.unwrap();
-    assert_eq!(body["type"], "error", "in the client's dialect: {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot record usage"),
-        "{body}"
-    );
-    let ready = client
-        .get(format!("{}/ready", relay.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        ready.status(),
-        503,
-        "a full queue makes the instance unready"
-    );
-    let health = crate::support::get_json(&format!("{}/health", relay.url), None).await;
-    assert_eq!(health["store"], "unreachable");
-    assert_eq!(health["usage_queue_depth"], 30);
-    // A key created meanwhile (the CLI reaches the database) waits for the relay to see it.
-    let later = cli_env(&data_dir, &direct, &["key", "create", "--name", "later"])
+        assert_eq!(
+            ready.status(),
+            503,
+            "a full queue makes the instance unready"
+        );
+        let health = crate::support::get_json(&format!("{}/health", relay.url), None).await;
+        assert_eq!(health["store"], "unreachable");
+        assert_eq!(health["redis"], "ok");
+        assert_eq!(health["usage_queue_depth"], 30);
+    }
+    // A key created meanwhile (the CLI reaches the database) waits for the instances to see it.
+    let later = pair
+        .cli(&["key", "create", "--name", "later"])
         .trim()
         .to_owned();
     // Longer than the writer's whole series of retries: nothing may be given up.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut_at.elapsed())).await;
-    let metrics = client
-        .get(format!("{}/metrics", relay.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let gauge = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("claude_relay_{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-            .parse()
+    for relay in &relays {
+        let metrics = client
+            .get(format!("{}/metrics", relay.url))
+            .send()
+            .await
             .unwrap()
-    };
-    assert!(gauge("store_errors") > 0.0);
-    assert_eq!(gauge("usage_queue_depth"), 30.0);
-    assert_eq!(gauge("usage_records_lost"), 0.0);
+            .text()
+            .await
+            .unwrap();
+        let gauge = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("claude_relay_{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+                .parse()
+                .unwrap()
+        };
+        assert!(gauge("store_errors") > 0.0);
+        assert_eq!(gauge("usage_queue_depth"), 30.0);
+        assert_eq!(gauge("usage_records_lost"), 0.0);
+    }
 
     database.restore();
-    let usage = usage_when_env(&data_dir, &direct, Some("steady"), 35).await;
-    assert_eq!(usage["requests"], 35, "every served request recorded once");
-    assert_eq!(message_status(&client, &relay, &key).await, 200);
-    until_known(&[&relay], &later).await;
-    let (exit, log) = relay.stop();
-    assert!(exit.success(), "{log}");
-    assert!(!log.contains("records lost"), "{log}");
+    let usage = usage_when_env(&pair.data_dir, &pair.env_pairs(), Some("steady"), 66).await;
+    assert_eq!(usage["requests"], 66, "every served request recorded once");
+    until_known(&relays, &later).await;
+    for relay in &relays {
+        assert_eq!(message_status(&client, relay, &key).await, 200);
+    }
+    for relay in pair.relays {
+        let (exit, log) = relay.stop();
+        assert!(exit.success(), "{log}");
+        assert!(!log.contains("records lost"), "{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
