@@ -1073,3 +1073,56 @@ async fn failed_keys_from_one_address_are_counted_on_every_instance() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_at_its_daily_cost_on_one_instance_is_skipped_by_the_other() {
+    let Some(pair) = SharedPair::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let env = pair.env_pairs();
+    add_account_env(
+        &pair.data_dir,
+        &env,
+        "capped",
+        "sk-ant-capped",
+        &mock.url(),
+        1,
+    );
+    add_account_env(
+        &pair.data_dir,
+        &env,
+        "spare",
+        "sk-ant-spare",
+        &mock.url(),
+        2,
+    );
+    // Less than one request costs.
+    pair.cli(&[
+        "account",
+        "edit",
+        "capped",
+        "--account-daily-cost-usd",
+        "0.000001",
+    ]);
+    let key = pair
+        .cli(&["key", "create", "--name", "daily"])
+        .trim()
+        .to_owned();
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    until_known(&relays, &key).await;
+    assert_eq!(
+        served_by(relays[0], &key, "first", &mock).await,
+        "sk-ant-capped"
+    );
+    // The cost is added off the request path; crossing the limit is announced.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..4 {
+        assert_eq!(
+            served_by(relays[n % 2], &key, &format!("then {n}"), &mock).await,
+            "sk-ant-spare",
+            "the capped account is out for the day on both"
+        );
+    }
+    assert_eq!(mock.count_for("sk-ant-capped"), 1);
+}
