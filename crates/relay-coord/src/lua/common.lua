@@ -7,11 +7,12 @@ local function num(field)
   return tonumber(redis.call('HGET', ledger, field) or '0') or 0
 end
 
+-- One call: HINCRBY is exact for the integers the ledger holds; a sum below zero is clamped.
 local function add(field, amount)
   if amount ~= 0 then
-    local value = num(field) + amount
-    if value < 0 then value = 0 end
-    redis.call('HSET', ledger, field, string.format('%.0f', value))
+    if redis.call('HINCRBY', ledger, field, amount) < 0 then
+      redis.call('HSET', ledger, field, '0')
+    end
   end
 end
 
