@@ -5,7 +5,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use claude_relay::config::{Config, LogFormat};
 use relay_core::admin::AdminService;
-use relay_core::bootstrap::{ensure_admin, open_installation, AdminBootstrap, ADMIN_USERNAME};
+use relay_core::bootstrap::{
+    ensure_admin, open_installation_to_serve, AdminBootstrap, ADMIN_USERNAME,
+};
 use relay_server::{router, AppState};
 use tokio::net::TcpListener;
 
@@ -60,7 +62,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         max_connections = config.server.max_connections,
         "connection cap"
     );
-    let installation = open_installation(
+    let installation = open_installation_to_serve(
         &config.data_dir,
         config.master_key.as_ref().map(|secret| secret.0.as_str()),
         config.database_url.as_ref().map(|secret| secret.0.as_str()),

@@ -7,7 +7,8 @@ use relay_testkit::{Behavior, MockUpstream};
 use serde_json::json;
 
 use crate::support::{
-    add_account_env, cli_env, message_status, until_known, usage_when_env, RunningRelay,
+    add_account_env, cli_env, cli_env_fails, message_status, until_known, usage_when_env,
+    RunningRelay,
 };
 
 /// Sends a message through `relay` with `key` until it gets `want` (at most ~1 s); the last
@@ -1125,4 +1126,49 @@ async fn an_account_at_its_daily_cost_on_one_instance_is_skipped_by_the_other() 
         );
     }
     assert_eq!(mock.count_for("sk-ant-capped"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_key_rotation_refuses_while_a_server_on_any_machine_uses_the_database() {
+    let Some(url) = relay_store::testing::postgres_url().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two machines: two data directories, one database, one master key.
+    let (here, elsewhere) = (dir.path().join("here"), dir.path().join("elsewhere"));
+    let old_key = "5a".repeat(32);
+    let env = [
+        ("CLAUDE_RELAY_DATABASE_URL", url.as_str()),
+        ("CLAUDE_RELAY_MASTER_KEY", old_key.as_str()),
+    ];
+    let relay = RunningRelay::start_with_env(&here, None, &env);
+    add_account_env(&elsewhere, &env, "main", "sk-ant-rotated", &mock.url(), 1);
+    let refused = cli_env_fails(&elsewhere, &env, &["admin", "rotate-master-key"]);
+    assert!(
+        refused.contains("running claude-relay servers"),
+        "{refused}"
+    );
+    let (exit, _) = relay.stop();
+    assert!(exit.success());
+
+    let new_key = cli_env(&elsewhere, &env, &["admin", "rotate-master-key"])
+        .trim()
+        .to_owned();
+    assert_eq!(new_key.len(), 64, "{new_key}");
+    let env = [
+        ("CLAUDE_RELAY_DATABASE_URL", url.as_str()),
+        ("CLAUDE_RELAY_MASTER_KEY", new_key.as_str()),
+    ];
+    let relay = RunningRelay::start_with_env(&here, None, &env);
+    let key = cli_env(&elsewhere, &env, &["key", "create", "--name", "after"])
+        .trim()
+        .to_owned();
+    until_known(&[&relay], &key).await;
+    assert_eq!(
+        message_status(&reqwest::Client::new(), &relay, &key).await,
+        200,
+        "the account's secret opens under the new key"
+    );
+    assert_eq!(mock.count_for("sk-ant-rotated"), 1);
 }

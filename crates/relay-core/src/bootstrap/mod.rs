@@ -51,6 +51,11 @@ pub enum BootstrapError {
          command); stop it, then run this again"
     )]
     InUse { path: String },
+    #[error(
+        "{connections} database connections of running claude-relay servers use this database; \
+         stop every instance, on every machine, then run this again"
+    )]
+    ServersRunning { connections: i64 },
     #[error("cannot lock {path}: {source}")]
     Lock {
         path: String,
@@ -91,36 +96,71 @@ pub async fn open_installation(
     master_key_hex: Option<&str>,
     database_url: Option<&str>,
 ) -> Result<Installation, BootstrapError> {
-    Ok(open_locked(data_dir, master_key_hex, database_url, false)
-        .await?
-        .0)
+    Ok(
+        open_locked(data_dir, master_key_hex, database_url, Opening::Shared)
+            .await?
+            .0,
+    )
+}
+
+/// [`open_installation`] for a server: on PostgreSQL its connections are known as a server's,
+/// so that a master-key rotation on any machine refuses while it runs.
+pub async fn open_installation_to_serve(
+    data_dir: &Path,
+    master_key_hex: Option<&str>,
+    database_url: Option<&str>,
+) -> Result<Installation, BootstrapError> {
+    Ok(
+        open_locked(data_dir, master_key_hex, database_url, Opening::Serve)
+            .await?
+            .0,
+    )
+}
+
+/// How an installation is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// Beside servers and other commands.
+    Shared,
+    /// By a server.
+    Serve,
+    /// Alone (a rotation): refused while anything else has it open.
+    Exclusive,
 }
 
 /// [`open_installation`] under a shared lock, or an exclusive one that fails at once if the
-/// installation is open elsewhere; also returns the master key.
+/// installation is open elsewhere (on PostgreSQL: also if a server anywhere uses the database);
+/// also returns the master key.
 pub(crate) async fn open_locked(
     data_dir: &Path,
     master_key_hex: Option<&str>,
     database_url: Option<&str>,
-    exclusive: bool,
+    opening: Opening,
 ) -> Result<(Installation, MasterKey), BootstrapError> {
     create_private_dir(data_dir).map_err(|source| BootstrapError::DataDir {
         path: data_dir.display().to_string(),
         source,
     })?;
     restrict_to_owner(data_dir)?;
-    let lock = DataDirLock::acquire(data_dir, exclusive)?;
+    let lock = DataDirLock::acquire(data_dir, opening == Opening::Exclusive)?;
     let (master_key, created) = match master_key_hex {
         Some(hex) => (MasterKey::from_hex(hex)?, false),
         None => MasterKey::load_or_create(&data_dir.join(MASTER_KEY_FILE))?,
     };
     let store = match database_url {
+        Some(url) if opening == Opening::Serve => Store::connect_serving(url).await?,
         Some(url) => Store::connect(url).await?,
         None => {
             prepare_database_files(data_dir)?;
             Store::open(&data_dir.join(DATABASE_FILE)).await?
         }
     };
+    if opening == Opening::Exclusive {
+        let connections = store.serving_connections().await?;
+        if connections > 0 {
+            return Err(BootstrapError::ServersRunning { connections });
+        }
+    }
     let master_key = match master_key_hex {
         Some(_) => master_key,
         None => rotation::finish_interrupted_rotation(data_dir, &store, master_key).await?,

@@ -22,14 +22,16 @@
 //!
 //! The rotation holds the data directory's lock exclusively, so it refuses to run while a server
 //! or another command has the installation open (they hold the old key in memory): stop the
-//! relay, rotate, start it again.
+//! relay, rotate, start it again. On PostgreSQL it also refuses while a server on any machine
+//! has a connection to the database and schema (servers name their connections).
 
 use std::path::Path;
 
 use relay_store::{SealedField, SealedValue, Store, StoreError};
 
 use super::{
-    installation_secret_binding, open_locked, BootstrapError, KEY_HASH_KEY, MASTER_KEY_FILE,
+    installation_secret_binding, open_locked, BootstrapError, Opening, KEY_HASH_KEY,
+    MASTER_KEY_FILE,
 };
 use crate::crypto::{CryptoError, MasterKey};
 use crate::snapshot::{account_proxy_binding, account_secret_binding, oauth_pending_binding};
@@ -46,7 +48,8 @@ pub async fn rotate_master_key(
     database_url: Option<&str>,
     hand_over: impl FnOnce(&MasterKey),
 ) -> Result<usize, BootstrapError> {
-    let (installation, old_key) = open_locked(data_dir, master_key_hex, database_url, true).await?;
+    let (installation, old_key) =
+        open_locked(data_dir, master_key_hex, database_url, Opening::Exclusive).await?;
     let store = installation.store.clone();
     let new_key = MasterKey::generate();
     let pending = data_dir.join(NEW_MASTER_KEY_FILE);

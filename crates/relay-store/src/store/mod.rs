@@ -182,6 +182,10 @@ impl SqlDialect {
     }
 }
 
+/// Names a server's connection after the schema it serves.
+const SERVING_NAME: &str =
+    "SELECT set_config('application_name', 'claude-relay serve:' || current_schema(), false)";
+
 /// Taken (transaction-scoped) around migrations, so instances starting together migrate once.
 const MIGRATION_LOCK: i64 = 0x636c_6175_6465_7265; // "claudere"
 
@@ -216,19 +220,38 @@ impl Store {
 
     /// Connects to a PostgreSQL database (`postgres://…`) and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_as(url, false).await
+    }
+
+    /// [`Store::connect`] for a server: its connections say so (`application_name`, with the
+    /// schema), and one stays open, so that [`Store::serving_connections`] sees it from any
+    /// machine.
+    pub async fn connect_serving(url: &str) -> Result<Self, StoreError> {
+        Self::connect_as(url, true).await
+    }
+
+    async fn connect_as(url: &str, serving: bool) -> Result<Self, StoreError> {
         let open_error = |source| StoreError::Open {
             path: redact_url(url),
             source,
         };
         let options = PgConnectOptions::from_str(url).map_err(open_error)?;
-        let pool = PgPoolOptions::new()
+        let mut pool = PgPoolOptions::new()
             .max_connections(8)
             // A request never waits on the database; an operator's command should not hang
             // either when it is down.
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
+            .acquire_timeout(Duration::from_secs(5));
+        if serving {
+            pool = pool.min_connections(1).after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::query(SERVING_NAME)
+                        .execute(&mut *connection)
+                        .await
+                        .map(drop)
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await.map_err(open_error)?;
         let store = Self {
             db: Db::Postgres(pool),
             stats: std::sync::Arc::default(),
@@ -297,6 +320,21 @@ impl Store {
             .await?))
         })
         .await
+    }
+
+    /// How many connections of running servers ([`Store::connect_serving`]) use this database
+    /// and schema, from any machine; none on SQLite (its lock file says that).
+    pub async fn serving_connections(&self) -> Result<i64, StoreError> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(0),
+            Db::Postgres(pool) => Ok(sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND application_name = 'claude-relay serve:' || current_schema()",
+            )
+            .fetch_one(pool)
+            .await?),
+        }
     }
 
     pub fn stats(&self) -> &StoreStats {
