@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::support::{add_account, client, create_key, usage_when, RunningRelay};
 
 /// Runs `claude -p` the way clients.md documents for offline use, with a fresh HOME.
-async fn claude(
+pub(crate) async fn claude(
     binary: &Path,
     home: &Path,
     relay_url: &str,
@@ -48,7 +48,7 @@ fn which_dir(program: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-fn parse_result(output: &Output) -> Value {
+pub(crate) fn parse_result(output: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
         panic!(
@@ -58,7 +58,7 @@ fn parse_result(output: &Output) -> Value {
     })
 }
 
-fn field(value: &Value, name: &str) -> i64 {
+pub(crate) fn field(value: &Value, name: &str) -> i64 {
     value[name].as_i64().unwrap_or(0)
 }
 

@@ -232,6 +232,21 @@ async fn served_by(
         .unwrap()
 }
 
+/// What `key`'s own report on `relay` says it spent (nano-USD).
+async fn spent(relay: &RunningRelay, key: &str) -> i64 {
+    let url = format!("{}/v1/usage", relay.url);
+    let report: serde_json::Value = reqwest::Client::new()
+        .get(url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    report["total_cost"]["used_exact"].as_i64().unwrap()
+}
+
 const RACE_BODY: &str =
     r#"{"model":"claude-haiku-4-5","max_tokens":16,"messages":[{"role":"user","content":"race"}]}"#;
 
@@ -349,17 +364,8 @@ async fn two_instances_on_one_redis_share_every_key_limit() {
     for _ in 0..3 {
         assert_eq!(message_status(&client, relays[0], &key).await, 200);
     }
-    let report = |relay: &RunningRelay| {
-        let request = client
-            .get(format!("{}/v1/usage", relay.url))
-            .header("x-api-key", &key);
-        async move {
-            let report: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-            report["total_cost"]["used_exact"].as_i64().unwrap()
-        }
-    };
     for attempt in 0.. {
-        let (on_a, on_b) = (report(relays[0]).await, report(relays[1]).await);
+        let (on_a, on_b) = (spent(relays[0], &key).await, spent(relays[1], &key).await);
         if on_a > 0 && on_a == on_b {
             break;
         }
@@ -1171,4 +1177,89 @@ async fn a_master_key_rotation_refuses_while_a_server_on_any_machine_uses_the_da
         "the account's secret opens under the new key"
     );
     assert_eq!(mock.count_for("sk-ant-rotated"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_works_through_either_instance_and_one_budget_counts_both() {
+    let Some(claude_binary) = crate::support::client("npm/node_modules/.bin/claude") else {
+        return;
+    };
+    let Some(pair) = SharedPair::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let key = pair
+        .account_and_key(
+            &mock,
+            "sk-ant-cc",
+            "claude-code",
+            &["--total-cost-usd", "5"],
+        )
+        .await;
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    let home = pair._dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let model = "claude-sonnet-4-5-20250929";
+    // A plain prompt through A, a tool round trip (two turns) through B.
+    let plain = crate::clients::claude(
+        &claude_binary,
+        &home,
+        &relays[0].url,
+        ("ANTHROPIC_API_KEY", &key),
+        &[
+            "-p",
+            "Say hello",
+            "--output-format",
+            "json",
+            "--model",
+            model,
+        ],
+    )
+    .await;
+    let plain = crate::clients::parse_result(&plain);
+    assert_eq!(plain["is_error"], false, "{plain}");
+    assert_eq!(plain["result"], format!("MOCK_OK from {model}."));
+    let tool = crate::clients::claude(
+        &claude_binary,
+        &home,
+        &relays[1].url,
+        ("ANTHROPIC_AUTH_TOKEN", &key),
+        &[
+            "-p",
+            "USE_TOOL:Bash NONCE-s9y",
+            "--output-format",
+            "json",
+            "--model",
+            model,
+            "--allowedTools",
+            "Bash",
+        ],
+    )
+    .await;
+    let tool = crate::clients::parse_result(&tool);
+    assert_eq!(tool["is_error"], false, "{tool}");
+    assert_eq!(tool["result"], "TOOL_DONE: TOOLRESULT-s9y");
+    // One table of records for both instances, equal to what Claude Code was told.
+    let usage = usage_when_env(&pair.data_dir, &pair.env_pairs(), Some("claude-code"), 3).await;
+    assert_eq!(usage["requests"], 3);
+    for name in ["input_tokens", "output_tokens"] {
+        assert_eq!(
+            crate::clients::field(&usage, name),
+            crate::clients::field(&plain["usage"], name)
+                + crate::clients::field(&tool["usage"], name),
+            "{name}"
+        );
+    }
+    // And one budget: either instance reports the spend of all three requests.
+    let recorded = usage["cost_usd_exact"].as_str().unwrap().to_owned();
+    for relay in &relays {
+        for attempt in 0.. {
+            let used = spent(relay, &key).await;
+            if relay_core::pricing::format_usd(used) == recorded {
+                break;
+            }
+            assert!(attempt < 50, "{}: {used} against {recorded}", relay.url);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
