@@ -28,6 +28,8 @@ pub enum LoginError {
     Invalid,
     #[error("too many failed sign-ins from this address; try again later")]
     Throttled { retry_after_ms: i64 },
+    #[error("too many sign-ins are being checked; try again in a moment")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -57,15 +59,17 @@ fn dummy_hash() -> &'static str {
 
 /// Threads that check passwords; more checks wait their turn.
 pub const PASSWORD_CHECKERS: usize = 2;
+/// Password checks waiting at most; beyond, a sign-in is refused as busy (503) instead of
+/// waiting behind a flood from many addresses.
+pub const PASSWORD_QUEUE: usize = 64;
 
 type PasswordCheck = (String, String, tokio::sync::oneshot::Sender<bool>);
 
 /// The queue of the password-checking threads, started on first use.
-fn password_checkers() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<PasswordCheck>> {
-    static QUEUE: OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<PasswordCheck>>> =
-        OnceLock::new();
+fn password_checkers() -> &'static std::sync::mpsc::SyncSender<PasswordCheck> {
+    static QUEUE: OnceLock<std::sync::mpsc::SyncSender<PasswordCheck>> = OnceLock::new();
     QUEUE.get_or_init(|| {
-        let (sender, receiver) = std::sync::mpsc::channel::<PasswordCheck>();
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<PasswordCheck>(PASSWORD_QUEUE);
         let receiver = Arc::new(std::sync::Mutex::new(receiver));
         for n in 0..PASSWORD_CHECKERS {
             let receiver = receiver.clone();
@@ -93,7 +97,7 @@ fn password_checkers() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<Pass
                 tracing::error!(%error, "cannot start a password-checking thread");
             }
         }
-        std::sync::Mutex::new(sender)
+        sender
     })
 }
 
@@ -132,14 +136,13 @@ fn verify_with_memory(password: &[u8], stored: &str, memory: &mut Vec<Block>) ->
 }
 
 /// Whether `password` matches the argon2id `stored` hash, checked off the async workers on the
-/// bounded pool. False if the pool is gone.
-async fn verify_password(password: String, stored: String) -> bool {
+/// bounded pool; `None` when [`PASSWORD_QUEUE`] checks already wait (or the pool is gone).
+async fn verify_password(password: String, stored: String) -> Option<bool> {
     let (reply, verified) = tokio::sync::oneshot::channel();
-    let queued = password_checkers()
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .send((password, stored, reply));
-    queued.is_ok() && verified.await.unwrap_or(false)
+    password_checkers()
+        .try_send((password, stored, reply))
+        .ok()?;
+    Some(verified.await.unwrap_or(false))
 }
 
 impl AdminAuth {
@@ -170,7 +173,11 @@ impl AdminAuth {
             || dummy_hash().to_owned(),
             |admin| admin.password_hash.clone(),
         );
-        let verified = verify_password(password.to_owned(), stored).await;
+        let Some(verified) = verify_password(password.to_owned(), stored).await else {
+            // Not checked: the attempt does not count against the address.
+            self.throttle.succeeded(client_ip);
+            return Err(LoginError::Busy);
+        };
         let Some(admin) = admin.filter(|_| verified) else {
             self.throttle.share_failure(client_ip, now);
             return Err(LoginError::Invalid);
@@ -223,5 +230,31 @@ mod tests {
             &mut memory
         ));
         assert!(verify_with_memory(b"correct horse", &stored, &mut memory));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_sign_ins_is_refused_beyond_the_queue_and_the_rest_checked() {
+        let stored = crate::bootstrap::hash_password("correct horse").unwrap();
+        let flood = PASSWORD_QUEUE * 4;
+        let checks = (0..flood).map(|n| {
+            let password = if n % 2 == 0 { "correct horse" } else { "wrong" };
+            verify_password(password.to_owned(), stored.clone())
+        });
+        let results = futures_util::future::join_all(checks).await;
+        let checked = results.iter().filter(|result| result.is_some()).count();
+        assert!(
+            (PASSWORD_QUEUE..flood).contains(&checked),
+            "{checked} of {flood} checked: the queue holds {PASSWORD_QUEUE}, the rest are refused"
+        );
+        for (n, result) in results.iter().enumerate() {
+            if let Some(verified) = result {
+                assert_eq!(*verified, n % 2 == 0, "check {n}");
+            }
+        }
+        // Once drained, sign-ins are checked again.
+        assert_eq!(
+            verify_password("correct horse".to_owned(), stored).await,
+            Some(true)
+        );
     }
 }

@@ -266,6 +266,14 @@ async fn login(State(state): State<AppState>, request: Request) -> ApiResult {
                 error.to_string(),
             )
         }),
+        Err(LoginError::Busy) => Err(ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                LoginError::Busy.to_string(),
+            )
+        }),
         Err(LoginError::Store(error)) => Err(ApiError::from(AdminError::Store(error))),
     }
 }
