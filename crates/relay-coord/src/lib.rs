@@ -440,8 +440,20 @@ impl Redis {
         }
         let mut pipeline = Pipeline::new();
         let mut sent = 0;
+        // One finish script per key, with all of its finishes in order.
+        let mut finishes: Vec<(&str, Vec<&Finish>)> = Vec::new();
         for write in writes {
+            if let Write::Finish(finish) = write {
+                let key_id = finish.lease.key_id.as_str();
+                match finishes.iter_mut().find(|(id, _)| *id == key_id) {
+                    Some((_, group)) => group.push(finish),
+                    None => finishes.push((key_id, vec![finish])),
+                }
+            }
             sent += self.add_write(&mut pipeline, write);
+        }
+        for (key_id, group) in &finishes {
+            sent += self.add_finishes(&mut pipeline, key_id, group);
         }
         let mut connection = self.connection.clone();
         let first = self
@@ -468,32 +480,41 @@ impl Redis {
         }
     }
 
+    /// Adds one finish script for `group`, a key's finishes in order; the bytes it sends.
+    fn add_finishes(&self, pipeline: &mut Pipeline, key_id: &str, group: &[&Finish]) -> usize {
+        let keys = self.keys(key_id);
+        let mut invocation = self.scripts.finish.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation.arg(group.len());
+        let mut sent = keys.iter().map(String::len).sum::<usize>();
+        for finish in group {
+            let (cost, tokens) = finish.settled.unwrap_or((0, 0));
+            let (window, bucket) = finish.window.unwrap_or((-1, 1));
+            invocation
+                .arg(finish.now_ms)
+                .arg(&finish.lease.member)
+                .arg(i64::from(finish.settled.is_some()))
+                .arg(exact(cost))
+                .arg(exact_u64(tokens))
+                .arg(window)
+                .arg(bucket.max(1))
+                .arg(finish.periods.len());
+            for (name, start) in &finish.periods {
+                invocation.arg(name).arg(start);
+            }
+            sent += finish.lease.member.len() + 64;
+        }
+        pipeline.invoke_script(&invocation).ignore();
+        sent
+    }
+
     /// Adds one write to `pipeline`; the bytes it sends. Only a day's cost answers.
     fn add_write(&self, pipeline: &mut Pipeline, write: &Write) -> usize {
         match write {
-            Write::Finish(finish) => {
-                let keys = self.keys(&finish.lease.key_id);
-                let mut invocation = self.scripts.finish.prepare_invoke();
-                for key in &keys {
-                    invocation.key(key);
-                }
-                let (cost, tokens) = finish.settled.unwrap_or((0, 0));
-                let (window, bucket) = finish.window.unwrap_or((-1, 1));
-                invocation
-                    .arg(finish.now_ms)
-                    .arg(&finish.lease.member)
-                    .arg(i64::from(finish.settled.is_some()))
-                    .arg(exact(cost))
-                    .arg(exact_u64(tokens))
-                    .arg(window)
-                    .arg(bucket.max(1))
-                    .arg(finish.periods.len());
-                for (name, start) in &finish.periods {
-                    invocation.arg(name).arg(start);
-                }
-                pipeline.invoke_script(&invocation).ignore();
-                keys.iter().map(String::len).sum::<usize>() + finish.lease.member.len() + 64
-            }
+            // Gathered by key in `write`.
+            Write::Finish(_) => 0,
             Write::Release(slot) => {
                 let key = self.slots_key(&slot.account_id);
                 pipeline.zrem(&key, &slot.member).ignore();

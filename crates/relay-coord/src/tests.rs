@@ -405,3 +405,56 @@ async fn failures_from_an_address_block_it_everywhere_once_they_reach_the_count(
     drop(notices);
     watcher.await.unwrap();
 }
+
+#[tokio::test]
+async fn finishes_of_one_key_in_one_batch_count_as_they_would_one_by_one() {
+    let Some((redis, _)) = testing::redis().await else {
+        return;
+    };
+    let mut views = Vec::new();
+    for (key, batched) in [("one-by-one", false), ("batched", true)] {
+        redis.seed(key, &Seed::default()).await.unwrap();
+        let leases: Vec<Lease> = (0..4)
+            .map(|n| Lease::new(key, &format!("l{n}"), 100, 10, None))
+            .collect();
+        for lease in &leases {
+            assert_eq!(
+                redis.admit(&admit(lease, 1_000)).await.unwrap(),
+                Admitted::Yes
+            );
+        }
+        let finishes: Vec<Finish> = leases
+            .iter()
+            .enumerate()
+            .map(|(n, lease)| Finish {
+                settled: (n != 2).then_some((30 + n as i64, 5)),
+                window: Some((60_000, 1_000)),
+                ..settled(lease, 2_000, 0)
+            })
+            .collect();
+        if batched {
+            redis.finish(&finishes).await.unwrap();
+        } else {
+            for finish in &finishes {
+                redis.finish(std::slice::from_ref(finish)).await.unwrap();
+            }
+        }
+        let periods = [("day".to_owned(), 0)];
+        views.push(
+            redis
+                .ledger_view(key, 2_000, &periods, Some(60_000))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(views[0], views[1]);
+    assert_eq!(views[0].in_flight, 0);
+    assert_eq!(views[0].total_cost, 30 + 31 + 33);
+    assert_eq!(views[0].periods, [30 + 31 + 33]);
+    assert_eq!(
+        views[0].window,
+        Some((0, 15, 94)),
+        "admitted without a window: no requests"
+    );
+}
