@@ -591,6 +591,24 @@ async fn subscription_accounts_sign_in_from_the_cli_and_setup_tokens_import() {
     );
 }
 
+/// A soft limit on open files below the hard one is raised to it at start, and the connection
+/// cap is derived from the raised limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_open_files_limit_is_raised_to_the_hard_one_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RunningRelay::start_under_ulimit(&dir.path().join("data"), "-Sn 256");
+    let (soft, hard) = relay.open_files_limit();
+    assert_ne!(soft, "256", "still the soft limit it was started with");
+    assert_eq!(soft, hard);
+    let (exit, log) = relay.stop();
+    assert!(exit.success());
+    let cap_line = log
+        .lines()
+        .find(|line| line.contains("connection cap"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(cap_line.contains(&hard), "{cap_line}");
+}
+
 /// Under a 128-file limit, 200 idle sockets cannot lock clients out: the oldest idle ones make
 /// room, and `/health` still answers at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,13 +111,32 @@ impl RunningRelay {
 
     /// `serve` under a limit on open files (soft and hard), as `ulimit -n` sets it.
     pub fn start_with_fd_limit(data_dir: &Path, open_files: u32) -> Self {
+        Self::start_under_ulimit(data_dir, &format!("-n {open_files}"))
+    }
+
+    /// `serve` after `ulimit {flags}` (e.g. `-Sn 256`: only the soft limit).
+    pub fn start_under_ulimit(data_dir: &Path, flags: &str) -> Self {
         let mut command = Command::new("sh");
         command
             .arg("-c")
-            .arg(format!("ulimit -n {open_files} && exec \"$0\" serve"))
+            .arg(format!("ulimit {flags} && exec \"$0\" serve"))
             .arg(BINARY)
             .env("CLAUDE_RELAY_EGRESS_ALLOWLIST", EGRESS_ALLOWLIST);
         Self::spawn(command, data_dir, None, &[])
+    }
+
+    /// The process's limit on open files: `(soft, hard)`.
+    pub fn open_files_limit(&self) -> (String, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.child.id())).unwrap();
+        let line = limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .unwrap();
+        let mut values = line.trim_start_matches("Max open files").split_whitespace();
+        (
+            values.next().unwrap().to_owned(),
+            values.next().unwrap().to_owned(),
+        )
     }
 
     fn spawn(
