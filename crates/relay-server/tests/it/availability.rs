@@ -50,6 +50,15 @@ async fn closed_after(socket: &mut TcpStream) -> Duration {
     }
 }
 
+async fn metrics_text(harness: &Harness) -> String {
+    reqwest::get(format!("{}/metrics", harness.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An empty SETTINGS frame.
 const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
@@ -163,12 +172,7 @@ async fn at_the_cap_idle_connections_make_room_for_a_real_client() {
     // The oldest idle sockets were closed to admit the newer ones.
     let waited = closed_after(&mut idle[0]).await;
     assert!(waited < Duration::from_secs(1), "{waited:?}");
-    let metrics = reqwest::get(format!("{}/metrics", harness.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&harness).await;
     assert!(
         metrics.contains("claude_relay_connections_closed_total{reason=\"evicted\"}"),
         "{metrics}"
@@ -201,4 +205,65 @@ async fn with_allowed_hosts_set_another_host_name_is_refused() {
         .await
         .unwrap();
     assert_eq!(rebound.status(), 421);
+}
+
+#[tokio::test]
+async fn at_the_cap_with_every_connection_busy_a_new_one_is_refused_until_one_frees() {
+    let harness = relay(ServerSettings {
+        max_connections: 4,
+        ..ServerSettings::default()
+    })
+    .await;
+    harness.mock.script(
+        "sk-ant-main",
+        std::iter::repeat_n(
+            relay_testkit::Behavior::SlowFirstByte(Duration::from_millis(1_500)),
+            4,
+        ),
+    );
+    // Four connections, each with a request in flight (one client per connection).
+    let busy: Vec<_> = (0..4)
+        .map(|n| {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let request = client
+                .post(format!("{}/v1/messages", harness.url))
+                .header("x-api-key", &harness.key)
+                .json(
+                    &serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 8,
+                    "messages": [{"role": "user", "content": format!("busy {n}")}]}),
+                )
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    for _ in 0..100 {
+        if harness.mock.requests().len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(harness.mock.requests().len(), 4, "four requests in flight");
+    // Nothing is idle to evict: the fifth connection is closed at once, unanswered.
+    let mut refused = TcpStream::connect(address(&harness)).await.unwrap();
+    let _ = refused
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let waited = closed_after(&mut refused).await;
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+    for request in busy {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    // Freed: the next client is served.
+    let health = reqwest::get(format!("{}/health", harness.url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = metrics_text(&harness).await;
+    assert!(
+        metrics.contains("claude_relay_connections_closed_total{reason=\"refused\"}"),
+        "{metrics}"
+    );
 }
