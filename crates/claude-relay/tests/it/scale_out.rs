@@ -186,14 +186,29 @@ impl SharedPair {
         name: &str,
         policy: &[&str],
     ) -> String {
-        add_account_env(
-            &self.data_dir,
-            &self.env_pairs(),
-            "main",
-            upstream_key,
-            &mock.url(),
-            1,
-        );
+        self.accounts_and_key(mock, &[("main", upstream_key, 1)], name, policy)
+            .await
+    }
+
+    /// Accounts at `mock` (`(name, upstream key, priority)`), then a key `name` with these
+    /// policy flags, once every instance knows it (and so the accounts); the key.
+    async fn accounts_and_key(
+        &self,
+        mock: &MockUpstream,
+        accounts: &[(&str, &str, i64)],
+        name: &str,
+        policy: &[&str],
+    ) -> String {
+        for (account, upstream_key, priority) in accounts {
+            add_account_env(
+                &self.data_dir,
+                &self.env_pairs(),
+                account,
+                upstream_key,
+                &mock.url(),
+                *priority,
+            );
+        }
         let mut args = vec!["key", "create", "--name", name];
         args.extend_from_slice(policy);
         let key = self.cli(&args).trim().to_owned();
@@ -597,29 +612,15 @@ async fn an_account_cooled_on_one_instance_is_skipped_by_the_other() {
         return;
     };
     let mock = MockUpstream::start().await;
-    let env = pair.env_pairs();
-    add_account_env(
-        &pair.data_dir,
-        &env,
-        "first",
-        "sk-ant-first",
-        &mock.url(),
-        1,
-    );
-    add_account_env(
-        &pair.data_dir,
-        &env,
-        "second",
-        "sk-ant-second",
-        &mock.url(),
-        2,
-    );
     let key = pair
-        .cli(&["key", "create", "--name", "cool"])
-        .trim()
-        .to_owned();
+        .accounts_and_key(
+            &mock,
+            &[("first", "sk-ant-first", 1), ("second", "sk-ant-second", 2)],
+            "cool",
+            &[],
+        )
+        .await;
     let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
-    until_known(&relays, &key).await;
     mock.script(
         "sk-ant-first",
         [Behavior::status_with_headers(
@@ -682,22 +683,15 @@ async fn a_conversation_sticks_to_its_account_on_every_instance() {
         return;
     };
     let mock = MockUpstream::start().await;
-    let env = pair.env_pairs();
-    add_account_env(&pair.data_dir, &env, "left", "sk-ant-left", &mock.url(), 1);
-    add_account_env(
-        &pair.data_dir,
-        &env,
-        "right",
-        "sk-ant-right",
-        &mock.url(),
-        1,
-    );
     let key = pair
-        .cli(&["key", "create", "--name", "sticky"])
-        .trim()
-        .to_owned();
+        .accounts_and_key(
+            &mock,
+            &[("left", "sk-ant-left", 1), ("right", "sk-ant-right", 1)],
+            "sticky",
+            &[],
+        )
+        .await;
     let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
-    until_known(&relays, &key).await;
     // B's rotation is one step ahead of A's: left to itself, B would pick the other account.
     served_by(relays[1], &key, "warming B up", &mock).await;
     let mut first_accounts = Vec::new();
