@@ -235,3 +235,19 @@ async fn an_absurd_retry_after_is_bounded_and_the_request_still_recorded() {
     let record = harness.records(1).await.remove(0);
     assert_eq!(record.outcome, "upstream_error");
 }
+
+#[tokio::test]
+async fn a_huge_user_agent_is_served_and_stored_cut_to_its_bound() {
+    let harness = Harness::start(vec![account("main", "sk-main", 1)]).await;
+    let agent = format!("huge-client/1.0 {}", "a".repeat(100_000));
+    let served = harness
+        .post("/v1/messages", messages_body(false, "x"))
+        .header("user-agent", &agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    let stored = harness.records(1).await.remove(0).user_agent.unwrap();
+    assert_eq!(stored.len(), 512);
+    assert!(agent.starts_with(&stored));
+}

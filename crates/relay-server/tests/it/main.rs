@@ -7,6 +7,7 @@
     clippy::disallowed_methods
 )]
 
+mod addresses;
 mod admin_api;
 mod availability;
 mod dialects;
