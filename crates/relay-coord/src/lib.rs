@@ -3,8 +3,9 @@
 //! reservation held as a **lease** that expires by itself if its instance dies.
 //!
 //! *Architecture Invariant*: a request costs at most two round trips here — one script to
-//! admit it, one (pipelined with others, off the response path) to finish its lease — and
-//! writes a bounded number of bytes: a lease member, a few hash fields, one bucket.
+//! admit it (shared with the other admissions of its key sent in the same batch), one
+//! (pipelined with others, off the response path) to finish its lease — and writes a bounded
+//! number of bytes: a lease member, a few hash fields, one bucket.
 //! Leases are renewed in one pipeline per instance, not per request.
 //!
 //! Numbers travel as integers and are computed in Redis's Lua, whose numbers are doubles: they
@@ -56,9 +57,9 @@ pub struct Window {
 
 /// What one admission asks of a key's ledger.
 #[derive(Debug, Clone)]
-pub struct Admit<'a> {
+pub struct Admit {
     pub now_ms: i64,
-    pub lease: &'a Lease,
+    pub lease: Lease,
     pub concurrency: Option<u32>,
     pub token_quota: Option<u64>,
     pub total_cost: Option<i64>,
@@ -254,6 +255,62 @@ macro_rules! script {
     };
 }
 
+/// Adds one admission's arguments to a batched admit script; the bytes it sends.
+fn add_admission(invocation: &mut redis::ScriptInvocation<'_>, admit: &Admit) -> usize {
+    let expiry = admit.now_ms + LEASE_TTL.as_millis() as i64;
+    invocation
+        .arg(admit.now_ms)
+        .arg(&admit.lease.member)
+        .arg(expiry)
+        .arg(admit.lease.cost())
+        .arg(admit.lease.tokens())
+        .arg(admit.lease.family())
+        .arg(admit.concurrency.map_or(-1, i64::from))
+        .arg(admit.token_quota.map_or(-1, exact_u64))
+        .arg(limit_arg(admit.total_cost))
+        .arg(admit.lifetime_ms.map_or(-1, |ms| ms.max(0)))
+        .arg(admit.periods.len());
+    for period in &admit.periods {
+        invocation
+            .arg(&period.name)
+            .arg(period.start_ms)
+            .arg(exact(period.limit))
+            .arg(period.family.unwrap_or(""));
+    }
+    match admit.window {
+        None => invocation.arg(-1).arg(1).arg(-1).arg(-1).arg(-1),
+        Some(window) => invocation
+            .arg(window.window_ms)
+            .arg(window.bucket_ms.max(1))
+            .arg(window.requests.map_or(-1, exact_u64))
+            .arg(window.tokens.map_or(-1, exact_u64))
+            .arg(limit_arg(window.cost)),
+    };
+    admit.lease.member.len() + 64
+}
+
+/// One admission's answer, as the admit script gives it.
+fn admitted(code: i64, reason: i64, detail: i64) -> Result<Admitted, CoordError> {
+    Ok(match (code, reason) {
+        (0, _) => Admitted::Yes,
+        (1, 1) => Admitted::No(Refused::Expired),
+        (1, 2) => Admitted::No(Refused::Concurrency),
+        (1, 3) => Admitted::No(Refused::TokenQuota),
+        (1, 4) => Admitted::No(Refused::TotalCost),
+        (1, 5) => Admitted::No(Refused::Period(usize::try_from(detail - 1).unwrap_or(0))),
+        (1, 6) => Admitted::No(Refused::RateRequests {
+            retry_after_ms: detail,
+        }),
+        (1, 7) => Admitted::No(Refused::RateTokens {
+            retry_after_ms: detail,
+        }),
+        (1, 8) => Admitted::No(Refused::RateCost {
+            retry_after_ms: detail,
+        }),
+        other => return Err(CoordError::Unexpected(format!("admission {other:?}"))),
+    })
+}
+
 fn exact(value: i64) -> i64 {
     value.clamp(0, MAX_EXACT)
 }
@@ -330,69 +387,84 @@ impl Redis {
     }
 
     /// Reserves `admit.lease` in its key's ledger if every limit allows it: one round trip.
-    pub async fn admit(&self, admit: &Admit<'_>) -> Result<Admitted, CoordError> {
-        let keys = self.keys(&admit.lease.key_id);
-        let mut invocation = self.scripts.admit.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
+    pub async fn admit(&self, admit: &Admit) -> Result<Admitted, CoordError> {
+        let mut answers = self.admit_many(std::slice::from_ref(admit)).await?;
+        answers
+            .pop()
+            .ok_or_else(|| CoordError::Unexpected("no answer".to_owned()))
+    }
+
+    /// Admits each of `admits` as [`Redis::admit`] would, in order, in one pipelined round
+    /// trip: one script per key, with all of that key's admissions (a script's fixed cost is
+    /// paid once per key, not per request).
+    pub async fn admit_many(&self, admits: &[Admit]) -> Result<Vec<Admitted>, CoordError> {
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (index, admit) in admits.iter().enumerate() {
+            let key_id = admit.lease.key_id.as_str();
+            match groups.iter_mut().find(|(id, _)| *id == key_id) {
+                Some((_, members)) => members.push(index),
+                None => groups.push((key_id, vec![index])),
+            }
         }
-        let expiry = admit.now_ms + LEASE_TTL.as_millis() as i64;
-        invocation
-            .arg(admit.now_ms)
-            .arg(&admit.lease.member)
-            .arg(expiry)
-            .arg(admit.lease.cost())
-            .arg(admit.lease.tokens())
-            .arg(admit.lease.family())
-            .arg(admit.concurrency.map_or(-1, i64::from))
-            .arg(admit.token_quota.map_or(-1, exact_u64))
-            .arg(limit_arg(admit.total_cost))
-            .arg(admit.lifetime_ms.map_or(-1, |ms| ms.max(0)))
-            .arg(admit.periods.len());
-        for period in &admit.periods {
-            invocation
-                .arg(&period.name)
-                .arg(period.start_ms)
-                .arg(exact(period.limit))
-                .arg(period.family.unwrap_or(""));
+        let mut pipeline = Pipeline::new();
+        let mut sent = 0;
+        for (key_id, members) in &groups {
+            let keys = self.keys(key_id);
+            let mut invocation = self.scripts.admit.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            invocation.arg(members.len());
+            sent += keys.iter().map(String::len).sum::<usize>();
+            for &index in members {
+                sent += add_admission(&mut invocation, &admits[index]);
+            }
+            pipeline.invoke_script(&invocation);
         }
-        match admit.window {
-            None => invocation.arg(-1).arg(1).arg(-1).arg(-1).arg(-1),
-            Some(window) => invocation
-                .arg(window.window_ms)
-                .arg(window.bucket_ms.max(1))
-                .arg(window.requests.map_or(-1, exact_u64))
-                .arg(window.tokens.map_or(-1, exact_u64))
-                .arg(limit_arg(window.cost)),
-        };
-        let sent = keys.iter().map(String::len).sum::<usize>() + admit.lease.member.len() + 64;
-        let mut connection = self.connection.clone();
-        let reply: Vec<i64> = self
-            .exchange(sent, invocation.invoke_async(&mut connection))
+        let replies: Vec<Vec<i64>> = self
+            .query_loading(&pipeline, sent, &[&self.scripts.admit])
             .await?;
-        let detail = reply.get(2).copied().unwrap_or(0);
-        Ok(match (reply.first(), reply.get(1)) {
-            (Some(0), _) => Admitted::Yes,
-            (Some(9), _) => Admitted::Unseeded,
-            (Some(1), Some(reason)) => Admitted::No(match reason {
-                1 => Refused::Expired,
-                2 => Refused::Concurrency,
-                3 => Refused::TokenQuota,
-                4 => Refused::TotalCost,
-                5 => Refused::Period(usize::try_from(detail - 1).unwrap_or(0)),
-                6 => Refused::RateRequests {
-                    retry_after_ms: detail,
-                },
-                7 => Refused::RateTokens {
-                    retry_after_ms: detail,
-                },
-                8 => Refused::RateCost {
-                    retry_after_ms: detail,
-                },
-                other => return Err(CoordError::Unexpected(format!("refusal {other}"))),
-            }),
-            _ => return Err(CoordError::Unexpected(format!("{reply:?}"))),
-        })
+        let mut answers = vec![Admitted::Unseeded; admits.len()];
+        for ((_, members), reply) in groups.iter().zip(&replies) {
+            if reply.first() == Some(&9) {
+                continue;
+            }
+            if reply.len() != 3 * members.len() {
+                return Err(CoordError::Unexpected(format!("{reply:?}")));
+            }
+            for (&index, answer) in members.iter().zip(reply.chunks(3)) {
+                answers[index] = admitted(answer[0], answer[1], answer[2])?;
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Sends `pipeline`, whose scripts go by hash only: after a Redis restart (`NOSCRIPT`),
+    /// loads `scripts` and sends it again.
+    async fn query_loading<T: redis::FromRedisValue>(
+        &self,
+        pipeline: &Pipeline,
+        sent: usize,
+        scripts: &[&Script],
+    ) -> Result<T, CoordError> {
+        let mut connection = self.connection.clone();
+        match self
+            .exchange(sent, pipeline.query_async(&mut connection))
+            .await
+        {
+            Err(CoordError::Redis(error))
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                for script in scripts {
+                    let _: String = self
+                        .exchange(64, script.load_async(&mut connection))
+                        .await?;
+                }
+                self.exchange(sent, pipeline.query_async(&mut connection))
+                    .await
+            }
+            other => other,
+        }
     }
 
     /// Writes a key's ledger from its usage records, unless one is there already.
@@ -455,29 +527,16 @@ impl Redis {
         for (key_id, group) in &finishes {
             sent += self.add_finishes(&mut pipeline, key_id, group);
         }
-        let mut connection = self.connection.clone();
-        let first = self
-            .exchange(sent, pipeline.query_async(&mut connection))
-            .await;
-        match first {
-            // A pipeline sends scripts by hash only; after a Redis restart, load them and retry.
-            Err(CoordError::Redis(error))
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                for script in [
-                    &self.scripts.finish,
-                    &self.scripts.day,
-                    &self.scripts.failed,
-                ] {
-                    let _: String = self
-                        .exchange(64, script.load_async(&mut connection))
-                        .await?;
-                }
-                self.exchange(sent, pipeline.query_async(&mut connection))
-                    .await
-            }
-            other => other,
-        }
+        self.query_loading(
+            &pipeline,
+            sent,
+            &[
+                &self.scripts.finish,
+                &self.scripts.day,
+                &self.scripts.failed,
+            ],
+        )
+        .await
     }
 
     /// Adds one finish script for `group`, a key's finishes in order; the bytes it sends.

@@ -2,10 +2,10 @@
 
 use super::*;
 
-fn admit<'a>(lease: &'a Lease, now_ms: i64) -> Admit<'a> {
+fn admit(lease: &Lease, now_ms: i64) -> Admit {
     Admit {
         now_ms,
-        lease,
+        lease: lease.clone(),
         concurrency: None,
         token_quota: None,
         total_cost: None,
@@ -457,4 +457,91 @@ async fn finishes_of_one_key_in_one_batch_count_as_they_would_one_by_one() {
         Some((0, 15, 94)),
         "admitted without a window: no requests"
     );
+}
+
+#[tokio::test]
+async fn admissions_of_several_keys_in_one_batch_answer_as_they_would_one_by_one() {
+    let Some((redis, _)) = testing::redis().await else {
+        return;
+    };
+    // Per key, in order: a budget of 250 for 100 each, a concurrency of 2, a window of two
+    // requests; and a key never seeded.
+    let requests = |suffix: &str| -> Vec<Admit> {
+        (0..4)
+            .flat_map(|n| {
+                let lease = |key: &str| {
+                    Lease::new(&format!("{key}-{suffix}"), &format!("{n}"), 100, 10, None)
+                };
+                [
+                    Admit {
+                        total_cost: Some(250),
+                        ..admit(&lease("budget"), 1_000)
+                    },
+                    Admit {
+                        concurrency: Some(2),
+                        ..admit(&lease("concurrency"), 1_000)
+                    },
+                    Admit {
+                        window: Some(Window {
+                            window_ms: 60_000,
+                            bucket_ms: 1_000,
+                            requests: Some(2),
+                            tokens: None,
+                            cost: None,
+                        }),
+                        ..admit(&lease("window"), 1_000 + n)
+                    },
+                    admit(&lease("unseeded"), 1_000),
+                ]
+            })
+            .collect()
+    };
+    let mut answers = Vec::new();
+    for (suffix, batched) in [("single", false), ("batched", true)] {
+        for key in ["budget", "concurrency", "window"] {
+            redis
+                .seed(&format!("{key}-{suffix}"), &Seed::default())
+                .await
+                .unwrap();
+        }
+        let admits = requests(suffix);
+        answers.push(if batched {
+            redis.admit_many(&admits).await.unwrap()
+        } else {
+            let mut one_by_one = Vec::new();
+            for admit in &admits {
+                one_by_one.push(redis.admit(admit).await.unwrap());
+            }
+            one_by_one
+        });
+    }
+    assert_eq!(answers[0], answers[1]);
+    let of =
+        |key: usize| -> Vec<Admitted> { answers[1].iter().skip(key).step_by(4).copied().collect() };
+    let yes_no = |refused| {
+        [
+            Admitted::Yes,
+            Admitted::Yes,
+            Admitted::No(refused),
+            Admitted::No(refused),
+        ]
+    };
+    assert_eq!(of(0), yes_no(Refused::TotalCost));
+    assert_eq!(of(1), yes_no(Refused::Concurrency));
+    assert!(matches!(
+        of(2)[..],
+        [
+            Admitted::Yes,
+            Admitted::Yes,
+            Admitted::No(Refused::RateRequests { .. }),
+            _
+        ]
+    ));
+    assert_eq!(of(3), [Admitted::Unseeded; 4]);
+    let view = redis
+        .ledger_view("budget-batched", 1_000, &[], None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((view.in_flight, view.reserved_cost), (2, 200));
 }

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use relay_coord::{AccountState, Lease, Mark, Notice, Redis, Slot, Write};
-use tokio::sync::mpsc;
+use relay_coord::{AccountState, Admit, Admitted, Lease, Mark, Notice, Redis, Slot, Write};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::accounts::AccountEntry;
 use crate::snapshot::SnapshotStore;
@@ -28,8 +28,13 @@ use crate::throttle::AuthThrottle;
 /// How often held leases are renewed (a third of their lifetime).
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 const WRITE_BATCH: usize = 256;
+/// Admissions sent together at most (they wait while the batch before them is answered).
+const ADMIT_BATCH: usize = 256;
 /// How long a token refresh may hold the lock before another instance may try.
 const REFRESH_LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// An admission waiting for its batch, and where its answer goes.
+type Admission = (Admit, oneshot::Sender<Result<Admitted, ()>>);
 
 #[derive(Debug, Default)]
 struct Held {
@@ -46,6 +51,7 @@ pub struct Coordinator {
     /// Leases and places held by this instance's requests, renewed by the worker.
     held: Mutex<Held>,
     writes: mpsc::UnboundedSender<Write>,
+    admissions: mpsc::UnboundedSender<Admission>,
     /// Writes not yet sent.
     pending: AtomicI64,
     /// Woken after each batch is written.
@@ -57,6 +63,7 @@ pub struct Coordinator {
 #[derive(Debug)]
 pub struct CoordTasks {
     worker: tokio::task::JoinHandle<()>,
+    admitter: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -64,8 +71,12 @@ impl Coordinator {
     /// The coordinator and its worker, which runs until [`Coordinator::close`].
     pub fn start(redis: Redis) -> (Arc<Self>, CoordTasks) {
         let (writes, receiver) = mpsc::unbounded_channel();
+        let (admissions, waiting) = mpsc::unbounded_channel();
+        #[allow(clippy::disallowed_methods)] // ended at shutdown by `CoordTasks::stop`
+        let admitter = tokio::spawn(admit_batches(redis.clone(), waiting));
         let coord = Arc::new(Self {
             redis,
+            admissions,
             instance: format!("{:016x}", rand::random::<u64>()),
             next_id: AtomicU64::new(0),
             held: Mutex::default(),
@@ -80,6 +91,7 @@ impl Coordinator {
             coord,
             CoordTasks {
                 worker,
+                admitter,
                 watcher: None,
             },
         )
@@ -107,6 +119,15 @@ impl Coordinator {
 
     pub(crate) fn let_go_lease(&self, id: u64) {
         self.held().leases.remove(&id);
+    }
+
+    /// Admits a request in its key's shared ledger: sent with the other admissions waiting at
+    /// that moment, one script per key (at one request in flight, alone, at once).
+    /// `Err(())` when Redis does not answer.
+    pub(crate) async fn admit(&self, admit: Admit) -> Result<Admitted, ()> {
+        let (reply, answer) = oneshot::channel();
+        self.admissions.send((admit, reply)).map_err(drop)?;
+        answer.await.unwrap_or(Err(()))
     }
 
     /// Queues a write for the worker; never waits.
@@ -407,6 +428,30 @@ impl CoordTasks {
         }
         coord.close();
         let _ = self.worker.await;
+        self.admitter.abort();
+        let _ = self.admitter.await;
+    }
+}
+
+/// Sends the admissions waiting, as one batch, each time the batch before is answered: under
+/// load many requests share a round trip and a script; alone, a request goes at once.
+async fn admit_batches(redis: Redis, mut waiting: mpsc::UnboundedReceiver<Admission>) {
+    let mut batch = Vec::with_capacity(ADMIT_BATCH);
+    while waiting.recv_many(&mut batch, ADMIT_BATCH).await > 0 {
+        let (admits, replies): (Vec<Admit>, Vec<_>) = batch.drain(..).unzip();
+        match redis.admit_many(&admits).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, admissions = admits.len(), "the shared key ledgers do not answer");
+                for reply in replies {
+                    let _ = reply.send(Err(()));
+                }
+            }
+        }
     }
 }
 

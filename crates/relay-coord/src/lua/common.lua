@@ -3,17 +3,40 @@
 -- "end|requests|tokens|cost", oldest first). Numbers are integers below 2^53, written with %.0f.
 local ledger, leases, buckets = KEYS[1], KEYS[2], KEYS[3]
 
+-- The ledger's fields as this script sees them: each read from Redis at most once, every
+-- change kept here and written back by one HSET in flush(), which every script calls before it
+-- returns. A batch of N requests costs a few calls, not a few per request.
+local cached, dirty = {}, {}
+
 local function num(field)
-  return tonumber(redis.call('HGET', ledger, field) or '0') or 0
+  local value = cached[field]
+  if value == nil then
+    value = tonumber(redis.call('HGET', ledger, field) or '0') or 0
+    cached[field] = value
+  end
+  return value
 end
 
--- One call: HINCRBY is exact for the integers the ledger holds; a sum below zero is clamped.
+local function set(field, value)
+  cached[field] = value
+  dirty[field] = true
+end
+
+-- Exact for the integers the ledger holds (below 2^53); a sum below zero is clamped to zero,
+-- one above 2^62 to 2^62, so a field always reads back as a 64-bit integer.
 local function add(field, amount)
   if amount ~= 0 then
-    if redis.call('HINCRBY', ledger, field, amount) < 0 then
-      redis.call('HSET', ledger, field, '0')
-    end
+    set(field, math.min(math.max(num(field) + amount, 0), 4611686018427387904))
   end
+end
+
+local function flush()
+  local fields = {}
+  for field in pairs(dirty) do
+    fields[#fields + 1] = field
+    fields[#fields + 1] = string.format('%.0f', cached[field])
+  end
+  if #fields > 0 then redis.call('HSET', ledger, unpack(fields)) end
 end
 
 local function split(text)
@@ -50,7 +73,8 @@ end
 
 local function add_period(name, start, cost)
   if num('p:' .. name .. ':s') ~= start then
-    redis.call('HSET', ledger, 'p:' .. name .. ':s', string.format('%.0f', start), 'p:' .. name, '0')
+    set('p:' .. name .. ':s', start)
+    set('p:' .. name, 0)
   end
   add('p:' .. name, cost)
 end

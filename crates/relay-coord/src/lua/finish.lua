@@ -23,4 +23,5 @@ for _ = 1, tonumber(ARGV[1]) do
     end
   end
 end
+flush()
 return 1

@@ -18,4 +18,5 @@ for bucket = 1, count do
   add('wt', tonumber(parts[3]))
   add('wc', tonumber(parts[4]))
 end
+flush()
 return 1

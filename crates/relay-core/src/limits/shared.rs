@@ -160,7 +160,7 @@ impl SharedLedgers {
         let window = window_ms(policy);
         let request = Admit {
             now_ms,
-            lease: &lease,
+            lease: lease.clone(),
             concurrency: policy.concurrency,
             token_quota: policy.token_quota,
             total_cost: policy.total_cost_nano_usd,
@@ -188,10 +188,11 @@ impl SharedLedgers {
             }),
         };
         for attempt in 0..2 {
-            let admitted = self.redis().admit(&request).await.map_err(|error| {
-                tracing::warn!(%error, "the shared key ledgers do not answer");
-                SharedRefusal::Unreachable
-            })?;
+            let admitted = self
+                .coord
+                .admit(request.clone())
+                .await
+                .map_err(|()| SharedRefusal::Unreachable)?;
             match admitted {
                 Admitted::Yes => {
                     self.coord.hold_lease(id, lease.clone());
