@@ -1,22 +1,34 @@
 //! The model taxonomy, in one place: a model id's canonical name (the price table's), its
 //! family (what family-scoped limits and cooldowns name), and served-model patterns.
 
+use std::borrow::Cow;
+
 /// The model families a rate limit or a cost limit can be scoped to.
 pub const FAMILIES: [&str; 3] = ["opus", "sonnet", "haiku"];
 
 /// Reduces a model id to its table name: lower case, no `[1m]` marker, no `-latest`, no
-/// `-YYYYMMDD` snapshot date.
-pub fn canonical(model: &str) -> String {
-    let mut name = model.trim().to_ascii_lowercase();
+/// `-YYYYMMDD` snapshot date. Borrows from `model` unless it has upper-case letters (the ids
+/// clients send do not): it runs several times per request.
+pub fn canonical(model: &str) -> Cow<'_, str> {
+    let trimmed = model.trim();
+    if trimmed.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Cow::Owned(strip_markers(&trimmed.to_ascii_lowercase()).to_owned())
+    } else {
+        Cow::Borrowed(strip_markers(trimmed))
+    }
+}
+
+/// [`canonical`] of a lower-case id.
+fn strip_markers(mut name: &str) -> &str {
     if let Some(stripped) = name.strip_suffix("[1m]") {
-        name = stripped.to_owned();
+        name = stripped;
     }
     if let Some(stripped) = name.strip_suffix("-latest") {
-        name = stripped.to_owned();
+        name = stripped;
     }
     if let Some((head, tail)) = name.rsplit_once('-') {
         if tail.len() == 8 && tail.bytes().all(|byte| byte.is_ascii_digit()) {
-            name = head.to_owned();
+            name = head;
         }
     }
     // OpenAI's snapshots: `gpt-4o-2024-08-06`.
@@ -31,7 +43,7 @@ pub fn canonical(model: &str) -> String {
                 .enumerate()
                 .all(|(index, byte)| matches!(index, 0 | 5 | 8) || byte.is_ascii_digit());
         if is_date {
-            name.truncate(name.len() - 11);
+            name = &name[..name.len() - 11];
         }
     }
     name
@@ -49,11 +61,12 @@ pub fn family(model: &str) -> Option<&'static str> {
 /// prefix ending in `*`, case-insensitively.
 pub fn matches(pattern: &str, model: &str) -> bool {
     let canonical = canonical(model);
-    let pattern = pattern.to_ascii_lowercase();
+    let starts_with = |text: &str, prefix: &str| {
+        text.len() >= prefix.len()
+            && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    };
     match pattern.strip_suffix('*') {
-        Some(prefix) => {
-            canonical.starts_with(prefix) || model.to_ascii_lowercase().starts_with(prefix)
-        }
-        None => canonical == pattern || model.eq_ignore_ascii_case(&pattern),
+        Some(prefix) => starts_with(&canonical, prefix) || starts_with(model, prefix),
+        None => canonical.eq_ignore_ascii_case(pattern) || model.eq_ignore_ascii_case(pattern),
     }
 }
