@@ -237,9 +237,7 @@ pub fn limit_cost_nano_usd(model: &str, usage: &Usage, unpriced_as: Option<&str>
     }
     let family = crate::model::family(model);
     let dearest = |entries: &mut dyn Iterator<Item = &PriceEntry>| {
-        entries
-            .filter_map(|entry| cost_nano_usd(entry.models[0], usage))
-            .max()
+        entries.map(|entry| entry.cost_nano_usd(usage)).max()
     };
     family
         .and_then(|family| {
@@ -255,22 +253,31 @@ pub fn limit_cost_nano_usd(model: &str, usage: &Usage, unpriced_as: Option<&str>
 
 /// The price that applies to this request, or `None` if the model is not in the table.
 pub fn price_for(model: &str, usage: &Usage) -> Option<ModelPrice> {
-    let entry = entry_for(model)?;
-    Some(match entry.long_context {
-        Some(long) if usage.prompt_tokens() > long.threshold_prompt_tokens => long.price,
-        _ => entry.price,
-    })
+    entry_for(model).map(|entry| entry.price_for(usage))
+}
+
+impl PriceEntry {
+    fn price_for(&self, usage: &Usage) -> ModelPrice {
+        match self.long_context {
+            Some(long) if usage.prompt_tokens() > long.threshold_prompt_tokens => long.price,
+            _ => self.price,
+        }
+    }
+
+    fn cost_nano_usd(&self, usage: &Usage) -> i64 {
+        let price = self.price_for(usage);
+        let total = u128::from(usage.input_tokens) * u128::from(price.input)
+            + u128::from(usage.output_tokens) * u128::from(price.output)
+            + u128::from(usage.cache_creation_5m_tokens) * u128::from(price.cache_write_5m)
+            + u128::from(usage.cache_creation_1h_tokens) * u128::from(price.cache_write_1h)
+            + u128::from(usage.cache_read_tokens) * u128::from(price.cache_read);
+        i64::try_from(total).unwrap_or(i64::MAX)
+    }
 }
 
 /// The cost of a request in nano-USD, or `None` if its model has no price.
 pub fn cost_nano_usd(model: &str, usage: &Usage) -> Option<i64> {
-    let price = price_for(model, usage)?;
-    let total = u128::from(usage.input_tokens) * u128::from(price.input)
-        + u128::from(usage.output_tokens) * u128::from(price.output)
-        + u128::from(usage.cache_creation_5m_tokens) * u128::from(price.cache_write_5m)
-        + u128::from(usage.cache_creation_1h_tokens) * u128::from(price.cache_write_1h)
-        + u128::from(usage.cache_read_tokens) * u128::from(price.cache_read);
-    Some(i64::try_from(total).unwrap_or(i64::MAX))
+    entry_for(model).map(|entry| entry.cost_nano_usd(usage))
 }
 
 /// Formats nano-USD as a decimal dollar amount with nine places, exactly.
