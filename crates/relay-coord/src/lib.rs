@@ -255,16 +255,22 @@ macro_rules! script {
     };
 }
 
-/// Adds one admission's arguments to a batched admit script; the bytes it sends.
-fn add_admission(invocation: &mut redis::ScriptInvocation<'_>, admit: &Admit) -> usize {
-    let expiry = admit.now_ms + LEASE_TTL.as_millis() as i64;
+impl Admit {
+    /// Whether `other` is for the same key under the same limits (one script admits both).
+    fn same_ledger_and_limits(&self, other: &Admit) -> bool {
+        self.lease.key_id == other.lease.key_id
+            && self.concurrency == other.concurrency
+            && self.token_quota == other.token_quota
+            && self.total_cost == other.total_cost
+            && self.lifetime_ms == other.lifetime_ms
+            && self.periods == other.periods
+            && self.window == other.window
+    }
+}
+
+/// Adds the limits of a group of admissions to an admit script.
+fn add_limits(invocation: &mut redis::ScriptInvocation<'_>, admit: &Admit) {
     invocation
-        .arg(admit.now_ms)
-        .arg(&admit.lease.member)
-        .arg(expiry)
-        .arg(admit.lease.cost())
-        .arg(admit.lease.tokens())
-        .arg(admit.lease.family())
         .arg(admit.concurrency.map_or(-1, i64::from))
         .arg(admit.token_quota.map_or(-1, exact_u64))
         .arg(limit_arg(admit.total_cost))
@@ -286,28 +292,39 @@ fn add_admission(invocation: &mut redis::ScriptInvocation<'_>, admit: &Admit) ->
             .arg(window.tokens.map_or(-1, exact_u64))
             .arg(limit_arg(window.cost)),
     };
-    admit.lease.member.len() + 64
 }
 
-/// One admission's answer, as the admit script gives it.
-fn admitted(code: i64, reason: i64, detail: i64) -> Result<Admitted, CoordError> {
-    Ok(match (code, reason) {
-        (0, _) => Admitted::Yes,
-        (1, 1) => Admitted::No(Refused::Expired),
-        (1, 2) => Admitted::No(Refused::Concurrency),
-        (1, 3) => Admitted::No(Refused::TokenQuota),
-        (1, 4) => Admitted::No(Refused::TotalCost),
-        (1, 5) => Admitted::No(Refused::Period(usize::try_from(detail - 1).unwrap_or(0))),
-        (1, 6) => Admitted::No(Refused::RateRequests {
+/// Adds one admission's own arguments to a batched admit script; the bytes it sends.
+fn add_admission(invocation: &mut redis::ScriptInvocation<'_>, admit: &Admit) -> usize {
+    let expiry = admit.now_ms + LEASE_TTL.as_millis() as i64;
+    invocation
+        .arg(admit.now_ms)
+        .arg(&admit.lease.member)
+        .arg(expiry)
+        .arg(admit.lease.cost())
+        .arg(admit.lease.tokens())
+        .arg(admit.lease.family());
+    admit.lease.member.len() + 40
+}
+
+/// A refusal as the admit script gives it: the reason and its detail.
+fn refused(reason: i64, detail: i64) -> Result<Refused, CoordError> {
+    Ok(match reason {
+        1 => Refused::Expired,
+        2 => Refused::Concurrency,
+        3 => Refused::TokenQuota,
+        4 => Refused::TotalCost,
+        5 => Refused::Period(usize::try_from(detail - 1).unwrap_or(0)),
+        6 => Refused::RateRequests {
             retry_after_ms: detail,
-        }),
-        (1, 7) => Admitted::No(Refused::RateTokens {
+        },
+        7 => Refused::RateTokens {
             retry_after_ms: detail,
-        }),
-        (1, 8) => Admitted::No(Refused::RateCost {
+        },
+        8 => Refused::RateCost {
             retry_after_ms: detail,
-        }),
-        other => return Err(CoordError::Unexpected(format!("admission {other:?}"))),
+        },
+        other => return Err(CoordError::Unexpected(format!("refusal {other}"))),
     })
 }
 
@@ -398,25 +415,31 @@ impl Redis {
     /// trip: one script per key, with all of that key's admissions (a script's fixed cost is
     /// paid once per key, not per request).
     pub async fn admit_many(&self, admits: &[Admit]) -> Result<Vec<Admitted>, CoordError> {
-        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        // One group per key and limits (a policy changed, or a period turned over, mid-batch
+        // makes a second group): the limits go once per script.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
         for (index, admit) in admits.iter().enumerate() {
-            let key_id = admit.lease.key_id.as_str();
-            match groups.iter_mut().find(|(id, _)| *id == key_id) {
-                Some((_, members)) => members.push(index),
-                None => groups.push((key_id, vec![index])),
+            match groups
+                .iter_mut()
+                .find(|group| admits[group[0]].same_ledger_and_limits(admit))
+            {
+                Some(group) => group.push(index),
+                None => groups.push(vec![index]),
             }
         }
         let mut pipeline = Pipeline::new();
         let mut sent = 0;
-        for (key_id, members) in &groups {
-            let keys = self.keys(key_id);
+        for group in &groups {
+            let first = &admits[group[0]];
+            let keys = self.keys(&first.lease.key_id);
             let mut invocation = self.scripts.admit.prepare_invoke();
             for key in &keys {
                 invocation.key(key);
             }
-            invocation.arg(members.len());
-            sent += keys.iter().map(String::len).sum::<usize>();
-            for &index in members {
+            invocation.arg(group.len());
+            add_limits(&mut invocation, first);
+            sent += keys.iter().map(String::len).sum::<usize>() + 64;
+            for &index in group {
                 sent += add_admission(&mut invocation, &admits[index]);
             }
             pipeline.invoke_script(&invocation);
@@ -424,16 +447,23 @@ impl Redis {
         let replies: Vec<Vec<i64>> = self
             .query_loading(&pipeline, sent, &[&self.scripts.admit])
             .await?;
-        let mut answers = vec![Admitted::Unseeded; admits.len()];
-        for ((_, members), reply) in groups.iter().zip(&replies) {
-            if reply.first() == Some(&9) {
+        let mut answers = vec![Admitted::Yes; admits.len()];
+        for (group, reply) in groups.iter().zip(&replies) {
+            if reply[..] == [-1] {
+                for &index in group {
+                    answers[index] = Admitted::Unseeded;
+                }
                 continue;
             }
-            if reply.len() != 3 * members.len() {
+            if reply.len() % 3 != 0 {
                 return Err(CoordError::Unexpected(format!("{reply:?}")));
             }
-            for (&index, answer) in members.iter().zip(reply.chunks(3)) {
-                answers[index] = admitted(answer[0], answer[1], answer[2])?;
+            for refusal in reply.chunks(3) {
+                let index = usize::try_from(refusal[0] - 1)
+                    .ok()
+                    .and_then(|position| group.get(position))
+                    .ok_or_else(|| CoordError::Unexpected(format!("{reply:?}")))?;
+                answers[*index] = Admitted::No(refused(refusal[1], refusal[2])?);
             }
         }
         Ok(answers)
@@ -512,20 +542,24 @@ impl Redis {
         }
         let mut pipeline = Pipeline::new();
         let mut sent = 0;
-        // One finish script per key, with all of its finishes in order.
-        let mut finishes: Vec<(&str, Vec<&Finish>)> = Vec::new();
+        // One finish script per key (and periods and window: they go once per script), with
+        // all of its finishes in order.
+        let mut finishes: Vec<Vec<&Finish>> = Vec::new();
         for write in writes {
             if let Write::Finish(finish) = write {
-                let key_id = finish.lease.key_id.as_str();
-                match finishes.iter_mut().find(|(id, _)| *id == key_id) {
-                    Some((_, group)) => group.push(finish),
-                    None => finishes.push((key_id, vec![finish])),
+                match finishes.iter_mut().find(|group| {
+                    group[0].lease.key_id == finish.lease.key_id
+                        && group[0].window == finish.window
+                        && group[0].periods == finish.periods
+                }) {
+                    Some(group) => group.push(finish),
+                    None => finishes.push(vec![finish]),
                 }
             }
             sent += self.add_write(&mut pipeline, write);
         }
-        for (key_id, group) in &finishes {
-            sent += self.add_finishes(&mut pipeline, key_id, group);
+        for group in &finishes {
+            sent += self.add_finishes(&mut pipeline, group);
         }
         self.query_loading(
             &pipeline,
@@ -539,31 +573,34 @@ impl Redis {
         .await
     }
 
-    /// Adds one finish script for `group`, a key's finishes in order; the bytes it sends.
-    fn add_finishes(&self, pipeline: &mut Pipeline, key_id: &str, group: &[&Finish]) -> usize {
-        let keys = self.keys(key_id);
+    /// Adds one finish script for `group`, finishes of one key counting in the same periods
+    /// and window, in order; the bytes it sends.
+    fn add_finishes(&self, pipeline: &mut Pipeline, group: &[&Finish]) -> usize {
+        let first = group[0];
+        let keys = self.keys(&first.lease.key_id);
         let mut invocation = self.scripts.finish.prepare_invoke();
         for key in &keys {
             invocation.key(key);
         }
-        invocation.arg(group.len());
-        let mut sent = keys.iter().map(String::len).sum::<usize>();
+        let (window, bucket) = first.window.unwrap_or((-1, 1));
+        invocation
+            .arg(group.len())
+            .arg(window)
+            .arg(bucket.max(1))
+            .arg(first.periods.len());
+        for (name, start) in &first.periods {
+            invocation.arg(name).arg(start);
+        }
+        let mut sent = keys.iter().map(String::len).sum::<usize>() + 48;
         for finish in group {
             let (cost, tokens) = finish.settled.unwrap_or((0, 0));
-            let (window, bucket) = finish.window.unwrap_or((-1, 1));
             invocation
                 .arg(finish.now_ms)
                 .arg(&finish.lease.member)
                 .arg(i64::from(finish.settled.is_some()))
                 .arg(exact(cost))
-                .arg(exact_u64(tokens))
-                .arg(window)
-                .arg(bucket.max(1))
-                .arg(finish.periods.len());
-            for (name, start) in &finish.periods {
-                invocation.arg(name).arg(start);
-            }
-            sent += finish.lease.member.len() + 64;
+                .arg(exact_u64(tokens));
+            sent += finish.lease.member.len() + 32;
         }
         pipeline.invoke_script(&invocation).ignore();
         sent

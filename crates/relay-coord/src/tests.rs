@@ -545,3 +545,36 @@ async fn admissions_of_several_keys_in_one_batch_answer_as_they_would_one_by_one
         .unwrap();
     assert_eq!((view.in_flight, view.reserved_cost), (2, 200));
 }
+
+#[tokio::test]
+async fn a_batch_whose_limits_change_midway_still_admits_only_what_fits() {
+    let Some((redis, _)) = testing::redis().await else {
+        return;
+    };
+    redis.seed("daily", &Seed::default()).await.unwrap();
+    let daily = PeriodLimit {
+        name: "day".to_owned(),
+        start_ms: 0,
+        limit: 250,
+        family: None,
+    };
+    // Two groups for one key (the policy gained a total budget mid-batch): 100 each, 250 a day.
+    let admits: Vec<Admit> = (0..4)
+        .map(|n| Admit {
+            total_cost: (n % 2 == 0).then_some(1_000_000),
+            periods: vec![daily.clone()],
+            ..admit(&Lease::new("daily", &format!("{n}"), 100, 10, None), 1_000)
+        })
+        .collect();
+    let answers = redis.admit_many(&admits).await.unwrap();
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|answer| **answer == Admitted::Yes)
+            .count(),
+        2
+    );
+    assert!(answers
+        .iter()
+        .all(|answer| matches!(answer, Admitted::Yes | Admitted::No(Refused::Period(0)))));
+}

@@ -1,21 +1,22 @@
 -- Ends leases of one key, in order: each gives back its reservation (unless it had already
--- expired) and, when its request settled, adds what it really used. ARGV: the count, then per
--- lease: now, lease member, settled (1/0), cost, tokens, window ms (-1: none), bucket width,
--- period count, then per period (name, start). One script for all of a batch's finishes of a
--- key: a script's fixed cost is paid once.
-local index = 2
-for _ = 1, tonumber(ARGV[1]) do
+-- expired) and, when its request settled, adds what it really used. One script for a batch's
+-- finishes of a key that count in the same periods and window: a script's fixed cost, and
+-- those, are sent once. ARGV: the count, window ms (-1: none), bucket width, period count, then
+-- per period (name, start); then per lease: now, lease member, settled (1/0), cost, tokens.
+local count, window, width = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local periods = tonumber(ARGV[4])
+local first = 5 + 2 * periods
+local exists = redis.call('EXISTS', ledger) == 1
+for lease = 0, count - 1 do
+  local index = first + 5 * lease
   local now, member, settled = tonumber(ARGV[index]), ARGV[index + 1], ARGV[index + 2]
-  local cost, tokens = tonumber(ARGV[index + 3]), tonumber(ARGV[index + 4])
-  local window, width = tonumber(ARGV[index + 5]), tonumber(ARGV[index + 6])
-  local periods, first = tonumber(ARGV[index + 7]), index + 8
-  index = first + 2 * periods
   if redis.call('ZREM', leases, member) == 1 then unreserve(member) end
-  if settled == '1' and redis.call('EXISTS', ledger) == 1 then
+  if settled == '1' and exists then
+    local cost, tokens = tonumber(ARGV[index + 3]), tonumber(ARGV[index + 4])
     add('tc', cost)
     add('tt', tokens)
     for period = 0, periods - 1 do
-      add_period(ARGV[first + 2 * period], tonumber(ARGV[first + 2 * period + 1]), cost)
+      add_period(ARGV[5 + 2 * period], tonumber(ARGV[6 + 2 * period]), cost)
     end
     if window >= 0 then
       trim_window(window, now)
@@ -23,5 +24,6 @@ for _ = 1, tonumber(ARGV[1]) do
     end
   end
 end
-flush()
+-- A ledger Redis lost is seeded again from the records: nothing is written to it here.
+if exists then flush() end
 return 1
