@@ -345,6 +345,11 @@ impl Coordinator {
         tasks: &mut CoordTasks,
     ) {
         let (sender, mut notices) = mpsc::unbounded_channel();
+        // An account added after the subscription: read what the others know of it, too.
+        let added = sender.clone();
+        snapshots.on_new_account(move |id| {
+            let _ = added.send(Notice::Account(id.to_owned()));
+        });
         let redis = self.redis.clone();
         #[allow(clippy::disallowed_methods)] // stopped at shutdown by `CoordTasks::stop`
         let watcher = tokio::spawn(async move {

@@ -51,12 +51,24 @@ pub fn oauth_pending_binding(name: &str) -> String {
     format!("oauth-pending:{name}")
 }
 
+/// What [`SnapshotStore::on_new_account`] calls.
+type NewAccountHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Holds the current snapshot and knows how to bring it up to date from the store.
-#[derive(Debug)]
 pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
     store: Store,
     secret_box: SecretBox,
+    /// Told the id of every account a new snapshot has and the one before did not.
+    on_new_account: std::sync::OnceLock<NewAccountHook>,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore")
+            .field("revision", &self.current.load().revision)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a snapshot was brought up to date.
@@ -79,6 +91,7 @@ impl SnapshotStore {
             current: ArcSwap::from_pointee(Snapshot::default()),
             store,
             secret_box,
+            on_new_account: std::sync::OnceLock::new(),
         });
         holder.reload().await?;
         Ok(holder)
@@ -86,6 +99,25 @@ impl SnapshotStore {
 
     pub fn current(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Calls `hook` with the id of each account that appears in a snapshot (once it is the
+    /// current one), e.g. to read what other instances know of it. Set once.
+    pub fn on_new_account(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.on_new_account.set(Box::new(hook));
+    }
+
+    /// Makes `next` the current snapshot, then names its new accounts to the hook.
+    fn swap_in(&self, next: Snapshot) {
+        let next = Arc::new(next);
+        let previous = self.current.swap(next.clone());
+        if let Some(hook) = self.on_new_account.get() {
+            for account in &next.accounts {
+                if !previous.accounts.iter().any(|known| known.id == account.id) {
+                    hook(&account.id);
+                }
+            }
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -147,11 +179,11 @@ impl SnapshotStore {
         let accounts = self
             .account_entries(self.store.list_accounts().await?, &previous.accounts)
             .collect();
-        self.current.store(Arc::new(Snapshot {
+        self.swap_in(Snapshot {
             revision,
             keys: Arc::new(keys),
             accounts: sorted(accounts),
-        }));
+        });
         Ok(())
     }
 
@@ -178,7 +210,7 @@ impl SnapshotStore {
             return Ok(Refresh::Full);
         }
         let next = self.apply(&previous, &changes).await?;
-        self.current.store(Arc::new(next));
+        self.swap_in(next);
         Ok(Refresh::Incremental {
             changes: changes.len(),
         })

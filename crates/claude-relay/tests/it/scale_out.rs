@@ -217,6 +217,18 @@ impl SharedPair {
     }
 }
 
+/// The account named `name` as `relay`'s admin API lists it (with its live state), if listed.
+async fn admin_account(relay: &RunningRelay, token: &str, name: &str) -> Option<serde_json::Value> {
+    let accounts =
+        crate::support::get_json(&format!("{}/admin/v1/accounts", relay.url), Some(token)).await;
+    accounts["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|account| account["name"] == name)
+        .cloned()
+}
+
 /// A message of conversation `conversation` through `relay`; the upstream key that served it
 /// (the request is read to its end).
 async fn served_by(
@@ -636,18 +648,7 @@ async fn an_account_cooled_on_one_instance_is_skipped_by_the_other() {
     // B shows the first account cooling, with A's evidence, without a request of its own.
     let token = crate::support::admin_login(relays[1], PAIR_ADMIN_PASSWORD).await;
     for attempt in 0.. {
-        let accounts = crate::support::get_json(
-            &format!("{}/admin/v1/accounts", relays[1].url),
-            Some(&token),
-        )
-        .await;
-        let first = accounts["accounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|account| account["name"] == "first")
-            .unwrap()
-            .clone();
+        let first = admin_account(relays[1], &token, "first").await.unwrap();
         if first["live"]["state"] == "cooling" {
             let until = first["live"]["cooling_until_ms"].as_i64().unwrap();
             let now = relay_core::clock::now_ms();
@@ -821,6 +822,99 @@ async fn fifty_requests_on_two_instances_refresh_an_expiring_token_once() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_another_instance_cooled_before_this_one_knew_it_arrives_cooling() {
+    let Some(url) = relay_store::testing::postgres_url().await else {
+        return;
+    };
+    if relay_coord::testing::redis().await.is_none() {
+        return;
+    }
+    // B reaches the database through a forwarder, so it can be kept from seeing a new account
+    // while A serves it.
+    let database = Cuttable::to_postgres(&url).await;
+    let proxied = database.url(&url);
+    let through: &[(&str, &str)] = &[("CLAUDE_RELAY_DATABASE_URL", proxied.as_str())];
+    let pair = SharedPair::start_with(
+        url.clone(),
+        &relay_coord::testing::redis_url(),
+        &[&[], through],
+    );
+    let mock = MockUpstream::start().await;
+    let key = pair
+        .accounts_and_key(&mock, &[("backup", "sk-ant-backup", 5)], "late", &[])
+        .await;
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+
+    database.cut();
+    mock.script(
+        "sk-ant-fresh",
+        [Behavior::status_with_headers(
+            429,
+            &[("retry-after", "120")],
+        )],
+    );
+    add_account_env(
+        &pair.data_dir,
+        &pair.env_pairs(),
+        "fresh",
+        "sk-ant-fresh",
+        &mock.url(),
+        1,
+    );
+    // A learns of the new account, tries it first, is told 429 and shares the cooldown; B,
+    // without its database, does not know the account yet and passes the notice by.
+    for attempt in 0.. {
+        assert_eq!(
+            served_by(relays[0], &key, &format!("on A {attempt}"), &mock).await,
+            "sk-ant-backup"
+        );
+        if mock.count_for("sk-ant-fresh") == 1 {
+            break;
+        }
+        assert!(attempt < 100, "A never used the new account");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    database.restore();
+    for attempt in 0.. {
+        let ready = reqwest::get(format!("{}/ready", relays[1].url))
+            .await
+            .unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        assert!(attempt < 200, "B never got its database back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = crate::support::admin_login(relays[1], PAIR_ADMIN_PASSWORD).await;
+    for attempt in 0.. {
+        let fresh = admin_account(relays[1], &token, "fresh").await;
+        if fresh
+            .as_ref()
+            .is_some_and(|fresh| fresh["live"]["state"] == "cooling")
+        {
+            break;
+        }
+        assert!(
+            attempt < 200,
+            "B took the account without A's cooldown: {fresh:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 0..3 {
+        assert_eq!(
+            served_by(relays[1], &key, &format!("on B {n}"), &mock).await,
+            "sk-ant-backup"
+        );
+    }
+    assert_eq!(
+        mock.count_for("sk-ant-fresh"),
+        1,
+        "B never sent to the cooled account"
+    );
+}
+
 /// A TCP forwarder to PostgreSQL that can be cut (every connection dropped, new ones refused)
 /// and restored: the database "unreachable" without touching the server other tests use.
 struct Cuttable {
@@ -861,6 +955,18 @@ impl Cuttable {
         }
     }
 
+    /// A forwarder to the PostgreSQL server of `url`.
+    async fn to_postgres(url: &str) -> Self {
+        let parsed = reqwest::Url::parse(url).unwrap();
+        let host = parsed.host_str().unwrap().to_owned();
+        let server = tokio::net::lookup_host((host, parsed.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        Self::start(server).await
+    }
+
     /// `url` (a PostgreSQL URL) through this forwarder.
     fn url(&self, url: &str) -> String {
         let mut url = reqwest::Url::parse(url).unwrap();
@@ -896,16 +1002,7 @@ async fn a_database_outage_is_served_through_by_both_instances_and_loses_no_usag
     if relay_coord::testing::redis().await.is_none() {
         return;
     }
-    let server = {
-        let parsed = reqwest::Url::parse(&url).unwrap();
-        let host = parsed.host_str().unwrap().to_owned();
-        tokio::net::lookup_host((host, parsed.port().unwrap_or(5432)))
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
-    let database = Cuttable::start(server).await;
+    let database = Cuttable::to_postgres(&url).await;
     let mock = MockUpstream::start().await;
     let config_dir = tempfile::tempdir().unwrap();
     let config = config_dir.path().join("relay.toml");
