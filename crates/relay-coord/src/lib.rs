@@ -534,8 +534,9 @@ impl Redis {
         self.write(&writes).await.map(drop)
     }
 
-    /// Sends `writes` in one pipelined round trip; the account's total cost today for each
-    /// [`Write::DayCost`], in order.
+    /// Sends `writes` in one pipelined round trip. The day costs of one account, day and
+    /// limit are added as one sum (one script, not one per request); answers the account's
+    /// total cost today after each such sum, in the order the accounts first appear.
     pub async fn write(&self, writes: &[Write]) -> Result<Vec<i64>, CoordError> {
         if writes.is_empty() {
             return Ok(Vec::new());
@@ -545,21 +546,37 @@ impl Redis {
         // One finish script per key (and periods and window: they go once per script), with
         // all of its finishes in order.
         let mut finishes: Vec<Vec<&Finish>> = Vec::new();
+        let mut day_costs: Vec<(&str, i64, Option<i64>, i64)> = Vec::new();
         for write in writes {
-            if let Write::Finish(finish) = write {
-                match finishes.iter_mut().find(|group| {
+            match write {
+                Write::Finish(finish) => match finishes.iter_mut().find(|group| {
                     group[0].lease.key_id == finish.lease.key_id
                         && group[0].window == finish.window
                         && group[0].periods == finish.periods
                 }) {
                     Some(group) => group.push(finish),
                     None => finishes.push(vec![finish]),
-                }
+                },
+                Write::DayCost {
+                    account_id,
+                    day,
+                    cost,
+                    limit,
+                } => match day_costs
+                    .iter_mut()
+                    .find(|(id, at, of, _)| id == account_id && at == day && of == limit)
+                {
+                    Some((_, _, _, sum)) => *sum = sum.saturating_add(*cost),
+                    None => day_costs.push((account_id, *day, *limit, *cost)),
+                },
+                other => sent += self.add_write(&mut pipeline, other),
             }
-            sent += self.add_write(&mut pipeline, write);
         }
         for group in &finishes {
             sent += self.add_finishes(&mut pipeline, group);
+        }
+        for (account_id, day, limit, cost) in day_costs {
+            sent += self.add_day_cost(&mut pipeline, account_id, day, cost, limit);
         }
         self.query_loading(
             &pipeline,
@@ -606,32 +623,37 @@ impl Redis {
         sent
     }
 
-    /// Adds one write to `pipeline`; the bytes it sends. Only a day's cost answers.
+    /// Adds one account's cost of a day to `pipeline` (it answers the day's total); the bytes
+    /// it sends.
+    fn add_day_cost(
+        &self,
+        pipeline: &mut Pipeline,
+        account_id: &str,
+        day: i64,
+        cost: i64,
+        limit: Option<i64>,
+    ) -> usize {
+        let key = self.day_key(account_id, day);
+        let mut invocation = self.scripts.day.prepare_invoke();
+        invocation
+            .key(&key)
+            .arg(exact(cost))
+            .arg(limit_arg(limit))
+            .arg(self.accounts_channel())
+            .arg(account_id);
+        pipeline.invoke_script(&invocation);
+        key.len() + account_id.len() + 48
+    }
+
+    /// Adds one write to `pipeline` (none of these answers); the bytes it sends.
     fn add_write(&self, pipeline: &mut Pipeline, write: &Write) -> usize {
         match write {
-            // Gathered by key in `write`.
-            Write::Finish(_) => 0,
+            // Gathered by key and by account in `write`.
+            Write::Finish(_) | Write::DayCost { .. } => 0,
             Write::Release(slot) => {
                 let key = self.slots_key(&slot.account_id);
                 pipeline.zrem(&key, &slot.member).ignore();
                 key.len() + slot.member.len()
-            }
-            Write::DayCost {
-                account_id,
-                day,
-                cost,
-                limit,
-            } => {
-                let key = self.day_key(account_id, *day);
-                let mut invocation = self.scripts.day.prepare_invoke();
-                invocation
-                    .key(&key)
-                    .arg(exact(*cost))
-                    .arg(limit_arg(*limit))
-                    .arg(self.accounts_channel())
-                    .arg(account_id);
-                pipeline.invoke_script(&invocation);
-                key.len() + account_id.len() + 48
             }
             Write::Bind {
                 session,

@@ -158,7 +158,8 @@ impl SharedLedgers {
         );
         let limited: Vec<(Period, i64)> = period_limits(policy, family).collect();
         let window = window_ms(policy);
-        let request = Admit {
+        // Built again for a second attempt (rare) rather than cloned for every first one.
+        let request = || Admit {
             now_ms,
             lease: lease.clone(),
             concurrency: policy.concurrency,
@@ -190,7 +191,7 @@ impl SharedLedgers {
         for attempt in 0..2 {
             let admitted = self
                 .coord
-                .admit(request.clone())
+                .admit(request())
                 .await
                 .map_err(|()| SharedRefusal::Unreachable)?;
             match admitted {
