@@ -13,7 +13,7 @@
 //! cooldowns, places, bindings); key limits follow `redis_unavailable`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +52,8 @@ pub struct Coordinator {
     held: Mutex<Held>,
     writes: mpsc::UnboundedSender<Write>,
     admissions: mpsc::UnboundedSender<Admission>,
+    /// Admission batches at Redis now.
+    admitting: Arc<AtomicUsize>,
     /// Writes not yet sent.
     pending: AtomicI64,
     /// Woken after each batch is written.
@@ -72,11 +74,13 @@ impl Coordinator {
     pub fn start(redis: Redis) -> (Arc<Self>, CoordTasks) {
         let (writes, receiver) = mpsc::unbounded_channel();
         let (admissions, waiting) = mpsc::unbounded_channel();
+        let admitting = Arc::new(AtomicUsize::new(0));
         #[allow(clippy::disallowed_methods)] // ended at shutdown by `CoordTasks::stop`
-        let admitter = tokio::spawn(admit_batches(redis.clone(), waiting));
+        let admitter = tokio::spawn(admit_batches(redis.clone(), waiting, admitting.clone()));
         let coord = Arc::new(Self {
             redis,
             admissions,
+            admitting,
             instance: format!("{:016x}", rand::random::<u64>()),
             next_id: AtomicU64::new(0),
             held: Mutex::default(),
@@ -122,9 +126,15 @@ impl Coordinator {
     }
 
     /// Admits a request in its key's shared ledger: sent with the other admissions waiting at
-    /// that moment, one script per key (at one request in flight, alone, at once).
+    /// that moment, one script per key. When no admission is at Redis, the request sends its
+    /// own at once, from its own task (so one request alone pays no hop to the admitter).
     /// `Err(())` when Redis does not answer.
     pub(crate) async fn admit(&self, admit: Admit) -> Result<Admitted, ()> {
+        if let Some(_sending) = Sending::first(&self.admitting) {
+            return self.redis.admit(&admit).await.map_err(|error| {
+                tracing::warn!(%error, "the shared key ledgers do not answer");
+            });
+        }
         let (reply, answer) = oneshot::channel();
         self.admissions.send((admit, reply)).map_err(drop)?;
         answer.await.unwrap_or(Err(()))
@@ -440,11 +450,18 @@ impl CoordTasks {
 
 /// Sends the admissions waiting, as one batch, each time the batch before is answered: under
 /// load many requests share a round trip and a script; alone, a request goes at once.
-async fn admit_batches(redis: Redis, mut waiting: mpsc::UnboundedReceiver<Admission>) {
+async fn admit_batches(
+    redis: Redis,
+    mut waiting: mpsc::UnboundedReceiver<Admission>,
+    admitting: Arc<AtomicUsize>,
+) {
     let mut batch = Vec::with_capacity(ADMIT_BATCH);
     while waiting.recv_many(&mut batch, ADMIT_BATCH).await > 0 {
         let (admits, replies): (Vec<Admit>, Vec<_>) = batch.drain(..).unzip();
-        match redis.admit_many(&admits).await {
+        let sending = Sending::also(&admitting);
+        let answers = redis.admit_many(&admits).await;
+        drop(sending);
+        match answers {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));
@@ -457,6 +474,30 @@ async fn admit_batches(redis: Redis, mut waiting: mpsc::UnboundedReceiver<Admiss
                 }
             }
         }
+    }
+}
+
+/// One admission batch at Redis, counted while it lives (however its future ends).
+struct Sending<'a>(&'a AtomicUsize);
+
+impl<'a> Sending<'a> {
+    /// Counts a batch if none is at Redis; `None` if one is.
+    fn first(count: &'a AtomicUsize) -> Option<Self> {
+        count
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| Self(count))
+    }
+
+    fn also(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
