@@ -60,6 +60,13 @@ pub struct Window {
 pub struct Admit {
     pub now_ms: i64,
     pub lease: Lease,
+    pub limits: Limits,
+}
+
+/// The limits an admission is checked against (admissions of one key under equal limits share
+/// a script, which gets them once).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
     pub concurrency: Option<u32>,
     pub token_quota: Option<u64>,
     pub total_cost: Option<i64>,
@@ -255,35 +262,22 @@ macro_rules! script {
     };
 }
 
-impl Admit {
-    /// Whether `other` is for the same key under the same limits (one script admits both).
-    fn same_ledger_and_limits(&self, other: &Admit) -> bool {
-        self.lease.key_id == other.lease.key_id
-            && self.concurrency == other.concurrency
-            && self.token_quota == other.token_quota
-            && self.total_cost == other.total_cost
-            && self.lifetime_ms == other.lifetime_ms
-            && self.periods == other.periods
-            && self.window == other.window
-    }
-}
-
 /// Adds the limits of a group of admissions to an admit script.
-fn add_limits(invocation: &mut redis::ScriptInvocation<'_>, admit: &Admit) {
+fn add_limits(invocation: &mut redis::ScriptInvocation<'_>, limits: &Limits) {
     invocation
-        .arg(admit.concurrency.map_or(-1, i64::from))
-        .arg(admit.token_quota.map_or(-1, exact_u64))
-        .arg(limit_arg(admit.total_cost))
-        .arg(admit.lifetime_ms.map_or(-1, |ms| ms.max(0)))
-        .arg(admit.periods.len());
-    for period in &admit.periods {
+        .arg(limits.concurrency.map_or(-1, i64::from))
+        .arg(limits.token_quota.map_or(-1, exact_u64))
+        .arg(limit_arg(limits.total_cost))
+        .arg(limits.lifetime_ms.map_or(-1, |ms| ms.max(0)))
+        .arg(limits.periods.len());
+    for period in &limits.periods {
         invocation
             .arg(&period.name)
             .arg(period.start_ms)
             .arg(exact(period.limit))
             .arg(period.family.unwrap_or(""));
     }
-    match admit.window {
+    match limits.window {
         None => invocation.arg(-1).arg(1).arg(-1).arg(-1).arg(-1),
         Some(window) => invocation
             .arg(window.window_ms)
@@ -419,10 +413,10 @@ impl Redis {
         // makes a second group): the limits go once per script.
         let mut groups: Vec<Vec<usize>> = Vec::new();
         for (index, admit) in admits.iter().enumerate() {
-            match groups
-                .iter_mut()
-                .find(|group| admits[group[0]].same_ledger_and_limits(admit))
-            {
+            match groups.iter_mut().find(|group| {
+                let first = &admits[group[0]];
+                first.lease.key_id == admit.lease.key_id && first.limits == admit.limits
+            }) {
                 Some(group) => group.push(index),
                 None => groups.push(vec![index]),
             }
@@ -437,7 +431,7 @@ impl Redis {
                 invocation.key(key);
             }
             invocation.arg(group.len());
-            add_limits(&mut invocation, first);
+            add_limits(&mut invocation, &first.limits);
             sent += keys.iter().map(String::len).sum::<usize>() + 64;
             for &index in group {
                 sent += add_admission(&mut invocation, &admits[index]);

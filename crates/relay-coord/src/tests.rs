@@ -3,15 +3,14 @@
 use super::*;
 
 fn admit(lease: &Lease, now_ms: i64) -> Admit {
+    limited(lease, now_ms, Limits::default())
+}
+
+fn limited(lease: &Lease, now_ms: i64, limits: Limits) -> Admit {
     Admit {
         now_ms,
         lease: lease.clone(),
-        concurrency: None,
-        token_quota: None,
-        total_cost: None,
-        lifetime_ms: None,
-        periods: Vec::new(),
-        window: None,
+        limits,
     }
 }
 
@@ -36,9 +35,15 @@ async fn a_budget_admits_what_fits_and_settling_returns_the_rest() {
         Admitted::Unseeded
     );
     redis.seed("k", &Seed::default()).await.unwrap();
-    let budget = |lease| Admit {
-        total_cost: Some(10),
-        ..admit(lease, 0)
+    let budget = |lease| {
+        limited(
+            lease,
+            0,
+            Limits {
+                total_cost: Some(10),
+                ..Limits::default()
+            },
+        )
     };
     let leases: Vec<Lease> = (0..3)
         .map(|n| Lease::new("k", &n.to_string(), 4, 10, None))
@@ -92,9 +97,15 @@ async fn a_lease_not_renewed_gives_its_slot_back_after_its_ttl() {
         return;
     };
     redis.seed("k", &Seed::default()).await.unwrap();
-    let one_at_a_time = |lease, now| Admit {
-        concurrency: Some(1),
-        ..admit(lease, now)
+    let one_at_a_time = |lease, now| {
+        limited(
+            lease,
+            now,
+            Limits {
+                concurrency: Some(1),
+                ..Limits::default()
+            },
+        )
     };
     let held = Lease::new("k", "held", 1, 1, None);
     let waiting = Lease::new("k", "waiting", 1, 1, None);
@@ -139,14 +150,20 @@ async fn periods_windows_and_seeds_count_like_the_local_ledger() {
         )
         .await
         .unwrap();
-    let daily = |lease, now, start| Admit {
-        periods: vec![PeriodLimit {
-            name: "day".to_owned(),
-            start_ms: start,
-            limit: 10,
-            family: None,
-        }],
-        ..admit(lease, now)
+    let daily = |lease, now, start| {
+        limited(
+            lease,
+            now,
+            Limits {
+                periods: vec![PeriodLimit {
+                    name: "day".to_owned(),
+                    start_ms: start,
+                    limit: 10,
+                    family: None,
+                }],
+                ..Limits::default()
+            },
+        )
     };
     let lease = Lease::new("k", "a", 4, 1, None);
     assert_eq!(
@@ -159,15 +176,21 @@ async fn periods_windows_and_seeds_count_like_the_local_ledger() {
         Admitted::Yes,
         "a new day starts from zero"
     );
-    let windowed = |lease, now| Admit {
-        window: Some(Window {
-            window_ms: 10_000,
-            bucket_ms: 1_000,
-            requests: Some(2),
-            tokens: None,
-            cost: None,
-        }),
-        ..admit(lease, now)
+    let windowed = |lease, now| {
+        limited(
+            lease,
+            now,
+            Limits {
+                window: Some(Window {
+                    window_ms: 10_000,
+                    bucket_ms: 1_000,
+                    requests: Some(2),
+                    tokens: None,
+                    cost: None,
+                }),
+                ..Limits::default()
+            },
+        )
     };
     let second = Lease::new("k", "b", 1, 1, None);
     let third = Lease::new("k", "c", 1, 1, None);
@@ -188,10 +211,14 @@ async fn periods_windows_and_seeds_count_like_the_local_ledger() {
     );
     // A second seed does not overwrite what is there.
     redis.seed("k", &Seed::default()).await.unwrap();
-    let lifetime = Admit {
-        lifetime_ms: Some(1_000),
-        ..admit(&third, 2_000)
-    };
+    let lifetime = limited(
+        &third,
+        2_000,
+        Limits {
+            lifetime_ms: Some(1_000),
+            ..Limits::default()
+        },
+    );
     assert_eq!(
         redis.admit(&lifetime).await.unwrap(),
         Admitted::No(Refused::Expired),
@@ -474,24 +501,36 @@ async fn admissions_of_several_keys_in_one_batch_answer_as_they_would_one_by_one
                     Lease::new(&format!("{key}-{suffix}"), &format!("{n}"), 100, 10, None)
                 };
                 [
-                    Admit {
-                        total_cost: Some(250),
-                        ..admit(&lease("budget"), 1_000)
-                    },
-                    Admit {
-                        concurrency: Some(2),
-                        ..admit(&lease("concurrency"), 1_000)
-                    },
-                    Admit {
-                        window: Some(Window {
-                            window_ms: 60_000,
-                            bucket_ms: 1_000,
-                            requests: Some(2),
-                            tokens: None,
-                            cost: None,
-                        }),
-                        ..admit(&lease("window"), 1_000 + n)
-                    },
+                    limited(
+                        &lease("budget"),
+                        1_000,
+                        Limits {
+                            total_cost: Some(250),
+                            ..Limits::default()
+                        },
+                    ),
+                    limited(
+                        &lease("concurrency"),
+                        1_000,
+                        Limits {
+                            concurrency: Some(2),
+                            ..Limits::default()
+                        },
+                    ),
+                    limited(
+                        &lease("window"),
+                        1_000 + n,
+                        Limits {
+                            window: Some(Window {
+                                window_ms: 60_000,
+                                bucket_ms: 1_000,
+                                requests: Some(2),
+                                tokens: None,
+                                cost: None,
+                            }),
+                            ..Limits::default()
+                        },
+                    ),
                     admit(&lease("unseeded"), 1_000),
                 ]
             })
@@ -561,10 +600,16 @@ async fn a_batch_whose_limits_change_midway_still_admits_only_what_fits() {
     };
     // Two groups for one key (the policy gained a total budget mid-batch): 100 each, 250 a day.
     let admits: Vec<Admit> = (0..4)
-        .map(|n| Admit {
-            total_cost: (n % 2 == 0).then_some(1_000_000),
-            periods: vec![daily.clone()],
-            ..admit(&Lease::new("daily", &format!("{n}"), 100, 10, None), 1_000)
+        .map(|n| {
+            limited(
+                &Lease::new("daily", &format!("{n}"), 100, 10, None),
+                1_000,
+                Limits {
+                    total_cost: (n % 2 == 0).then_some(1_000_000),
+                    periods: vec![daily.clone()],
+                    ..Limits::default()
+                },
+            )
         })
         .collect();
     let answers = redis.admit_many(&admits).await.unwrap();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_coord::{
-    Admit, Admitted, Finish, Lease, PeriodLimit, Redis, Refused, Seed, Window, Write,
+    Admit, Admitted, Finish, Lease, Limits, PeriodLimit, Redis, Refused, Seed, Window, Write,
 };
 
 use crate::coord::Coordinator;
@@ -162,31 +162,33 @@ impl SharedLedgers {
         let request = || Admit {
             now_ms,
             lease: lease.clone(),
-            concurrency: policy.concurrency,
-            token_quota: policy.token_quota,
-            total_cost: policy.total_cost_nano_usd,
-            lifetime_ms: policy
-                .expires_after_first_use_secs
-                .map(|secs| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
-            periods: limited
-                .iter()
-                .map(|&(period, limit)| PeriodLimit {
-                    name: period_name(period),
-                    start_ms: period.start(now_ms),
-                    limit,
-                    family: match period {
-                        Period::FamilyWeek { family, .. } => Some(family),
-                        _ => None,
-                    },
-                })
-                .collect(),
-            window: window.map(|window_ms| Window {
-                window_ms,
-                bucket_ms: bucket_width(window_ms),
-                requests: policy.rate_requests,
-                tokens: policy.rate_tokens,
-                cost: policy.rate_cost_nano_usd,
-            }),
+            limits: Limits {
+                concurrency: policy.concurrency,
+                token_quota: policy.token_quota,
+                total_cost: policy.total_cost_nano_usd,
+                lifetime_ms: policy
+                    .expires_after_first_use_secs
+                    .map(|secs| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
+                periods: limited
+                    .iter()
+                    .map(|&(period, limit)| PeriodLimit {
+                        name: period_name(period),
+                        start_ms: period.start(now_ms),
+                        limit,
+                        family: match period {
+                            Period::FamilyWeek { family, .. } => Some(family),
+                            _ => None,
+                        },
+                    })
+                    .collect(),
+                window: window.map(|window_ms| Window {
+                    window_ms,
+                    bucket_ms: bucket_width(window_ms),
+                    requests: policy.rate_requests,
+                    tokens: policy.rate_tokens,
+                    cost: policy.rate_cost_nano_usd,
+                }),
+            },
         };
         for attempt in 0..2 {
             let admitted = self
