@@ -125,6 +125,40 @@ impl Lease {
         }
     }
 
+    /// An instance's allotment of a key: one lease reserving `in_flight` (what its requests
+    /// under the allotment hold) and `spare` (what it may admit more requests from).
+    pub fn allotment(
+        key_id: &str,
+        id: &str,
+        in_flight: Amounts,
+        spare: Amounts,
+        family: Option<&str>,
+    ) -> Self {
+        let total = in_flight.plus(spare);
+        Self {
+            key_id: key_id.to_owned(),
+            member: format!(
+                "{id}|{}|{}|{}|{}|{}|{}|{}",
+                exact(total.cost),
+                exact_u64(total.tokens),
+                family.unwrap_or(""),
+                total.slots,
+                spare.slots,
+                exact(spare.cost),
+                exact_u64(spare.tokens)
+            ),
+        }
+    }
+
+    /// Request places this lease holds (an allotment holds several).
+    fn slots(&self) -> u32 {
+        self.field(4).parse().unwrap_or(1)
+    }
+
+    fn spare_slots(&self) -> u32 {
+        self.field(5).parse().unwrap_or(0)
+    }
+
     fn field(&self, index: usize) -> &str {
         self.member.split('|').nth(index).unwrap_or("")
     }
@@ -140,6 +174,75 @@ impl Lease {
     fn family(&self) -> &str {
         self.field(3)
     }
+}
+
+/// Request places, cost and tokens, as an allotment reserves them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Amounts {
+    pub slots: u32,
+    pub cost: i64,
+    pub tokens: u64,
+}
+
+impl Amounts {
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            slots: self.slots.saturating_add(other.slots),
+            cost: self.cost.saturating_add(other.cost),
+            tokens: self.tokens.saturating_add(other.tokens),
+        }
+    }
+
+    pub fn minus(self, other: Self) -> Self {
+        Self {
+            slots: self.slots.saturating_sub(other.slots),
+            cost: self.cost.saturating_sub(other.cost).max(0),
+            tokens: self.tokens.saturating_sub(other.tokens),
+        }
+    }
+
+    /// Whether every amount of `self` is at most that of `other`.
+    pub fn within(self, other: Self) -> bool {
+        self.slots <= other.slots && self.cost <= other.cost && self.tokens <= other.tokens
+    }
+
+    pub fn is_zero(self) -> bool {
+        self == Self::default()
+    }
+}
+
+/// How much room a spare needs: it is reserved only if this many times it fits in every limit.
+pub const SPARE_RATIO: i64 = 8;
+
+/// One call for an instance's allotment of a key (see `allot.lua`): settles what the requests
+/// under it used since the last call, ends the lease held and takes the next, with `spare` if
+/// the ledger has room for [`SPARE_RATIO`] times it.
+#[derive(Debug, Clone)]
+pub struct Allot {
+    pub now_ms: i64,
+    pub key_id: String,
+    /// The allotment's lease now, if it has one.
+    pub held: Option<Lease>,
+    /// The next lease's id, unique across instances.
+    pub id: String,
+    pub family: Option<&'static str>,
+    pub in_flight: Amounts,
+    pub spare: Amounts,
+    /// Cost and tokens used by the requests that ended since the last call.
+    pub settled: (i64, u64),
+    /// `(name, start)` of every period the settled cost counts in.
+    pub periods: Vec<(String, i64)>,
+    /// Only the concurrency, token quota, total cost and periods count: an allotment is not
+    /// taken for a key with a rate window or a lifetime.
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allotted {
+    /// The allotment's lease now (`None` when it holds nothing), and whether it has the spare.
+    Taken { lease: Option<Lease>, spare: bool },
+    /// The ledger is not in Redis: nothing was written.
+    Unseeded,
 }
 
 /// How a lease ends.
@@ -189,6 +292,8 @@ pub struct Stats {
     /// Bytes of arguments sent (keys and values), a bound on what is written.
     pub bytes_sent: AtomicU64,
     pub latency_micros: AtomicU64,
+    /// Admissions that needed no round trip: counted by the caller, from its allotments.
+    pub allotted: AtomicU64,
 }
 
 /// A connection to the shared Redis, reconnecting by itself, and the scripts.
@@ -203,6 +308,7 @@ pub struct Redis {
 
 struct Scripts {
     admit: Script,
+    allot: Script,
     finish: Script,
     seed: Script,
     mark: Script,
@@ -351,6 +457,7 @@ impl Redis {
             prefix: prefix.to_owned(),
             scripts: std::sync::Arc::new(Scripts {
                 admit: script!("lua/admit.lua"),
+                allot: script!("lua/allot.lua"),
                 finish: script!("lua/finish.lua"),
                 seed: script!("lua/seed.lua"),
                 mark: Script::new(include_str!("lua/mark.lua")),
@@ -489,6 +596,108 @@ impl Redis {
             }
             other => other,
         }
+    }
+
+    /// Takes each allotment's next lease (see [`Allot`]), one script each, in one pipelined
+    /// round trip.
+    pub async fn allot(&self, allots: &[Allot]) -> Result<Vec<Allotted>, CoordError> {
+        if allots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipeline = Pipeline::new();
+        let mut sent = 0;
+        let mut next = Vec::with_capacity(allots.len());
+        for allot in allots {
+            let keys = self.keys(&allot.key_id);
+            let with_spare = Lease::allotment(
+                &allot.key_id,
+                &allot.id,
+                allot.in_flight,
+                allot.spare,
+                allot.family,
+            );
+            let without = (!allot.in_flight.is_zero()).then(|| {
+                Lease::allotment(
+                    &allot.key_id,
+                    &allot.id,
+                    allot.in_flight,
+                    Amounts::default(),
+                    allot.family,
+                )
+            });
+            let held = allot
+                .held
+                .as_ref()
+                .map_or("", |lease| lease.member.as_str());
+            let mut invocation = self.scripts.allot.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            invocation
+                .arg(allot.now_ms)
+                .arg(held)
+                .arg(allot.now_ms + LEASE_TTL.as_millis() as i64)
+                .arg(&with_spare.member)
+                .arg(without.as_ref().map_or("", |lease| lease.member.as_str()))
+                .arg(allot.family.unwrap_or(""))
+                .arg(SPARE_RATIO);
+            for amounts in [allot.in_flight, allot.spare] {
+                invocation
+                    .arg(amounts.slots)
+                    .arg(exact(amounts.cost))
+                    .arg(exact_u64(amounts.tokens));
+            }
+            invocation
+                .arg(exact(allot.settled.0))
+                .arg(exact_u64(allot.settled.1))
+                .arg(allot.periods.len());
+            for (name, start) in &allot.periods {
+                invocation.arg(name).arg(start);
+            }
+            add_limits(&mut invocation, &allot.limits);
+            sent += keys.iter().map(String::len).sum::<usize>()
+                + held.len()
+                + 2 * with_spare.member.len()
+                + 128;
+            pipeline.invoke_script(&invocation);
+            next.push((with_spare, without));
+        }
+        let replies: Vec<Vec<i64>> = self
+            .query_loading(&pipeline, sent, &[&self.scripts.allot])
+            .await?;
+        replies
+            .iter()
+            .zip(next)
+            .map(|(reply, (with_spare, without))| match reply[..] {
+                [-1] => Ok(Allotted::Unseeded),
+                [1] => Ok(Allotted::Taken {
+                    lease: Some(with_spare),
+                    spare: true,
+                }),
+                [0] => Ok(Allotted::Taken {
+                    lease: without,
+                    spare: false,
+                }),
+                _ => Err(CoordError::Unexpected(format!("{reply:?}"))),
+            })
+            .collect()
+    }
+
+    /// Whether some instance holds a spare of `key_id`'s ledger (a refused request may be
+    /// admitted once the spares shrink).
+    pub async fn spare_held(&self, key_id: &str) -> Result<bool, CoordError> {
+        let [ledger, _, _] = self.keys(key_id);
+        let mut connection = self.connection.clone();
+        let spares: Vec<Option<i64>> = self
+            .exchange(
+                ledger.len() + 12,
+                redis::cmd("HMGET")
+                    .arg(&ledger)
+                    .arg(&["sn", "sc", "st"])
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(spares.into_iter().any(|spare| spare.unwrap_or(0) > 0))
     }
 
     /// Writes a key's ledger from its usage records, unless one is there already.
@@ -745,12 +954,12 @@ impl Redis {
         let mut pipeline = Pipeline::new();
         pipeline
             .hgetall(&ledger)
-            .zcount(&leases, format!("({now_ms}"), "+inf")
+            .zrangebyscore(&leases, format!("({now_ms}"), "+inf")
             .lrange(&window, 0, -1);
         let mut connection = self.connection.clone();
-        let (fields, in_flight, buckets): (
+        let (fields, live, buckets): (
             std::collections::HashMap<String, String>,
-            u32,
+            Vec<String>,
             Vec<String>,
         ) = self
             .exchange(ledger.len() * 3, pipeline.query_async(&mut connection))
@@ -783,10 +992,21 @@ impl Redis {
                     )
                 })
         });
+        // An allotment's spare is not in flight: what its requests hold is.
+        let in_flight = live
+            .into_iter()
+            .map(|member| {
+                let lease = Lease {
+                    key_id: String::new(),
+                    member,
+                };
+                lease.slots().saturating_sub(lease.spare_slots())
+            })
+            .sum();
         Ok(Some(LedgerView {
             in_flight,
-            reserved_cost: number("rc"),
-            reserved_tokens: unsigned("rt"),
+            reserved_cost: (number("rc") - number("sc")).max(0),
+            reserved_tokens: unsigned("rt").saturating_sub(unsigned("st")),
             total_cost: number("tc"),
             total_tokens: unsigned("tt"),
             first_used_ms: fields.get("fu").and_then(|value| value.parse().ok()),

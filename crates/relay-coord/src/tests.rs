@@ -624,3 +624,160 @@ async fn a_batch_whose_limits_change_midway_still_admits_only_what_fits() {
         .iter()
         .all(|answer| matches!(answer, Admitted::Yes | Admitted::No(Refused::Period(0)))));
 }
+
+fn allot(held: Option<&Lease>, id: &str, in_flight: Amounts, spare: Amounts) -> Allot {
+    Allot {
+        now_ms: 0,
+        key_id: "k".to_owned(),
+        held: held.cloned(),
+        id: id.to_owned(),
+        family: None,
+        in_flight,
+        spare,
+        settled: (0, 0),
+        periods: vec![("day".to_owned(), 0)],
+        limits: Limits {
+            concurrency: Some(1_000),
+            total_cost: Some(10_000),
+            ..Limits::default()
+        },
+    }
+}
+
+fn amounts(slots: u32, cost: i64) -> Amounts {
+    Amounts {
+        slots,
+        cost,
+        tokens: 0,
+    }
+}
+
+async fn allotted_lease(redis: &Redis, call: Allot) -> (Option<Lease>, bool) {
+    match redis.allot(&[call]).await.unwrap().pop().unwrap() {
+        Allotted::Taken { lease, spare } => (lease, spare),
+        Allotted::Unseeded => panic!("the ledger was seeded"),
+    }
+}
+
+#[tokio::test]
+async fn an_allotment_takes_a_spare_only_where_many_times_it_fits_and_settles_what_was_used() {
+    let Some((redis, _)) = testing::redis().await else {
+        return;
+    };
+    let first = allot(None, "a1", Amounts::default(), amounts(10, 100));
+    assert_eq!(
+        redis.allot(std::slice::from_ref(&first)).await.unwrap(),
+        vec![Allotted::Unseeded]
+    );
+    redis.seed("k", &Seed::default()).await.unwrap();
+    // 8 × 100 fits in 10,000: the spare is reserved.
+    let (lease, spare) = allotted_lease(&redis, first).await;
+    assert!(spare);
+    let lease = lease.unwrap();
+    let day = [("day".to_owned(), 0)];
+    let view = |now| redis.ledger_view("k", now, &day, None);
+    let seen = view(0).await.unwrap().unwrap();
+    assert_eq!(
+        (seen.in_flight, seen.reserved_cost),
+        (0, 0),
+        "a spare is not reported as in flight"
+    );
+    assert!(redis.spare_held("k").await.unwrap());
+    // A request elsewhere sees the spare reserved: 10,000 - 100 left.
+    let big = Lease::new("k", "big", 9_901, 0, None);
+    let budget = Limits {
+        total_cost: Some(10_000),
+        ..Limits::default()
+    };
+    assert_eq!(
+        redis
+            .admit(&limited(&big, 0, budget.clone()))
+            .await
+            .unwrap(),
+        Admitted::No(Refused::TotalCost)
+    );
+    // Three requests under the allotment: two in flight (cost 20), one settled for 7.
+    let mut next = allot(Some(&lease), "a2", amounts(2, 20), amounts(10, 1_300));
+    next.settled = (7, 3);
+    let (lease, spare) = allotted_lease(&redis, next).await;
+    assert!(!spare, "8 × 1,300 does not fit in what is left");
+    let lease = lease.unwrap();
+    let seen = view(0).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            seen.in_flight,
+            seen.reserved_cost,
+            seen.total_cost,
+            seen.total_tokens
+        ),
+        (2, 20, 7, 3)
+    );
+    assert_eq!(seen.periods, vec![7]);
+    assert!(!redis.spare_held("k").await.unwrap());
+    // Nothing in flight, nothing spare: the allotment ends and holds nothing.
+    let (lease, spare) = allotted_lease(
+        &redis,
+        allot(Some(&lease), "a3", Amounts::default(), Amounts::default()),
+    )
+    .await;
+    assert_eq!((lease, spare), (None, false));
+    let seen = view(0).await.unwrap().unwrap();
+    assert_eq!(
+        (seen.in_flight, seen.reserved_cost, seen.total_cost),
+        (0, 0, 7)
+    );
+    let rest = Lease::new("k", "rest", 10_000 - 7, 0, None);
+    assert_eq!(
+        redis.admit(&limited(&rest, 0, budget)).await.unwrap(),
+        Admitted::Yes
+    );
+}
+
+#[tokio::test]
+async fn an_allotment_not_renewed_gives_its_places_and_spare_back_after_its_ttl() {
+    let Some((redis, _)) = testing::redis().await else {
+        return;
+    };
+    redis.seed("k", &Seed::default()).await.unwrap();
+    let mut call = allot(None, "a1", amounts(3, 30), amounts(5, 50));
+    call.limits.concurrency = Some(200);
+    let (lease, spare) = allotted_lease(&redis, call).await;
+    assert!(spare);
+    let lease = lease.unwrap();
+    let one_more = |now| {
+        limited(
+            &Lease::new("k", "other", 1, 0, None),
+            now,
+            Limits {
+                concurrency: Some(8),
+                ..Limits::default()
+            },
+        )
+    };
+    // The allotment holds 8 places.
+    assert_eq!(
+        redis.admit(&one_more(1_000)).await.unwrap(),
+        Admitted::No(Refused::Concurrency)
+    );
+    // Renewed like any lease; once it lapses everything it held comes back, once.
+    redis
+        .renew(std::slice::from_ref(&lease), &[], 20_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        redis.admit(&one_more(40_000)).await.unwrap(),
+        Admitted::No(Refused::Concurrency)
+    );
+    assert_eq!(redis.admit(&one_more(51_000)).await.unwrap(), Admitted::Yes);
+    assert!(!redis.spare_held("k").await.unwrap());
+    // Its holder, not knowing, takes the next lease: the lapsed one is not given back again.
+    let mut late = allot(Some(&lease), "a2", Amounts::default(), Amounts::default());
+    late.now_ms = 52_000;
+    allotted_lease(&redis, late).await;
+    let seen = redis
+        .ledger_view("k", 52_000, &[], None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((seen.in_flight, seen.reserved_cost), (1, 1));
+}

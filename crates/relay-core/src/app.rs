@@ -94,6 +94,7 @@ pub async fn assemble(
                 coord.clone(),
                 installation.store.clone(),
                 shared.on_unavailable,
+                &mut tasks,
             );
             relay.share(coord.clone(), ledgers);
             metrics.register_shared(&coord);

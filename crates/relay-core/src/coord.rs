@@ -67,6 +67,8 @@ pub struct CoordTasks {
     worker: tokio::task::JoinHandle<()>,
     admitter: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The key ledgers' allotter and what tells it to give its spares back and stop.
+    allotter: Option<(tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>)>,
 }
 
 impl Coordinator {
@@ -97,6 +99,7 @@ impl Coordinator {
                 worker,
                 admitter,
                 watcher: None,
+                allotter: None,
             },
         )
     }
@@ -435,11 +438,24 @@ fn apply(account: &AccountEntry, state: &AccountState, now_ms: i64) {
 }
 
 impl CoordTasks {
-    /// Stops watching, writes what is pending and stops the worker.
+    pub(crate) fn add_allotter(
+        &mut self,
+        allotter: tokio::task::JoinHandle<()>,
+        closing: Arc<tokio::sync::Notify>,
+    ) {
+        self.allotter = Some((allotter, closing));
+    }
+
+    /// Stops watching, settles the allotments and gives their spares back, writes what is
+    /// pending and stops the worker.
     pub async fn stop(self, coord: &Coordinator) {
         if let Some(watcher) = self.watcher {
             watcher.abort();
             let _ = watcher.await;
+        }
+        if let Some((allotter, closing)) = self.allotter {
+            closing.notify_one();
+            let _ = allotter.await;
         }
         coord.close();
         let _ = self.worker.await;

@@ -71,14 +71,14 @@ pub struct Metrics {
     pub connections_closed: Family<ReasonLabels, Counter>,
     /// Read from the shared ledgers at each scrape, when there are any.
     shared: std::sync::OnceLock<std::sync::Arc<crate::coord::Coordinator>>,
-    redis: [Gauge; 4],
+    redis: [Gauge; 5],
     redis_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
     store: [Gauge; 2],
     store_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// `(name, help)` of the Redis gauges, in [`Metrics::redis`] order.
-const REDIS_GAUGES: [(&str, &str); 4] = [
+const REDIS_GAUGES: [(&str, &str); 5] = [
     (
         "redis_round_trips",
         "Round trips to the shared Redis since start",
@@ -94,6 +94,10 @@ const REDIS_GAUGES: [(&str, &str); 4] = [
     (
         "redis_pending_writes",
         "Settlements, releases, costs and bindings not yet written to Redis",
+    ),
+    (
+        "redis_allotted_admissions",
+        "Requests admitted from this instance's allotment of a busy key, without a round trip",
     ),
 ];
 
@@ -286,6 +290,7 @@ impl Metrics {
             self.redis[1].set(read(&stats.errors));
             self.redis[2].set(read(&stats.bytes_sent));
             self.redis[3].set(shared.pending());
+            self.redis[4].set(read(&stats.allotted));
             self.redis_latency
                 .set(stats.latency_micros.load(Relaxed) as f64 / 1e6);
         }

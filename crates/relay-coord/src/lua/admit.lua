@@ -70,10 +70,7 @@ local function admit(index)
     add_window(width, now, 1, 0, 0)
   end
 
-  add('n', 1)
-  add('rc', cost)
-  add('rt', tokens)
-  if family ~= '' then add('rf:' .. family, cost) end
+  reserve(1, cost, tokens, family)
   if not first_used then
     first_used = now
     set('fu', now)

@@ -47,14 +47,24 @@ local function split(text)
   return parts
 end
 
--- Gives back what a lease reserved.
+-- Reserves request places, cost and tokens (negative amounts give them back).
+local function reserve(slots, cost, tokens, family)
+  add('n', slots)
+  add('rc', cost)
+  add('rt', tokens)
+  if family ~= '' then add('rf:' .. family, cost) end
+end
+
+-- Gives back what a lease reserved. A request's lease is "id|cost|tokens|family" and holds one
+-- place; an instance's allotment (allot.lua) adds "|places|spare places|spare cost|spare
+-- tokens", its spare also counted in the fields sn, sc and st.
 local function unreserve(member)
   local parts = split(member)
   local cost, tokens, family = tonumber(parts[2]) or 0, tonumber(parts[3]) or 0, parts[4] or ''
-  add('n', -1)
-  add('rc', -cost)
-  add('rt', -tokens)
-  if family ~= '' then add('rf:' .. family, -cost) end
+  reserve(-(tonumber(parts[5]) or 1), -cost, -tokens, family)
+  add('sn', -(tonumber(parts[6]) or 0))
+  add('sc', -(tonumber(parts[7]) or 0))
+  add('st', -(tonumber(parts[8]) or 0))
 end
 
 -- Leases whose holder stopped renewing them (a crashed instance) give back their reservation.

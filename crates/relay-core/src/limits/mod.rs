@@ -15,6 +15,7 @@
 //! (admit, settle, release) as atomic scripts and every reservation a lease that expires if its
 //! instance dies.
 
+mod allotment;
 mod shared;
 
 use std::collections::{HashMap, VecDeque};

@@ -19,13 +19,17 @@ use relay_coord::{
     Admit, Admitted, Finish, Lease, Limits, PeriodLimit, Redis, Refused, Seed, Window, Write,
 };
 
-use crate::coord::Coordinator;
+use super::allotment::{Allotment, Allotments, TICK};
+use crate::coord::{CoordTasks, Coordinator};
 
 use super::{period_limits, window_ms, Estimate, Ledger, Period, PriorSpend, Refusal};
 use crate::policy::KeyPolicy;
 
 /// How long a refused admission waits for this instance's pending finishes before it stands.
 const FLUSH_WAIT: Duration = Duration::from_millis(100);
+/// How many times a refused admission asks again while some instance holds a spare of the key
+/// (each after two ticks, in which every holder's call shrinks a spare that no longer fits).
+const SPARE_WAITS: u32 = 3;
 
 /// What to do with a request when the shared ledgers do not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,40 +67,104 @@ pub struct SharedLedgers {
     coord: Arc<Coordinator>,
     store: relay_store::Store,
     on_unavailable: Unavailable,
+    allotments: Arc<Allotments>,
 }
 
-/// A request's lease in the shared ledger.
+/// A request's reservation in the shared ledger.
 #[derive(Debug)]
-pub(super) struct SharedLease {
-    ledgers: Arc<SharedLedgers>,
-    id: u64,
-    lease: Lease,
-    family: Option<&'static str>,
-    family_period: Option<Period>,
-    window_ms: Option<i64>,
+pub(super) enum SharedLease {
+    /// A lease of its own.
+    Own {
+        ledgers: Arc<SharedLedgers>,
+        id: u64,
+        lease: Lease,
+        family: Option<&'static str>,
+        family_period: Option<Period>,
+        window_ms: Option<i64>,
+    },
+    /// Part of this instance's allotment of the key.
+    Allotted {
+        allotment: Arc<Allotment>,
+        estimate: Estimate,
+    },
 }
 
 impl SharedLease {
     /// Ends the lease: `settled` is what the request really used, `None` gives the reservation
     /// back. Never waits.
     pub(super) fn finish(&self, settled: Option<(i64, u64)>, now_ms: i64) {
-        let coord = &self.ledgers.coord;
-        coord.let_go_lease(self.id);
-        let periods = [Period::Day, Period::Week, Period::Month]
-            .into_iter()
-            .chain(self.family_period.filter(|period| {
-                matches!(period, Period::FamilyWeek { family, .. } if Some(*family) == self.family)
-            }))
-            .map(|period| (period_name(period), period.start(now_ms)))
-            .collect();
-        let finish = Finish {
-            lease: self.lease.clone(),
-            now_ms,
-            settled,
-            window: self.window_ms.map(|window| (window, bucket_width(window))),
-            periods,
-        };
-        coord.send(Write::Finish(finish));
+        match self {
+            Self::Own {
+                ledgers,
+                id,
+                lease,
+                family,
+                family_period,
+                window_ms,
+            } => {
+                let coord = &ledgers.coord;
+                coord.let_go_lease(*id);
+                let finish = Finish {
+                    lease: lease.clone(),
+                    now_ms,
+                    settled,
+                    window: window_ms.map(|window| (window, bucket_width(window))),
+                    periods: settled_periods(*family, *family_period, now_ms),
+                };
+                coord.send(Write::Finish(finish));
+            }
+            Self::Allotted {
+                allotment,
+                estimate,
+            } => allotment.finish(*estimate, settled),
+        }
+    }
+}
+
+/// `(name, start)` of the periods a request's settled cost counts in: day, week, month, and
+/// the family week if the request is of that family.
+pub(super) fn settled_periods(
+    family: Option<&'static str>,
+    family_period: Option<Period>,
+    now_ms: i64,
+) -> Vec<(String, i64)> {
+    [Period::Day, Period::Week, Period::Month]
+        .into_iter()
+        .chain(family_period.filter(
+            |period| matches!(period, Period::FamilyWeek { family: of, .. } if Some(*of) == family),
+        ))
+        .map(|period| (period_name(period), period.start(now_ms)))
+        .collect()
+}
+
+/// The limits of `policy` that an admission of `family` is checked against at `now_ms`.
+pub(super) fn limits(policy: &KeyPolicy, family: Option<&'static str>, now_ms: i64) -> Limits {
+    let window = window_ms(policy);
+    Limits {
+        concurrency: policy.concurrency,
+        token_quota: policy.token_quota,
+        total_cost: policy.total_cost_nano_usd,
+        lifetime_ms: policy
+            .expires_after_first_use_secs
+            .map(|secs| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
+        periods: period_limits(policy, family)
+            .map(|(period, limit)| PeriodLimit {
+                name: period_name(period),
+                start_ms: period.start(now_ms),
+                limit,
+                family: match period {
+                    Period::FamilyWeek { family, .. } => Some(family),
+                    _ => None,
+                },
+            })
+            .collect(),
+        window: window.map(|window_ms| Window {
+            window_ms,
+            bucket_ms: bucket_width(window_ms),
+            requests: policy.rate_requests,
+            tokens: policy.rate_tokens,
+            cost: policy.rate_cost_nano_usd,
+        }),
     }
 }
 
@@ -120,15 +188,23 @@ fn bucket_width(window_ms: i64) -> i64 {
 }
 
 impl SharedLedgers {
+    /// The ledgers, and their allotter among the coordination's `tasks`.
     pub fn new(
         coord: Arc<Coordinator>,
         store: relay_store::Store,
         on_unavailable: Unavailable,
+        tasks: &mut CoordTasks,
     ) -> Arc<Self> {
+        let allotments = Arc::new(Allotments::default());
+        let closing = Arc::new(tokio::sync::Notify::new());
+        #[allow(clippy::disallowed_methods)] // joined at shutdown by `CoordTasks::stop`
+        let allotter = tokio::spawn(allotments.clone().run(coord.clone(), closing.clone()));
+        tasks.add_allotter(allotter, closing);
         Arc::new(Self {
             coord,
             store,
             on_unavailable,
+            allotments,
         })
     }
 
@@ -148,6 +224,16 @@ impl SharedLedgers {
         estimate: Estimate,
         now_ms: i64,
     ) -> Result<SharedLease, SharedRefusal> {
+        if let Some(allotment) = self.allotments.admit(key_id, policy, family, estimate) {
+            self.redis()
+                .stats()
+                .allotted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(SharedLease::Allotted {
+                allotment,
+                estimate,
+            });
+        }
         let (id, member) = self.coord.next_id();
         let lease = Lease::new(
             key_id,
@@ -156,69 +242,57 @@ impl SharedLedgers {
             estimate.tokens,
             family,
         );
-        let limited: Vec<(Period, i64)> = period_limits(policy, family).collect();
-        let window = window_ms(policy);
-        // Built again for a second attempt (rare) rather than cloned for every first one.
-        let request = || Admit {
-            now_ms,
-            lease: lease.clone(),
-            limits: Limits {
-                concurrency: policy.concurrency,
-                token_quota: policy.token_quota,
-                total_cost: policy.total_cost_nano_usd,
-                lifetime_ms: policy
-                    .expires_after_first_use_secs
-                    .map(|secs| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
-                periods: limited
-                    .iter()
-                    .map(|&(period, limit)| PeriodLimit {
-                        name: period_name(period),
-                        start_ms: period.start(now_ms),
-                        limit,
-                        family: match period {
-                            Period::FamilyWeek { family, .. } => Some(family),
-                            _ => None,
-                        },
-                    })
-                    .collect(),
-                window: window.map(|window_ms| Window {
-                    window_ms,
-                    bucket_ms: bucket_width(window_ms),
-                    requests: policy.rate_requests,
-                    tokens: policy.rate_tokens,
-                    cost: policy.rate_cost_nano_usd,
-                }),
-            },
-        };
-        for attempt in 0..2 {
+        let limits = limits(policy, family, now_ms);
+        let (mut seeded, mut flushed, mut spare_waits) = (false, false, 0);
+        loop {
+            // Cloned for a second attempt (rare) rather than for every first one.
+            let request = Admit {
+                now_ms,
+                lease: lease.clone(),
+                limits: limits.clone(),
+            };
             let admitted = self
                 .coord
-                .admit(request())
+                .admit(request)
                 .await
                 .map_err(|()| SharedRefusal::Unreachable)?;
             match admitted {
                 Admitted::Yes => {
                     self.coord.hold_lease(id, lease.clone());
-                    return Ok(SharedLease {
+                    return Ok(SharedLease::Own {
                         ledgers: self.clone(),
                         id,
                         lease,
                         family,
                         family_period: family_period(policy),
-                        window_ms: window,
+                        window_ms: window_ms(policy),
                     });
                 }
                 // This instance's own finishes may still be on their way (a client that sends
                 // its next request the moment the last one ended): let them land, ask again.
-                Admitted::No(_) if attempt == 0 && self.coord.pending() > 0 => {
+                Admitted::No(_) if !flushed && self.coord.pending() > 0 => {
+                    flushed = true;
                     self.coord.flushed_within(FLUSH_WAIT).await;
                 }
+                // Room another instance (or this one) holds as a spare comes back within a
+                // tick once the key is this close to its limit.
+                Admitted::No(_)
+                    if spare_waits < SPARE_WAITS
+                        && self.redis().spare_held(key_id).await.unwrap_or(false) =>
+                {
+                    spare_waits += 1;
+                    tokio::time::sleep(TICK * 2).await;
+                }
                 Admitted::No(refused) => {
+                    let limited: Vec<(Period, i64)> = period_limits(policy, family).collect();
                     return Err(SharedRefusal::Refused(refusal(
                         refused, policy, &limited, now_ms,
-                    )))
+                    )));
                 }
-                Admitted::Unseeded if attempt == 0 => self.seed(key_id, policy, now_ms).await?,
+                Admitted::Unseeded if !seeded => {
+                    seeded = true;
+                    self.seed(key_id, policy, now_ms).await?;
+                }
                 Admitted::Unseeded => break,
             }
         }
@@ -338,7 +412,7 @@ impl SharedLedgers {
     }
 }
 
-fn family_period(policy: &KeyPolicy) -> Option<Period> {
+pub(super) fn family_period(policy: &KeyPolicy) -> Option<Period> {
     policy.family_weekly.as_ref().and_then(|limit| {
         Some(Period::FamilyWeek {
             family: crate::model::family(&limit.family)?,
@@ -415,9 +489,13 @@ mod tests {
             return;
         };
         let database = relay_store::testing::sqlite().await;
-        let (coord, tasks) = Coordinator::start(redis);
-        let ledgers =
-            SharedLedgers::new(coord.clone(), database.store.clone(), Unavailable::Refuse);
+        let (coord, mut tasks) = Coordinator::start(redis);
+        let ledgers = SharedLedgers::new(
+            coord.clone(),
+            database.store.clone(),
+            Unavailable::Refuse,
+            &mut tasks,
+        );
         let mut shared = Limiter::default();
         shared.share(ledgers.clone());
         let local = Limiter::default();
@@ -497,5 +575,93 @@ mod tests {
             drop(held);
         }
         tasks.stop(&coord).await;
+    }
+
+    /// Two instances admitting a busy key's requests as fast as they can: most come from the
+    /// instances' allotments, and the budget admits exactly what it holds, no more (the spares
+    /// are reserved) and no less (refusals wait for spares to shrink).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn allotments_on_two_instances_admit_exactly_the_budget() {
+        let Some((redis, _)) = relay_coord::testing::redis().await else {
+            return;
+        };
+        let database = relay_store::testing::sqlite().await;
+        let policy = KeyPolicy {
+            total_cost_nano_usd: Some(3_000_000),
+            concurrency: Some(10_000),
+            ..KeyPolicy::default()
+        };
+        let estimate = Estimate {
+            cost_nano_usd: 100,
+            tokens: 10,
+        };
+        let mut instances = Vec::new();
+        for _ in 0..2 {
+            let (coord, mut tasks) = Coordinator::start(redis.clone());
+            let ledgers = SharedLedgers::new(
+                coord.clone(),
+                database.store.clone(),
+                Unavailable::Refuse,
+                &mut tasks,
+            );
+            let mut limiter = Limiter::default();
+            limiter.share(ledgers);
+            instances.push((Arc::new(limiter), coord, tasks));
+        }
+        let mut workers = Vec::new();
+        for (limiter, _, _) in &instances {
+            for _ in 0..16 {
+                let (limiter, policy) = (limiter.clone(), policy.clone());
+                #[allow(clippy::disallowed_methods)] // joined below
+                workers.push(tokio::spawn(async move {
+                    let mut admitted = 0u32;
+                    loop {
+                        let now = crate::clock::now_ms();
+                        match limiter
+                            .admit("busy", &policy, "claude-sonnet-4-5", estimate, now)
+                            .await
+                        {
+                            Ok(admission) => {
+                                admitted += 1;
+                                tokio::task::yield_now().await;
+                                admission.settle(100, 10, now);
+                            }
+                            Err(Refusal::TotalCost { .. }) => return admitted,
+                            Err(other) => panic!("refused for {other:?}"),
+                        }
+                    }
+                }));
+            }
+        }
+        let mut admitted = 0;
+        for worker in workers {
+            admitted += worker.await.unwrap();
+        }
+        assert_eq!(admitted, 30_000, "the budget holds 30,000 requests of 100");
+        let allotted = redis
+            .stats()
+            .allotted
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            allotted > 15_000,
+            "most requests came from allotments: {allotted} of {admitted}"
+        );
+        for (_, coord, tasks) in instances {
+            tasks.stop(&coord).await;
+        }
+        let standing = redis
+            .ledger_view("busy", crate::clock::now_ms(), &[], None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                standing.total_cost,
+                standing.reserved_cost,
+                standing.in_flight
+            ),
+            (3_000_000, 0, 0),
+            "everything settled, nothing left reserved"
+        );
     }
 }
