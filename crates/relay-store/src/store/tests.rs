@@ -142,8 +142,10 @@ async fn usage_round_trips_with_every_field() {
             ttfb_ms: Some(3),
             user_agent: Some("claude-cli/2".into()),
         };
-        // More than one statement's worth, so both insert shapes run.
-        let batch: Vec<_> = (0..40).map(|_| record.clone()).collect();
+        // More than one statement's worth on either backend (32 rows on SQLite, 1,024 on
+        // PostgreSQL), so every insert shape runs.
+        const ROWS: i64 = 1_100;
+        let batch: Vec<_> = (0..ROWS).map(|_| record.clone()).collect();
         store.insert_usage(&batch).await.unwrap();
         let recent = store
             .recent_usage(&UsageFilter::default(), 1)
@@ -151,16 +153,20 @@ async fn usage_round_trips_with_every_field() {
             .unwrap();
         assert_eq!(recent, vec![record.clone()]);
         let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
-        assert_eq!(totals.requests, 40);
-        assert_eq!(totals.cache_creation_input_tokens, 40 * 7);
-        assert_eq!(totals.unpriced_requests, 40);
-        assert_eq!(totals.partial_requests, 40);
+        assert_eq!(totals.requests, ROWS);
+        assert_eq!(totals.cache_creation_input_tokens, ROWS * 7);
+        assert_eq!(totals.unpriced_requests, ROWS);
+        assert_eq!(totals.partial_requests, ROWS);
         assert_eq!(totals.failed_requests, 0);
         let spend = store.key_spend(None).await.unwrap();
-        assert_eq!(spend[0].total_cost_nano_usd, 40 * 77, "the stand-in charge");
+        assert_eq!(
+            spend[0].total_cost_nano_usd,
+            ROWS * 77,
+            "the stand-in charge"
+        );
         assert_eq!(
             spend[0].total_tokens,
-            40 * 15,
+            ROWS * 15,
             "reasoning is part of output"
         );
         assert_eq!(spend[0].first_used_ms, Some(42));
@@ -169,7 +175,7 @@ async fn usage_round_trips_with_every_field() {
         assert!(store.key_spend(Some("nobody")).await.unwrap().is_empty());
         assert_eq!(
             store.recent_spend(0, Some(&key_id)).await.unwrap().len(),
-            40
+            ROWS as usize
         );
         assert!(store
             .recent_spend(0, Some("nobody"))
@@ -185,6 +191,28 @@ async fn usage_round_trips_with_every_field() {
             since_ms: None,
         };
         assert_eq!(store.usage_totals(&filtered).await.unwrap().requests, 0);
+        // Every optional field empty round-trips too.
+        let bare = crate::UsageRecord {
+            request_id: "req_2".into(),
+            created_at_ms: 43,
+            account_id: None,
+            upstream_model: None,
+            cost_nano_usd: None,
+            charged_nano_usd: None,
+            error_kind: None,
+            ttfb_ms: None,
+            user_agent: None,
+            ..record
+        };
+        store
+            .insert_usage(std::slice::from_ref(&bare))
+            .await
+            .unwrap();
+        let recent = store
+            .recent_usage(&UsageFilter::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(recent, vec![bare]);
     }
 }
 

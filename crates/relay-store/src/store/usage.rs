@@ -50,30 +50,101 @@ macro_rules! usage_insert {
     }};
 }
 
+/// Rows per PostgreSQL usage insert (the usage writer sends at most 512).
+const POSTGRES_ROWS_PER_STATEMENT: usize = 1024;
+
+/// The PostgreSQL usage insert: every column an array, in [`bind_usage_columns`]'s order.
+const POSTGRES_USAGE_INSERT: &str = "INSERT INTO usage_records (request_id, created_at_ms,
+     key_id, account_id, platform, endpoint, model, upstream_model, stream, input_tokens,
+     output_tokens, cache_creation_5m_tokens, cache_creation_1h_tokens, cache_read_tokens,
+     reasoning_tokens, cost_nano_usd, charged_nano_usd, status, outcome, error_kind, attempts,
+     latency_ms, ttfb_ms, user_agent)
+     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
+     $6::text[], $7::text[], $8::text[], $9::bool[], $10::int8[], $11::int8[], $12::int8[],
+     $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::text[],
+     $20::text[], $21::int8[], $22::int8[], $23::int8[], $24::text[])";
+
+/// Binds each column of `records` as one array, in [`POSTGRES_USAGE_INSERT`]'s order.
+fn bind_usage_columns<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    records: &'q [UsageRecord],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn column<'q, T>(records: &'q [UsageRecord], value: impl Fn(&'q UsageRecord) -> T) -> Vec<T> {
+        records.iter().map(value).collect()
+    }
+    query
+        .bind(column(records, |record| record.request_id.as_str()))
+        .bind(column(records, |record| record.created_at_ms))
+        .bind(column(records, |record| record.key_id.as_str()))
+        .bind(column(records, |record| record.account_id.as_deref()))
+        .bind(column(records, |record| record.platform.as_str()))
+        .bind(column(records, |record| record.endpoint.as_str()))
+        .bind(column(records, |record| record.model.as_str()))
+        .bind(column(records, |record| record.upstream_model.as_deref()))
+        .bind(column(records, |record| record.stream))
+        .bind(column(records, |record| to_i64(record.usage.input_tokens)))
+        .bind(column(records, |record| to_i64(record.usage.output_tokens)))
+        .bind(column(records, |record| {
+            to_i64(record.usage.cache_creation_5m_tokens)
+        }))
+        .bind(column(records, |record| {
+            to_i64(record.usage.cache_creation_1h_tokens)
+        }))
+        .bind(column(records, |record| {
+            to_i64(record.usage.cache_read_tokens)
+        }))
+        .bind(column(records, |record| {
+            to_i64(record.usage.reasoning_tokens)
+        }))
+        .bind(column(records, |record| record.cost_nano_usd))
+        .bind(column(records, |record| record.charged_nano_usd))
+        .bind(column(records, |record| i64::from(record.status)))
+        .bind(column(records, |record| record.outcome.as_str()))
+        .bind(column(records, |record| record.error_kind.as_deref()))
+        .bind(column(records, |record| i64::from(record.attempts)))
+        .bind(column(records, |record| record.latency_ms))
+        .bind(column(records, |record| record.ttfb_ms))
+        .bind(column(records, |record| record.user_agent.as_deref()))
+}
+
 impl Store {
     /// Inserts usage records in one transaction.
     ///
-    /// Rows go in through exactly two statement shapes, a [`USAGE_ROWS_PER_STATEMENT`]-row insert
-    /// and a one-row insert, so both stay prepared in the connection's statement cache. (A
-    /// statement per batch size would be parsed anew for every batch, or, if cached, hold a large
-    /// prepared program per size: that grew the process by ~100 MiB under load.)
+    /// SQLite: rows go in through exactly two statement shapes, a
+    /// [`USAGE_ROWS_PER_STATEMENT`]-row insert and a one-row insert, so both stay prepared in
+    /// the connection's statement cache. (A statement per batch size would be parsed anew for
+    /// every batch, or, if cached, hold a large prepared program per size: that grew the process
+    /// by ~100 MiB under load.) PostgreSQL: one statement for any number of rows, each column
+    /// bound as an array and unnested — one round trip and one prepared statement per batch,
+    /// where the two shapes cost a statement per leftover row.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
         self.timed(async {
-            on_db!(self, |pool, sql| {
-                let mut tx = pool.begin().await?;
-                let mut chunks = records.chunks_exact(USAGE_ROWS_PER_STATEMENT);
-                for chunk in chunks.by_ref() {
-                    usage_insert!(chunk).build().execute(&mut *tx).await?;
+            match &self.db {
+                super::Db::Sqlite(pool) => {
+                    let mut tx = pool.begin().await?;
+                    let mut chunks = records.chunks_exact(USAGE_ROWS_PER_STATEMENT);
+                    for chunk in chunks.by_ref() {
+                        usage_insert!(chunk).build().execute(&mut *tx).await?;
+                    }
+                    for record in chunks.remainder() {
+                        usage_insert!(std::slice::from_ref(record))
+                            .build()
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
                 }
-                for record in chunks.remainder() {
-                    usage_insert!(std::slice::from_ref(record))
-                        .build()
-                        .execute(&mut *tx)
-                        .await?;
+                super::Db::Postgres(pool) => {
+                    let mut tx = pool.begin().await?;
+                    for chunk in records.chunks(POSTGRES_ROWS_PER_STATEMENT) {
+                        bind_usage_columns(sqlx::query(POSTGRES_USAGE_INSERT), chunk)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
                 }
-                tx.commit().await?;
-                Ok(())
-            })
+            }
+            Ok(())
         })
         .await
     }
