@@ -5,7 +5,9 @@
 //! *Architecture Invariant*: a request costs at most two round trips here — one script to
 //! admit it (shared with the other admissions of its key sent in the same batch), one
 //! (pipelined with others, off the response path) to finish its lease — and writes a bounded
-//! number of bytes: a lease member, a few hash fields, one bucket.
+//! number of bytes: a lease member, a few hash fields, one bucket. A request admitted from its
+//! instance's allotment of a busy key (`allot.lua`, [`Allot`]) costs none of its own: one call
+//! per allotment and tick settles all of them.
 //! Leases are renewed in one pipeline per instance, not per request.
 //!
 //! Numbers travel as integers and are computed in Redis's Lua, whose numbers are doubles: they

@@ -401,6 +401,86 @@ async fn two_instances_on_one_redis_share_every_key_limit() {
     }
 }
 
+/// A gauge of `relay`'s `/metrics`.
+async fn gauge(relay: &RunningRelay, name: &str) -> f64 {
+    let metrics = reqwest::get(format!("{}/metrics", relay.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_key_is_admitted_from_allotments_on_both_instances_and_its_spend_is_exact() {
+    let Some(pair) = SharedPair::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let key = pair
+        .account_and_key(&mock, "sk-ant-busy", "busy", &["--total-cost-usd", "1000"])
+        .await;
+    let relays: Vec<&RunningRelay> = pair.relays.iter().collect();
+    let client = reqwest::Client::new();
+    // What one request costs, on a key of its own.
+    let one = pair
+        .cli(&["key", "create", "--name", "one"])
+        .trim()
+        .to_owned();
+    until_known(&relays, &one).await;
+    assert_eq!(message_status(&client, relays[0], &one).await, 200);
+    let mut cost = 0;
+    for _ in 0..100 {
+        cost = spent(relays[0], &one).await;
+        if cost > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cost > 0);
+
+    // Sixteen clients on each instance, back to back.
+    const CLIENTS: usize = 32;
+    const EACH: usize = 40;
+    let statuses = futures_util::future::join_all((0..CLIENTS).map(|client_index| {
+        let (client, key, relay) = (client.clone(), key.clone(), relays[client_index % 2]);
+        async move {
+            let mut statuses = Vec::with_capacity(EACH);
+            for _ in 0..EACH {
+                statuses.push(message_status(&client, relay, &key).await);
+            }
+            statuses
+        }
+    }))
+    .await;
+    assert!(statuses.iter().flatten().all(|status| *status == 200));
+    for relay in &relays {
+        let allotted = gauge(relay, "claude_relay_redis_allotted_admissions").await;
+        assert!(
+            allotted > 0.0,
+            "each instance admitted some requests from its allotment"
+        );
+    }
+    // Every request settled once in the shared ledger, whichever way it was admitted: both
+    // instances report the spend of all of them.
+    let want = cost * (CLIENTS * EACH) as i64;
+    for attempt in 0.. {
+        let (on_a, on_b) = (spent(relays[0], &key).await, spent(relays[1], &key).await);
+        if on_a == want && on_b == want {
+            break;
+        }
+        assert!(
+            attempt < 100,
+            "A reports {on_a}, B {on_b}, the requests cost {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instance_gives_its_reservations_back_within_the_lease_ttl() {
     let Some(mut pair) = SharedPair::start().await else {

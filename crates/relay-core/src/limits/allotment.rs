@@ -97,7 +97,7 @@ fn one(estimate: Estimate) -> Amounts {
 }
 
 /// Whether a key under `policy` may get allotments.
-fn allottable(policy: &KeyPolicy) -> bool {
+pub(super) fn allottable(policy: &KeyPolicy) -> bool {
     super::window_ms(policy).is_none() && policy.expires_after_first_use_secs.is_none()
 }
 

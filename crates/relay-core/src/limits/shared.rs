@@ -19,7 +19,7 @@ use relay_coord::{
     Admit, Admitted, Finish, Lease, Limits, PeriodLimit, Redis, Refused, Seed, Window, Write,
 };
 
-use super::allotment::{Allotment, Allotments, TICK};
+use super::allotment::{allottable, Allotment, Allotments, TICK};
 use crate::coord::{CoordTasks, Coordinator};
 
 use super::{period_limits, window_ms, Estimate, Ledger, Period, PriorSpend, Refusal};
@@ -278,6 +278,7 @@ impl SharedLedgers {
                 // tick once the key is this close to its limit.
                 Admitted::No(_)
                     if spare_waits < SPARE_WAITS
+                        && allottable(policy)
                         && self.redis().spare_held(key_id).await.unwrap_or(false) =>
                 {
                     spare_waits += 1;
