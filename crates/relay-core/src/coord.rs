@@ -28,6 +28,9 @@ use crate::throttle::AuthThrottle;
 /// How often held leases are renewed (a third of their lifetime).
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 const WRITE_BATCH: usize = 256;
+/// How long accounts' costs alone wait for more writes before they are sent (they add to a day's
+/// total; many requests' costs go as one sum per account).
+const DAY_COST_LINGER: Duration = Duration::from_millis(25);
 /// Admissions sent together at most (they wait while the batch before them is answered).
 const ADMIT_BATCH: usize = 256;
 /// How long a token refresh may hold the lock before another instance may try.
@@ -180,6 +183,22 @@ impl Coordinator {
                 received = receiver.recv_many(&mut batch, WRITE_BATCH) => {
                     if received == 0 {
                         return;
+                    }
+                    // Anything else goes at once (a finish gives room back, a release a place).
+                    let linger = tokio::time::sleep(DAY_COST_LINGER);
+                    tokio::pin!(linger);
+                    while batch.len() < WRITE_BATCH
+                        && batch.iter().all(|write| matches!(write, Write::DayCost { .. }))
+                    {
+                        let room = WRITE_BATCH - batch.len();
+                        tokio::select! {
+                            more = receiver.recv_many(&mut batch, room) => {
+                                if more == 0 {
+                                    break;
+                                }
+                            }
+                            () = &mut linger => break,
+                        }
                     }
                     self.write(&mut batch, false).await;
                 }
