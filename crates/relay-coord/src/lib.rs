@@ -229,6 +229,10 @@ pub struct Allot {
     pub id: String,
     pub family: Option<&'static str>,
     pub in_flight: Amounts,
+    /// Part of the spare the held lease has, kept whatever the limits say (the instance may
+    /// admit from it while this call is under way); counted as spare.
+    pub carry: Amounts,
+    /// The new spare, besides the carry: reserved only if the ledger has room for it.
     pub spare: Amounts,
     /// Cost and tokens used by the requests that ended since the last call.
     pub settled: (i64, u64),
@@ -615,15 +619,15 @@ impl Redis {
                 &allot.key_id,
                 &allot.id,
                 allot.in_flight,
-                allot.spare,
+                allot.carry.plus(allot.spare),
                 allot.family,
             );
-            let without = (!allot.in_flight.is_zero()).then(|| {
+            let without = (!allot.in_flight.plus(allot.carry).is_zero()).then(|| {
                 Lease::allotment(
                     &allot.key_id,
                     &allot.id,
                     allot.in_flight,
-                    Amounts::default(),
+                    allot.carry,
                     allot.family,
                 )
             });
@@ -643,7 +647,7 @@ impl Redis {
                 .arg(without.as_ref().map_or("", |lease| lease.member.as_str()))
                 .arg(allot.family.unwrap_or(""))
                 .arg(SPARE_RATIO);
-            for amounts in [allot.in_flight, allot.spare] {
+            for amounts in [allot.in_flight, allot.carry, allot.spare] {
                 invocation
                     .arg(amounts.slots)
                     .arg(exact(amounts.cost))

@@ -633,6 +633,7 @@ fn allot(held: Option<&Lease>, id: &str, in_flight: Amounts, spare: Amounts) -> 
         id: id.to_owned(),
         family: None,
         in_flight,
+        carry: Amounts::default(),
         spare,
         settled: (0, 0),
         periods: vec![("day".to_owned(), 0)],
@@ -697,8 +698,10 @@ async fn an_allotment_takes_a_spare_only_where_many_times_it_fits_and_settles_wh
         Admitted::No(Refused::TotalCost)
     );
     // Three requests under the allotment: two in flight (cost 20), one settled for 7.
+    // It carries 50 of its spare on (kept whatever the limits say), and asks for more.
     let mut next = allot(Some(&lease), "a2", amounts(2, 20), amounts(10, 1_300));
     next.settled = (7, 3);
+    next.carry = amounts(1, 50);
     let (lease, spare) = allotted_lease(&redis, next).await;
     assert!(!spare, "8 × 1,300 does not fit in what is left");
     let lease = lease.unwrap();
@@ -713,7 +716,26 @@ async fn an_allotment_takes_a_spare_only_where_many_times_it_fits_and_settles_wh
         (2, 20, 7, 3)
     );
     assert_eq!(seen.periods, vec![7]);
-    assert!(!redis.spare_held("k").await.unwrap());
+    assert!(
+        redis.spare_held("k").await.unwrap(),
+        "the carry is a spare: a refusal elsewhere waits for it"
+    );
+    let almost = Lease::new("k", "almost", 10_000 - 7 - 20 - 50, 0, None);
+    assert_eq!(
+        redis
+            .admit(&limited(&almost, 0, budget.clone()))
+            .await
+            .unwrap(),
+        Admitted::Yes,
+        "exactly what the lease does not hold is left"
+    );
+    redis
+        .finish(&[Finish {
+            settled: None,
+            ..settled(&almost, 0, 0)
+        }])
+        .await
+        .unwrap();
     // Nothing in flight, nothing spare: the allotment ends and holds nothing.
     let (lease, spare) = allotted_lease(
         &redis,
@@ -721,6 +743,7 @@ async fn an_allotment_takes_a_spare_only_where_many_times_it_fits_and_settles_wh
     )
     .await;
     assert_eq!((lease, spare), (None, false));
+    assert!(!redis.spare_held("k").await.unwrap());
     let seen = view(0).await.unwrap().unwrap();
     assert_eq!(
         (seen.in_flight, seen.reserved_cost, seen.total_cost),

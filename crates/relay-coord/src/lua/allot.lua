@@ -3,13 +3,16 @@
 -- admits more requests without asking Redis. Each call settles what those requests used since
 -- the call before, ends the allotment's lease and takes the next.
 -- ARGV: now, the lease held ('' none), the next lease's expiry, the next lease with the spare,
--- the next lease without it ('' when nothing is in flight), the family ('' none), the ratio,
--- in-flight places, cost, tokens, spare places, cost, tokens, settled cost, settled tokens,
+-- the next lease without it ('' when it would hold nothing), the family ('' none), the ratio,
+-- in-flight places, cost, tokens, carried places, cost, tokens, spare places, cost, tokens,
+-- settled cost, settled tokens,
 -- period count, then per period (name, start) the settled cost counts in; then the limits as
 -- admit.lua has them (the lifetime and the window are not looked at: keys with those get no
 -- allotment).
--- The spare is reserved only if `ratio` times it fits in every limit beside everything else
--- reserved and spent: close to a limit, every request is admitted on its own, and spares held
+-- The in-flight amounts and the carry (part of the spare the lease held, which the instance may
+-- go on admitting from while this call is under way) are reserved whatever the limits say: they
+-- come out of the lease this call ends. The carry counts as spare. The new spare is reserved
+-- only if `ratio` times it fits in every limit beside everything else reserved and spent: close to a limit, every request is admitted on its own, and spares held
 -- elsewhere shrink at their holder's next call.
 -- Returns {-1} when the ledger is not in Redis (nothing written), else {1} if the spare was
 -- reserved, {0} if not.
@@ -22,12 +25,18 @@ if held ~= '' and redis.call('ZREM', leases, held) == 1 then unreserve(held) end
 
 local family, ratio = ARGV[6], tonumber(ARGV[7])
 reserve(tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), family)
-local slots, spare_cost, spare_tokens = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
-local cost, tokens = tonumber(ARGV[14]), tonumber(ARGV[15])
+local carry_slots, carry_cost, carry_tokens = tonumber(ARGV[11]), tonumber(ARGV[12]),
+  tonumber(ARGV[13])
+reserve(carry_slots, carry_cost, carry_tokens, family)
+add('sn', carry_slots)
+add('sc', carry_cost)
+add('st', carry_tokens)
+local slots, spare_cost, spare_tokens = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+local cost, tokens = tonumber(ARGV[17]), tonumber(ARGV[18])
 add('tc', cost)
 add('tt', tokens)
-local at = 17
-for _ = 1, tonumber(ARGV[16]) do
+local at = 20
+for _ = 1, tonumber(ARGV[19]) do
   add_period(ARGV[at], tonumber(ARGV[at + 1]), cost)
   at = at + 2
 end

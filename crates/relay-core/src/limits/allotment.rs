@@ -74,8 +74,13 @@ struct State {
     leased_in_flight: Amounts,
     /// The spare the lease reserves besides (zero if it got none).
     leased_spare: Amounts,
-    /// Whether requests may be admitted from the spare now.
+    /// What requests here may hold in all (in flight plus settled since the last call): what
+    /// the lease reserves, or while a call is under way what that call keeps reserved.
+    limit: Amounts,
+    /// Whether requests may be admitted against `limit` now.
     usable: bool,
+    /// Whether the last call got a new spare (only then is part of it carried into the next).
+    spare_granted: bool,
     in_flight: Amounts,
     /// Cost and tokens settled since the last call (they count against what the lease reserves).
     settled: (i64, u64),
@@ -124,6 +129,7 @@ impl Allotment {
 struct Pending {
     allotment: Arc<Allotment>,
     in_flight: Amounts,
+    carry: Amounts,
     settled: (i64, u64),
     id: u64,
     /// The limits the spare was asked under.
@@ -169,7 +175,9 @@ impl Allotments {
                             lease: None,
                             leased_in_flight: Amounts::default(),
                             leased_spare: Amounts::default(),
+                            limit: Amounts::default(),
                             usable: false,
+                            spare_granted: false,
                             in_flight: Amounts::default(),
                             settled: (0, 0),
                             demand: 0,
@@ -205,7 +213,7 @@ impl Allotments {
             tokens: in_flight.tokens.saturating_add(state.settled.1),
             ..in_flight
         };
-        if !(state.usable && used.within(state.leased_in_flight.plus(state.leased_spare))) {
+        if !(state.usable && used.within(state.limit)) {
             return None;
         }
         state.in_flight = in_flight;
@@ -281,6 +289,24 @@ impl Allotments {
             } else {
                 Amounts::default()
             };
+            // Half of the room left goes on being admitted from while the call is under way:
+            // the call keeps it reserved (it comes out of the lease the call ends). Only after a
+            // call that got a spare, so that near a limit every spare is gone a call later.
+            let used = Amounts {
+                cost: state.in_flight.cost.saturating_add(state.settled.0),
+                tokens: state.in_flight.tokens.saturating_add(state.settled.1),
+                ..state.in_flight
+            };
+            let carry = if busy && state.usable && state.spare_granted {
+                let room = state.limit.minus(used);
+                Amounts {
+                    slots: room.slots / 2,
+                    cost: room.cost / 2,
+                    tokens: room.tokens / 2,
+                }
+            } else {
+                Amounts::default()
+            };
             let (id, member) = coord.next_id();
             let family_period = super::shared::family_period(&state.policy);
             calls.push(Allot {
@@ -290,6 +316,7 @@ impl Allotments {
                 id: member,
                 family: allotment.family,
                 in_flight: state.in_flight,
+                carry,
                 spare,
                 settled: state.settled,
                 periods: settled_periods(allotment.family, family_period, now_ms),
@@ -298,11 +325,13 @@ impl Allotments {
             pending.push(Pending {
                 allotment: allotment.clone(),
                 in_flight: state.in_flight,
+                carry,
                 settled: state.settled,
                 id,
                 policy: state.policy.clone(),
             });
-            state.usable = false;
+            state.limit = state.in_flight.plus(carry);
+            state.usable = !carry.is_zero();
             state.settled = (0, 0);
             state.demand = 0;
             state.peak = state.in_flight.slots;
@@ -329,12 +358,14 @@ impl Allotments {
                     }
                     state.leased_in_flight = call.in_flight;
                     state.leased_spare = if *spare {
-                        calls[index].spare
+                        call.carry.plus(calls[index].spare)
                     } else {
-                        Amounts::default()
+                        call.carry
                     };
+                    state.limit = state.leased_in_flight.plus(state.leased_spare);
+                    state.spare_granted = *spare;
                     // Not under limits changed meanwhile: the next call asks under the new.
-                    state.usable = *spare && state.policy == call.policy;
+                    state.usable = !state.leased_spare.is_zero() && state.policy == call.policy;
                 }
                 // Redis lost the ledger (and the lease with it): it is seeded again from the
                 // records, which hold what was settled.
@@ -344,10 +375,15 @@ impl Allotments {
                     }
                     state.leased_in_flight = Amounts::default();
                     state.leased_spare = Amounts::default();
+                    state.limit = Amounts::default();
+                    state.usable = false;
+                    state.spare_granted = false;
                 }
                 // Not answered: the settled cost goes with the next call, which also ends the
                 // lease still held (if it has not lapsed meanwhile).
                 None => {
+                    state.usable = false;
+                    state.spare_granted = false;
                     state.settled.0 = state.settled.0.saturating_add(call.settled.0);
                     state.settled.1 = state.settled.1.saturating_add(call.settled.1);
                 }
