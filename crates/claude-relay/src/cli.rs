@@ -72,9 +72,10 @@ enum AccountCommand {
     /// Add an upstream account.
     Add {
         /// Platform: anthropic (API key, or any Anthropic-compatible relay with --base-url),
-        /// claude-oauth (a Claude subscription; see oauth-start), or openai (OpenAI or any
-        /// OpenAI-compatible host; --base-url as its docs give the OpenAI SDKs, e.g.
-        /// https://api.deepseek.com/v1).
+        /// claude-oauth (a Claude subscription; see oauth-start), openai (OpenAI or any
+        /// OpenAI-compatible Chat Completions host; --base-url as its docs give the OpenAI SDKs,
+        /// e.g. https://api.deepseek.com/v1), or openai-responses (OpenAI's Responses API, what
+        /// Codex CLI speaks, or any Responses-compatible host; --base-url ending in /v1).
         #[arg(long)]
         platform: String,
         #[arg(long)]

@@ -435,7 +435,9 @@ impl AdminService {
         let id = uuid::Uuid::new_v4().to_string();
         let stored = match (tokens, platform) {
             (Some(tokens), _) => tokens.to_json(),
-            (None, Platform::Anthropic | Platform::OpenAi) => api_key.to_owned(),
+            (None, Platform::Anthropic | Platform::OpenAi | Platform::OpenAiResponses) => {
+                api_key.to_owned()
+            }
             // A subscription account added with a key is a setup token (`claude setup-token`).
             (None, Platform::ClaudeOauth) => OAuthTokens {
                 access_token: api_key.to_owned(),

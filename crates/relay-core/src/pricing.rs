@@ -131,13 +131,19 @@ const PRICES: &[PriceEntry] = &[
         long_context: None,
     },
     PriceEntry {
-        models: &["gpt-5", "gpt-5-chat", "gpt-5.1"],
+        models: &[
+            "gpt-5",
+            "gpt-5-chat",
+            "gpt-5.1",
+            "gpt-5-codex",
+            "gpt-5.1-codex",
+        ],
         price: openai(1_250, 10_000, 125),
         max_output: 128_000,
         long_context: None,
     },
     PriceEntry {
-        models: &["gpt-5-mini"],
+        models: &["gpt-5-mini", "gpt-5.1-codex-mini"],
         price: openai(250, 2_000, 25),
         max_output: 128_000,
         long_context: None,

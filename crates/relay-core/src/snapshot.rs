@@ -328,7 +328,9 @@ impl SnapshotStore {
                 };
                 Credential::ClaudeSubscription(runtime.oauth_session(tokens))
             }
-            Platform::Anthropic | Platform::OpenAi => Credential::ApiKey(api_key),
+            Platform::Anthropic | Platform::OpenAi | Platform::OpenAiResponses => {
+                Credential::ApiKey(api_key)
+            }
         };
         let base_url = row
             .base_url

@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod convert;
 pub mod dialect;
 pub mod openai;
+pub mod openai_responses;
 pub mod sse;
 pub mod usage;
 

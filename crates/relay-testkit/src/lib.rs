@@ -22,6 +22,7 @@ pub mod anthropic;
 mod behavior;
 pub mod openai;
 mod proxy;
+pub mod responses;
 
 pub use anthropic::{expected_usage, Behavior, MockUpstream, MockUsage, RecordedRequest};
 pub use proxy::{ProxyProtocol, TestProxy};

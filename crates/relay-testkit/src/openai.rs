@@ -1,6 +1,7 @@
 //! The mock OpenAI-compatible upstream (OpenAI, DeepSeek, Kimi, GLM, vLLM …): real HTTP on a
-//! random loopback port, `POST /v1/chat/completions` (JSON or SSE exactly as OpenAI streams it)
-//! and `GET /v1/models`, both behind `Authorization: Bearer <key>`.
+//! random loopback port, `POST /v1/chat/completions` (JSON or SSE exactly as OpenAI streams it),
+//! `POST /v1/responses` (`crate::responses`) and `GET /v1/models`, all behind
+//! `Authorization: Bearer <key>`.
 //!
 //! Deterministic answers read from the OpenAI `messages`: `USE_TOOL:Bash NONCE-<nonce>` in the
 //! last `user` message gets a `Bash` function call (`id: call_mock_<nonce>`) running
@@ -59,6 +60,7 @@ impl MockOpenAi {
         let script = Arc::new(Script::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/responses", post(crate::responses::responses))
             .route("/v1/models", get(models))
             .with_state(script.clone());
         let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
@@ -242,7 +244,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn json_response(status: u16, headers: &[(String, String)], body: String) -> Response {
+pub(crate) fn json_response(status: u16, headers: &[(String, String)], body: String) -> Response {
     let mut builder = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
     if !headers
@@ -272,7 +274,10 @@ fn missing_key() -> Response {
 
 /// Reads and records a request; `Err` is the reply when it carries no bearer key or its
 /// scripted behaviour is an error.
-async fn admit(script: &Script, request: Request) -> Result<(Value, Delivery), Response> {
+pub(crate) async fn admit(
+    script: &Script,
+    request: Request,
+) -> Result<(Value, Delivery), Response> {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
@@ -311,7 +316,7 @@ async fn models(State(script): State<Arc<Script>>, request: Request) -> Response
     )
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())

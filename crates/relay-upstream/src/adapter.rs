@@ -63,6 +63,7 @@ pub fn outbound(
         (Platform::Anthropic | Platform::ClaudeOauth, Operation::Generate) => "/v1/messages",
         // The base URL is the one OpenAI SDKs take (it ends in `/v1` or the host's own prefix).
         (Platform::OpenAi, _) => "/chat/completions",
+        (Platform::OpenAiResponses, _) => "/responses",
     };
     let mut url = String::with_capacity(base.len() + path.len() + 16);
     url.push_str(base);

@@ -14,16 +14,25 @@ pub enum Platform {
     /// OpenAI or any OpenAI-compatible Chat Completions host (DeepSeek, Kimi, GLM, OpenRouter,
     /// vLLM, Ollama …); the base URL is the one its docs give the OpenAI SDKs (ending in `/v1`).
     OpenAi,
+    /// OpenAI's Responses API (`/v1/responses`, what Codex CLI speaks) with an API key, or any
+    /// Responses-compatible host; the base URL as for the OpenAI SDKs (ending in `/v1`).
+    OpenAiResponses,
 }
 
 impl Platform {
-    pub const ALL: [Self; 3] = [Self::Anthropic, Self::ClaudeOauth, Self::OpenAi];
+    pub const ALL: [Self; 4] = [
+        Self::Anthropic,
+        Self::ClaudeOauth,
+        Self::OpenAi,
+        Self::OpenAiResponses,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Anthropic => "anthropic",
             Self::ClaudeOauth => "claude-oauth",
             Self::OpenAi => "openai",
+            Self::OpenAiResponses => "openai-responses",
         }
     }
 
@@ -36,7 +45,7 @@ impl Platform {
     pub fn default_base_url(self) -> &'static str {
         match self {
             Self::Anthropic | Self::ClaudeOauth => "https://api.anthropic.com",
-            Self::OpenAi => "https://api.openai.com/v1",
+            Self::OpenAi | Self::OpenAiResponses => "https://api.openai.com/v1",
         }
     }
 
@@ -45,6 +54,7 @@ impl Platform {
         match self {
             Self::Anthropic | Self::ClaudeOauth => Dialect::AnthropicMessages,
             Self::OpenAi => Dialect::OpenAiChat,
+            Self::OpenAiResponses => Dialect::OpenAiResponses,
         }
     }
 
@@ -53,15 +63,18 @@ impl Platform {
         match self {
             Self::Anthropic | Self::ClaudeOauth => "claude-haiku-4-5",
             Self::OpenAi => "gpt-4o-mini",
+            Self::OpenAiResponses => "gpt-5-mini",
         }
     }
 
     /// The models an account serves when the operator lists none: Claude accounts serve Claude
-    /// models; an OpenAI-compatible host's models are the operator's to name (`--model`).
+    /// models; an OpenAI-compatible host's models are the operator's to name (`--model`); a
+    /// Responses account serves OpenAI's GPT, o-series and Codex models.
     pub fn default_models(self) -> &'static [&'static str] {
         match self {
             Self::Anthropic | Self::ClaudeOauth => &["claude-*"],
             Self::OpenAi => &[],
+            Self::OpenAiResponses => &["gpt-*", "o1*", "o3*", "o4*", "codex-*"],
         }
     }
 }

@@ -13,6 +13,7 @@ use relay_protocol::convert::anthropic::from_openai_chat as to_anthropic;
 use relay_protocol::convert::openai_chat::from_anthropic as to_openai_chat;
 use relay_protocol::convert::{RequestOptions, Translate};
 use relay_protocol::openai::ChatUsageTracker;
+use relay_protocol::openai_responses::ResponsesUsageTracker;
 use relay_protocol::{Dialect, ErrorKind, Usage};
 
 use super::{RelayBody, RelayError, RelayRequest, RelayResponse, RelaySettings};
@@ -323,12 +324,14 @@ fn unconvertible(client: Dialect, detail: &str) -> Vec<u8> {
 pub(crate) enum UsageReader {
     Messages(MessagesUsageTracker),
     Chat(ChatUsageTracker),
+    Responses(ResponsesUsageTracker),
 }
 
 impl UsageReader {
     pub(crate) fn new(upstream: Dialect) -> Self {
         match upstream {
             Dialect::OpenAiChat => Self::Chat(ChatUsageTracker::new()),
+            Dialect::OpenAiResponses => Self::Responses(ResponsesUsageTracker::new()),
             _ => Self::Messages(MessagesUsageTracker::new()),
         }
     }
@@ -337,6 +340,7 @@ impl UsageReader {
         match self {
             Self::Messages(tracker) => tracker.observe_sse_chunk(chunk),
             Self::Chat(tracker) => tracker.observe_sse_chunk(chunk),
+            Self::Responses(tracker) => tracker.observe_sse_chunk(chunk),
         }
     }
 
@@ -344,6 +348,7 @@ impl UsageReader {
         match self {
             Self::Messages(tracker) => tracker.observe_json_body(body),
             Self::Chat(tracker) => tracker.observe_json_body(body),
+            Self::Responses(tracker) => tracker.observe_json_body(body),
         }
     }
 
@@ -351,6 +356,7 @@ impl UsageReader {
         match self {
             Self::Messages(tracker) => tracker.usage(),
             Self::Chat(tracker) => tracker.usage(),
+            Self::Responses(tracker) => tracker.usage(),
         }
     }
 
@@ -358,6 +364,7 @@ impl UsageReader {
         match self {
             Self::Messages(tracker) => tracker.model(),
             Self::Chat(tracker) => tracker.model(),
+            Self::Responses(tracker) => tracker.model(),
         }
     }
 
@@ -365,6 +372,7 @@ impl UsageReader {
         match self {
             Self::Messages(tracker) => tracker.ending(),
             Self::Chat(tracker) => tracker.ending(),
+            Self::Responses(tracker) => tracker.ending(),
         }
     }
 
@@ -372,6 +380,7 @@ impl UsageReader {
         match self {
             Self::Messages(tracker) => tracker.fault(),
             Self::Chat(tracker) => tracker.fault(),
+            Self::Responses(tracker) => tracker.fault(),
         }
     }
 
@@ -382,7 +391,9 @@ impl UsageReader {
             let error = &value["error"];
             match self {
                 Self::Messages(_) => error["type"].as_str(),
-                Self::Chat(_) => error["code"].as_str().or_else(|| error["type"].as_str()),
+                Self::Chat(_) | Self::Responses(_) => {
+                    error["code"].as_str().or_else(|| error["type"].as_str())
+                }
             }
             .map(str::to_owned)
         });

@@ -110,6 +110,8 @@ pub enum Endpoint {
     CountTokens,
     /// OpenAI `POST /v1/chat/completions`.
     ChatCompletions,
+    /// OpenAI `POST /v1/responses` (Codex CLI).
+    Responses,
 }
 
 impl Endpoint {
@@ -119,6 +121,7 @@ impl Endpoint {
             Self::Messages => "messages",
             Self::CountTokens => "count_tokens",
             Self::ChatCompletions => "chat_completions",
+            Self::Responses => "responses",
         }
     }
 
@@ -127,6 +130,7 @@ impl Endpoint {
         match self {
             Self::Messages | Self::CountTokens => Dialect::AnthropicMessages,
             Self::ChatCompletions => Dialect::OpenAiChat,
+            Self::Responses => Dialect::OpenAiResponses,
         }
     }
 
@@ -962,7 +966,9 @@ impl Relay {
                     token = self.access_token(account, session, false).await?;
                     UpstreamAuth::Subscription(&token)
                 }
-                (Credential::ApiKey(key), Platform::OpenAi) => UpstreamAuth::Bearer(key.expose()),
+                (Credential::ApiKey(key), Platform::OpenAi | Platform::OpenAiResponses) => {
+                    UpstreamAuth::Bearer(key.expose())
+                }
                 (Credential::ApiKey(key), _) => UpstreamAuth::ApiKey(key.expose()),
             };
             let client = self.client_for(account);

@@ -64,10 +64,15 @@ pub fn router(state: AppState) -> Router {
     // `anthropic-version`, OpenAI's otherwise.
     router = router.route("/v1/models", get(models));
     for prefix in OPENAI_PREFIXES {
-        router = router.route(
-            &format!("{prefix}/v1/chat/completions"),
-            post(openai::chat_completions),
-        );
+        router = router
+            .route(
+                &format!("{prefix}/v1/chat/completions"),
+                post(openai::chat_completions),
+            )
+            .route(
+                &format!("{prefix}/v1/responses"),
+                post(openai::responses).get(openai::responses_websocket),
+            );
     }
     router = router.route("/openai/v1/models", get(openai::models));
     for path in [

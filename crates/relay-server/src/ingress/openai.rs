@@ -1,6 +1,7 @@
-//! The OpenAI ingress: `POST /v1/chat/completions` and `GET /v1/models` in OpenAI's shape, also
-//! under `/openai/…`. The request is read as little as the relay needs (model, stream, limits,
-//! the usage-chunk option and the conversation's start); the body goes to the relay untouched.
+//! The OpenAI ingress: `POST /v1/chat/completions`, `POST /v1/responses` and `GET /v1/models` in
+//! OpenAI's shape, also under `/openai/…`. The request is read as little as the relay needs
+//! (model, stream, limits, the usage-chunk option and the conversation's identity); the body goes
+//! to the relay untouched.
 
 use std::borrow::Cow;
 
@@ -10,7 +11,7 @@ use axum::response::Response;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use relay_core::relay::{Endpoint, RelayError, RelayRequest};
 use relay_core::sticky::SessionId;
-use relay_protocol::anthropic::{session_identity, SessionSource};
+use relay_protocol::anthropic::{session_identity, SessionIdentity, SessionSource};
 use relay_protocol::{Dialect, ErrorKind};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -115,6 +116,101 @@ async fn prepare(
         received_at,
         body,
     })
+}
+
+/// The fields of a Responses request the relay reads.
+#[derive(Deserialize)]
+struct ResponsesHead<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+    max_output_tokens: Option<u64>,
+    /// Codex sends its session id here too.
+    #[serde(borrow)]
+    prompt_cache_key: Option<Cow<'a, str>>,
+}
+
+/// `POST /v1/responses`: the Responses API (Codex CLI, `client.responses.create`).
+pub(crate) async fn responses(State(state): State<AppState>, request: Request) -> Response {
+    let received_at = Instant::now();
+    let request_id = new_request_id();
+    let prepared = prepare_responses(&state, request, &request_id, received_at).await;
+    relay(
+        &state,
+        Dialect::OpenAiResponses,
+        Endpoint::Responses.as_str(),
+        &request_id,
+        received_at,
+        prepared,
+    )
+    .await
+}
+
+async fn prepare_responses(
+    state: &AppState,
+    request: Request,
+    request_id: &str,
+    received_at: Instant,
+) -> Result<RelayRequest, RelayError> {
+    let (parts, key, body) = accept(state, request).await?;
+    let head: ResponsesHead = parse_head(&body)?;
+    let model = required_model(head.model)?;
+    // A conversation sticks by Codex's session id, else by its prompt cache key.
+    let header_session = parts
+        .headers
+        .get("session-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty());
+    let session = header_session
+        .or(head.prompt_cache_key.as_deref().filter(|id| !id.is_empty()))
+        .map(|id| SessionId::new(&key.id, &SessionIdentity::Session(id)));
+    Ok(RelayRequest {
+        request_id: request_id.to_owned(),
+        key,
+        endpoint: Endpoint::Responses,
+        query: None,
+        headers: parts.headers,
+        model,
+        stream: head.stream.unwrap_or(false),
+        max_tokens: head.max_output_tokens,
+        choices: 1,
+        include_usage: false,
+        session,
+        claude_code_marks: false,
+        client_ip: client_ip(&parts.extensions),
+        received_at,
+        body,
+    })
+}
+
+/// `GET /v1/responses`: Codex's WebSocket transport, which the relay does not offer. Answered at
+/// once with 426 (after the key is checked), so Codex falls back to `POST` with one attempt.
+pub(crate) async fn responses_websocket(
+    State(state): State<AppState>,
+    request: Request,
+) -> Response {
+    let received_at = Instant::now();
+    let request_id = new_request_id();
+    let (parts, _) = request.into_parts();
+    let response = match authenticate(&state, &parts) {
+        Err(relay_error) => render_error(Dialect::OpenAiResponses, &relay_error, &request_id),
+        Ok(_) => {
+            let body = relay_protocol::dialect::error_body(
+                Dialect::OpenAiResponses,
+                ErrorKind::InvalidRequest,
+                "this relay serves the Responses API over HTTP only: POST /v1/responses",
+                &request_id,
+            );
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = http::StatusCode::UPGRADE_REQUIRED;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+    };
+    observe(&state, "responses", &request_id, &response, received_at);
+    response
 }
 
 fn starts_as_system(message: &RawValue) -> bool {

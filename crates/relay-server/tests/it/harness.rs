@@ -71,6 +71,14 @@ pub fn openai_account(
     }
 }
 
+/// An account of OpenAI's Responses API on the mock OpenAI upstream (its default models).
+pub fn responses_account(name: &'static str, api_key: &'static str, priority: i64) -> AccountSpec {
+    AccountSpec {
+        platform: "openai-responses",
+        ..account(name, api_key, priority)
+    }
+}
+
 impl Harness {
     pub async fn start(accounts: Vec<AccountSpec>) -> Self {
         Self::start_with(
@@ -99,7 +107,7 @@ impl Harness {
         let admin = AdminService::new(installation.store.clone(), &installation.keyring)
             .with_egress(egress);
         for spec in accounts {
-            let default_base = if spec.platform == "openai" {
+            let default_base = if spec.platform.starts_with("openai") {
                 openai.base_url()
             } else {
                 mock.url()

@@ -16,5 +16,6 @@ mod health;
 mod hostile;
 mod limits;
 mod relay_path;
+mod responses;
 mod sticky;
 mod subscription;

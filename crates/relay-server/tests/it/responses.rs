@@ -1,0 +1,208 @@
+//! The Responses API (`/v1/responses`, Codex CLI's protocol) passed through to Responses
+//! accounts: bodies and streams as they came, usage from `response.completed`, conversations
+//! sticking by Codex's session id, the WebSocket upgrade refused at once.
+
+use relay_testkit::responses::expected_responses_usage;
+use serde_json::{json, Value};
+
+use crate::harness::{responses_account, Harness};
+
+/// A first turn as Codex sends it (trimmed): developer and user items, its tool types.
+fn codex_body(stream: bool, prompt: &str) -> Value {
+    json!({
+        "model": "gpt-5-codex",
+        "stream": stream,
+        "store": false,
+        "include": ["reasoning.encrypted_content"],
+        "tool_choice": "auto",
+        "parallel_tool_calls": true,
+        "reasoning": {"summary": "auto"},
+        "prompt_cache_key": "0199-session",
+        "input": [
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are Codex."}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": prompt}]},
+        ],
+        "tools": [
+            {"type": "function", "name": "exec_command", "description": "Runs a command",
+             "strict": false, "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+            {"type": "namespace", "name": "multi_agent_v1", "tools": []},
+            {"type": "web_search", "external_web_access": false},
+        ],
+        "client_metadata": {"session_id": "0199-session"},
+    })
+}
+
+fn post(harness: &Harness, body: &Value) -> reqwest::RequestBuilder {
+    harness
+        .client
+        .post(format!("{}/v1/responses", harness.url))
+        .bearer_auth(&harness.key)
+        .header("session-id", "0199-session")
+        .json(body)
+}
+
+#[tokio::test]
+async fn a_responses_client_passes_through_and_its_usage_is_recorded() {
+    let harness = Harness::start(vec![responses_account("codex", "sk-resp", 1)]).await;
+
+    // Streamed, with a tool call: the events come back as the upstream sent them.
+    let body = codex_body(true, "USE_TOOL:Bash NONCE-abc");
+    let response = post(&harness, &body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"response.created"));
+    assert_eq!(events.last(), Some(&"response.completed"));
+    assert!(events.contains(&"response.function_call_arguments.delta"));
+    assert!(
+        text.contains(r#"\"cmd\":\"echo TOOLRESULT-abc\""#),
+        "{text}"
+    );
+
+    // The whole body went as the client sent it, to `{base}/responses`, with the account's key.
+    let sent = &harness.openai.requests()[0];
+    assert_eq!(sent.path, "/v1/responses");
+    assert_eq!(sent.api_key, "sk-resp");
+    assert_eq!(sent.body, body);
+    assert_eq!(sent.headers["session-id"], "0199-session");
+    let streamed = expected_responses_usage(&sent.body);
+
+    // Not streamed: the response object.
+    let second = codex_body(false, "hello");
+    let response = post(&harness, &second).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["object"], "response");
+    assert_eq!(
+        answer["output"][0]["content"][0]["text"],
+        "MOCK_OK from gpt-5-codex."
+    );
+    let whole = expected_responses_usage(&harness.openai.requests()[1].body);
+
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 2);
+    for (record, expected, stream) in [(&records[0], streamed, true), (&records[1], whole, false)] {
+        assert_eq!(record.endpoint, "responses");
+        assert_eq!(record.platform, "openai-responses");
+        assert_eq!(record.stream, stream);
+        assert_eq!(record.outcome, "ok");
+        assert_eq!(
+            record.usage.input_tokens + record.usage.cache_read_tokens,
+            expected.input_tokens
+        );
+        assert_eq!(record.usage.cache_read_tokens, expected.cached_tokens);
+        assert_eq!(record.usage.output_tokens, expected.output_tokens);
+        assert!(record.cost_nano_usd.unwrap() > 0, "gpt-5-codex is priced");
+    }
+}
+
+#[tokio::test]
+async fn a_tool_result_turn_is_answered_and_its_cached_input_recorded() {
+    let harness = Harness::start(vec![responses_account("codex", "sk-resp", 1)]).await;
+    let mut body = codex_body(false, "USE_TOOL:Bash NONCE-t2");
+    body["input"].as_array_mut().unwrap().extend([
+        json!({"type": "function_call", "id": "fc_mock", "call_id": "call_mock_t2", "name": "exec_command",
+               "arguments": "{\"cmd\":\"echo TOOLRESULT-t2\"}", "status": "completed"}),
+        json!({"type": "function_call_output", "call_id": "call_mock_t2", "output": "TOOLRESULT-t2\n"}),
+    ]);
+    let answer: Value = post(&harness, &body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["output"][0]["content"][0]["text"],
+        "TOOL_DONE: TOOLRESULT-t2"
+    );
+    let expected = expected_responses_usage(&harness.openai.requests()[0].body);
+    assert!(expected.cached_tokens > 0);
+    let records = harness.shutdown().await;
+    assert_eq!(records[0].usage.cache_read_tokens, expected.cached_tokens);
+    assert_eq!(
+        records[0].usage.input_tokens,
+        expected.input_tokens - expected.cached_tokens,
+        "cached input is counted once, as a cache read"
+    );
+}
+
+#[tokio::test]
+async fn a_codex_conversation_sticks_to_its_account() {
+    let harness = Harness::start(vec![
+        responses_account("one", "sk-one", 1),
+        responses_account("two", "sk-two", 1),
+    ])
+    .await;
+    for _ in 0..6 {
+        let response = post(&harness, &codex_body(false, "hello"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let keys: Vec<String> = harness
+        .openai
+        .requests()
+        .iter()
+        .map(|request| request.api_key.clone())
+        .collect();
+    assert!(
+        keys.iter().all(|key| *key == keys[0]),
+        "one session, one account: {keys:?}"
+    );
+    // Without the header, the prompt cache key (the same session) holds it too.
+    let response = harness
+        .client
+        .post(format!("{}/v1/responses", harness.url))
+        .bearer_auth(&harness.key)
+        .json(&codex_body(false, "again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let last = harness.openai.requests().last().unwrap().api_key.clone();
+    assert_eq!(last, keys[0]);
+}
+
+#[tokio::test]
+async fn the_websocket_upgrade_is_refused_at_once_and_a_bad_key_in_openai_shape() {
+    let harness = Harness::start(vec![responses_account("codex", "sk-resp", 1)]).await;
+    let response = harness
+        .client
+        .get(format!("{}/v1/responses", harness.url))
+        .bearer_auth(&harness.key)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 426);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("POST /v1/responses"));
+
+    let response = harness
+        .client
+        .post(format!("{}/v1/responses", harness.url))
+        .bearer_auth("cr_not-a-key")
+        .json(&codex_body(true, "hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "invalid_api_key");
+    assert!(harness.openai.requests().is_empty());
+}
