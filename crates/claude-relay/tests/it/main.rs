@@ -12,6 +12,7 @@
 mod binary;
 mod canary;
 mod clients;
+mod codex;
 mod db_copy;
 mod interactive;
 mod many_keys;

@@ -1,0 +1,235 @@
+//! Codex CLI (pinned by `scripts/install-clients`) through the real binary, configured as
+//! `../shared/clients.md` §4.2 documents: a custom provider at the relay's `/v1` with
+//! `wire_api = "responses"`, served by a Responses account on the mock OpenAI upstream.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use relay_testkit::openai::MockOpenAi;
+use relay_testkit::responses::expected_responses_usage;
+
+use crate::support::{cli, client, create_key, usage_when, RunningRelay};
+
+/// Runs `codex exec` with a fresh `CODEX_HOME` pointing at `relay_url`; its output and the last
+/// message it wrote.
+async fn codex(
+    binary: &Path,
+    home: &Path,
+    relay_url: &str,
+    key: &str,
+    prompt: &str,
+) -> (Output, String) {
+    let codex_home = home.join("codex");
+    let tmp = home.join("tmp");
+    std::fs::create_dir_all(&codex_home).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(
+        codex_home.join("config.toml"),
+        format!(
+            r#"model = "gpt-5-codex"
+model_provider = "relay"
+approval_policy = "never"
+sandbox_mode = "read-only"
+check_for_update_on_startup = false
+[analytics]
+enabled = false
+[features]
+plugins = false
+apps = false
+[model_providers.relay]
+name = "Claude Relay"
+base_url = "{relay_url}/v1"
+env_key = "RELAY_API_KEY"
+wire_api = "responses"
+request_max_retries = 0
+stream_max_retries = 0
+supports_websockets = false
+"#
+        ),
+    )
+    .unwrap();
+    let last = home.join("last.txt");
+    let _ = std::fs::remove_file(&last);
+    let node = std::process::Command::new("sh")
+        .args(["-c", "dirname \"$(command -v node)\""])
+        .output()
+        .unwrap();
+    let node_bin = String::from_utf8_lossy(&node.stdout).trim().to_owned();
+    let output = tokio::process::Command::new(binary)
+        .args([
+            "exec",
+            "--ephemeral",
+            "--skip-git-repo-check",
+            "--color",
+            "never",
+            "-o",
+        ])
+        .arg(&last)
+        .arg(prompt)
+        .env_clear()
+        .env("PATH", format!("{node_bin}:/usr/local/bin:/usr/bin:/bin"))
+        .env("HOME", home)
+        .env("CODEX_HOME", &codex_home)
+        .env("TMPDIR", &tmp)
+        .env("RELAY_API_KEY", key)
+        .current_dir(home)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let message = std::fs::read_to_string(&last).unwrap_or_default();
+    (output, message)
+}
+
+fn add_responses_account(data_dir: &Path, name: &str, api_key: &str, base_url: &str) {
+    cli(
+        data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "openai-responses",
+            "--name",
+            name,
+            "--api-key",
+            api_key,
+            "--base-url",
+            base_url,
+        ],
+    );
+}
+
+fn described(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_exec_completes_and_runs_a_tool_through_the_relay_with_exact_usage() {
+    let Some(binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_responses_account(&data_dir, "codex", "sk-codex", &openai.base_url());
+    let key = create_key(&data_dir, "codex");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+
+    // A text prompt.
+    let (output, message) = codex(&binary, &home, &relay.url, &key, "Say hello").await;
+    assert!(output.status.success(), "{}", described(&output));
+    assert_eq!(
+        message.trim(),
+        "MOCK_OK from gpt-5-codex.",
+        "{}",
+        described(&output)
+    );
+
+    // A tool round trip: the mock asks for `exec_command`, Codex runs it in its sandbox and
+    // sends the output back in a second request.
+    let (output, message) =
+        codex(&binary, &home, &relay.url, &key, "USE_TOOL:Bash NONCE-cx1").await;
+    assert!(output.status.success(), "{}", described(&output));
+    assert!(
+        message.contains("TOOL_DONE:") && message.contains("TOOLRESULT-cx1"),
+        "{message}\n{}",
+        described(&output)
+    );
+
+    // Every request went to the account's `/responses`, and the relay recorded exactly what
+    // the mock reported for each.
+    let requests = openai.requests();
+    let turns: Vec<_> = requests
+        .iter()
+        .filter(|request| request.path == "/v1/responses")
+        .collect();
+    assert_eq!(turns.len(), 3, "one turn, then a tool call and its result");
+    assert!(turns.iter().all(|request| request.api_key == "sk-codex"));
+    let (mut input, mut cached, mut output_tokens) = (0, 0, 0);
+    for turn in &turns {
+        let expected = expected_responses_usage(&turn.body);
+        input += expected.input_tokens - expected.cached_tokens;
+        cached += expected.cached_tokens;
+        output_tokens += expected.output_tokens;
+    }
+    let usage = usage_when(&data_dir, Some("codex"), 3).await;
+    assert_eq!(usage["requests"], 3);
+    assert_eq!(usage["input_tokens"], input);
+    assert_eq!(usage["cache_read_input_tokens"], cached);
+    assert_eq!(usage["output_tokens"], output_tokens);
+    assert_eq!(usage["unpriced_requests"], 0, "gpt-5-codex is priced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_with_a_bad_key_fails_at_once_with_the_relays_message() {
+    let Some(binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_responses_account(&data_dir, "codex", "sk-codex", &openai.base_url());
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let started = Instant::now();
+    let (output, _) = codex(&binary, &home, &relay.url, "cr_not-a-key", "Say hello").await;
+    assert!(!output.status.success(), "{}", described(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("invalid relay key"),
+        "{}",
+        described(&output)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "no minutes of retries: {:?}",
+        started.elapsed()
+    );
+    assert!(openai.requests().is_empty(), "nothing reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdks_responses_api_works_through_the_relay() {
+    let Some(python) = client("venv/bin/python") else {
+        return;
+    };
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_responses_account(&data_dir, "oai", "sk-oai", &openai.base_url());
+    let key = create_key(&data_dir, "sdk");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/openai_responses.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .env("RELAY_URL", &relay.url)
+        .env("RELAY_KEY", &key)
+        .env("MODEL", "gpt-5-mini")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", described(&output));
+    // Four calls on each path, all to the account's `/responses`; one record each.
+    let requests = openai.requests();
+    assert_eq!(requests.len(), 8);
+    assert!(requests
+        .iter()
+        .all(|request| request.path == "/v1/responses" && request.api_key == "sk-oai"));
+    let usage = usage_when(&data_dir, Some("sdk"), 8).await;
+    assert_eq!(usage["requests"], 8);
+    let expected: u64 = requests
+        .iter()
+        .map(|request| expected_responses_usage(&request.body).output_tokens)
+        .sum();
+    assert_eq!(usage["output_tokens"], expected);
+}
