@@ -618,10 +618,11 @@ mod tests {
     fn the_readme_configuration_block_is_a_valid_configuration() {
         let readme = include_str!("../../../README.md");
         let block = readme
-            .split_once("```toml\n")
+            .split_once("\n## Configuration\n")
+            .and_then(|(_, section)| section.split_once("```toml\n"))
             .and_then(|(_, rest)| rest.split_once("```"))
             .map(|(block, _)| block)
-            .expect("README.md has a ```toml block");
+            .expect("README.md's Configuration section has a ```toml block");
         let config = Config::build(Some(block), &HashMap::new());
         assert!(config.is_ok(), "{config:?}");
     }

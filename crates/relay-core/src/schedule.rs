@@ -49,11 +49,13 @@ impl Candidates<'_> {
 /// Whether a client speaking `client` can be served by an upstream speaking `upstream`: the same
 /// dialect passes through; these pairs have conversions (`relay_protocol::convert`).
 pub fn bridges(client: Dialect, upstream: Dialect) -> bool {
-    use Dialect::{AnthropicMessages, OpenAiChat};
+    use Dialect::{AnthropicMessages, OpenAiChat, OpenAiResponses};
     client == upstream
         || matches!(
             (client, upstream),
-            (AnthropicMessages, OpenAiChat) | (OpenAiChat, AnthropicMessages)
+            (AnthropicMessages, OpenAiChat)
+                | (OpenAiChat, AnthropicMessages)
+                | (OpenAiResponses, AnthropicMessages)
         )
 }
 

@@ -339,7 +339,14 @@ pub fn expected_usage(body: &Value) -> MockUsage {
 
 enum Reply {
     Text(String),
-    ToolUse { id: String, command: String },
+    /// A tool call: `Bash` with `{command, description}`, or Codex's `exec_command` with
+    /// `{cmd}` when the request offers that tool.
+    ToolUse {
+        id: String,
+        command: String,
+        name: &'static str,
+        input: Value,
+    },
 }
 
 fn last_user_text(body: &Value) -> (String, Option<String>) {
@@ -408,9 +415,23 @@ fn reply_for(body: &Value) -> Reply {
         return Reply::Text(format!("TOOL_DONE: {}", result.trim()));
     }
     if let Some(nonce) = tool_nonce(&text) {
+        let command = format!("echo TOOLRESULT-{nonce}");
+        let codex = body["tools"]
+            .as_array()
+            .is_some_and(|tools| tools.iter().any(|tool| tool["name"] == "exec_command"));
+        let (name, input) = if codex {
+            ("exec_command", json!({"cmd": command}))
+        } else {
+            (
+                "Bash",
+                json!({"command": command, "description": "Echo the nonce"}),
+            )
+        };
         return Reply::ToolUse {
             id: format!("toolu_mock_{nonce}"),
-            command: format!("echo TOOLRESULT-{nonce}"),
+            command,
+            name,
+            input,
         };
     }
     Reply::Text(format!("MOCK_OK from {model}."))
@@ -453,8 +474,10 @@ async fn messages(State(state): State<Arc<MockState>>, request: Request) -> Resp
     let output = output_tokens(&reply);
     let (content, stop_reason) = match &reply {
         Reply::Text(text) => (json!([{"type": "text", "text": text}]), "end_turn"),
-        Reply::ToolUse { id, command } => (
-            json!([{"type": "tool_use", "id": id, "name": "Bash", "input": {"command": command, "description": "Echo the nonce"}}]),
+        Reply::ToolUse {
+            id, name, input, ..
+        } => (
+            json!([{"type": "tool_use", "id": id, "name": name, "input": input}]),
             "tool_use",
         ),
     };
@@ -505,9 +528,11 @@ fn sse_events(
                 events.push(("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}).to_string()));
             }
         }
-        Reply::ToolUse { id, command } => {
-            events.push(("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": id, "name": "Bash", "input": {}}}).to_string()));
-            let input = json!({"command": command, "description": "Echo the nonce"}).to_string();
+        Reply::ToolUse {
+            id, name, input, ..
+        } => {
+            events.push(("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}).to_string()));
+            let input = input.to_string();
             let (head, tail) = input.split_at(input.len() / 2);
             for part in [head, tail] {
                 events.push(("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": part}}).to_string()));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use relay_testkit::openai::MockOpenAi;
 use relay_testkit::responses::expected_responses_usage;
+use relay_testkit::{expected_usage, MockUpstream};
 
 use crate::support::{cli, client, create_key, usage_when, RunningRelay};
 
@@ -232,4 +233,77 @@ async fn the_openai_python_sdks_responses_api_works_through_the_relay() {
         .map(|request| expected_responses_usage(&request.body).output_tokens)
         .sum();
     assert_eq!(usage["output_tokens"], expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_runs_on_an_anthropic_account_through_conversion() {
+    let Some(binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    let anthropic = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // The operator maps Codex's model onto Claude: one relay key, Codex on a Claude account.
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "anthropic",
+            "--name",
+            "claude",
+            "--api-key",
+            "sk-ant-cx",
+            "--base-url",
+            &anthropic.url(),
+            "--map-model",
+            "gpt-5-codex=claude-sonnet-4-5",
+        ],
+    );
+    let key = create_key(&data_dir, "codex");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+
+    let (output, message) = codex(&binary, &home, &relay.url, &key, "Say hello").await;
+    assert!(output.status.success(), "{}", described(&output));
+    assert_eq!(
+        message.trim(),
+        "MOCK_OK from claude-sonnet-4-5.",
+        "{}",
+        described(&output)
+    );
+
+    let (output, message) =
+        codex(&binary, &home, &relay.url, &key, "USE_TOOL:Bash NONCE-cx2").await;
+    assert!(output.status.success(), "{}", described(&output));
+    assert!(
+        message.contains("TOOL_DONE:") && message.contains("TOOLRESULT-cx2"),
+        "{message}\n{}",
+        described(&output)
+    );
+
+    // Three Anthropic requests, each recorded with the mock's own input-side figures.
+    let requests: Vec<_> = anthropic
+        .requests()
+        .into_iter()
+        .filter(|request| request.path == "/v1/messages")
+        .collect();
+    assert_eq!(requests.len(), 3);
+    assert!(requests
+        .iter()
+        .all(|request| request.api_key == "sk-ant-cx"
+            && request.body["model"] == "claude-sonnet-4-5"));
+    let (mut input, mut cached) = (0, 0);
+    for request in &requests {
+        let expected = expected_usage(&request.body);
+        input += expected.input_tokens;
+        cached += expected.cache_read;
+    }
+    let usage = usage_when(&data_dir, Some("codex"), 3).await;
+    assert_eq!(usage["requests"], 3);
+    assert_eq!(usage["input_tokens"], input);
+    assert_eq!(usage["cache_read_input_tokens"], cached);
+    assert!(usage["output_tokens"].as_u64().unwrap() > 0);
 }

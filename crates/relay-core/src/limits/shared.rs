@@ -578,7 +578,7 @@ mod tests {
         tasks.stop(&coord).await;
     }
 
-    /// Two instances admitting a busy key's requests as fast as they can: most come from the
+    /// Two instances admitting a busy key's requests as fast as they can: many come from the
     /// instances' allotments, and the budget admits exactly what it holds, no more (the spares
     /// are reserved) and no less (refusals wait for spares to shrink).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,8 +644,9 @@ mod tests {
             .allotted
             .load(std::sync::atomic::Ordering::Relaxed);
         assert!(
-            allotted > 15_000,
-            "most requests came from allotments: {allotted} of {admitted}"
+            allotted > 6_000,
+            "a good share came from allotments (a spare needs room for 8 times itself, so the \
+             last two thirds of this small budget go mostly one by one): {allotted} of {admitted}"
         );
         for (_, coord, tasks) in instances {
             tasks.stop(&coord).await;

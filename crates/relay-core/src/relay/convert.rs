@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http::StatusCode;
 use relay_protocol::anthropic::{MessagesUsageTracker, StreamEnding, UsageFault};
 use relay_protocol::convert::anthropic::from_openai_chat as to_anthropic;
+use relay_protocol::convert::anthropic::from_openai_responses as responses_to_anthropic;
 use relay_protocol::convert::openai_chat::from_anthropic as to_openai_chat;
+use relay_protocol::convert::openai_responses::from_anthropic as to_openai_responses;
 use relay_protocol::convert::{RequestOptions, Translate};
 use relay_protocol::openai::ChatUsageTracker;
 use relay_protocol::openai_responses::ResponsesUsageTracker;
@@ -40,6 +42,9 @@ pub(super) fn upstream_body(
         }
         (Dialect::OpenAiChat, Dialect::AnthropicMessages) => {
             to_anthropic::request(&request.body, &options)
+        }
+        (Dialect::OpenAiResponses, Dialect::AnthropicMessages) => {
+            responses_to_anthropic::request(&request.body, &options)
         }
         (Dialect::OpenAiChat, Dialect::OpenAiChat) if request.stream && !request.include_usage => {
             return Ok(rewritten(&request.body, mapped, true));
@@ -120,7 +125,9 @@ const DEFAULT_MAX_TOKENS: u64 = 8_192;
 /// An upstream error body said in the client's dialect, anything token-like removed first.
 pub(super) fn error_body(client: Dialect, upstream: Dialect, status: u16, body: &[u8]) -> Bytes {
     let converted = match (upstream, client) {
-        (Dialect::AnthropicMessages, Dialect::OpenAiChat) => openai_error(status, body),
+        (Dialect::AnthropicMessages, Dialect::OpenAiChat | Dialect::OpenAiResponses) => {
+            openai_error(status, body)
+        }
         (Dialect::OpenAiChat, Dialect::AnthropicMessages) => anthropic_error(status, body),
         _ => relay_protocol::dialect::error_body(
             client,
@@ -250,6 +257,19 @@ pub(super) fn reframe(
                 whole(client, status, |_, body| {
                     to_openai_chat::response(body)
                         .unwrap_or_else(|error| unconvertible(Dialect::OpenAiChat, &error.message))
+                })
+            }
+        }
+        (Dialect::AnthropicMessages, Dialect::OpenAiResponses) => {
+            if !status.is_success() {
+                whole(client, status, openai_error)
+            } else if is_sse {
+                Reframe::Stream(Box::new(to_openai_responses::StreamTranslator::new()))
+            } else {
+                whole(client, status, |_, body| {
+                    to_openai_responses::response(body).unwrap_or_else(|error| {
+                        unconvertible(Dialect::OpenAiResponses, &error.message)
+                    })
                 })
             }
         }

@@ -5,7 +5,10 @@
 //! So a Claude Code (Anthropic) client on an OpenAI-compatible upstream is served with
 //! [`openai_chat::from_anthropic::request`] on the way up and
 //! [`anthropic::from_openai_chat`]'s `response` / `StreamTranslator` / `error` on the way down,
-//! and the other way round for an OpenAI client on an Anthropic upstream.
+//! and the other way round for an OpenAI client on an Anthropic upstream. A Responses client
+//! (Codex CLI) on an Anthropic upstream goes up through
+//! [`anthropic::from_openai_responses::request`] and comes back through
+//! [`openai_responses::from_anthropic`].
 //!
 //! Conversions are a single pass over a parsed [`serde_json::Value`]. Objects keep the order
 //! they are built in, and what passes through (tool schemas, `response_format` schemas) keeps the
@@ -16,6 +19,7 @@ use serde_json::{Map, Value};
 
 pub mod anthropic;
 pub mod openai_chat;
+pub mod openai_responses;
 
 /// The signature put on thinking blocks made from another dialect's reasoning text. Anthropic
 /// requires a signature on thinking blocks a client echoes back, and only Anthropic can make a

@@ -206,3 +206,92 @@ async fn the_websocket_upgrade_is_refused_at_once_and_a_bad_key_in_openai_shape(
     assert_eq!(error["error"]["code"], "invalid_api_key");
     assert!(harness.openai.requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_responses_client_is_served_by_an_anthropic_account_through_conversion() {
+    let harness = Harness::start(vec![crate::harness::account("claude", "sk-ant-1", 1)]).await;
+    let mut body = codex_body(true, "USE_TOOL:Bash NONCE-cv1");
+    body["model"] = json!("claude-sonnet-4-5");
+
+    // Streamed: the Anthropic stream comes back as Responses events, the tool call as a
+    // function_call item Codex can run.
+    let response = post(&harness, &body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "response.created");
+    let completed = &events.last().unwrap()["response"];
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    let call = &completed["output"][0];
+    assert_eq!(call["type"], "function_call");
+    assert_eq!(call["name"], "exec_command");
+    assert_eq!(
+        serde_json::from_str::<Value>(call["arguments"].as_str().unwrap()).unwrap(),
+        json!({"cmd": "echo TOOLRESULT-cv1"})
+    );
+    // What went up was an Anthropic request: Codex's developer items as system, its hosted
+    // tools left out.
+    let sent = &harness.mock.requests()[0];
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.body["system"][0]["text"], "You are Codex.");
+    let tools: Vec<&str> = sent.body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tools, ["exec_command"]);
+    let first_turn = relay_testkit::expected_usage(&sent.body);
+
+    // The tool's output, not streamed: the answer as a response object.
+    let mut second = body.clone();
+    second["stream"] = json!(false);
+    second["input"].as_array_mut().unwrap().extend([
+        json!({"type": "function_call", "call_id": call["call_id"], "name": "exec_command", "arguments": call["arguments"]}),
+        json!({"type": "function_call_output", "call_id": call["call_id"], "output": "TOOLRESULT-cv1"}),
+    ]);
+    let answer: Value = post(&harness, &second)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["object"], "response");
+    assert_eq!(
+        answer["output"][0]["content"][0]["text"],
+        "TOOL_DONE: TOOLRESULT-cv1"
+    );
+    assert_eq!(
+        answer["usage"]["input_tokens_details"]["cached_tokens"],
+        relay_testkit::expected_usage(&harness.mock.requests()[1].body).cache_read
+    );
+
+    // Usage is read from the Anthropic answer, exact.
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].endpoint, "responses");
+    assert_eq!(records[0].platform, "anthropic");
+    assert_eq!(records[0].usage.input_tokens, first_turn.input_tokens);
+    assert!(records.iter().all(|record| record.outcome == "ok"));
+}
+
+#[tokio::test]
+async fn a_previous_response_id_an_anthropic_account_cannot_resolve_is_a_clear_400() {
+    let harness = Harness::start(vec![crate::harness::account("claude", "sk-ant-1", 1)]).await;
+    let mut body = codex_body(false, "hello");
+    body["model"] = json!("claude-sonnet-4-5");
+    body["previous_response_id"] = json!("resp_123");
+    let response = post(&harness, &body).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("previous_response_id"));
+    assert!(harness.mock.requests().is_empty());
+}

@@ -180,28 +180,8 @@ pub fn request(body: &[u8], options: &RequestOptions) -> Result<Vec<u8>, Convert
         }
         _ => {}
     }
-    let thinking_budget = source
-        .get("reasoning_effort")
-        .and_then(Value::as_str)
-        .map(|effort| budget_of(effort, max_tokens))
-        .transpose()?
-        .flatten();
-    if let Some(budget) = thinking_budget {
-        out.insert(
-            "thinking".into(),
-            json!({"type": "enabled", "budget_tokens": budget}),
-        );
-    } else {
-        if let Some(temperature) = source.get("temperature").and_then(Value::as_f64) {
-            out.insert("temperature".into(), json!(temperature.clamp(0.0, 1.0)));
-        }
-        if let Some(top_p) = source.get("top_p").filter(|value| value.is_number()) {
-            out.insert("top_p".into(), top_p.clone());
-        }
-    }
-    if let Some(stream) = source.get("stream").and_then(Value::as_bool) {
-        out.insert("stream".into(), stream.into());
-    }
+    let effort = source.get("reasoning_effort").and_then(Value::as_str);
+    insert_sampling(&source, &mut out, effort, max_tokens)?;
     let has_tools = match source.get("tools") {
         Some(Value::Array(tools)) if !tools.is_empty() => {
             let converted = tools.iter().map(tool).collect::<Result<Vec<_>, _>>()?;
@@ -210,20 +190,12 @@ pub fn request(body: &[u8], options: &RequestOptions) -> Result<Vec<u8>, Convert
         }
         _ => false,
     };
-    let mut choice = source
+    let choice = source
         .get("tool_choice")
         .filter(|choice| !choice.is_null())
         .map(tool_choice)
         .transpose()?;
-    if has_tools && source.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
-        let choice = choice.get_or_insert_with(|| json!({"type": "auto"}));
-        if choice["type"] != "none" {
-            choice["disable_parallel_tool_use"] = true.into();
-        }
-    }
-    if let Some(choice) = choice {
-        out.insert("tool_choice".into(), choice);
-    }
+    insert_tool_choice(&source, &mut out, choice, has_tools);
     if let Some(format) = source
         .get("response_format")
         .filter(|format| !format.is_null())
@@ -244,6 +216,56 @@ pub fn request(body: &[u8], options: &RequestOptions) -> Result<Vec<u8>, Convert
         );
     }
     Ok(to_bytes(&Value::Object(out)))
+}
+
+/// The thinking budget for `effort` (OpenAI's reasoning effort) or, without thinking, the
+/// client's temperature (clamped to Anthropic's range) and `top_p`; and `stream`.
+pub(crate) fn insert_sampling(
+    source: &Object,
+    out: &mut Object,
+    effort: Option<&str>,
+    max_tokens: u64,
+) -> Result<(), ConvertError> {
+    let thinking_budget = effort
+        .map(|effort| budget_of(effort, max_tokens))
+        .transpose()?
+        .flatten();
+    if let Some(budget) = thinking_budget {
+        out.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": budget}),
+        );
+    } else {
+        if let Some(temperature) = source.get("temperature").and_then(Value::as_f64) {
+            out.insert("temperature".into(), json!(temperature.clamp(0.0, 1.0)));
+        }
+        if let Some(top_p) = source.get("top_p").filter(|value| value.is_number()) {
+            out.insert("top_p".into(), top_p.clone());
+        }
+    }
+    if let Some(stream) = source.get("stream").and_then(Value::as_bool) {
+        out.insert("stream".into(), stream.into());
+    }
+    Ok(())
+}
+
+/// The converted `tool_choice`, with `parallel_tool_calls: false` as Anthropic's
+/// `disable_parallel_tool_use` (which needs a choice to sit on).
+pub(crate) fn insert_tool_choice(
+    source: &Object,
+    out: &mut Object,
+    mut choice: Option<Value>,
+    has_tools: bool,
+) {
+    if has_tools && source.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+        let choice = choice.get_or_insert_with(|| json!({"type": "auto"}));
+        if choice["type"] != "none" {
+            choice["disable_parallel_tool_use"] = true.into();
+        }
+    }
+    if let Some(choice) = choice {
+        out.insert("tool_choice".into(), choice);
+    }
 }
 
 /// The text of a string or of text parts (system, developer and tool messages).
@@ -275,7 +297,7 @@ fn text_of(content: &Value, position: usize) -> Result<String, ConvertError> {
 }
 
 /// An OpenAI `image_url` (a `data:` URL or a web URL) → an Anthropic image block.
-fn image_block(part: &Value, position: usize) -> Result<Value, ConvertError> {
+pub(crate) fn image_block(part: &Value, position: usize) -> Result<Value, ConvertError> {
     let url = part
         .get("image_url")
         .and_then(|image| image.get("url").or(Some(image)))

@@ -1,6 +1,7 @@
 //! Conversions whose output is in the Anthropic Messages dialect.
 
 pub mod from_openai_chat;
+pub mod from_openai_responses;
 
 /// An Anthropic request that carries thinking the relay converted from an OpenAI-compatible
 /// host (signed [`super::UNSIGNED_THINKING_SIGNATURE`]), without those blocks: Anthropic

@@ -1,0 +1,3 @@
+//! Conversions whose output is in the OpenAI Responses dialect.
+
+pub mod from_anthropic;
