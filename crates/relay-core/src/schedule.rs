@@ -56,6 +56,7 @@ pub fn bridges(client: Dialect, upstream: Dialect) -> bool {
             (AnthropicMessages, OpenAiChat)
                 | (OpenAiChat, AnthropicMessages)
                 | (OpenAiResponses, AnthropicMessages)
+                | (OpenAiResponses, OpenAiChat)
         )
 }
 

@@ -158,7 +158,12 @@ pub fn expected_chat_usage(body: &Value) -> MockChatUsage {
 
 enum Reply {
     Text(String),
-    ToolCall { id: String, arguments: String },
+    /// `Bash`, or Codex's `exec_command` when the request offers it.
+    ToolCall {
+        id: String,
+        name: &'static str,
+        arguments: String,
+    },
 }
 
 impl Reply {
@@ -221,14 +226,24 @@ fn reply_for(body: &Value) -> Reply {
         .map(|message| content_text(&message["content"]))
         .unwrap_or_default();
     if let Some(nonce) = tool_nonce(&prompt) {
-        let arguments = json!({
-            "command": format!("echo TOOLRESULT-{nonce}"),
-            "description": "Echo the nonce",
-        })
-        .to_string();
+        let command = format!("echo TOOLRESULT-{nonce}");
+        let codex = body["tools"].as_array().is_some_and(|tools| {
+            tools
+                .iter()
+                .any(|tool| tool["function"]["name"] == "exec_command")
+        });
+        let (name, arguments) = if codex {
+            ("exec_command", json!({"cmd": command}))
+        } else {
+            (
+                "Bash",
+                json!({"command": command, "description": "Echo the nonce"}),
+            )
+        };
         return Reply::ToolCall {
             id: format!("call_mock_{nonce}"),
-            arguments,
+            name,
+            arguments: arguments.to_string(),
         };
     }
     let model = body["model"].as_str().unwrap_or("unknown");
@@ -357,9 +372,13 @@ async fn chat_completions(State(script): State<Arc<Script>>, request: Request) -
         let mut message = json!({"role": "assistant", "content": null, "refusal": null});
         match &reply {
             Reply::Text(text) => message["content"] = json!(text),
-            Reply::ToolCall { id, arguments } => {
+            Reply::ToolCall {
+                id,
+                name,
+                arguments,
+            } => {
                 message["tool_calls"] = json!([{"id": id, "type": "function",
-                    "function": {"name": "Bash", "arguments": arguments}}]);
+                    "function": {"name": name, "arguments": arguments}}]);
             }
         }
         if reasoning {
@@ -446,10 +465,14 @@ impl Chunks<'_> {
                     frames.push(self.delta(delta, None));
                 }
             }
-            Reply::ToolCall { id, arguments } => {
+            Reply::ToolCall {
+                id,
+                name,
+                arguments,
+            } => {
                 frames.push(self.delta(
                     json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
-                        "function": {"name": "Bash", "arguments": ""}}]}),
+                        "function": {"name": name, "arguments": ""}}]}),
                     None,
                 ));
                 let chars: Vec<char> = arguments.chars().collect();

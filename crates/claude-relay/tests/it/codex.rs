@@ -110,6 +110,31 @@ fn described(output: &Output) -> String {
     )
 }
 
+/// `codex exec` twice through `relay`: "Say hello" must answer `hello`; a prompt asking for a
+/// tool must run `exec_command` (in Codex's sandbox) and answer with its output.
+async fn hello_then_tool(
+    binary: &Path,
+    dir: &Path,
+    relay: &RunningRelay,
+    key: &str,
+    hello: &str,
+    nonce: &str,
+) {
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (output, message) = codex(binary, &home, &relay.url, key, "Say hello").await;
+    assert!(output.status.success(), "{}", described(&output));
+    assert_eq!(message.trim(), hello, "{}", described(&output));
+    let prompt = format!("USE_TOOL:Bash NONCE-{nonce}");
+    let (output, message) = codex(binary, &home, &relay.url, key, &prompt).await;
+    assert!(output.status.success(), "{}", described(&output));
+    assert!(
+        message.contains("TOOL_DONE:") && message.contains(&format!("TOOLRESULT-{nonce}")),
+        "{message}\n{}",
+        described(&output)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_exec_completes_and_runs_a_tool_through_the_relay_with_exact_usage() {
     let Some(binary) = client("npm/node_modules/.bin/codex") else {
@@ -121,29 +146,15 @@ async fn codex_exec_completes_and_runs_a_tool_through_the_relay_with_exact_usage
     add_responses_account(&data_dir, "codex", "sk-codex", &openai.base_url());
     let key = create_key(&data_dir, "codex");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-
-    // A text prompt.
-    let (output, message) = codex(&binary, &home, &relay.url, &key, "Say hello").await;
-    assert!(output.status.success(), "{}", described(&output));
-    assert_eq!(
-        message.trim(),
+    hello_then_tool(
+        &binary,
+        dir.path(),
+        &relay,
+        &key,
         "MOCK_OK from gpt-5-codex.",
-        "{}",
-        described(&output)
-    );
-
-    // A tool round trip: the mock asks for `exec_command`, Codex runs it in its sandbox and
-    // sends the output back in a second request.
-    let (output, message) =
-        codex(&binary, &home, &relay.url, &key, "USE_TOOL:Bash NONCE-cx1").await;
-    assert!(output.status.success(), "{}", described(&output));
-    assert!(
-        message.contains("TOOL_DONE:") && message.contains("TOOLRESULT-cx1"),
-        "{message}\n{}",
-        described(&output)
-    );
+        "cx1",
+    )
+    .await;
 
     // Every request went to the account's `/responses`, and the relay recorded exactly what
     // the mock reported for each.
@@ -263,26 +274,15 @@ async fn codex_runs_on_an_anthropic_account_through_conversion() {
     );
     let key = create_key(&data_dir, "codex");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-
-    let (output, message) = codex(&binary, &home, &relay.url, &key, "Say hello").await;
-    assert!(output.status.success(), "{}", described(&output));
-    assert_eq!(
-        message.trim(),
+    hello_then_tool(
+        &binary,
+        dir.path(),
+        &relay,
+        &key,
         "MOCK_OK from claude-sonnet-4-5.",
-        "{}",
-        described(&output)
-    );
-
-    let (output, message) =
-        codex(&binary, &home, &relay.url, &key, "USE_TOOL:Bash NONCE-cx2").await;
-    assert!(output.status.success(), "{}", described(&output));
-    assert!(
-        message.contains("TOOL_DONE:") && message.contains("TOOLRESULT-cx2"),
-        "{message}\n{}",
-        described(&output)
-    );
+        "cx2",
+    )
+    .await;
 
     // Three Anthropic requests, each recorded with the mock's own input-side figures.
     let requests: Vec<_> = anthropic
@@ -306,4 +306,56 @@ async fn codex_runs_on_an_anthropic_account_through_conversion() {
     assert_eq!(usage["input_tokens"], input);
     assert_eq!(usage["cache_read_input_tokens"], cached);
     assert!(usage["output_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_runs_on_an_openai_compatible_chat_account_through_conversion() {
+    let Some(binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // A DeepSeek-like host that speaks only Chat Completions, mapped under Codex's model.
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "openai",
+            "--name",
+            "deepseek",
+            "--api-key",
+            "sk-ds",
+            "--base-url",
+            &openai.base_url(),
+            "--map-model",
+            "gpt-5-codex=deepseek-chat",
+        ],
+    );
+    let key = create_key(&data_dir, "codex");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    hello_then_tool(
+        &binary,
+        dir.path(),
+        &relay,
+        &key,
+        "MOCK_OK from deepseek-chat.",
+        "ds2",
+    )
+    .await;
+    let requests: Vec<_> = openai
+        .requests()
+        .into_iter()
+        .filter(|request| request.path == "/v1/chat/completions")
+        .collect();
+    assert_eq!(requests.len(), 3);
+    let expected: u64 = requests
+        .iter()
+        .map(|request| relay_testkit::openai::expected_chat_usage(&request.body).completion_tokens)
+        .sum();
+    let usage = usage_when(&data_dir, Some("codex"), 3).await;
+    assert_eq!(usage["requests"], 3);
+    assert_eq!(usage["output_tokens"], expected);
 }

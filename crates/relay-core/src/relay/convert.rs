@@ -46,6 +46,11 @@ pub(super) fn upstream_body(
         (Dialect::OpenAiResponses, Dialect::AnthropicMessages) => {
             responses_to_anthropic::request(&request.body, &options)
         }
+        // Through Anthropic's form: Responses → Messages → Chat.
+        (Dialect::OpenAiResponses, Dialect::OpenAiChat) => {
+            responses_to_anthropic::request(&request.body, &options)
+                .and_then(|messages| to_openai_chat::request(&messages, &options))
+        }
         (Dialect::OpenAiChat, Dialect::OpenAiChat) if request.stream && !request.include_usage => {
             return Ok(rewritten(&request.body, mapped, true));
         }
@@ -129,6 +134,7 @@ pub(super) fn error_body(client: Dialect, upstream: Dialect, status: u16, body: 
             openai_error(status, body)
         }
         (Dialect::OpenAiChat, Dialect::AnthropicMessages) => anthropic_error(status, body),
+        (Dialect::OpenAiChat, Dialect::OpenAiResponses) => chat_error_for_responses(status, body),
         _ => relay_protocol::dialect::error_body(
             client,
             ErrorKind::from_status(status),
@@ -148,6 +154,19 @@ fn openai_error(status: u16, body: &[u8]) -> Vec<u8> {
 /// An OpenAI error body as Anthropic's, its text redacted.
 fn anthropic_error(status: u16, body: &[u8]) -> Vec<u8> {
     to_anthropic::error(status, &crate::redact::json_body(body))
+}
+
+/// An OpenAI Chat host's error for a Responses client: the same shape, its kind read as
+/// Anthropic's conversions read it, its text redacted.
+fn chat_error_for_responses(status: u16, body: &[u8]) -> Vec<u8> {
+    to_openai_chat::error(status, &anthropic_error(status, body))
+}
+
+/// A Chat host's whole answer for a Responses client, through Anthropic's form.
+fn chat_response_for_responses(_: u16, body: &[u8]) -> Vec<u8> {
+    to_anthropic::response(body)
+        .and_then(|message| to_openai_responses::response(&message))
+        .unwrap_or_else(|error| unconvertible(Dialect::OpenAiResponses, &error.message))
 }
 
 /// How the answer's bytes reach the client.
@@ -271,6 +290,18 @@ pub(super) fn reframe(
                         unconvertible(Dialect::OpenAiResponses, &error.message)
                     })
                 })
+            }
+        }
+        (Dialect::OpenAiChat, Dialect::OpenAiResponses) => {
+            if !status.is_success() {
+                whole(client, status, chat_error_for_responses)
+            } else if is_sse {
+                Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
+                    to_anthropic::StreamTranslator::new(),
+                    to_openai_responses::StreamTranslator::new(),
+                )))
+            } else {
+                whole(client, status, chat_response_for_responses)
             }
         }
         (Dialect::OpenAiChat, Dialect::AnthropicMessages) => {

@@ -8,7 +8,8 @@
 //! and the other way round for an OpenAI client on an Anthropic upstream. A Responses client
 //! (Codex CLI) on an Anthropic upstream goes up through
 //! [`anthropic::from_openai_responses::request`] and comes back through
-//! [`openai_responses::from_anthropic`].
+//! [`openai_responses::from_anthropic`]; on an OpenAI Chat upstream it goes through Anthropic's
+//! form both ways ([`Chain`]), each step a conversion of its own.
 //!
 //! Conversions are a single pass over a parsed [`serde_json::Value`]. Objects keep the order
 //! they are built in, and what passes through (tool schemas, `response_format` schemas) keeps the
@@ -72,6 +73,45 @@ pub trait Translate {
     /// The upstream ended cleanly: appends closing events, but only if the upstream stream
     /// really finished (a cut stream stays cut).
     fn finish(&mut self, out: &mut Vec<u8>);
+}
+
+/// Two translators in a row: the first's client events are the second's upstream bytes (a
+/// Responses client on an OpenAI Chat upstream goes Chat → Anthropic → Responses, each step a
+/// conversion that exists and is tested on its own).
+#[derive(Debug)]
+pub struct Chain<A, B> {
+    first: A,
+    second: B,
+    between: Vec<u8>,
+}
+
+impl<A: Translate, B: Translate> Chain<A, B> {
+    pub fn new(first: A, second: B) -> Self {
+        Self {
+            first,
+            second,
+            between: Vec::new(),
+        }
+    }
+}
+
+impl<A: Translate, B: Translate> Translate for Chain<A, B> {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        self.first.push(chunk, &mut self.between);
+        if !self.between.is_empty() {
+            self.second.push(&self.between, out);
+            self.between.clear();
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.first.finish(&mut self.between);
+        if !self.between.is_empty() {
+            self.second.push(&self.between, out);
+            self.between.clear();
+        }
+        self.second.finish(out);
+    }
 }
 
 pub(crate) type Object = Map<String, Value>;

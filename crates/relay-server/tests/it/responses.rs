@@ -295,3 +295,64 @@ async fn a_previous_response_id_an_anthropic_account_cannot_resolve_is_a_clear_4
         .contains("previous_response_id"));
     assert!(harness.mock.requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_responses_client_is_served_by_an_openai_chat_account_through_conversion() {
+    let harness = Harness::start(vec![crate::harness::openai_account(
+        "deepseek",
+        "sk-ds",
+        1,
+        &["deepseek-chat"],
+    )])
+    .await;
+    let mut body = codex_body(true, "USE_TOOL:Bash NONCE-ds1");
+    body["model"] = json!("deepseek-chat");
+    let response = post(&harness, &body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "response.created");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.completed", "{text}");
+    let call = &last["response"]["output"][0];
+    assert_eq!(call["type"], "function_call");
+    assert_eq!(call["name"], "exec_command");
+    assert_eq!(
+        serde_json::from_str::<Value>(call["arguments"].as_str().unwrap()).unwrap(),
+        json!({"cmd": "echo TOOLRESULT-ds1"})
+    );
+    let sent = &harness.openai.requests()[0];
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.body["messages"][0]["role"], "system");
+    assert_eq!(sent.body["stream_options"]["include_usage"], true);
+    let first_turn = relay_testkit::openai::expected_chat_usage(&sent.body);
+
+    // The tool's output, not streamed.
+    let mut second = body.clone();
+    second["stream"] = json!(false);
+    second["input"].as_array_mut().unwrap().extend([
+        json!({"type": "function_call", "call_id": call["call_id"], "name": "exec_command", "arguments": call["arguments"]}),
+        json!({"type": "function_call_output", "call_id": call["call_id"], "output": "TOOLRESULT-ds1"}),
+    ]);
+    let answer: Value = post(&harness, &second)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["output"][0]["content"][0]["text"], "TOOL_DONE: TOOLRESULT-ds1",
+        "{answer}"
+    );
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].platform, "openai");
+    assert_eq!(records[0].endpoint, "responses");
+    assert_eq!(records[0].usage.output_tokens, first_turn.completion_tokens);
+    assert!(records.iter().all(|record| record.outcome == "ok"));
+}

@@ -732,3 +732,88 @@ mod tests {
         assert_eq!(error["error"]["code"], "rate_limit_exceeded");
     }
 }
+
+/// A Chat host's answer reaches a Responses client through Anthropic's form ([`crate::convert::Chain`]).
+#[cfg(test)]
+mod through_chat {
+    use super::*;
+    use crate::convert::anthropic::from_openai_chat as chat_to_anthropic;
+    use crate::convert::Chain;
+
+    fn chat_stream() -> String {
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "deepseek-chat",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut frames = vec![
+            chunk(json!({"role": "assistant", "content": "On "}), Value::Null),
+            chunk(json!({"content": "it."}), Value::Null),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "exec_command", "arguments": "{\"cmd\":"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"ls\"}"}}]}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("tool_calls")),
+        ];
+        frames.push(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "deepseek-chat",
+            "choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 9, "prompt_tokens_details": {"cached_tokens": 20}}}));
+        let mut text: String = frames
+            .iter()
+            .map(|frame| format!("data: {frame}\n\n"))
+            .collect();
+        text.push_str("data: [DONE]\n\n");
+        text
+    }
+
+    #[test]
+    fn a_chat_stream_becomes_the_responses_events_and_assembles_to_the_whole_answer() {
+        let stream = chat_stream();
+        let mut seen = None;
+        for split in [1, 9, usize::MAX] {
+            let mut chain = Chain::new(
+                chat_to_anthropic::StreamTranslator::new(),
+                StreamTranslator::new(),
+            );
+            let mut out = Vec::new();
+            for chunk in stream.as_bytes().chunks(split) {
+                chain.push(chunk, &mut out);
+            }
+            chain.finish(&mut out);
+            let text = String::from_utf8(out).unwrap();
+            let last: Value = serde_json::from_str(
+                text.lines()
+                    .filter_map(|line| line.strip_prefix("data: "))
+                    .next_back()
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(last["type"], "response.completed", "{text}");
+            if let Some(seen) = &seen {
+                assert_eq!(&last, seen, "chunks of {split}");
+            }
+            seen = Some(last);
+        }
+        let completed = &seen.unwrap()["response"];
+        assert_eq!(completed["output"][0]["content"][0]["text"], "On it.");
+        assert_eq!(completed["output"][1]["name"], "exec_command");
+        assert_eq!(completed["output"][1]["arguments"], "{\"cmd\":\"ls\"}");
+        assert_eq!(completed["usage"]["input_tokens"], 50);
+        assert_eq!(
+            completed["usage"]["input_tokens_details"]["cached_tokens"],
+            20
+        );
+        assert_eq!(completed["usage"]["output_tokens"], 9);
+
+        let whole = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "deepseek-chat",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": "On it.",
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "exec_command", "arguments": "{\"cmd\":\"ls\"}"}}]}}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 9, "prompt_tokens_details": {"cached_tokens": 20}}});
+        let message = chat_to_anthropic::response(whole.to_string().as_bytes()).unwrap();
+        let converted: Value = serde_json::from_slice(&response(&message).unwrap()).unwrap();
+        assert_eq!(converted["output"], completed["output"]);
+        assert_eq!(converted["usage"], completed["usage"]);
+    }
+}
