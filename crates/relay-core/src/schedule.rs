@@ -57,6 +57,8 @@ pub fn bridges(client: Dialect, upstream: Dialect) -> bool {
                 | (OpenAiChat, AnthropicMessages)
                 | (OpenAiResponses, AnthropicMessages)
                 | (OpenAiResponses, OpenAiChat)
+                | (AnthropicMessages, OpenAiResponses)
+                | (OpenAiChat, OpenAiResponses)
         )
 }
 

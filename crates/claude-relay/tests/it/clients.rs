@@ -475,3 +475,90 @@ async fn claude_code_runs_on_an_openai_compatible_account_and_usage_matches() {
     }
     drop(relay);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_runs_on_a_responses_account_and_usage_matches() {
+    let Some(claude_binary) = client("npm/node_modules/.bin/claude") else {
+        return;
+    };
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    crate::support::cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "openai-responses",
+            "--name",
+            "gpt",
+            "--api-key",
+            "sk-resp",
+            "--base-url",
+            &openai.base_url(),
+            "--map-model",
+            "claude-*=gpt-5-mini",
+        ],
+    );
+    let key = create_key(&data_dir, "claude-code");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let output = claude(
+        &claude_binary,
+        &home,
+        &relay.url,
+        ("ANTHROPIC_API_KEY", &key),
+        &[
+            "-p",
+            "USE_TOOL:Bash NONCE-rc1",
+            "--output-format",
+            "json",
+            "--model",
+            "claude-sonnet-4-5-20250929",
+            "--allowedTools",
+            "Bash",
+        ],
+    )
+    .await;
+    let result = parse_result(&output);
+    assert_eq!(result["is_error"], false, "{result}");
+    assert_eq!(result["result"], "TOOL_DONE: TOOLRESULT-rc1", "{result}");
+    assert_eq!(result["num_turns"], 2);
+
+    // Both turns went to the Responses upstream, the tool result as a function_call_output.
+    let upstream = openai.requests();
+    assert_eq!(upstream.len(), 2, "one request per turn");
+    for request in &upstream {
+        assert_eq!(request.path, "/v1/responses");
+        assert_eq!(request.api_key, "sk-resp");
+        assert_eq!(request.body["model"], "gpt-5-mini");
+        assert_eq!(request.body["store"], false);
+    }
+    let second = upstream[1].body["input"].as_array().unwrap();
+    assert!(
+        second
+            .iter()
+            .any(|item| item["type"] == "function_call_output"
+                && item["output"].to_string().contains("TOOLRESULT-rc1")),
+        "{second:?}"
+    );
+
+    // The relay's bill equals what Claude Code itself was told, token for token.
+    let usage = usage_when(&data_dir, Some("claude-code"), 2).await;
+    assert_eq!(usage["requests"], 2);
+    for name in [
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ] {
+        assert_eq!(
+            field(&usage, name),
+            field(&result["usage"], name),
+            "{name}: relay vs Claude Code"
+        );
+    }
+    drop(relay);
+}

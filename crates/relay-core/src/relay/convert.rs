@@ -12,7 +12,9 @@ use relay_protocol::anthropic::{MessagesUsageTracker, StreamEnding, UsageFault};
 use relay_protocol::convert::anthropic::from_openai_chat as to_anthropic;
 use relay_protocol::convert::anthropic::from_openai_responses as responses_to_anthropic;
 use relay_protocol::convert::openai_chat::from_anthropic as to_openai_chat;
+use relay_protocol::convert::openai_chat::from_openai_responses as responses_to_chat;
 use relay_protocol::convert::openai_responses::from_anthropic as to_openai_responses;
+use relay_protocol::convert::openai_responses::from_openai_chat as chat_to_responses;
 use relay_protocol::convert::{RequestOptions, Translate};
 use relay_protocol::openai::ChatUsageTracker;
 use relay_protocol::openai_responses::ResponsesUsageTracker;
@@ -45,6 +47,14 @@ pub(super) fn upstream_body(
         }
         (Dialect::OpenAiResponses, Dialect::AnthropicMessages) => {
             responses_to_anthropic::request(&request.body, &options)
+        }
+        (Dialect::OpenAiChat, Dialect::OpenAiResponses) => {
+            chat_to_responses::request(&request.body, &options)
+        }
+        // Through Chat's form: Messages → Chat → Responses.
+        (Dialect::AnthropicMessages, Dialect::OpenAiResponses) => {
+            to_openai_chat::request(&request.body, &options)
+                .and_then(|chat| chat_to_responses::request(&chat, &options))
         }
         // Through Anthropic's form: Responses → Messages → Chat.
         (Dialect::OpenAiResponses, Dialect::OpenAiChat) => {
@@ -134,7 +144,9 @@ pub(super) fn error_body(client: Dialect, upstream: Dialect, status: u16, body: 
             openai_error(status, body)
         }
         (Dialect::OpenAiChat, Dialect::AnthropicMessages) => anthropic_error(status, body),
-        (Dialect::OpenAiChat, Dialect::OpenAiResponses) => chat_error_for_responses(status, body),
+        (Dialect::OpenAiChat, Dialect::OpenAiResponses)
+        | (Dialect::OpenAiResponses, Dialect::OpenAiChat) => chat_error_for_responses(status, body),
+        (Dialect::OpenAiResponses, Dialect::AnthropicMessages) => anthropic_error(status, body),
         _ => relay_protocol::dialect::error_body(
             client,
             ErrorKind::from_status(status),
@@ -156,8 +168,8 @@ fn anthropic_error(status: u16, body: &[u8]) -> Vec<u8> {
     to_anthropic::error(status, &crate::redact::json_body(body))
 }
 
-/// An OpenAI Chat host's error for a Responses client: the same shape, its kind read as
-/// Anthropic's conversions read it, its text redacted.
+/// An OpenAI error (Chat or Responses: the same shape) for a client of the other API: its kind
+/// read as Anthropic's conversions read it, its text redacted.
 fn chat_error_for_responses(status: u16, body: &[u8]) -> Vec<u8> {
     to_openai_chat::error(status, &anthropic_error(status, body))
 }
@@ -167,6 +179,19 @@ fn chat_response_for_responses(_: u16, body: &[u8]) -> Vec<u8> {
     to_anthropic::response(body)
         .and_then(|message| to_openai_responses::response(&message))
         .unwrap_or_else(|error| unconvertible(Dialect::OpenAiResponses, &error.message))
+}
+
+/// A Responses account's whole answer for a Chat client.
+fn responses_response_for_chat(_: u16, body: &[u8]) -> Vec<u8> {
+    responses_to_chat::response(body)
+        .unwrap_or_else(|error| unconvertible(Dialect::OpenAiChat, &error.message))
+}
+
+/// A Responses account's whole answer for an Anthropic client, through Chat's form.
+fn responses_response_for_anthropic(_: u16, body: &[u8]) -> Vec<u8> {
+    responses_to_chat::response(body)
+        .and_then(|chat| to_anthropic::response(&chat))
+        .unwrap_or_else(|error| unconvertible(Dialect::AnthropicMessages, &error.message))
 }
 
 /// How the answer's bytes reach the client.
@@ -290,6 +315,29 @@ pub(super) fn reframe(
                         unconvertible(Dialect::OpenAiResponses, &error.message)
                     })
                 })
+            }
+        }
+        (Dialect::OpenAiResponses, Dialect::OpenAiChat) => {
+            if !status.is_success() {
+                whole(client, status, chat_error_for_responses)
+            } else if is_sse {
+                Reframe::Stream(Box::new(responses_to_chat::StreamTranslator::new(
+                    request.include_usage,
+                )))
+            } else {
+                whole(client, status, responses_response_for_chat)
+            }
+        }
+        (Dialect::OpenAiResponses, Dialect::AnthropicMessages) => {
+            if !status.is_success() {
+                whole(client, status, anthropic_error)
+            } else if is_sse {
+                Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
+                    responses_to_chat::StreamTranslator::new(true),
+                    to_anthropic::StreamTranslator::new(),
+                )))
+            } else {
+                whole(client, status, responses_response_for_anthropic)
             }
         }
         (Dialect::OpenAiChat, Dialect::OpenAiResponses) => {

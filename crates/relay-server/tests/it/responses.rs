@@ -356,3 +356,80 @@ async fn a_responses_client_is_served_by_an_openai_chat_account_through_conversi
     assert_eq!(records[0].usage.output_tokens, first_turn.completion_tokens);
     assert!(records.iter().all(|record| record.outcome == "ok"));
 }
+
+#[tokio::test]
+async fn anthropic_and_chat_clients_are_served_by_a_responses_account_through_conversion() {
+    let harness = Harness::start(vec![responses_account("gpt", "sk-resp", 1)]).await;
+
+    // An Anthropic client, streamed, asking for a tool.
+    let body = json!({
+        "model": "gpt-5-mini",
+        "max_tokens": 256,
+        "stream": true,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "USE_TOOL:Bash NONCE-ar1"}],
+        "tools": [{"name": "Bash", "description": "Run", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}],
+    });
+    let response = harness
+        .client
+        .post(format!("{}/v1/messages", harness.url))
+        .header("x-api-key", &harness.key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("event: message_start"), "{text}");
+    assert!(text.contains("\"type\":\"tool_use\""), "{text}");
+    assert!(text.contains("event: message_stop"), "{text}");
+    let sent = &harness.openai.requests()[0];
+    assert_eq!(sent.path, "/v1/responses");
+    assert_eq!(sent.body["instructions"], "Be brief.");
+    assert_eq!(sent.body["tools"][0]["name"], "Bash");
+    let anthropic_turn = expected_responses_usage(&sent.body);
+
+    // A Chat client, not streamed, then streamed with the usage chunk.
+    let chat = json!({"model": "gpt-5-mini", "messages": [{"role": "user", "content": "hello"}]});
+    let answer: Value = harness
+        .client
+        .post(format!("{}/v1/chat/completions", harness.url))
+        .bearer_auth(&harness.key)
+        .json(&chat)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "MOCK_OK from gpt-5-mini."
+    );
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let text = harness
+        .client
+        .post(format!("{}/v1/chat/completions", harness.url))
+        .bearer_auth(&harness.key)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(text.contains("\"usage\":{"), "{text}");
+
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0].endpoint, "messages");
+    assert_eq!(records[0].platform, "openai-responses");
+    assert_eq!(records[0].usage.output_tokens, anthropic_turn.output_tokens);
+    assert_eq!(records[1].endpoint, "chat_completions");
+    assert!(records.iter().all(|record| record.outcome == "ok"));
+}

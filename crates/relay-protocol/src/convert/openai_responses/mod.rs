@@ -1,3 +1,4 @@
 //! Conversions whose output is in the OpenAI Responses dialect.
 
 pub mod from_anthropic;
+pub mod from_openai_chat;
