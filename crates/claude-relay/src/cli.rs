@@ -75,7 +75,9 @@ enum AccountCommand {
         /// claude-oauth (a Claude subscription; see oauth-start), openai (OpenAI or any
         /// OpenAI-compatible Chat Completions host; --base-url as its docs give the OpenAI SDKs,
         /// e.g. https://api.deepseek.com/v1), or openai-responses (OpenAI's Responses API, what
-        /// Codex CLI speaks, or any Responses-compatible host; --base-url ending in /v1).
+        /// Codex CLI speaks, or any Responses-compatible host; --base-url ending in /v1), or
+        /// azure-openai (--base-url https://RESOURCE.openai.azure.com --deployment NAME
+        /// --api-version VERSION; Chat Completions and Responses).
         #[arg(long)]
         platform: String,
         #[arg(long)]
@@ -254,6 +256,12 @@ struct AccountSettingsArgs {
     groups: Vec<String>,
     #[arg(long)]
     notes: Option<String>,
+    /// An azure-openai account's deployment (it names the model upstream).
+    #[arg(long, value_name = "NAME")]
+    deployment: Option<String>,
+    /// An azure-openai account's api-version, e.g. 2024-10-21.
+    #[arg(long, value_name = "VERSION")]
+    api_version: Option<String>,
     /// Send this account's requests through a proxy: http://, https:// or socks5://
     /// [user:pass@]host:port (prefer CLAUDE_RELAY_ACCOUNT_PROXY, which keeps it out of `ps`).
     #[arg(long, env = "CLAUDE_RELAY_ACCOUNT_PROXY", hide_env_values = true)]
@@ -306,6 +314,12 @@ impl AccountSettingsArgs {
         }
         if let Some(notes) = self.notes {
             settings.notes = (!notes.is_empty()).then_some(notes);
+        }
+        if let Some(deployment) = self.deployment {
+            settings.deployment = Some(deployment);
+        }
+        if let Some(version) = self.api_version {
+            settings.api_version = Some(version);
         }
         Ok(())
     }

@@ -37,6 +37,12 @@ pub struct AccountSettings {
     /// Opus, so such accounts are not offered Opus requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// An Azure OpenAI account's deployment (it names the model upstream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// An Azure OpenAI account's `api-version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
 }
 
 use crate::model::matches;

@@ -405,6 +405,24 @@ impl AdminService {
             ));
         }
         input.settings.validate().map_err(AdminError::Invalid)?;
+        if platform == Platform::AzureOpenAi {
+            let named = |value: &Option<String>| {
+                value.as_deref().is_some_and(|value| {
+                    !value.is_empty()
+                        && value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                })
+            };
+            if base_url.is_none()
+                || !named(&input.settings.deployment)
+                || !named(&input.settings.api_version)
+            {
+                return Err(AdminError::Invalid(
+                    "an azure-openai account needs --base-url https://RESOURCE.openai.azure.com, --deployment NAME and --api-version VERSION (letters, digits, '-', '_', '.')".into(),
+                ));
+            }
+        }
         let serves_something = input
             .settings
             .models
@@ -435,9 +453,13 @@ impl AdminService {
         let id = uuid::Uuid::new_v4().to_string();
         let stored = match (tokens, platform) {
             (Some(tokens), _) => tokens.to_json(),
-            (None, Platform::Anthropic | Platform::OpenAi | Platform::OpenAiResponses) => {
-                api_key.to_owned()
-            }
+            (
+                None,
+                Platform::Anthropic
+                | Platform::OpenAi
+                | Platform::OpenAiResponses
+                | Platform::AzureOpenAi,
+            ) => api_key.to_owned(),
             // A subscription account added with a key is a setup token (`claude setup-token`).
             (None, Platform::ClaudeOauth) => OAuthTokens {
                 access_token: api_key.to_owned(),

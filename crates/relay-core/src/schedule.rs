@@ -34,7 +34,7 @@ impl Candidates<'_> {
     /// Whether `account` belongs to the candidates at all, cooling or not.
     fn admits(&self, account: &AccountEntry) -> bool {
         account.active
-            && bridges(self.dialect, account.platform.dialect())
+            && bridges(self.dialect, account.platform.dialect_for(self.dialect))
             && self.dedicated.is_none_or(|name| account.name == name)
             && self
                 .group

@@ -328,9 +328,10 @@ impl SnapshotStore {
                 };
                 Credential::ClaudeSubscription(runtime.oauth_session(tokens))
             }
-            Platform::Anthropic | Platform::OpenAi | Platform::OpenAiResponses => {
-                Credential::ApiKey(api_key)
-            }
+            Platform::Anthropic
+            | Platform::OpenAi
+            | Platform::OpenAiResponses
+            | Platform::AzureOpenAi => Credential::ApiKey(api_key),
         };
         let base_url = row
             .base_url

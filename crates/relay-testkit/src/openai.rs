@@ -61,6 +61,12 @@ impl MockOpenAi {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/responses", post(crate::responses::responses))
+            // Azure OpenAI's paths (`api-key` auth, `?api-version=`).
+            .route(
+                "/openai/deployments/{deployment}/chat/completions",
+                post(chat_completions),
+            )
+            .route("/openai/responses", post(crate::responses::responses))
             .route("/v1/models", get(models))
             .with_state(script.clone());
         let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
@@ -250,12 +256,14 @@ fn reply_for(body: &Value) -> Reply {
     Reply::Text(format!("MOCK_OK from {model}."))
 }
 
+/// The caller's key: `Authorization: Bearer`, or Azure's `api-key`.
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    let bearer = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    bearer
+        .or_else(|| headers.get("api-key").and_then(|value| value.to_str().ok()))
         .map(str::to_owned)
 }
 

@@ -20,6 +20,15 @@ pub enum UpstreamAuth<'a> {
     Subscription(&'a str),
     /// `Authorization: Bearer` (OpenAI and compatible hosts).
     Bearer(&'a str),
+    /// `api-key` (Azure OpenAI).
+    AzureKey(&'a str),
+}
+
+/// Where an Azure OpenAI account's requests go besides its endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Azure<'a> {
+    pub deployment: &'a str,
+    pub api_version: &'a str,
 }
 
 /// What a client asked for, as far as the upstream request depends on it.
@@ -45,17 +54,19 @@ pub enum Operation {
 
 /// The request to `base_url` of `platform`: its URL, the headers (the client's own when the
 /// dialects match, a fresh set when the body was converted) and `body`, already in the
-/// upstream's dialect.
+/// upstream's dialect. `azure` is an Azure OpenAI account's deployment and `api-version`.
 pub fn outbound(
     platform: Platform,
     base_url: &str,
+    azure: Option<Azure<'_>>,
     call: &Call<'_>,
     auth: UpstreamAuth<'_>,
     body: Bytes,
 ) -> Outbound {
-    let upstream_dialect = platform.dialect();
+    let upstream_dialect = platform.dialect_for(call.dialect);
     let passthrough = upstream_dialect == call.dialect;
     let base = base_url.trim_end_matches('/');
+    let azure_path;
     let path = match (platform, call.operation) {
         (Platform::Anthropic | Platform::ClaudeOauth, Operation::CountTokens) => {
             "/v1/messages/count_tokens"
@@ -64,12 +75,26 @@ pub fn outbound(
         // The base URL is the one OpenAI SDKs take (it ends in `/v1` or the host's own prefix).
         (Platform::OpenAi, _) => "/chat/completions",
         (Platform::OpenAiResponses, _) => "/responses",
+        (Platform::AzureOpenAi, _) => {
+            let (deployment, version) =
+                azure.map_or(("", ""), |azure| (azure.deployment, azure.api_version));
+            azure_path = if upstream_dialect == Dialect::OpenAiResponses {
+                format!("/openai/responses?api-version={version}")
+            } else {
+                format!("/openai/deployments/{deployment}/chat/completions?api-version={version}")
+            };
+            azure_path.as_str()
+        }
     };
     let mut url = String::with_capacity(base.len() + path.len() + 16);
     url.push_str(base);
     url.push_str(path);
-    // The query belongs to the client's dialect (Claude Code's `beta=true`).
-    if let Some(query) = call.query.filter(|_| passthrough) {
+    // The query belongs to the client's dialect (Claude Code's `beta=true`); Azure's is its
+    // `api-version`.
+    if let Some(query) = call
+        .query
+        .filter(|_| passthrough && platform != Platform::AzureOpenAi)
+    {
         url.push('?');
         url.push_str(query);
     }
@@ -107,6 +132,7 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "authorization",
     "x-api-key",
     "x-goog-api-key",
+    "api-key",
     "cookie",
     "accept-encoding",
     "forwarded",
@@ -178,6 +204,11 @@ fn authenticate(headers: &mut HeaderMap, auth: UpstreamAuth<'_>) {
         UpstreamAuth::Bearer(token) => {
             if let Some(credential) = sensitive(&format!("Bearer {token}")) {
                 headers.insert(header::AUTHORIZATION, credential);
+            }
+        }
+        UpstreamAuth::AzureKey(key) => {
+            if let Some(credential) = sensitive(key) {
+                headers.insert(HeaderName::from_static("api-key"), credential);
             }
         }
         UpstreamAuth::Subscription(token) => {

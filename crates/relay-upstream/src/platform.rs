@@ -17,14 +17,18 @@ pub enum Platform {
     /// OpenAI's Responses API (`/v1/responses`, what Codex CLI speaks) with an API key, or any
     /// Responses-compatible host; the base URL as for the OpenAI SDKs (ending in `/v1`).
     OpenAiResponses,
+    /// Azure OpenAI: a resource's endpoint, one deployment and an `api-version`; Chat
+    /// Completions and Responses both served natively.
+    AzureOpenAi,
 }
 
 impl Platform {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Anthropic,
         Self::ClaudeOauth,
         Self::OpenAi,
         Self::OpenAiResponses,
+        Self::AzureOpenAi,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +37,7 @@ impl Platform {
             Self::ClaudeOauth => "claude-oauth",
             Self::OpenAi => "openai",
             Self::OpenAiResponses => "openai-responses",
+            Self::AzureOpenAi => "azure-openai",
         }
     }
 
@@ -46,6 +51,8 @@ impl Platform {
         match self {
             Self::Anthropic | Self::ClaudeOauth => "https://api.anthropic.com",
             Self::OpenAi | Self::OpenAiResponses => "https://api.openai.com/v1",
+            // Every resource has its own; an account must name it (`--base-url`).
+            Self::AzureOpenAi => "https://RESOURCE.openai.azure.com",
         }
     }
 
@@ -55,6 +62,16 @@ impl Platform {
             Self::Anthropic | Self::ClaudeOauth => Dialect::AnthropicMessages,
             Self::OpenAi => Dialect::OpenAiChat,
             Self::OpenAiResponses => Dialect::OpenAiResponses,
+            Self::AzureOpenAi => Dialect::OpenAiChat,
+        }
+    }
+
+    /// The protocol the upstream is spoken to for a client of `client`'s dialect: its own, or
+    /// the client's where the platform speaks that too (Azure: Chat and Responses).
+    pub fn dialect_for(self, client: Dialect) -> Dialect {
+        match (self, client) {
+            (Self::AzureOpenAi, Dialect::OpenAiResponses) => Dialect::OpenAiResponses,
+            _ => self.dialect(),
         }
     }
 
@@ -64,6 +81,7 @@ impl Platform {
             Self::Anthropic | Self::ClaudeOauth => "claude-haiku-4-5",
             Self::OpenAi => "gpt-4o-mini",
             Self::OpenAiResponses => "gpt-5-mini",
+            Self::AzureOpenAi => "gpt-4o-mini",
         }
     }
 
@@ -74,7 +92,7 @@ impl Platform {
         match self {
             Self::Anthropic | Self::ClaudeOauth => &["claude-*"],
             Self::OpenAi => &[],
-            Self::OpenAiResponses => &["gpt-*", "o1*", "o3*", "o4*", "codex-*"],
+            Self::OpenAiResponses | Self::AzureOpenAi => &["gpt-*", "o1*", "o3*", "o4*", "codex-*"],
         }
     }
 }

@@ -10,7 +10,7 @@ use relay_testkit::openai::MockOpenAi;
 use relay_testkit::responses::expected_responses_usage;
 use relay_testkit::{expected_usage, MockUpstream};
 
-use crate::support::{cli, client, create_key, usage_when, RunningRelay};
+use crate::support::{cli, cli_fails, client, create_key, usage_when, RunningRelay};
 
 /// Runs `codex exec` with a fresh `CODEX_HOME` pointing at `relay_url`; its output and the last
 /// message it wrote.
@@ -358,4 +358,101 @@ async fn codex_runs_on_an_openai_compatible_chat_account_through_conversion() {
     let usage = usage_when(&data_dir, Some("codex"), 3).await;
     assert_eq!(usage["requests"], 3);
     assert_eq!(usage["output_tokens"], expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_and_chat_clients_are_served_by_an_azure_openai_deployment() {
+    let Some(binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    let azure = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let refused = cli_fails(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "azure-openai",
+            "--name",
+            "az",
+            "--api-key",
+            "az-key",
+            "--base-url",
+            &azure.url(),
+        ],
+    );
+    assert!(refused.contains("--deployment"), "{refused}");
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "azure-openai",
+            "--name",
+            "az",
+            "--api-key",
+            "az-key",
+            "--base-url",
+            &azure.url(),
+            "--deployment",
+            "gpt5-prod",
+            "--api-version",
+            "2025-04-01-preview",
+        ],
+    );
+    let key = create_key(&data_dir, "azure");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+
+    // Codex speaks Responses, which Azure serves natively: the deployment names the model.
+    hello_then_tool(
+        &binary,
+        dir.path(),
+        &relay,
+        &key,
+        "MOCK_OK from gpt5-prod.",
+        "az1",
+    )
+    .await;
+    // A Chat client goes to the deployment's chat/completions.
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", relay.url))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "MOCK_OK from gpt5-prod.",
+        "{answer}"
+    );
+
+    let requests = azure.requests();
+    assert_eq!(requests.len(), 4, "three Codex turns and one chat");
+    for request in &requests {
+        assert_eq!(request.api_key, "az-key");
+        assert_eq!(request.headers["api-key"], "az-key");
+        assert!(request.headers.get("authorization").is_none());
+        assert_eq!(
+            request.query.as_deref(),
+            Some("api-version=2025-04-01-preview")
+        );
+    }
+    assert!(
+        requests[..3]
+            .iter()
+            .all(|request| request.path == "/openai/responses"
+                && request.body["model"] == "gpt5-prod")
+    );
+    assert_eq!(
+        requests[3].path,
+        "/openai/deployments/gpt5-prod/chat/completions"
+    );
+    let usage = usage_when(&data_dir, Some("azure"), 4).await;
+    assert_eq!(usage["requests"], 4);
 }

@@ -29,7 +29,13 @@ pub(super) fn upstream_body(
     account: &AccountEntry,
     settings: &RelaySettings,
 ) -> Result<Bytes, RelayError> {
-    let mapped = account.settings.map_model(&request.model);
+    // An Azure deployment names the model upstream, whatever the client asked for.
+    let mapped = account
+        .settings
+        .deployment
+        .as_deref()
+        .filter(|_| account.platform == relay_upstream::Platform::AzureOpenAi)
+        .or_else(|| account.settings.map_model(&request.model));
     let model = mapped.unwrap_or(&request.model);
     let options = RequestOptions {
         model: Some(model),
@@ -38,7 +44,10 @@ pub(super) fn upstream_body(
         default_max_tokens: crate::pricing::output_limit(model, Some(DEFAULT_MAX_TOKENS))
             .min(settings.max_tokens_ceiling),
     };
-    let converted = match (request.endpoint.dialect(), account.platform.dialect()) {
+    let converted = match (
+        request.endpoint.dialect(),
+        account.platform.dialect_for(request.endpoint.dialect()),
+    ) {
         (Dialect::AnthropicMessages, Dialect::OpenAiChat) => {
             to_openai_chat::request(&request.body, &options)
         }

@@ -729,7 +729,8 @@ impl Relay {
                 }
                 Selection::AllCooling { .. } | Selection::NoAccount => break,
             };
-            if request.endpoint.counts_tokens() && account.platform.dialect() != dialect {
+            if request.endpoint.counts_tokens() && account.platform.dialect_for(dialect) != dialect
+            {
                 // Only Anthropic counts tokens; another platform's account gets an estimate.
                 return Ok(convert::estimated_token_count(&request));
             }
@@ -969,12 +970,25 @@ impl Relay {
                 (Credential::ApiKey(key), Platform::OpenAi | Platform::OpenAiResponses) => {
                     UpstreamAuth::Bearer(key.expose())
                 }
+                (Credential::ApiKey(key), Platform::AzureOpenAi) => {
+                    UpstreamAuth::AzureKey(key.expose())
+                }
                 (Credential::ApiKey(key), _) => UpstreamAuth::ApiKey(key.expose()),
             };
             let client = self.client_for(account);
+            let azure = account
+                .settings
+                .deployment
+                .as_deref()
+                .zip(account.settings.api_version.as_deref())
+                .map(|(deployment, api_version)| adapter::Azure {
+                    deployment,
+                    api_version,
+                });
             let outbound = adapter::outbound(
                 account.platform,
                 &account.base_url,
+                azure,
                 &request.call(),
                 auth,
                 body.clone(),
@@ -1035,7 +1049,7 @@ impl Relay {
     ) -> Result<RelayResponse, RelayError> {
         let failure_kind = failure.kind();
         let upstream_dialect = account.map_or(request.endpoint.dialect(), |account| {
-            account.platform.dialect()
+            account.platform.dialect_for(request.endpoint.dialect())
         });
         let outcome = answer::failure(failure, request.endpoint.dialect(), upstream_dialect);
         let status = match &outcome {
@@ -1108,7 +1122,7 @@ impl Relay {
             .coord
             .clone()
             .map(|coord| (coord, account.settings.daily_cost_nano_usd));
-        let upstream_dialect = account.platform.dialect();
+        let upstream_dialect = account.platform.dialect_for(request.endpoint.dialect());
         let passthrough = upstream_dialect == request.endpoint.dialect();
         let mut headers = adapter::client_response_headers(&started.headers, passthrough);
         let is_sse = started
