@@ -61,6 +61,7 @@ impl MockOpenAi {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/responses", post(crate::responses::responses))
+            .route("/v1/responses/compact", post(crate::responses::compact))
             // Azure OpenAI's paths (`api-key` auth, `?api-version=`).
             .route(
                 "/openai/deployments/{deployment}/chat/completions",

@@ -290,3 +290,25 @@ pub(crate) async fn responses(State(script): State<Arc<Script>>, request: Reques
         ))
         .unwrap_or_default()
 }
+
+/// `POST /v1/responses/compact`: the conversation's replacement history, one user message
+/// naming how many items it replaced (`COMPACTED <n> items`), with usage as for a response.
+pub(crate) async fn compact(State(script): State<Arc<Script>>, request: Request) -> Response {
+    let (body, delivery) = match admit(&script, request).await {
+        Ok(admitted) => admitted,
+        Err(reply) => return reply,
+    };
+    let summary = format!("COMPACTED {} items", items(&body).len());
+    let usage = MockResponsesUsage {
+        input_tokens: 3 + body.to_string().len() as u64 / 64,
+        cached_tokens: 0,
+        output_tokens: summary.split_whitespace().count() as u64 + 1,
+    };
+    let compaction = json!({
+        "id": "resp_mock_compact", "object": "response.compaction", "created_at": unix_now(),
+        "output": [{"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": summary}]}],
+        "usage": usage.to_json(),
+    });
+    json_response(200, &delivery.headers, compaction.to_string())
+}

@@ -50,6 +50,8 @@ pub enum Operation {
     Generate,
     /// Count a prompt's tokens (Anthropic only).
     CountTokens,
+    /// Compact a conversation (the Responses API's `/responses/compact`).
+    Compact,
 }
 
 /// The request to `base_url` of `platform`: its URL, the headers (the client's own when the
@@ -71,15 +73,24 @@ pub fn outbound(
         (Platform::Anthropic | Platform::ClaudeOauth, Operation::CountTokens) => {
             "/v1/messages/count_tokens"
         }
-        (Platform::Anthropic | Platform::ClaudeOauth, Operation::Generate) => "/v1/messages",
+        // A compaction goes to an Anthropic upstream as an ordinary message.
+        (Platform::Anthropic | Platform::ClaudeOauth, Operation::Generate | Operation::Compact) => {
+            "/v1/messages"
+        }
         // The base URL is the one OpenAI SDKs take (it ends in `/v1` or the host's own prefix).
         (Platform::OpenAi, _) => "/chat/completions",
+        (Platform::OpenAiResponses, Operation::Compact) => "/responses/compact",
         (Platform::OpenAiResponses, _) => "/responses",
         (Platform::AzureOpenAi, _) => {
             let (deployment, version) =
                 azure.map_or(("", ""), |azure| (azure.deployment, azure.api_version));
+            let compact = if call.operation == Operation::Compact {
+                "/compact"
+            } else {
+                ""
+            };
             azure_path = if upstream_dialect == Dialect::OpenAiResponses {
-                format!("/openai/responses?api-version={version}")
+                format!("/openai/responses{compact}?api-version={version}")
             } else {
                 format!("/openai/deployments/{deployment}/chat/completions?api-version={version}")
             };

@@ -190,6 +190,19 @@ fn chat_response_for_responses(_: u16, body: &[u8]) -> Vec<u8> {
         .unwrap_or_else(|error| unconvertible(Dialect::OpenAiResponses, &error.message))
 }
 
+/// An Anthropic account's answer to a compaction, as the compaction object.
+fn anthropic_compaction(_: u16, body: &[u8]) -> Vec<u8> {
+    to_openai_responses::compaction(body)
+        .unwrap_or_else(|error| unconvertible(Dialect::OpenAiResponses, &error.message))
+}
+
+/// A Chat account's answer to a compaction, through Anthropic's form.
+fn chat_compaction(_: u16, body: &[u8]) -> Vec<u8> {
+    to_anthropic::response(body)
+        .and_then(|message| to_openai_responses::compaction(&message))
+        .unwrap_or_else(|error| unconvertible(Dialect::OpenAiResponses, &error.message))
+}
+
 /// A Responses account's whole answer for a Chat client.
 fn responses_response_for_chat(_: u16, body: &[u8]) -> Vec<u8> {
     responses_to_chat::response(body)
@@ -316,6 +329,8 @@ pub(super) fn reframe(
         (Dialect::AnthropicMessages, Dialect::OpenAiResponses) => {
             if !status.is_success() {
                 whole(client, status, openai_error)
+            } else if request.endpoint == super::Endpoint::ResponsesCompact {
+                whole(client, status, anthropic_compaction)
             } else if is_sse {
                 Reframe::Stream(Box::new(to_openai_responses::StreamTranslator::new()))
             } else {
@@ -352,6 +367,8 @@ pub(super) fn reframe(
         (Dialect::OpenAiChat, Dialect::OpenAiResponses) => {
             if !status.is_success() {
                 whole(client, status, chat_error_for_responses)
+            } else if request.endpoint == super::Endpoint::ResponsesCompact {
+                whole(client, status, chat_compaction)
             } else if is_sse {
                 Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
                     to_anthropic::StreamTranslator::new(),

@@ -112,6 +112,8 @@ pub enum Endpoint {
     ChatCompletions,
     /// OpenAI `POST /v1/responses` (Codex CLI).
     Responses,
+    /// OpenAI `POST /v1/responses/compact` (Codex's remote compaction).
+    ResponsesCompact,
 }
 
 impl Endpoint {
@@ -122,6 +124,7 @@ impl Endpoint {
             Self::CountTokens => "count_tokens",
             Self::ChatCompletions => "chat_completions",
             Self::Responses => "responses",
+            Self::ResponsesCompact => "responses_compact",
         }
     }
 
@@ -130,7 +133,7 @@ impl Endpoint {
         match self {
             Self::Messages | Self::CountTokens => Dialect::AnthropicMessages,
             Self::ChatCompletions => Dialect::OpenAiChat,
-            Self::Responses => Dialect::OpenAiResponses,
+            Self::Responses | Self::ResponsesCompact => Dialect::OpenAiResponses,
         }
     }
 
@@ -139,10 +142,10 @@ impl Endpoint {
     }
 
     fn operation(self) -> adapter::Operation {
-        if self.counts_tokens() {
-            adapter::Operation::CountTokens
-        } else {
-            adapter::Operation::Generate
+        match self {
+            Self::CountTokens => adapter::Operation::CountTokens,
+            Self::ResponsesCompact => adapter::Operation::Compact,
+            _ => adapter::Operation::Generate,
         }
     }
 

@@ -72,6 +72,10 @@ pub fn router(state: AppState) -> Router {
             .route(
                 &format!("{prefix}/v1/responses"),
                 post(openai::responses).get(openai::responses_websocket),
+            )
+            .route(
+                &format!("{prefix}/v1/responses/compact"),
+                post(openai::responses_compact),
             );
     }
     router = router.route("/openai/v1/models", get(openai::models));

@@ -132,13 +132,24 @@ struct ResponsesHead<'a> {
 
 /// `POST /v1/responses`: the Responses API (Codex CLI, `client.responses.create`).
 pub(crate) async fn responses(State(state): State<AppState>, request: Request) -> Response {
+    responses_endpoint(state, request, Endpoint::Responses).await
+}
+
+/// `POST /v1/responses/compact`: Codex's remote compaction (its built-in OpenAI provider).
+/// Passed through to Responses accounts; on other accounts the conversation is summarised by
+/// the account's model under Codex's compaction instructions (never streamed).
+pub(crate) async fn responses_compact(State(state): State<AppState>, request: Request) -> Response {
+    responses_endpoint(state, request, Endpoint::ResponsesCompact).await
+}
+
+async fn responses_endpoint(state: AppState, request: Request, endpoint: Endpoint) -> Response {
     let received_at = Instant::now();
     let request_id = new_request_id();
-    let prepared = prepare_responses(&state, request, &request_id, received_at).await;
+    let prepared = prepare_responses(&state, request, endpoint, &request_id, received_at).await;
     relay(
         &state,
         Dialect::OpenAiResponses,
-        Endpoint::Responses.as_str(),
+        endpoint.as_str(),
         &request_id,
         received_at,
         prepared,
@@ -149,6 +160,7 @@ pub(crate) async fn responses(State(state): State<AppState>, request: Request) -
 async fn prepare_responses(
     state: &AppState,
     request: Request,
+    endpoint: Endpoint,
     request_id: &str,
     received_at: Instant,
 ) -> Result<RelayRequest, RelayError> {
@@ -167,11 +179,11 @@ async fn prepare_responses(
     Ok(RelayRequest {
         request_id: request_id.to_owned(),
         key,
-        endpoint: Endpoint::Responses,
+        endpoint,
         query: None,
         headers: parts.headers,
         model,
-        stream: head.stream.unwrap_or(false),
+        stream: head.stream.unwrap_or(false) && endpoint == Endpoint::Responses,
         max_tokens: head.max_output_tokens,
         choices: 1,
         include_usage: false,

@@ -433,3 +433,67 @@ async fn anthropic_and_chat_clients_are_served_by_a_responses_account_through_co
     assert_eq!(records[1].endpoint, "chat_completions");
     assert!(records.iter().all(|record| record.outcome == "ok"));
 }
+
+#[tokio::test]
+async fn a_compaction_passes_through_to_a_responses_account_and_is_summarised_elsewhere() {
+    let harness = Harness::start(vec![
+        responses_account("gpt", "sk-resp", 1),
+        crate::harness::account("claude", "sk-ant-1", 1),
+    ])
+    .await;
+    let history = json!([
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list files"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a.txt"}]},
+    ]);
+    let compact = |model: &str| {
+        harness
+            .client
+            .post(format!("{}/v1/responses/compact", harness.url))
+            .bearer_auth(&harness.key)
+            .json(&json!({"model": model, "input": history, "instructions": "Summarise the conversation."}))
+    };
+
+    // A Responses account compacts it itself.
+    let passed: Value = compact("gpt-5-codex")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(passed["object"], "response.compaction");
+    assert_eq!(
+        passed["output"][0]["content"][0]["text"],
+        "COMPACTED 2 items"
+    );
+    assert_eq!(harness.openai.requests()[0].path, "/v1/responses/compact");
+
+    // An Anthropic account is asked for the summary under Codex's instructions.
+    let summarised: Value = compact("claude-sonnet-4-5")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summarised["object"], "response.compaction", "{summarised}");
+    assert_eq!(summarised["output"][0]["role"], "user");
+    assert_eq!(
+        summarised["output"][0]["content"][0]["text"],
+        "MOCK_OK from claude-sonnet-4-5."
+    );
+    let sent = &harness.mock.requests()[0];
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(
+        sent.body["system"][0]["text"],
+        "Summarise the conversation."
+    );
+    assert!(sent.body.get("stream").is_none());
+
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 2);
+    assert!(records
+        .iter()
+        .all(|record| record.endpoint == "responses_compact" && record.outcome == "ok"));
+    assert!(records.iter().all(|record| record.usage.output_tokens > 0));
+}

@@ -29,6 +29,16 @@ fn usage_of(input: u64, cache_creation: u64, cache_read: u64, output: u64) -> Va
     })
 }
 
+/// A whole Anthropic message's `usage` → Responses usage.
+fn message_usage(usage: &Value) -> Value {
+    usage_of(
+        count(usage.get("input_tokens")),
+        count(usage.get("cache_creation_input_tokens")),
+        count(usage.get("cache_read_input_tokens")),
+        count(usage.get("output_tokens")),
+    )
+}
+
 /// The response object around `output`, as the Responses API shapes it.
 fn response_object(id: &str, model: &Value, status: &str, output: Value, usage: Value) -> Value {
     let incomplete = (status == "incomplete").then(|| json!({"reason": "max_output_tokens"}));
@@ -126,13 +136,36 @@ pub fn response(body: &[u8]) -> Result<Vec<u8>, ConvertError> {
         message.get("model").unwrap_or(&Value::Null),
         status_of(message.get("stop_reason").and_then(Value::as_str)),
         Value::Array(output),
-        usage_of(
-            count(usage.get("input_tokens")),
-            count(usage.get("cache_creation_input_tokens")),
-            count(usage.get("cache_read_input_tokens")),
-            count(usage.get("output_tokens")),
-        ),
+        message_usage(usage),
     );
+    Ok(to_bytes(&converted))
+}
+
+/// A whole Anthropic message that answered a compaction request (`/responses/compact` sent on
+/// as an ordinary request with Codex's compaction instructions) → a compaction object: the
+/// conversation's replacement history, one user message holding the model's summary (what
+/// Codex's own local compaction keeps, too).
+pub fn compaction(body: &[u8]) -> Result<Vec<u8>, ConvertError> {
+    let message = parse_object(body, "the upstream response")?;
+    let Some(Value::Array(blocks)) = message.get("content") else {
+        return Err(ConvertError::new(
+            "the upstream response is not an Anthropic message",
+        ));
+    };
+    let summary: String = blocks
+        .iter()
+        .filter(|block| block["type"] == "text")
+        .filter_map(|block| block["text"].as_str())
+        .collect();
+    let usage = message.get("usage").unwrap_or(&Value::Null);
+    let converted = json!({
+        "id": response_id(message.get("id").and_then(Value::as_str)),
+        "object": "response.compaction",
+        "created_at": 0,
+        "output": [{"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": summary}]}],
+        "usage": message_usage(usage),
+    });
     Ok(to_bytes(&converted))
 }
 
