@@ -12,19 +12,11 @@ use relay_testkit::{expected_usage, MockUpstream};
 
 use crate::support::{cli, cli_fails, client, create_key, usage_when, RunningRelay};
 
-/// Runs `codex exec` with a fresh `CODEX_HOME` pointing at `relay_url`; its output and the last
-/// message it wrote.
-async fn codex(
-    binary: &Path,
-    home: &Path,
-    relay_url: &str,
-    key: &str,
-    prompt: &str,
-) -> (Output, String) {
+/// A `CODEX_HOME` under `home` whose config points Codex at `relay_url` as a custom provider
+/// (`../shared/clients.md` §4.2), with `extra` TOML appended; its path.
+pub(crate) fn codex_home(home: &Path, relay_url: &str, extra: &str) -> std::path::PathBuf {
     let codex_home = home.join("codex");
-    let tmp = home.join("tmp");
     std::fs::create_dir_all(&codex_home).unwrap();
-    std::fs::create_dir_all(&tmp).unwrap();
     std::fs::write(
         codex_home.join("config.toml"),
         format!(
@@ -33,6 +25,7 @@ model_provider = "relay"
 approval_policy = "never"
 sandbox_mode = "read-only"
 check_for_update_on_startup = false
+{extra}
 [analytics]
 enabled = false
 [features]
@@ -50,6 +43,21 @@ supports_websockets = false
         ),
     )
     .unwrap();
+    codex_home
+}
+
+/// Runs `codex exec` with a fresh `CODEX_HOME` pointing at `relay_url`; its output and the last
+/// message it wrote.
+async fn codex(
+    binary: &Path,
+    home: &Path,
+    relay_url: &str,
+    key: &str,
+    prompt: &str,
+) -> (Output, String) {
+    let codex_home = codex_home(home, relay_url, "");
+    let tmp = home.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let last = home.join("last.txt");
     let _ = std::fs::remove_file(&last);
     let node = std::process::Command::new("sh")

@@ -1,6 +1,6 @@
-//! Claude Code's interactive terminal UI through the relay, driven in a private tmux server:
-//! a tool-using turn and a plain turn in one session, on an Anthropic account and on an
-//! OpenAI-compatible one.
+//! Claude Code's and Codex's interactive terminal UIs through the relay, driven in a private
+//! tmux server: a tool-using turn and a plain turn in one session (Claude Code on an Anthropic
+//! account and on an OpenAI-compatible one, Codex on a Responses account).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -16,7 +16,40 @@ struct Tmux {
     socket: String,
 }
 
+/// The folder `node` runs from (the clients' launchers need it on PATH).
+fn node_bin() -> String {
+    let output = Command::new("sh")
+        .args(["-c", "dirname \"$(command -v node)\""])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
 impl Tmux {
+    /// A tmux server on `socket` running `command` in a 160×50 session named `cc`.
+    fn start(socket: &str, command: &str) -> Self {
+        let tmux = Self {
+            socket: socket.to_owned(),
+        };
+        let started = tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "cc",
+            "-x",
+            "160",
+            "-y",
+            "50",
+            command,
+        ]);
+        assert!(
+            started.status.success(),
+            "{}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        tmux
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new("tmux")
             .arg("-L")
@@ -116,15 +149,7 @@ async fn interactive_session(
     std::fs::create_dir_all(&workdir).unwrap();
     seed_claude_home(&home, &workdir, key);
 
-    let node_bin = String::from_utf8_lossy(
-        &Command::new("sh")
-            .args(["-c", "dirname \"$(command -v node)\""])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .trim()
-    .to_owned();
+    let node_bin = node_bin();
     let command = format!(
         "cd {workdir} && env -i PATH={node_bin}:/usr/bin:/bin HOME={home} TMPDIR={home} TERM=xterm-256color \
          ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY={key} DISABLE_TELEMETRY=1 \
@@ -135,24 +160,9 @@ async fn interactive_session(
         url = relay.url,
         claude = claude_binary.display(),
     );
-    let tmux = Tmux {
-        socket: format!("claude-relay-test-{}-{reply_model}", std::process::id()),
-    };
-    let started = tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "cc",
-        "-x",
-        "160",
-        "-y",
-        "50",
+    let tmux = Tmux::start(
+        &format!("claude-relay-test-{}-{reply_model}", std::process::id()),
         &command,
-    ]);
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
     );
 
     tmux.wait_for("for shortcuts", Duration::from_secs(30))
@@ -239,4 +249,88 @@ async fn claude_code_interactive_session_runs_on_an_openai_compatible_account() 
         && request.body["model"] == "deepseek-chat"));
     let usage = usage_when(&data_dir, Some("interactive"), upstream.len() as i64).await;
     assert_eq!(usage["requests"], upstream.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_interactive_session_with_a_tool_completes() {
+    let Some(codex_binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(std::env::var("CLAUDE_RELAY_REQUIRE_CLIENTS").as_deref() != Ok("1"));
+        return;
+    }
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    crate::support::cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "openai-responses",
+            "--name",
+            "codex",
+            "--api-key",
+            "sk-codex-tui",
+            "--base-url",
+            &openai.base_url(),
+        ],
+    );
+    let key = create_key(&data_dir, "codex-tui");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    let workdir = dir.path().join("work");
+    std::fs::create_dir_all(home.join("tmp")).unwrap();
+    std::fs::create_dir_all(&workdir).unwrap();
+    // The folder is trusted, as a user who opened it once would have it.
+    let codex_home = crate::codex::codex_home(
+        &home,
+        &relay.url,
+        &format!(
+            "[projects.\"{}\"]\ntrust_level = \"trusted\"",
+            workdir.display()
+        ),
+    );
+    let node_bin = node_bin();
+    let command = format!(
+        "cd {workdir} && env -i PATH={node_bin}:/usr/bin:/bin HOME={home} CODEX_HOME={codex_home} \
+         TMPDIR={home}/tmp TERM=xterm-256color RELAY_API_KEY={key} {codex}",
+        workdir = workdir.display(),
+        home = home.display(),
+        codex_home = codex_home.display(),
+        codex = codex_binary.display(),
+    );
+    let tmux = Tmux::start(
+        &format!("claude-relay-test-{}-codex", std::process::id()),
+        &command,
+    );
+    tmux.wait_for("Ask Codex to do anything", Duration::from_secs(30))
+        .await;
+    // A turn with a tool (Codex runs `exec_command` in its sandbox), then a plain one.
+    tmux.type_line("USE_TOOL:Bash NONCE-tui1");
+    tmux.wait_for("TOOL_DONE:", Duration::from_secs(30)).await;
+    tmux.type_line("Say hello");
+    tmux.wait_for("MOCK_OK from gpt-5-codex.", Duration::from_secs(30))
+        .await;
+    drop(tmux);
+
+    // Three requests, all to the account's `/responses`, each recorded once; the tool's
+    // output went back to the model.
+    let requests = openai.requests();
+    let turns: Vec<_> = requests
+        .iter()
+        .filter(|request| request.path == "/v1/responses")
+        .collect();
+    assert!(turns.len() >= 3, "{} requests", turns.len());
+    assert!(turns
+        .iter()
+        .all(|request| request.api_key == "sk-codex-tui"));
+    assert!(turns.iter().any(|request| request.body["input"]
+        .to_string()
+        .contains("TOOLRESULT-tui1")));
+    let usage = usage_when(&data_dir, Some("codex-tui"), turns.len() as i64).await;
+    assert_eq!(usage["requests"], turns.len() as i64);
+    drop(relay);
 }

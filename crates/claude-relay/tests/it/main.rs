@@ -12,7 +12,7 @@
 mod binary;
 mod canary;
 mod clients;
-mod codex;
+pub(crate) mod codex;
 mod db_copy;
 mod interactive;
 mod many_keys;
