@@ -408,6 +408,11 @@ async fn chat_completions(State(script): State<Arc<Script>>, request: Request) -
         include_usage: body["stream_options"]["include_usage"] == json!(true),
     };
     let frames = chunks.frames(&reply, reasoning, &usage);
+    sse_response(frames, &delivery)
+}
+
+/// A 200 event stream of `frames`, paced and with the headers `delivery` asks for.
+pub(crate) fn sse_response(frames: Vec<String>, delivery: &Delivery) -> Response {
     let mut builder = Response::builder()
         .status(200)
         .header("content-type", "text/event-stream; charset=utf-8")
@@ -417,7 +422,7 @@ async fn chat_completions(State(script): State<Arc<Script>>, request: Request) -
         builder = builder.header(name.as_str(), value.as_str());
     }
     builder
-        .body(paced_body(frames, &delivery))
+        .body(paced_body(frames, delivery))
         .unwrap_or_default()
 }
 

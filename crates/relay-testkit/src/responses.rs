@@ -17,8 +17,8 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use crate::anthropic::tool_nonce;
-use crate::behavior::{openai_error_body, paced_body, Script};
-use crate::openai::{admit, json_response, unix_now};
+use crate::behavior::{openai_error_body, Script};
+use crate::openai::{admit, json_response, sse_response, unix_now};
 
 /// The usage the mock reports for a Responses body: `input_tokens` includes `cached_tokens`,
 /// `output_tokens` includes `reasoning_tokens` (none here).
@@ -275,20 +275,7 @@ pub(crate) async fn responses(State(script): State<Arc<Script>>, request: Reques
         );
         return json_response(200, &delivery.headers, response.to_string());
     }
-    let mut builder = Response::builder()
-        .status(200)
-        .header("content-type", "text/event-stream; charset=utf-8")
-        .header("cache-control", "no-cache")
-        .header("x-request-id", "req_mock_openai");
-    for (name, value) in &delivery.headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    builder
-        .body(paced_body(
-            frames(&body, created_at, &reply, &usage),
-            &delivery,
-        ))
-        .unwrap_or_default()
+    sse_response(frames(&body, created_at, &reply, &usage), &delivery)
 }
 
 /// `POST /v1/responses/compact`: the conversation's replacement history, one user message

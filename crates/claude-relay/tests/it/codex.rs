@@ -91,21 +91,34 @@ async fn codex(
     (output, message)
 }
 
+/// `account add` of `platform` at `base_url`, with `extra` flags.
+fn account_args<'a>(
+    platform: &'a str,
+    name: &'a str,
+    api_key: &'a str,
+    base_url: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "account",
+        "add",
+        "--platform",
+        platform,
+        "--name",
+        name,
+        "--api-key",
+        api_key,
+        "--base-url",
+        base_url,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn add_responses_account(data_dir: &Path, name: &str, api_key: &str, base_url: &str) {
     cli(
         data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "openai-responses",
-            "--name",
-            name,
-            "--api-key",
-            api_key,
-            "--base-url",
-            base_url,
-        ],
+        &account_args("openai-responses", name, api_key, base_url, &[]),
     );
 }
 
@@ -265,20 +278,13 @@ async fn codex_runs_on_an_anthropic_account_through_conversion() {
     // The operator maps Codex's model onto Claude: one relay key, Codex on a Claude account.
     cli(
         &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
+        &account_args(
             "anthropic",
-            "--name",
             "claude",
-            "--api-key",
             "sk-ant-cx",
-            "--base-url",
             &anthropic.url(),
-            "--map-model",
-            "gpt-5-codex=claude-sonnet-4-5",
-        ],
+            &["--map-model", "gpt-5-codex=claude-sonnet-4-5"],
+        ),
     );
     let key = create_key(&data_dir, "codex");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
@@ -327,20 +333,13 @@ async fn codex_runs_on_an_openai_compatible_chat_account_through_conversion() {
     // A DeepSeek-like host that speaks only Chat Completions, mapped under Codex's model.
     cli(
         &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
+        &account_args(
             "openai",
-            "--name",
             "deepseek",
-            "--api-key",
             "sk-ds",
-            "--base-url",
             &openai.base_url(),
-            "--map-model",
-            "gpt-5-codex=deepseek-chat",
-        ],
+            &["--map-model", "gpt-5-codex=deepseek-chat"],
+        ),
     );
     let key = create_key(&data_dir, "codex");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
@@ -378,38 +377,23 @@ async fn codex_and_chat_clients_are_served_by_an_azure_openai_deployment() {
     let data_dir = dir.path().join("data");
     let refused = cli_fails(
         &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "azure-openai",
-            "--name",
-            "az",
-            "--api-key",
-            "az-key",
-            "--base-url",
-            &azure.url(),
-        ],
+        &account_args("azure-openai", "az", "az-key", &azure.url(), &[]),
     );
     assert!(refused.contains("--deployment"), "{refused}");
     cli(
         &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
+        &account_args(
             "azure-openai",
-            "--name",
             "az",
-            "--api-key",
             "az-key",
-            "--base-url",
             &azure.url(),
-            "--deployment",
-            "gpt5-prod",
-            "--api-version",
-            "2025-04-01-preview",
-        ],
+            &[
+                "--deployment",
+                "gpt5-prod",
+                "--api-version",
+                "2025-04-01-preview",
+            ],
+        ),
     );
     let key = create_key(&data_dir, "azure");
     let relay = RunningRelay::start(&data_dir, Some("pw"));

@@ -154,7 +154,9 @@ pub(super) fn error_body(client: Dialect, upstream: Dialect, status: u16, body: 
         }
         (Dialect::OpenAiChat, Dialect::AnthropicMessages) => anthropic_error(status, body),
         (Dialect::OpenAiChat, Dialect::OpenAiResponses)
-        | (Dialect::OpenAiResponses, Dialect::OpenAiChat) => chat_error_for_responses(status, body),
+        | (Dialect::OpenAiResponses, Dialect::OpenAiChat) => {
+            openai_error_between_apis(status, body)
+        }
         (Dialect::OpenAiResponses, Dialect::AnthropicMessages) => anthropic_error(status, body),
         _ => relay_protocol::dialect::error_body(
             client,
@@ -179,7 +181,7 @@ fn anthropic_error(status: u16, body: &[u8]) -> Vec<u8> {
 
 /// An OpenAI error (Chat or Responses: the same shape) for a client of the other API: its kind
 /// read as Anthropic's conversions read it, its text redacted.
-fn chat_error_for_responses(status: u16, body: &[u8]) -> Vec<u8> {
+fn openai_error_between_apis(status: u16, body: &[u8]) -> Vec<u8> {
     to_openai_chat::error(status, &anthropic_error(status, body))
 }
 
@@ -343,7 +345,7 @@ pub(super) fn reframe(
         }
         (Dialect::OpenAiResponses, Dialect::OpenAiChat) => {
             if !status.is_success() {
-                whole(client, status, chat_error_for_responses)
+                whole(client, status, openai_error_between_apis)
             } else if is_sse {
                 Reframe::Stream(Box::new(responses_to_chat::StreamTranslator::new(
                     request.include_usage,
@@ -366,7 +368,7 @@ pub(super) fn reframe(
         }
         (Dialect::OpenAiChat, Dialect::OpenAiResponses) => {
             if !status.is_success() {
-                whole(client, status, chat_error_for_responses)
+                whole(client, status, openai_error_between_apis)
             } else if request.endpoint == super::Endpoint::ResponsesCompact {
                 whole(client, status, chat_compaction)
             } else if is_sse {

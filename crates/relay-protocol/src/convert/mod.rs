@@ -127,6 +127,20 @@ pub(crate) fn parse_object(body: &[u8], what: &str) -> Result<Object, ConvertErr
     }
 }
 
+/// The model a converted request names: the account's mapping, else the client's `model`.
+pub(crate) fn target_model<'a>(
+    source: &'a Object,
+    options: &RequestOptions<'a>,
+) -> Result<&'a str, ConvertError> {
+    match options.model {
+        Some(model) => Ok(model),
+        None => source
+            .get("model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ConvertError::new("`model` is required")),
+    }
+}
+
 pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
     // Serializing a Value cannot fail (its keys are strings).
     serde_json::to_vec(value).unwrap_or_default()

@@ -32,6 +32,14 @@ fn codex_body(stream: bool, prompt: &str) -> Value {
     })
 }
 
+/// The JSON payloads of a Responses event stream, in order.
+fn event_payloads(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
 fn post(harness: &Harness, body: &Value) -> reqwest::RequestBuilder {
     harness
         .client
@@ -218,11 +226,7 @@ async fn a_responses_client_is_served_by_an_anthropic_account_through_conversion
     let response = post(&harness, &body).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .map(|data| serde_json::from_str(data).unwrap())
-        .collect();
+    let events = event_payloads(&text);
     assert_eq!(events[0]["type"], "response.created");
     let completed = &events.last().unwrap()["response"];
     assert_eq!(events.last().unwrap()["type"], "response.completed");
@@ -310,11 +314,7 @@ async fn a_responses_client_is_served_by_an_openai_chat_account_through_conversi
     let response = post(&harness, &body).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .map(|data| serde_json::from_str(data).unwrap())
-        .collect();
+    let events = event_payloads(&text);
     assert_eq!(events[0]["type"], "response.created");
     let last = events.last().unwrap();
     assert_eq!(last["type"], "response.completed", "{text}");

@@ -24,6 +24,7 @@
 //!   becomes a thinking block signed with [`UNSIGNED_THINKING_SIGNATURE`].
 //! - Ids are derived: `msg_<completion id>`; tool call ids are kept (`call_<index>` if absent).
 
+use crate::convert::target_model;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
@@ -94,14 +95,7 @@ pub fn request(body: &[u8], options: &RequestOptions) -> Result<Vec<u8>, Convert
     }
 
     let mut out = Object::new();
-    let model = match options.model {
-        Some(model) => model,
-        None => source
-            .get("model")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ConvertError::new("`model` is required"))?,
-    };
-    out.insert("model".into(), model.into());
+    out.insert("model".into(), target_model(&source, options)?.into());
     let max_tokens = source
         .get("max_completion_tokens")
         .and_then(Value::as_u64)

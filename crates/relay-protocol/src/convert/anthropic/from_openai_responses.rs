@@ -18,6 +18,7 @@
 //! keeps or returns them). Refused with a 400: `previous_response_id` (an Anthropic account
 //! holds no stored response to continue from) and `background`.
 
+use crate::convert::target_model;
 use serde_json::{json, Value};
 
 use super::from_openai_chat::{image_block, insert_sampling, insert_tool_choice};
@@ -55,14 +56,7 @@ pub fn request(body: &[u8], options: &RequestOptions) -> Result<Vec<u8>, Convert
         }
     }
     let mut out = Object::new();
-    let model = match options.model {
-        Some(model) => model,
-        None => source
-            .get("model")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ConvertError::new("`model` is required"))?,
-    };
-    out.insert("model".into(), model.into());
+    out.insert("model".into(), target_model(&source, options)?.into());
     let max_tokens = source
         .get("max_output_tokens")
         .and_then(Value::as_u64)

@@ -24,6 +24,7 @@
 //! - Ids are derived, not invented: `chatcmpl-<message id>`; tool call ids are kept. `created`
 //!   is 0 (this crate has no clock).
 
+use crate::convert::target_model;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
@@ -60,14 +61,7 @@ pub fn request(body: &[u8], options: &RequestOptions) -> Result<Vec<u8>, Convert
         )));
     }
     let mut out = Object::new();
-    let model = match options.model {
-        Some(model) => model,
-        None => source
-            .get("model")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ConvertError::new("`model` is required"))?,
-    };
-    out.insert("model".into(), model.into());
+    out.insert("model".into(), target_model(&source, options)?.into());
 
     let mut messages = Vec::new();
     match source.get("system") {

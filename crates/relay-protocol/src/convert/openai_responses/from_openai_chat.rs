@@ -13,6 +13,7 @@
 //! (Responses streams always end with their usage), `reasoning_content` of earlier assistant
 //! turns (OpenAI cannot read another model's reasoning back).
 
+use crate::convert::target_model;
 use serde_json::{json, Value};
 
 use crate::convert::{parse_object, to_bytes, ConvertError, Object, RequestOptions};
@@ -25,14 +26,7 @@ pub fn request(body: &[u8], options: &RequestOptions) -> Result<Vec<u8>, Convert
         ));
     }
     let mut out = Object::new();
-    let model = match options.model {
-        Some(model) => model,
-        None => source
-            .get("model")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ConvertError::new("`model` is required"))?,
-    };
-    out.insert("model".into(), model.into());
+    out.insert("model".into(), target_model(&source, options)?.into());
     let Some(Value::Array(turns)) = source.get("messages") else {
         return Err(ConvertError::new("`messages` must be an array"));
     };
