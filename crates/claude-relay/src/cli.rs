@@ -77,14 +77,24 @@ enum AccountCommand {
         /// e.g. https://api.deepseek.com/v1), or openai-responses (OpenAI's Responses API, what
         /// Codex CLI speaks, or any Responses-compatible host; --base-url ending in /v1), or
         /// azure-openai (--base-url https://RESOURCE.openai.azure.com --deployment NAME
-        /// --api-version VERSION; Chat Completions and Responses).
+        /// --api-version VERSION; Chat Completions and Responses), or codex (a ChatGPT
+        /// subscription for Codex: --auth-json ~/.codex/auth.json, or see oauth-start).
         #[arg(long)]
         platform: String,
         #[arg(long)]
         name: String,
         /// The upstream API key (or set CLAUDE_RELAY_ACCOUNT_API_KEY, which keeps it out of `ps`).
-        #[arg(long, env = "CLAUDE_RELAY_ACCOUNT_API_KEY", hide_env_values = true)]
-        api_key: String,
+        #[arg(
+            long,
+            env = "CLAUDE_RELAY_ACCOUNT_API_KEY",
+            hide_env_values = true,
+            required_unless_present = "auth_json"
+        )]
+        api_key: Option<String>,
+        /// A codex account: the `auth.json` Codex CLI wrote when it signed in with ChatGPT
+        /// (`~/.codex/auth.json`); its tokens are sealed and refreshed by the relay from then on.
+        #[arg(long, conflicts_with = "api_key")]
+        auth_json: Option<std::path::PathBuf>,
         #[arg(long)]
         base_url: Option<String>,
         /// Lower is tried first.
@@ -110,12 +120,17 @@ enum AccountCommand {
     Reset(NameArg),
     /// Show an account's recent health events and their evidence.
     Events(NameArg),
-    /// Start signing in a Claude subscription (Pro/Max) account: prints the URL to open.
+    /// Start signing in a subscription account: prints the URL to open.
     OauthStart {
         #[arg(long)]
         name: String,
+        /// claude-oauth (a Claude Pro/Max subscription) or codex (a ChatGPT Plus/Pro/Team
+        /// subscription, signed in as `codex login` does).
+        #[arg(long, default_value = "claude-oauth")]
+        platform: String,
     },
-    /// Finish signing in: paste the code the callback page shows.
+    /// Finish signing in: paste the code the callback page shows (Claude), or the whole address
+    /// the browser was sent to, `http://localhost:1455/auth/callback?code=…` (ChatGPT).
     OauthFinish {
         #[arg(long)]
         name: String,
@@ -825,6 +840,7 @@ async fn run_account_command(
             platform,
             name,
             api_key,
+            auth_json,
             base_url,
             priority,
             settings,
@@ -834,15 +850,22 @@ async fn run_account_command(
             let proxy = settings.proxy.clone();
             let mut account_settings = AccountSettings::default();
             settings.apply(&mut account_settings)?;
+            let auth_json = auth_json
+                .map(|path| {
+                    std::fs::read_to_string(&path)
+                        .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display()))
+                })
+                .transpose()?;
             let account = admin
                 .add_account(NewAccountInput {
                     platform,
                     name,
-                    api_key,
+                    api_key: api_key.unwrap_or_default(),
                     base_url,
                     priority,
                     settings: account_settings,
                     proxy,
+                    auth_json,
                 })
                 .await?;
             if json {
@@ -893,10 +916,18 @@ async fn run_account_command(
             status_changed("account", &name, "disabled", json);
             Ok(())
         }
-        AccountCommand::OauthStart { name } => {
-            let url = admin.start_oauth(&name, &config.relay.oauth).await?;
+        AccountCommand::OauthStart { name, platform } => {
+            let url = admin
+                .start_oauth(&name, &platform, &config.relay.oauth)
+                .await?;
             out(&url);
-            notice("open this URL, sign in, and pass the code it shows to `account oauth-finish`");
+            if platform == "codex" {
+                notice("open this URL and sign in; the browser then goes to an address on localhost:1455 that does not load: pass that whole address to `account oauth-finish --code`");
+            } else {
+                notice(
+                    "open this URL, sign in, and pass the code it shows to `account oauth-finish`",
+                );
+            }
             Ok(())
         }
         AccountCommand::OauthFinish {

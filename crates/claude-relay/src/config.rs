@@ -38,6 +38,9 @@ struct FileConfig {
     keys: FileKeys,
     #[serde(default)]
     oauth: FileOAuth,
+    /// Where ChatGPT subscription (`codex`) sign-in goes (OpenAI's endpoints unless overridden).
+    #[serde(default)]
+    chatgpt_oauth: FileOAuth,
     #[serde(default)]
     scheduling: FileScheduling,
     #[serde(default)]
@@ -64,7 +67,7 @@ struct FileScheduling {
     strategy: Option<String>,
 }
 
-/// Where Claude subscription sign-in goes (Anthropic's endpoints unless overridden).
+/// Where one provider's subscription sign-in goes (its own endpoints unless overridden).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileOAuth {
@@ -73,6 +76,47 @@ struct FileOAuth {
     client_id: Option<String>,
     redirect_uri: Option<String>,
     scopes: Option<String>,
+}
+
+impl FileOAuth {
+    /// `defaults` with what the file (`section`) and the token URL's environment variable
+    /// (`token_url_var`, whose value is `token_url_env`) override; the relay calls the token URL itself, so it passes the
+    /// egress guard.
+    fn settings(
+        self,
+        defaults: relay_core::oauth::OAuthSettings,
+        (section, token_url_var): (&str, &str),
+        token_url_env: Option<String>,
+        egress: &relay_core::egress::EgressGuard,
+        problems: &mut Vec<String>,
+    ) -> relay_core::oauth::OAuthSettings {
+        let settings = relay_core::oauth::OAuthSettings {
+            provider: defaults.provider,
+            authorize_url: self.authorize_url.unwrap_or(defaults.authorize_url),
+            token_url: token_url_env
+                .or(self.token_url)
+                .unwrap_or(defaults.token_url),
+            client_id: self.client_id.unwrap_or(defaults.client_id),
+            redirect_uri: self.redirect_uri.unwrap_or(defaults.redirect_uri),
+            scopes: self.scopes.unwrap_or(defaults.scopes),
+        };
+        if !settings.authorize_url.starts_with("https://")
+            && !settings.authorize_url.starts_with("http://")
+        {
+            problems.push(format!(
+                "{section}.authorize_url: '{}' is not an http(s) URL",
+                settings.authorize_url
+            ));
+        }
+        if let Err(problem) = egress.check_url(
+            &settings.token_url,
+            &["http", "https"],
+            &format!("{section}.token_url ({token_url_var})"),
+        ) {
+            problems.push(problem);
+        }
+        settings
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,22 +320,6 @@ impl Config {
                     problems: &mut Vec<String>| {
             Duration::from_secs(bounded(value, default.as_secs(), (1, max), name, problems))
         };
-        let oauth_defaults = relay_core::oauth::OAuthSettings::default();
-        let oauth = relay_core::oauth::OAuthSettings {
-            authorize_url: file
-                .oauth
-                .authorize_url
-                .unwrap_or(oauth_defaults.authorize_url),
-            token_url: var("CLAUDE_RELAY_OAUTH_TOKEN_URL")
-                .or(file.oauth.token_url)
-                .unwrap_or(oauth_defaults.token_url),
-            client_id: file.oauth.client_id.unwrap_or(oauth_defaults.client_id),
-            redirect_uri: file
-                .oauth
-                .redirect_uri
-                .unwrap_or(oauth_defaults.redirect_uri),
-            scopes: file.oauth.scopes.unwrap_or(oauth_defaults.scopes),
-        };
         let egress_entries: Vec<String> = match var("CLAUDE_RELAY_EGRESS_ALLOWLIST") {
             Some(list) => list.split(',').map(str::to_owned).collect(),
             None => file.egress_allowlist.unwrap_or_default(),
@@ -303,22 +331,22 @@ impl Config {
                 ));
                 relay_core::egress::EgressGuard::default()
             });
-        if !oauth.authorize_url.starts_with("https://")
-            && !oauth.authorize_url.starts_with("http://")
-        {
-            problems.push(format!(
-                "oauth.authorize_url: '{}' is not an http(s) URL",
-                oauth.authorize_url
-            ));
-        }
-        // The relay itself calls the token URL: it passes the egress guard.
-        if let Err(problem) = egress.check_url(
-            &oauth.token_url,
-            &["http", "https"],
-            "oauth.token_url (CLAUDE_RELAY_OAUTH_TOKEN_URL)",
-        ) {
-            problems.push(problem);
-        }
+        let oauth = relay_core::oauth::OAuthProviders {
+            claude: file.oauth.settings(
+                relay_core::oauth::OAuthSettings::claude(),
+                ("oauth", "CLAUDE_RELAY_OAUTH_TOKEN_URL"),
+                var("CLAUDE_RELAY_OAUTH_TOKEN_URL"),
+                &egress,
+                &mut problems,
+            ),
+            chatgpt: file.chatgpt_oauth.settings(
+                relay_core::oauth::OAuthSettings::chatgpt(),
+                ("chatgpt_oauth", "CLAUDE_RELAY_CHATGPT_OAUTH_TOKEN_URL"),
+                var("CLAUDE_RELAY_CHATGPT_OAUTH_TOKEN_URL"),
+                &egress,
+                &mut problems,
+            ),
+        };
         let strategy = match file.scheduling.strategy.as_deref().unwrap_or("lru") {
             "lru" => relay_core::schedule::Strategy::LeastRecentlyUsed,
             "weighted" => relay_core::schedule::Strategy::Weighted,

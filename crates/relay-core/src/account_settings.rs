@@ -37,6 +37,9 @@ pub struct AccountSettings {
     /// Opus, so such accounts are not offered Opus requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// A ChatGPT subscription's plan (`plus`, `pro`, `team` …), read from its sign-in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     /// An Azure OpenAI account's deployment (it names the model upstream).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,

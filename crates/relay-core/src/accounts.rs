@@ -40,44 +40,7 @@ pub struct AccountRuntime {
     reason: std::sync::Mutex<Option<String>>,
 }
 
-/// What `anthropic-ratelimit-unified-*` response headers say about a subscription's windows.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct UsageWindows {
-    pub five_hour_status: Option<String>,
-    pub five_hour_reset_ms: Option<i64>,
-    pub seven_day_status: Option<String>,
-    pub seven_day_reset_ms: Option<i64>,
-}
-
-impl UsageWindows {
-    /// Reads the unified headers; `None` when the response carries none.
-    pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
-        let text = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned)
-        };
-        let reset = |name: &str| {
-            text(name)
-                .and_then(|value| value.trim().parse::<i64>().ok())
-                .map(|s| s * 1000)
-        };
-        let windows = Self {
-            five_hour_status: text("anthropic-ratelimit-unified-5h-status"),
-            five_hour_reset_ms: reset("anthropic-ratelimit-unified-5h-reset"),
-            seven_day_status: text("anthropic-ratelimit-unified-7d-status"),
-            seven_day_reset_ms: reset("anthropic-ratelimit-unified-7d-reset"),
-        };
-        (windows != Self::default()).then_some(windows)
-    }
-
-    fn warning(&self) -> bool {
-        [&self.five_hour_status, &self.seven_day_status]
-            .iter()
-            .any(|status| status.as_deref().is_some_and(|status| status != "allowed"))
-    }
-}
+pub use relay_upstream::windows::UsageWindows;
 
 /// One request's place on an account, for the account's concurrency limit; released on drop,
 /// whatever the request's ending.
@@ -320,8 +283,9 @@ pub enum Credential {
     /// An API key, sent the way its platform expects (`x-api-key` for Anthropic, a bearer token
     /// for OpenAI-compatible hosts).
     ApiKey(SecretString),
-    /// A Claude subscription's live tokens (refreshed ahead of expiry, one refresh at a time).
-    ClaudeSubscription(Arc<OAuthSession>),
+    /// A subscription's live tokens (Claude or ChatGPT; refreshed ahead of expiry, one refresh
+    /// at a time).
+    Subscription(Arc<OAuthSession>),
 }
 
 /// One upstream account with its credential opened, ready to send with.
@@ -355,7 +319,8 @@ pub struct AccountStatus {
     pub family_cooling_until_ms: Vec<(&'static str, i64)>,
     pub in_flight: u32,
     pub consecutive_failures: u32,
-    /// Subscription windows from the last response (5-hour and weekly status and resets).
+    /// Subscription windows from the last response (Claude's 5-hour and weekly statuses,
+    /// Codex's used percentages, and their resets).
     pub windows: Option<UsageWindows>,
     /// The last health change and its evidence.
     pub reason: Option<String>,

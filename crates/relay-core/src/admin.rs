@@ -12,7 +12,7 @@ use crate::clock::now_ms;
 use crate::crypto::{Keyring, SecretBox, SecretString};
 use crate::egress::EgressGuard;
 use crate::keys::{generate_key, KeyEntry};
-use crate::oauth::{self, OAuthSettings, OAuthTokens, Pkce};
+use crate::oauth::{self, Grant, OAuthProviders, OAuthTokens, Pkce, Provider};
 use crate::policy::KeyPolicy;
 use crate::proxy::ProxyConfig;
 use crate::snapshot::{account_secret_binding, oauth_pending_binding};
@@ -47,6 +47,8 @@ pub struct NewAccountInput {
     pub settings: AccountSettings,
     /// `http://`, `https://` or `socks5://[user:pass@]host:port`.
     pub proxy: Option<String>,
+    /// A `codex` account's sign-in: the contents of Codex's `auth.json` (in place of a key).
+    pub auth_json: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -368,8 +370,43 @@ impl AdminService {
         }
     }
 
-    pub async fn add_account(&self, input: NewAccountInput) -> Result<AccountRow, AdminError> {
-        self.insert_account(input, None).await
+    pub async fn add_account(&self, mut input: NewAccountInput) -> Result<AccountRow, AdminError> {
+        let auth_json = input.auth_json.take();
+        if input.platform != Platform::Codex.as_str() {
+            if auth_json.is_some() {
+                return Err(AdminError::Invalid(
+                    "an auth.json signs in a codex account only".into(),
+                ));
+            }
+            return self.insert_account(input, None).await;
+        }
+        let Some(auth_json) = auth_json else {
+            return Err(AdminError::Invalid(
+                "a codex account signs in with ChatGPT: run `account oauth-start --platform codex --name NAME` (then oauth-finish), or import Codex's sign-in with --auth-json ~/.codex/auth.json".into(),
+            ));
+        };
+        let (tokens, identity) =
+            crate::chatgpt::tokens_from_auth_json(&auth_json).map_err(AdminError::Invalid)?;
+        input.api_key.clone_from(&tokens.access_token);
+        self.insert_subscription(input, &Grant { tokens, identity })
+            .await
+    }
+
+    /// Adds a subscription account from its grant, with what the grant says about it.
+    async fn insert_subscription(
+        &self,
+        mut input: NewAccountInput,
+        grant: &Grant,
+    ) -> Result<AccountRow, AdminError> {
+        if input.platform == Platform::Codex.as_str() {
+            if grant.tokens.account_id.is_none() {
+                return Err(AdminError::Invalid(
+                    "the sign-in names no ChatGPT account (its id token has no chatgpt_account_id); sign in again".into(),
+                ));
+            }
+            input.settings.plan.clone_from(&grant.identity.plan);
+        }
+        self.insert_account(input, Some(&grant.tokens)).await
     }
 
     /// Checks everything first, then writes the account (credential, settings, proxy) in one
@@ -465,8 +502,14 @@ impl AdminService {
                 access_token: api_key.to_owned(),
                 refresh_token: None,
                 expires_at_ms: None,
+                account_id: None,
             }
             .to_json(),
+            (None, Platform::Codex) => {
+                return Err(AdminError::Invalid(
+                    "a codex account has no key; it signs in with ChatGPT".into(),
+                ))
+            }
         };
         let hint = SecretString::new(api_key.to_owned()).hint();
         let secret = SecretString::new(stored);
@@ -522,39 +565,61 @@ impl AdminService {
         }
     }
 
-    /// Starts authorizing a subscription account: returns the URL the operator opens. The
-    /// verifier waits, sealed, for [`AdminService::finish_oauth`].
+    /// Starts authorizing a subscription account of `platform` (`claude-oauth` or `codex`):
+    /// returns the URL the operator opens. The verifier waits, sealed, for
+    /// [`AdminService::finish_oauth`].
     pub async fn start_oauth(
         &self,
         name: &str,
-        settings: &OAuthSettings,
+        platform: &str,
+        providers: &OAuthProviders,
     ) -> Result<String, AdminError> {
         validate_name("account", name)?;
+        let provider = Platform::parse(platform)
+            .and_then(Provider::for_platform)
+            .ok_or_else(|| {
+                AdminError::Invalid(format!(
+                    "'{platform}' accounts do not sign in with OAuth; claude-oauth and codex do"
+                ))
+            })?;
+        let settings = providers.get(provider);
         let pkce = Pkce::generate();
         let sealed = self
             .secret_box
             .seal(&pkce.verifier, &oauth_pending_binding(name));
-        let settings_json = serde_json::json!({"token_url": settings.token_url}).to_string();
+        let settings_json = serde_json::json!({
+            "token_url": settings.token_url,
+            "platform": provider.platform().as_str(),
+        })
+        .to_string();
         self.store
             .save_oauth_pending(name, &pkce.state, &sealed, &settings_json, now_ms())
             .await?;
         Ok(oauth::authorize_url(settings, &pkce))
     }
 
-    /// Exchanges the code the operator pasted and adds the subscription account.
+    /// Exchanges the code the operator pasted (or the address the browser was sent to) and adds
+    /// the subscription account of the platform the authorization was started for.
     pub async fn finish_oauth(
         &self,
         name: &str,
         pasted_code: &str,
-        settings: &OAuthSettings,
+        providers: &OAuthProviders,
         base_url: Option<String>,
         priority: i64,
     ) -> Result<AccountRow, AdminError> {
-        let (state, sealed, _) = self.store.take_oauth_pending(name).await?.ok_or_else(|| {
-            AdminError::Invalid(format!(
-                "no authorization was started for '{name}'; run oauth-start first"
-            ))
-        })?;
+        let (state, sealed, pending) =
+            self.store.take_oauth_pending(name).await?.ok_or_else(|| {
+                AdminError::Invalid(format!(
+                    "no authorization was started for '{name}'; run oauth-start first"
+                ))
+            })?;
+        // Started by an older version: a Claude sign-in.
+        let platform = serde_json::from_str::<serde_json::Value>(&pending)
+            .ok()
+            .and_then(|pending| pending["platform"].as_str().and_then(Platform::parse))
+            .unwrap_or(Platform::ClaudeOauth);
+        let provider = Provider::for_platform(platform).unwrap_or(Provider::Claude);
         let verifier = self
             .secret_box
             .open(&sealed, &oauth_pending_binding(name))
@@ -563,9 +628,9 @@ impl AdminService {
             std::time::Duration::from_secs(10),
             &self.egress,
         ));
-        let tokens = oauth::exchange_code(
+        let grant = oauth::exchange_code(
             &client,
-            settings,
+            providers.get(provider),
             pasted_code,
             verifier.expose(),
             &state,
@@ -573,41 +638,31 @@ impl AdminService {
         )
         .await
         .map_err(|error| AdminError::Invalid(error.to_string()))?;
-        self.add_oauth_account(name, &tokens, base_url, priority)
-            .await
-    }
-
-    async fn add_oauth_account(
-        &self,
-        name: &str,
-        tokens: &OAuthTokens,
-        base_url: Option<String>,
-        priority: i64,
-    ) -> Result<AccountRow, AdminError> {
         let row = self
-            .insert_account(
+            .insert_subscription(
                 NewAccountInput {
-                    platform: Platform::ClaudeOauth.as_str().to_owned(),
+                    platform: platform.as_str().to_owned(),
                     name: name.to_owned(),
-                    api_key: tokens.access_token.clone(),
+                    api_key: grant.tokens.access_token.clone(),
                     base_url,
                     priority,
                     ..NewAccountInput::default()
                 },
-                Some(tokens),
+                &grant,
             )
             .await?;
-        let client = crate::transport::AnyClient::Direct(crate::transport::build_client(
-            std::time::Duration::from_secs(10),
-            &self.egress,
-        ));
-        let base = row
-            .base_url
-            .clone()
-            .unwrap_or_else(|| Platform::ClaudeOauth.default_base_url().to_owned());
-        if let Some(tier) = oauth::subscription_tier(&client, &base, &tokens.access_token).await {
-            self.edit_account_settings(name, |settings| settings.tier = Some(tier.to_owned()))
-                .await?;
+        if platform == Platform::ClaudeOauth {
+            let base = row
+                .base_url
+                .clone()
+                .unwrap_or_else(|| platform.default_base_url().to_owned());
+            let tier =
+                crate::claude_oauth::subscription_tier(&client, &base, &grant.tokens.access_token)
+                    .await;
+            if let Some(tier) = tier {
+                self.edit_account_settings(name, |settings| settings.tier = Some(tier.to_owned()))
+                    .await?;
+            }
         }
         Ok(row)
     }

@@ -321,12 +321,12 @@ impl SnapshotStore {
         };
         runtime.apply_reset(row.health_reset_at_ms);
         let credential = match platform {
-            Platform::ClaudeOauth => {
+            Platform::ClaudeOauth | Platform::Codex => {
                 let Some(tokens) = OAuthTokens::from_json(api_key.expose()) else {
                     tracing::error!(account_id = %row.id, "skipping subscription account with unreadable tokens");
                     return None;
                 };
-                Credential::ClaudeSubscription(runtime.oauth_session(tokens))
+                Credential::Subscription(runtime.oauth_session(tokens))
             }
             Platform::Anthropic
             | Platform::OpenAi

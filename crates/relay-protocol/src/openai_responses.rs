@@ -215,6 +215,51 @@ impl ResponsesUsageTracker {
     }
 }
 
+/// The whole response a stream carries, for a client that did not stream from an upstream that
+/// only streams (the ChatGPT backend): the response object of its terminal event
+/// (`response.completed`, `.incomplete` or `.failed`), its `output` taken from the
+/// `response.output_item.done` events when the terminal event leaves it empty. An `error` event
+/// becomes that error's body. `None`: the stream ended before the response did.
+pub fn assembled_response(sse: &[u8]) -> Option<Vec<u8>> {
+    let mut decoder = SseDecoder::new();
+    let mut items: Vec<(u64, serde_json::Value)> = Vec::new();
+    let mut last: Option<serde_json::Value> = None;
+    decoder.feed(sse, &mut |_event, data| {
+        let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str(data) else {
+            return;
+        };
+        match event.get("type").and_then(serde_json::Value::as_str) {
+            Some("response.output_item.done") => {
+                let index = event
+                    .get("output_index")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(items.len() as u64);
+                if let Some(item) = event.remove("item") {
+                    items.push((index, item));
+                }
+            }
+            Some("response.completed" | "response.incomplete" | "response.failed") => {
+                last = event.remove("response");
+            }
+            Some("error") => {
+                event.remove("sequence_number");
+                last = Some(serde_json::json!({ "error": event }));
+            }
+            _ => {}
+        }
+    });
+    let mut response = last?;
+    let empty = response
+        .get("output")
+        .and_then(serde_json::Value::as_array)
+        .is_none_or(Vec::is_empty);
+    if empty && response.get("error").is_none_or(serde_json::Value::is_null) {
+        items.sort_by_key(|(index, _)| *index);
+        response["output"] = items.into_iter().map(|(_, item)| item).collect();
+    }
+    serde_json::to_vec(&response).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +353,30 @@ mod tests {
             crate::usage::MAX_REPORTED_TOKENS
         );
         assert_eq!(tracker.fault(), Some(UsageFault::OutOfRange));
+    }
+
+    #[test]
+    fn a_stream_is_assembled_into_its_whole_response() {
+        let whole: serde_json::Value =
+            serde_json::from_slice(&assembled_response(STREAM.as_bytes()).unwrap()).unwrap();
+        assert_eq!(whole["id"], "resp_1");
+        assert_eq!(whole["status"], "completed");
+        assert_eq!(whole["usage"]["input_tokens"], 120);
+        // The terminal event gave no output: it comes from the items streamed.
+        let with_items = STREAM.replace(
+            "event: response.completed",
+            "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":1,\"item\":{\"type\":\"message\",\"id\":\"b\"}}\n\nevent: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"reasoning\",\"id\":\"a\"}}\n\nevent: response.completed",
+        );
+        let whole: serde_json::Value =
+            serde_json::from_slice(&assembled_response(with_items.as_bytes()).unwrap()).unwrap();
+        assert_eq!(whole["output"][0]["id"], "a");
+        assert_eq!(whole["output"][1]["id"], "b");
+        let error = "event: error\ndata: {\"type\":\"error\",\"sequence_number\":2,\"code\":\"server_error\",\"message\":\"boom\"}\n\n";
+        let body: serde_json::Value =
+            serde_json::from_slice(&assembled_response(error.as_bytes()).unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "server_error");
+        assert!(body["error"].get("sequence_number").is_none());
+        let cut = &STREAM[..STREAM.find("event: response.completed").unwrap()];
+        assert_eq!(assembled_response(cut.as_bytes()), None);
     }
 }

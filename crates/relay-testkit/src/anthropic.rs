@@ -60,16 +60,7 @@ impl MockUpstream {
             .route("/v1/messages", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
             .with_state(state.clone());
-        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-            Ok(listener) => listener,
-            Err(error) => unreachable!("cannot bind the mock upstream: {error}"),
-        };
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, server) = crate::behavior::serve_on_loopback(app, "upstream").await;
         Self {
             addr,
             state,

@@ -254,3 +254,21 @@ pub(crate) fn paced_body(frames: Vec<String>, delivery: &Delivery) -> Body {
         },
     ))
 }
+
+/// Serves `app` on a random loopback port until the handle is aborted.
+pub(crate) async fn serve_on_loopback(
+    app: axum::Router,
+    what: &str,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(listener) => listener,
+        Err(error) => unreachable!("cannot bind the mock {what}: {error}"),
+    };
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, server)
+}

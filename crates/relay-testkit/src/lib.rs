@@ -9,7 +9,8 @@
 //!
 //! [`openai::MockOpenAi`] is the same for OpenAI-compatible upstreams (OpenAI, DeepSeek, Kimi,
 //! GLM, vLLM …): `POST /v1/chat/completions` (streamed like OpenAI, DeepSeek-style reasoning for
-//! `*reasoner*` models) and `GET /v1/models`.
+//! `*reasoner*` models) and `GET /v1/models`. [`chatgpt::MockChatGpt`] stands in for a ChatGPT
+//! subscription: OpenAI's OAuth token endpoint and the ChatGPT backend's Codex endpoint.
 //!
 //! Faults are scripted per upstream API key (so two accounts can behave differently): push
 //! [`Behavior`]s with [`MockUpstream::script`] or [`openai::MockOpenAi::script`]; unscripted
@@ -20,6 +21,7 @@
 
 pub mod anthropic;
 mod behavior;
+pub mod chatgpt;
 pub mod openai;
 mod proxy;
 pub mod responses;

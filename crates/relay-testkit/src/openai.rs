@@ -70,16 +70,7 @@ impl MockOpenAi {
             .route("/openai/responses", post(crate::responses::responses))
             .route("/v1/models", get(models))
             .with_state(script.clone());
-        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-            Ok(listener) => listener,
-            Err(error) => unreachable!("cannot bind the mock OpenAI upstream: {error}"),
-        };
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, server) = crate::behavior::serve_on_loopback(app, "OpenAI upstream").await;
         Self {
             addr,
             script,

@@ -17,7 +17,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use crate::anthropic::tool_nonce;
-use crate::behavior::{openai_error_body, Script};
+use crate::behavior::{openai_error_body, Delivery, Script};
 use crate::openai::{admit, json_response, sse_response, unix_now};
 
 /// The usage the mock reports for a Responses body: `input_tokens` includes `cached_tokens`,
@@ -247,10 +247,14 @@ fn frames(body: &Value, created_at: u64, reply: &Reply, usage: &MockResponsesUsa
 }
 
 pub(crate) async fn responses(State(script): State<Arc<Script>>, request: Request) -> Response {
-    let (body, delivery) = match admit(&script, request).await {
-        Ok(admitted) => admitted,
-        Err(reply) => return reply,
-    };
+    match admit(&script, request).await {
+        Ok((body, delivery)) => answer(&body, &delivery),
+        Err(reply) => reply,
+    }
+}
+
+/// The answer to an admitted Responses request: a whole response, or its stream.
+pub(crate) fn answer(body: &Value, delivery: &Delivery) -> Response {
     if !body["model"].is_string() {
         return json_response(
             400,
@@ -262,12 +266,12 @@ pub(crate) async fn responses(State(script): State<Arc<Script>>, request: Reques
             ),
         );
     }
-    let reply = reply_for(&body);
-    let usage = expected_responses_usage(&body);
+    let reply = reply_for(body);
+    let usage = expected_responses_usage(body);
     let created_at = unix_now();
     if body["stream"] != json!(true) {
         let response = response_object(
-            &body,
+            body,
             created_at,
             "completed",
             json!([output_item(&reply)]),
@@ -275,17 +279,21 @@ pub(crate) async fn responses(State(script): State<Arc<Script>>, request: Reques
         );
         return json_response(200, &delivery.headers, response.to_string());
     }
-    sse_response(frames(&body, created_at, &reply, &usage), &delivery)
+    sse_response(frames(body, created_at, &reply, &usage), delivery)
 }
 
 /// `POST /v1/responses/compact`: the conversation's replacement history, one user message
 /// naming how many items it replaced (`COMPACTED <n> items`), with usage as for a response.
 pub(crate) async fn compact(State(script): State<Arc<Script>>, request: Request) -> Response {
-    let (body, delivery) = match admit(&script, request).await {
-        Ok(admitted) => admitted,
-        Err(reply) => return reply,
-    };
-    let summary = format!("COMPACTED {} items", items(&body).len());
+    match admit(&script, request).await {
+        Ok((body, delivery)) => compaction(&body, &delivery),
+        Err(reply) => reply,
+    }
+}
+
+/// The answer to an admitted compaction.
+pub(crate) fn compaction(body: &Value, delivery: &Delivery) -> Response {
+    let summary = format!("COMPACTED {} items", items(body).len());
     let usage = MockResponsesUsage {
         input_tokens: 3 + body.to_string().len() as u64 / 64,
         cached_tokens: 0,

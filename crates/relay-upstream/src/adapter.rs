@@ -22,6 +22,12 @@ pub enum UpstreamAuth<'a> {
     Bearer(&'a str),
     /// `api-key` (Azure OpenAI).
     AzureKey(&'a str),
+    /// `Authorization: Bearer` with the workspace in `chatgpt-account-id` (ChatGPT
+    /// subscriptions).
+    ChatGpt {
+        token: &'a str,
+        account_id: Option<&'a str>,
+    },
 }
 
 /// Where an Azure OpenAI account's requests go besides its endpoint.
@@ -79,8 +85,8 @@ pub fn outbound(
         }
         // The base URL is the one OpenAI SDKs take (it ends in `/v1` or the host's own prefix).
         (Platform::OpenAi, _) => "/chat/completions",
-        (Platform::OpenAiResponses, Operation::Compact) => "/responses/compact",
-        (Platform::OpenAiResponses, _) => "/responses",
+        (Platform::OpenAiResponses | Platform::Codex, Operation::Compact) => "/responses/compact",
+        (Platform::OpenAiResponses | Platform::Codex, _) => "/responses",
         (Platform::AzureOpenAi, _) => {
             let (deployment, version) =
                 azure.map_or(("", ""), |azure| (azure.deployment, azure.api_version));
@@ -121,6 +127,13 @@ pub fn outbound(
             HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
         );
     }
+    if platform == Platform::Codex && call.operation != Operation::Compact {
+        // The ChatGPT backend only streams (`chatgpt::backend_body` asks it to).
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+    }
     authenticate(&mut headers, auth);
     Outbound { url, headers, body }
 }
@@ -144,6 +157,7 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "x-api-key",
     "x-goog-api-key",
     "api-key",
+    "chatgpt-account-id",
     "cookie",
     "accept-encoding",
     "forwarded",
@@ -220,6 +234,14 @@ fn authenticate(headers: &mut HeaderMap, auth: UpstreamAuth<'_>) {
         UpstreamAuth::AzureKey(key) => {
             if let Some(credential) = sensitive(key) {
                 headers.insert(HeaderName::from_static("api-key"), credential);
+            }
+        }
+        UpstreamAuth::ChatGpt { token, account_id } => {
+            if let Some(credential) = sensitive(&format!("Bearer {token}")) {
+                headers.insert(header::AUTHORIZATION, credential);
+            }
+            if let Some(id) = account_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+                headers.insert(HeaderName::from_static("chatgpt-account-id"), id);
             }
         }
         UpstreamAuth::Subscription(token) => {

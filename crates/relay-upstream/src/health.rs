@@ -85,6 +85,14 @@ pub fn classify(
             reason: "quota exhausted",
         },
         429 => {
+            // A ChatGPT subscription's window is used up; the body says until when.
+            if let Some(reset_ms) = crate::chatgpt::usage_limit_reset_ms(body, now_ms) {
+                return Verdict::RateLimited {
+                    until_ms: clamp_until(reset_ms, now_ms),
+                    family: None,
+                    reason: "usage limit reached",
+                };
+            }
             if let Some(reset_ms) = unified_reset_ms(headers) {
                 return Verdict::RateLimited {
                     until_ms: clamp_until(reset_ms, now_ms),

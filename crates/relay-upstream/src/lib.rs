@@ -6,7 +6,9 @@
 //!   each way;
 //! - [`attempt`]: send a prepared request, wait for the first body byte, say what failed;
 //! - [`health`]: what an upstream's answer means for the account (pure);
-//! - [`claude_oauth`]: Claude subscriptions' sign-in and token refresh;
+//! - [`oauth`]: subscription accounts' sign-in and token refresh (Claude and ChatGPT);
+//!   [`claude_oauth`] and [`chatgpt`] what is each provider's own;
+//! - [`windows`]: a subscription's usage windows as its responses report them;
 //! - [`transport`], [`proxy`], [`egress`], [`net`]: the pooled client, outbound proxies and the
 //!   guard that keeps operator-configured URLs off internal networks;
 //! - [`redact`]: what of an upstream's body may be kept or passed on.
@@ -16,13 +18,16 @@
 
 pub mod adapter;
 pub mod attempt;
+pub mod chatgpt;
 pub mod claude_oauth;
 pub mod egress;
 pub mod health;
 pub mod net;
+pub mod oauth;
 mod platform;
 pub mod proxy;
 pub mod redact;
 pub mod transport;
+pub mod windows;
 
 pub use platform::Platform;

@@ -20,15 +20,19 @@ pub enum Platform {
     /// Azure OpenAI: a resource's endpoint, one deployment and an `api-version`; Chat
     /// Completions and Responses both served natively.
     AzureOpenAi,
+    /// A ChatGPT subscription (Plus/Pro/Team) through its OAuth tokens, served by the ChatGPT
+    /// backend's Codex endpoint (the Responses API, as Codex CLI signed in with ChatGPT uses it).
+    Codex,
 }
 
 impl Platform {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Anthropic,
         Self::ClaudeOauth,
         Self::OpenAi,
         Self::OpenAiResponses,
         Self::AzureOpenAi,
+        Self::Codex,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Platform {
             Self::OpenAi => "openai",
             Self::OpenAiResponses => "openai-responses",
             Self::AzureOpenAi => "azure-openai",
+            Self::Codex => "codex",
         }
     }
 
@@ -53,6 +58,8 @@ impl Platform {
             Self::OpenAi | Self::OpenAiResponses => "https://api.openai.com/v1",
             // Every resource has its own; an account must name it (`--base-url`).
             Self::AzureOpenAi => "https://RESOURCE.openai.azure.com",
+            // The relay appends `/responses`, as for a Responses account.
+            Self::Codex => "https://chatgpt.com/backend-api/codex",
         }
     }
 
@@ -61,7 +68,7 @@ impl Platform {
         match self {
             Self::Anthropic | Self::ClaudeOauth => Dialect::AnthropicMessages,
             Self::OpenAi => Dialect::OpenAiChat,
-            Self::OpenAiResponses => Dialect::OpenAiResponses,
+            Self::OpenAiResponses | Self::Codex => Dialect::OpenAiResponses,
             Self::AzureOpenAi => Dialect::OpenAiChat,
         }
     }
@@ -75,6 +82,11 @@ impl Platform {
         }
     }
 
+    /// Whether the account signs in with OAuth (tokens the relay refreshes) rather than a key.
+    pub fn is_subscription(self) -> bool {
+        matches!(self, Self::ClaudeOauth | Self::Codex)
+    }
+
     /// A cheap model to test an account with when it names none.
     pub fn probe_model(self) -> &'static str {
         match self {
@@ -82,17 +94,20 @@ impl Platform {
             Self::OpenAi => "gpt-4o-mini",
             Self::OpenAiResponses => "gpt-5-mini",
             Self::AzureOpenAi => "gpt-4o-mini",
+            Self::Codex => "gpt-5-codex",
         }
     }
 
     /// The models an account serves when the operator lists none: Claude accounts serve Claude
     /// models; an OpenAI-compatible host's models are the operator's to name (`--model`); a
-    /// Responses account serves OpenAI's GPT, o-series and Codex models.
+    /// Responses account serves OpenAI's GPT, o-series and Codex models; a ChatGPT subscription
+    /// the GPT and Codex models Codex offers it.
     pub fn default_models(self) -> &'static [&'static str] {
         match self {
             Self::Anthropic | Self::ClaudeOauth => &["claude-*"],
             Self::OpenAi => &[],
             Self::OpenAiResponses | Self::AzureOpenAi => &["gpt-*", "o1*", "o3*", "o4*", "codex-*"],
+            Self::Codex => &["gpt-*", "codex-*"],
         }
     }
 }

@@ -182,7 +182,7 @@ mod tests {
     use super::*;
     use crate::admin::{AdminService, NewAccountInput};
     use crate::bootstrap::{open_installation, Installation};
-    use crate::oauth::OAuthSettings;
+    use crate::oauth::OAuthProviders;
     use crate::policy::KeyPolicy;
     use crate::snapshot::SnapshotStore;
 
@@ -248,7 +248,7 @@ mod tests {
                 .unwrap();
         }
         admin
-            .start_oauth("pending", &OAuthSettings::default())
+            .start_oauth("pending", "claude-oauth", &OAuthProviders::default())
             .await
             .unwrap();
         let issued = admin

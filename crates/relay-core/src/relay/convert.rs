@@ -23,8 +23,22 @@ use relay_protocol::{Dialect, ErrorKind, Usage};
 use super::{RelayBody, RelayError, RelayRequest, RelayResponse, RelaySettings};
 use crate::accounts::AccountEntry;
 
-/// The request body for `account`: converted to its dialect, with its model name.
+/// The request body for `account`: converted to its dialect, with its model name, in the form
+/// its platform takes (the ChatGPT backend's).
 pub(super) fn upstream_body(
+    request: &RelayRequest,
+    account: &AccountEntry,
+    settings: &RelaySettings,
+) -> Result<Bytes, RelayError> {
+    let body = body_in_dialect(request, account, settings)?;
+    if account.platform != relay_upstream::Platform::Codex {
+        return Ok(body);
+    }
+    let compact = request.endpoint == super::Endpoint::ResponsesCompact;
+    Ok(relay_upstream::chatgpt::backend_body(&body, compact).map_or(body, Bytes::from))
+}
+
+fn body_in_dialect(
     request: &RelayRequest,
     account: &AccountEntry,
     settings: &RelaySettings,
@@ -218,6 +232,31 @@ fn responses_response_for_anthropic(_: u16, body: &[u8]) -> Vec<u8> {
         .unwrap_or_else(|error| unconvertible(Dialect::AnthropicMessages, &error.message))
 }
 
+/// A Responses stream's whole response, for a client that did not stream; `convert` says it in
+/// the client's dialect.
+fn assembled(client: Dialect, body: &[u8], convert: fn(u16, &[u8]) -> Vec<u8>) -> Vec<u8> {
+    match relay_protocol::openai_responses::assembled_response(body) {
+        Some(whole) => convert(200, &whole),
+        None => unconvertible(client, "the stream ended before the response did"),
+    }
+}
+
+fn responses_stream_for_responses(_: u16, body: &[u8]) -> Vec<u8> {
+    assembled(Dialect::OpenAiResponses, body, |_, whole| whole.to_vec())
+}
+
+fn responses_stream_for_chat(_: u16, body: &[u8]) -> Vec<u8> {
+    assembled(Dialect::OpenAiChat, body, responses_response_for_chat)
+}
+
+fn responses_stream_for_anthropic(_: u16, body: &[u8]) -> Vec<u8> {
+    assembled(
+        Dialect::AnthropicMessages,
+        body,
+        responses_response_for_anthropic,
+    )
+}
+
 /// How the answer's bytes reach the client.
 pub(crate) enum Reframe {
     /// Byte for byte (zero copy).
@@ -250,6 +289,11 @@ impl std::fmt::Debug for Reframe {
 const WHOLE_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 impl Reframe {
+    /// Whether the client gets one JSON body (the upstream's, converted at its end).
+    pub(crate) fn is_whole(&self) -> bool {
+        matches!(self, Self::Whole { .. })
+    }
+
     /// The client's bytes for an upstream chunk; `None` when nothing is ready yet.
     pub(crate) fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
         match self {
@@ -305,6 +349,19 @@ pub(super) fn reframe(
     status: StatusCode,
 ) -> Reframe {
     let client = request.endpoint.dialect();
+    // An upstream that streams what the client asked for whole (the ChatGPT backend streams
+    // everything): the stream's response, assembled at its end, in the client's dialect.
+    if upstream == Dialect::OpenAiResponses && is_sse && !request.stream && status.is_success() {
+        return whole(
+            client,
+            status,
+            match client {
+                Dialect::OpenAiChat => responses_stream_for_chat,
+                Dialect::AnthropicMessages => responses_stream_for_anthropic,
+                _ => responses_stream_for_responses,
+            },
+        );
+    }
     match (upstream, client) {
         (Dialect::OpenAiChat, Dialect::OpenAiChat)
             if is_sse && request.stream && !request.include_usage =>

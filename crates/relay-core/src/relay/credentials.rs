@@ -1,6 +1,6 @@
-//! An account's credential at send time: a Claude subscription's access token, refreshed ahead of
-//! expiry with exactly one refresh in flight per account — across every instance that shares a
-//! Redis — and written back sealed.
+//! An account's credential at send time: a subscription's access token (Claude or ChatGPT),
+//! refreshed ahead of expiry with exactly one refresh in flight per account — across every
+//! instance that shares a Redis — and written back sealed.
 
 use std::time::Duration;
 
@@ -22,20 +22,20 @@ impl Relay {
         account: &AccountEntry,
         session: &OAuthSession,
         force: bool,
-    ) -> Result<String, AttemptFailure> {
+    ) -> Result<oauth::OAuthTokens, AttemptFailure> {
         let seen = session.tokens();
         if !force && !seen.needs_refresh(now_ms()) {
-            return Ok(seen.access_token);
+            return Ok(seen);
         }
         let _refreshing = session.refresh_lock().await;
         let now = now_ms();
         let current = session.tokens();
         if current.access_token != seen.access_token && !current.needs_refresh(now) {
-            return Ok(current.access_token);
+            return Ok(current);
         }
         if current.refresh_token.is_none() {
             // A setup token: nothing to refresh with.
-            return Ok(current.access_token);
+            return Ok(current);
         }
         let Some(coord) = self.coord() else {
             return self.refresh(account, session, now).await;
@@ -77,7 +77,7 @@ impl Relay {
         session: &OAuthSession,
         seen: &oauth::OAuthTokens,
         force: bool,
-    ) -> Option<String> {
+    ) -> Option<oauth::OAuthTokens> {
         let stored = match self.snapshots.stored_tokens(&account.id).await {
             Ok(stored) => stored?,
             Err(error) => {
@@ -90,7 +90,7 @@ impl Relay {
             return None;
         }
         session.adopt_if_newer(&stored);
-        Some(session.tokens().access_token)
+        Some(session.tokens())
     }
 
     /// Refreshes the tokens now and stores them sealed.
@@ -99,15 +99,15 @@ impl Relay {
         account: &AccountEntry,
         session: &OAuthSession,
         now: i64,
-    ) -> Result<String, AttemptFailure> {
+    ) -> Result<oauth::OAuthTokens, AttemptFailure> {
         let current = session.tokens();
-        let Some(refresh_token) = current.refresh_token.clone() else {
-            return Ok(current.access_token);
+        let Some(provider) = oauth::Provider::for_platform(account.platform) else {
+            return Ok(current);
         };
         match oauth::refresh(
             &self.client_for(account),
-            &self.settings.oauth,
-            &refresh_token,
+            self.settings.oauth.get(provider),
+            &current,
             now,
         )
         .await
@@ -123,7 +123,7 @@ impl Relay {
                     // The tokens work in this process; a restart would need a new sign-in.
                     tracing::error!(account_id = %account.id, %error, "cannot store refreshed tokens");
                 }
-                Ok(tokens.access_token)
+                Ok(tokens)
             }
             Err(error) => {
                 tracing::error!(account_id = %account.id, %error, "subscription token refresh failed");

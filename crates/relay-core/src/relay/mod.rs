@@ -26,14 +26,14 @@ use relay_store::{UsageRecord, UsageSink};
 use tokio::time::Instant;
 
 use crate::access::{self, Denial, RequestFacts};
-use crate::accounts::{AccountEntry, AccountSlot, Credential, Platform, UsageWindows};
+use crate::accounts::{AccountEntry, AccountSlot, Credential, Platform};
 use crate::clock::now_ms;
 use crate::coord::Coordinator;
 use crate::health;
 use crate::keys::KeyEntry;
 use crate::limits::{Admission, Estimate, Limiter};
 use crate::metrics::Metrics;
-use crate::oauth::OAuthSettings;
+use crate::oauth::OAuthProviders;
 use crate::policy::Service;
 use crate::schedule::{is_routable, AccountSelector, Candidates, Selection, Strategy};
 use crate::snapshot::SnapshotStore;
@@ -56,8 +56,8 @@ pub struct RelaySettings {
     pub max_attempts: usize,
     /// Cooldown after a 429 that named no reset time.
     pub default_rate_limit_cooldown: Duration,
-    /// Where subscription accounts refresh their tokens.
-    pub oauth: OAuthSettings,
+    /// Where subscription accounts sign in and refresh their tokens (Claude's, ChatGPT's).
+    pub oauth: OAuthProviders,
     /// How an account is chosen within a priority tier.
     pub strategy: Strategy,
     /// Which internal targets outbound connections may reach (none by default).
@@ -80,7 +80,7 @@ impl Default for RelaySettings {
             idle_timeout: Duration::from_secs(300),
             max_attempts: 3,
             default_rate_limit_cooldown: Duration::from_secs(30),
-            oauth: OAuthSettings::default(),
+            oauth: OAuthProviders::default(),
             strategy: Strategy::default(),
             max_tokens_ceiling: 1_000_000,
             unpriced_as: None,
@@ -581,7 +581,7 @@ impl Relay {
             .clone()
     }
 
-    pub fn oauth_settings(&self) -> &OAuthSettings {
+    pub fn oauth_settings(&self) -> &OAuthProviders {
         &self.settings.oauth
     }
 
@@ -755,9 +755,7 @@ impl Relay {
             {
                 Ok(started) => {
                     account.runtime.record_success();
-                    if let Some(windows) = UsageWindows::from_headers(&started.headers) {
-                        account.runtime.observe_windows(windows);
-                    }
+                    self.observe_windows(&account, &started.headers);
                     if let Some(session) = session {
                         self.keep_session(
                             session,
@@ -964,11 +962,18 @@ impl Relay {
         let mut retries = 0;
         let mut refreshed_after_401 = false;
         loop {
-            let token;
+            let tokens;
             let auth = match (&account.credential, account.platform) {
-                (Credential::ClaudeSubscription(session), _) => {
-                    token = self.access_token(account, session, false).await?;
-                    UpstreamAuth::Subscription(&token)
+                (Credential::Subscription(session), Platform::Codex) => {
+                    tokens = self.access_token(account, session, false).await?;
+                    UpstreamAuth::ChatGpt {
+                        token: &tokens.access_token,
+                        account_id: tokens.account_id.as_deref(),
+                    }
+                }
+                (Credential::Subscription(session), _) => {
+                    tokens = self.access_token(account, session, false).await?;
+                    UpstreamAuth::Subscription(&tokens.access_token)
                 }
                 (Credential::ApiKey(key), Platform::OpenAi | Platform::OpenAiResponses) => {
                     UpstreamAuth::Bearer(key.expose())
@@ -1022,7 +1027,7 @@ impl Relay {
             // A subscription token the upstream refuses may just have been revoked early:
             // refresh once and try again.
             if status == 401 && !refreshed_after_401 {
-                if let Credential::ClaudeSubscription(session) = &account.credential {
+                if let Credential::Subscription(session) = &account.credential {
                     refreshed_after_401 = true;
                     self.access_token(account, session, true).await?;
                     continue;
@@ -1134,10 +1139,11 @@ impl Relay {
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with("text/event-stream"));
         let reframe = convert::reframe(request, upstream_dialect, is_sse, started.status);
-        if !passthrough {
+        let client_sse = is_sse && !reframe.is_whole();
+        if !passthrough || client_sse != is_sse {
             headers.insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(if is_sse {
+                http::HeaderValue::from_static(if client_sse {
                     "text/event-stream; charset=utf-8"
                 } else {
                     "application/json"

@@ -53,6 +53,31 @@ impl Relay {
         });
     }
 
+    /// Keeps the subscription windows a response reported; a window used up rests the account
+    /// until it resets (its next request would only be refused).
+    pub(super) fn observe_windows(&self, account: &AccountEntry, headers: &http::HeaderMap) {
+        let now = now_ms();
+        let Some(windows) = crate::accounts::UsageWindows::from_headers(headers, now) else {
+            return;
+        };
+        let exhausted = windows.exhausted_until_ms();
+        account.runtime.observe_windows(windows);
+        if let Some(until_ms) =
+            exhausted.filter(|until| *until > account.runtime.cooling_until_ms())
+        {
+            let until_ms = until_ms.min(now + millis(health::MAX_COOLDOWN));
+            account.runtime.cool_until(until_ms);
+            self.record_event(
+                account,
+                "rate_limited",
+                Some(until_ms),
+                None,
+                "a usage window is used up (100 %)",
+            );
+            tracing::warn!(account_id = %account.id, cooling_s = (until_ms - now) / 1000, "subscription window used up; account resting until it resets");
+        }
+    }
+
     /// Applies what a failed attempt says about its account, and logs it with the evidence.
     pub(super) fn apply_verdict(
         &self,

@@ -526,8 +526,11 @@ async fn list_accounts(State(state): State<AppState>) -> ApiResult {
 struct AddAccountBody {
     platform: String,
     name: String,
-    /// An API key, or for `claude-oauth` a setup token.
+    /// An API key, or for `claude-oauth` a setup token; none for `codex` (see `auth_json`).
+    #[serde(default)]
     api_key: String,
+    /// A `codex` account's sign-in: Codex's `auth.json`, as an object or as its text.
+    auth_json: Option<Value>,
     base_url: Option<String>,
     #[serde(default = "default_priority")]
     priority: i64,
@@ -556,6 +559,10 @@ async fn add_account(State(state): State<AppState>, request: Request) -> ApiResu
             priority: body.priority,
             settings,
             proxy: body.proxy,
+            auth_json: body.auth_json.map(|value| match value {
+                Value::String(text) => text,
+                other => other.to_string(),
+            }),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(account_json(&row, None))).into_response())
@@ -651,13 +658,19 @@ async fn test_account(State(state): State<AppState>, Path(name): Path<String>) -
 #[serde(deny_unknown_fields)]
 struct OAuthStartBody {
     name: String,
+    /// `claude-oauth` (the default) or `codex`.
+    platform: Option<String>,
 }
 
 async fn oauth_start(State(state): State<AppState>, request: Request) -> ApiResult {
     let body: OAuthStartBody = read_json(request.into_body()).await?;
     let url = state
         .admin
-        .start_oauth(&body.name, state.relay.oauth_settings())
+        .start_oauth(
+            &body.name,
+            body.platform.as_deref().unwrap_or("claude-oauth"),
+            state.relay.oauth_settings(),
+        )
         .await?;
     Ok(Json(json!({"authorize_url": url})).into_response())
 }

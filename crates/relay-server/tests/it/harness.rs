@@ -9,6 +9,7 @@ use relay_core::snapshot::SnapshotStore;
 use relay_core::{Relay, RelaySettings};
 use relay_server::{router, serve, AppState, ServerSettings};
 use relay_store::{Store, UsageFilter, UsageRecord, UsageWriterHandle};
+use relay_testkit::chatgpt::MockChatGpt;
 use relay_testkit::openai::MockOpenAi;
 use relay_testkit::MockUpstream;
 use tokio::sync::oneshot;
@@ -24,6 +25,8 @@ pub struct Harness {
     pub mock: MockUpstream,
     /// The OpenAI-compatible upstream that `openai_account`s point at.
     pub openai: MockOpenAi,
+    /// OpenAI's sign-in and the ChatGPT backend, for `codex` accounts.
+    pub chatgpt: MockChatGpt,
     pub relay: Arc<Relay>,
     pub snapshots: Arc<SnapshotStore>,
     pub client: reqwest::Client,
@@ -100,7 +103,8 @@ impl Harness {
             .unwrap();
         let mock = MockUpstream::start().await;
         let openai = MockOpenAi::start().await;
-        relay_settings.oauth = oauth_settings(&mock);
+        let chatgpt = MockChatGpt::start().await;
+        relay_settings.oauth = oauth_settings(&mock, &chatgpt);
         // The mocks listen on loopback: allowed explicitly, as an operator would.
         let egress = loopback_egress();
         relay_settings.egress = egress.clone();
@@ -171,6 +175,7 @@ impl Harness {
             store: installation.store,
             mock,
             openai,
+            chatgpt,
             relay,
             snapshots: snapshot_handle,
             client: reqwest::Client::new(),
@@ -258,11 +263,20 @@ pub fn loopback_egress() -> relay_core::egress::EgressGuard {
     relay_core::egress::EgressGuard::allowing(&["127.0.0.0/8", "::1"]).unwrap()
 }
 
-/// OAuth settings pointing at the mock's token endpoint.
-pub fn oauth_settings(mock: &MockUpstream) -> relay_core::oauth::OAuthSettings {
-    relay_core::oauth::OAuthSettings {
-        token_url: mock.token_url(),
-        ..relay_core::oauth::OAuthSettings::default()
+/// OAuth settings pointing at the mocks' token endpoints.
+pub fn oauth_settings(
+    mock: &MockUpstream,
+    chatgpt: &MockChatGpt,
+) -> relay_core::oauth::OAuthProviders {
+    relay_core::oauth::OAuthProviders {
+        claude: relay_core::oauth::OAuthSettings {
+            token_url: mock.token_url(),
+            ..relay_core::oauth::OAuthSettings::claude()
+        },
+        chatgpt: relay_core::oauth::OAuthSettings {
+            token_url: chatgpt.token_url(),
+            ..relay_core::oauth::OAuthSettings::chatgpt()
+        },
     }
 }
 

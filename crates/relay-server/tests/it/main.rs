@@ -10,6 +10,7 @@
 mod addresses;
 mod admin_api;
 mod availability;
+mod chatgpt;
 mod dialects;
 mod harness;
 mod health;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::harness::{responses_account, Harness};
 
 /// A first turn as Codex sends it (trimmed): developer and user items, its tool types.
-fn codex_body(stream: bool, prompt: &str) -> Value {
+pub fn codex_body(stream: bool, prompt: &str) -> Value {
     json!({
         "model": "gpt-5-codex",
         "stream": stream,
@@ -33,7 +33,7 @@ fn codex_body(stream: bool, prompt: &str) -> Value {
 }
 
 /// The JSON payloads of a Responses event stream, in order.
-fn event_payloads(text: &str) -> Vec<Value> {
+pub fn event_payloads(text: &str) -> Vec<Value> {
     text.lines()
         .filter_map(|line| line.strip_prefix("data: "))
         .map(|data| serde_json::from_str(data).unwrap())
