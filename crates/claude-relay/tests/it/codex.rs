@@ -6,11 +6,14 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use relay_testkit::chatgpt::{MockChatGpt, ACCOUNT_ID, AUTH_CODE};
 use relay_testkit::openai::MockOpenAi;
 use relay_testkit::responses::expected_responses_usage;
 use relay_testkit::{expected_usage, MockUpstream};
 
-use crate::support::{cli, cli_fails, client, create_key, usage_when, RunningRelay};
+use crate::support::{
+    authorize_state, cli, cli_env, cli_fails, client, create_key, usage_when, RunningRelay,
+};
 
 /// A `CODEX_HOME` under `home` whose config points Codex at `relay_url` as a custom provider
 /// (`../shared/clients.md` §4.2), with `extra` TOML appended; its path.
@@ -202,6 +205,117 @@ async fn codex_exec_completes_and_runs_a_tool_through_the_relay_with_exact_usage
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_exec_runs_on_a_chatgpt_subscription_signed_in_with_the_cli() {
+    let Some(binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    let chatgpt = MockChatGpt::start().await;
+    // Tokens that need refreshing at once: the running relay refreshes them itself.
+    chatgpt.set_token_behavior(60, Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let token_url = chatgpt.token_url();
+    let env = [("CLAUDE_RELAY_CHATGPT_OAUTH_TOKEN_URL", token_url.as_str())];
+    // Signed in as `codex login` does: the URL to open, then the address the browser landed on.
+    let authorize = cli_env(
+        &data_dir,
+        &env,
+        &[
+            "account",
+            "oauth-start",
+            "--platform",
+            "codex",
+            "--name",
+            "plus",
+        ],
+    );
+    assert!(
+        authorize.starts_with("https://auth.openai.com/oauth/authorize?"),
+        "{authorize}"
+    );
+    let callback = format!(
+        "http://localhost:1455/auth/callback?code={AUTH_CODE}&scope=openid+profile+email+offline_access&state={}",
+        authorize_state(&authorize)
+    );
+    let base_url = chatgpt.base_url();
+    cli_env(
+        &data_dir,
+        &env,
+        &[
+            "account",
+            "oauth-finish",
+            "--name",
+            "plus",
+            "--code",
+            &callback,
+            "--base-url",
+            &base_url,
+        ],
+    );
+    // A second one imported from Codex's auth.json, tried after the first.
+    let auth_json = dir.path().join("auth.json");
+    std::fs::write(&auth_json, chatgpt.auth_json()).unwrap();
+    let auth_json = auth_json.to_string_lossy().into_owned();
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "codex",
+            "--name",
+            "laptop",
+            "--auth-json",
+            &auth_json,
+            "--base-url",
+            &base_url,
+            "--priority",
+            "90",
+        ],
+    );
+    let listed = cli(&data_dir, &["account", "list", "--json"]);
+    assert!(!listed.contains("chatgpt-refresh"), "{listed}");
+    // What the refresh grants lasts.
+    chatgpt.set_token_behavior(3600, Duration::ZERO);
+    let key = create_key(&data_dir, "codex");
+    let relay = RunningRelay::start_with_env(&data_dir, Some("pw"), &env);
+    hello_then_tool(
+        &binary,
+        dir.path(),
+        &relay,
+        &key,
+        "MOCK_OK from gpt-5-codex.",
+        "cx3",
+    )
+    .await;
+
+    // Three backend requests, all from the first account's refreshed token, with its workspace;
+    // one refresh for all of them; usage exactly what the backend reported.
+    let turns = chatgpt.requests();
+    assert_eq!(turns.len(), 3, "one turn, then a tool call and its result");
+    assert_eq!(chatgpt.refresh_count(), 1);
+    let first = &turns[0].api_key;
+    assert!(turns
+        .iter()
+        .all(|turn| turn.path == "/backend-api/codex/responses"
+            && turn.headers["chatgpt-account-id"] == ACCOUNT_ID
+            && turn.api_key == *first
+            && turn.body["store"] == false));
+    let (mut input, mut cached, mut output_tokens) = (0, 0, 0);
+    for turn in &turns {
+        let expected = expected_responses_usage(&turn.body);
+        input += expected.input_tokens - expected.cached_tokens;
+        cached += expected.cached_tokens;
+        output_tokens += expected.output_tokens;
+    }
+    let usage = usage_when(&data_dir, Some("codex"), 3).await;
+    assert_eq!(usage["requests"], 3);
+    assert_eq!(usage["input_tokens"], input);
+    assert_eq!(usage["cache_read_input_tokens"], cached);
+    assert_eq!(usage["output_tokens"], output_tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_with_a_bad_key_fails_at_once_with_the_relays_message() {
     let Some(binary) = client("npm/node_modules/.bin/codex") else {
         return;
@@ -230,6 +344,22 @@ async fn codex_with_a_bad_key_fails_at_once_with_the_relays_message() {
     assert!(openai.requests().is_empty(), "nothing reached the upstream");
 }
 
+/// Runs `tests/python/openai_responses.py` (the official SDK: plain, streamed, a function call
+/// and its result, a bad key, on `/v1` and `/openai/v1`) against `relay`.
+async fn responses_sdk(python: &Path, relay: &RunningRelay, key: &str, model: &str) {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/openai_responses.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .env("RELAY_URL", &relay.url)
+        .env("RELAY_KEY", key)
+        .env("MODEL", model)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", described(&output));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdks_responses_api_works_through_the_relay() {
     let Some(python) = client("venv/bin/python") else {
@@ -241,23 +371,60 @@ async fn the_openai_python_sdks_responses_api_works_through_the_relay() {
     add_responses_account(&data_dir, "oai", "sk-oai", &openai.base_url());
     let key = create_key(&data_dir, "sdk");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/openai_responses.py");
-    let output = tokio::process::Command::new(python)
-        .arg(script)
-        .env("RELAY_URL", &relay.url)
-        .env("RELAY_KEY", &key)
-        .env("MODEL", "gpt-5-mini")
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", described(&output));
+    responses_sdk(&python, &relay, &key, "gpt-5-mini").await;
     // Four calls on each path, all to the account's `/responses`; one record each.
     let requests = openai.requests();
     assert_eq!(requests.len(), 8);
     assert!(requests
         .iter()
         .all(|request| request.path == "/v1/responses" && request.api_key == "sk-oai"));
+    let usage = usage_when(&data_dir, Some("sdk"), 8).await;
+    assert_eq!(usage["requests"], 8);
+    let expected: u64 = requests
+        .iter()
+        .map(|request| expected_responses_usage(&request.body).output_tokens)
+        .sum();
+    assert_eq!(usage["output_tokens"], expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdks_responses_api_works_on_a_chatgpt_subscription() {
+    let Some(python) = client("venv/bin/python") else {
+        return;
+    };
+    let chatgpt = MockChatGpt::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let auth_json = dir.path().join("auth.json");
+    std::fs::write(&auth_json, chatgpt.auth_json()).unwrap();
+    let auth_json = auth_json.to_string_lossy().into_owned();
+    let base_url = chatgpt.base_url();
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "codex",
+            "--name",
+            "plus",
+            "--auth-json",
+            &auth_json,
+            "--base-url",
+            &base_url,
+        ],
+    );
+    let key = create_key(&data_dir, "sdk");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    // The SDK's whole responses and its `max_output_tokens` work although the backend only
+    // streams and refuses that setting.
+    responses_sdk(&python, &relay, &key, "gpt-5-codex").await;
+    let requests = chatgpt.requests();
+    assert_eq!(requests.len(), 8);
+    assert!(requests
+        .iter()
+        .all(|request| request.body["stream"] == true
+            && request.body.get("max_output_tokens").is_none()));
     let usage = usage_when(&data_dir, Some("sdk"), 8).await;
     assert_eq!(usage["requests"], 8);
     let expected: u64 = requests
