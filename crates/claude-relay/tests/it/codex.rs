@@ -253,26 +253,7 @@ async fn codex_exec_runs_on_a_chatgpt_subscription_signed_in_with_the_cli() {
         ],
     );
     // A second one imported from Codex's auth.json, tried after the first.
-    let auth_json = dir.path().join("auth.json");
-    std::fs::write(&auth_json, chatgpt.auth_json()).unwrap();
-    let auth_json = auth_json.to_string_lossy().into_owned();
-    cli(
-        &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "codex",
-            "--name",
-            "laptop",
-            "--auth-json",
-            &auth_json,
-            "--base-url",
-            &base_url,
-            "--priority",
-            "90",
-        ],
-    );
+    import_chatgpt(dir.path(), &chatgpt, "laptop", &["--priority", "90"]);
     let listed = cli(&data_dir, &["account", "list", "--json"]);
     assert!(!listed.contains("chatgpt-refresh"), "{listed}");
     // What the refresh grants lasts.
@@ -360,6 +341,42 @@ async fn responses_sdk(python: &Path, relay: &RunningRelay, key: &str, model: &s
     assert!(output.status.success(), "{}", described(&output));
 }
 
+/// The SDK script's eight requests were recorded once each, with the output the upstream
+/// reported for them.
+async fn sdk_usage_recorded(data_dir: &Path, requests: &[relay_testkit::RecordedRequest]) {
+    assert_eq!(requests.len(), 8, "four calls on each path");
+    let usage = usage_when(data_dir, Some("sdk"), 8).await;
+    assert_eq!(usage["requests"], 8);
+    let expected: u64 = requests
+        .iter()
+        .map(|request| expected_responses_usage(&request.body).output_tokens)
+        .sum();
+    assert_eq!(usage["output_tokens"], expected);
+}
+
+/// `account add --platform codex` from the `auth.json` Codex would write after signing in to
+/// `chatgpt`, with `extra` flags.
+fn import_chatgpt(dir: &Path, chatgpt: &MockChatGpt, name: &str, extra: &[&str]) {
+    let auth_json = dir.join(format!("{name}-auth.json"));
+    std::fs::write(&auth_json, chatgpt.auth_json()).unwrap();
+    let auth_json = auth_json.to_string_lossy().into_owned();
+    let base_url = chatgpt.base_url();
+    let mut args = vec![
+        "account",
+        "add",
+        "--platform",
+        "codex",
+        "--name",
+        name,
+        "--auth-json",
+        &auth_json,
+        "--base-url",
+        &base_url,
+    ];
+    args.extend_from_slice(extra);
+    cli(&dir.join("data"), &args);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdks_responses_api_works_through_the_relay() {
     let Some(python) = client("venv/bin/python") else {
@@ -372,19 +389,11 @@ async fn the_openai_python_sdks_responses_api_works_through_the_relay() {
     let key = create_key(&data_dir, "sdk");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
     responses_sdk(&python, &relay, &key, "gpt-5-mini").await;
-    // Four calls on each path, all to the account's `/responses`; one record each.
     let requests = openai.requests();
-    assert_eq!(requests.len(), 8);
     assert!(requests
         .iter()
         .all(|request| request.path == "/v1/responses" && request.api_key == "sk-oai"));
-    let usage = usage_when(&data_dir, Some("sdk"), 8).await;
-    assert_eq!(usage["requests"], 8);
-    let expected: u64 = requests
-        .iter()
-        .map(|request| expected_responses_usage(&request.body).output_tokens)
-        .sum();
-    assert_eq!(usage["output_tokens"], expected);
+    sdk_usage_recorded(&data_dir, &requests).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,43 +404,18 @@ async fn the_openai_python_sdks_responses_api_works_on_a_chatgpt_subscription() 
     let chatgpt = MockChatGpt::start().await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let auth_json = dir.path().join("auth.json");
-    std::fs::write(&auth_json, chatgpt.auth_json()).unwrap();
-    let auth_json = auth_json.to_string_lossy().into_owned();
-    let base_url = chatgpt.base_url();
-    cli(
-        &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "codex",
-            "--name",
-            "plus",
-            "--auth-json",
-            &auth_json,
-            "--base-url",
-            &base_url,
-        ],
-    );
+    import_chatgpt(dir.path(), &chatgpt, "plus", &[]);
     let key = create_key(&data_dir, "sdk");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
     // The SDK's whole responses and its `max_output_tokens` work although the backend only
     // streams and refuses that setting.
     responses_sdk(&python, &relay, &key, "gpt-5-codex").await;
     let requests = chatgpt.requests();
-    assert_eq!(requests.len(), 8);
     assert!(requests
         .iter()
         .all(|request| request.body["stream"] == true
             && request.body.get("max_output_tokens").is_none()));
-    let usage = usage_when(&data_dir, Some("sdk"), 8).await;
-    assert_eq!(usage["requests"], 8);
-    let expected: u64 = requests
-        .iter()
-        .map(|request| expected_responses_usage(&request.body).output_tokens)
-        .sum();
-    assert_eq!(usage["output_tokens"], expected);
+    sdk_usage_recorded(&data_dir, &requests).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
