@@ -340,6 +340,9 @@ enum Reply {
     },
 }
 
+/// The prompt of the last user message (its last text block that is not a system reminder: a
+/// summary or note appended after a prompt is what the turn answers) and the tool result it
+/// carries, if no prompt follows it.
 fn last_user_text(body: &Value) -> (String, Option<String>) {
     let Some(message) = body["messages"].as_array().and_then(|messages| {
         messages
@@ -362,8 +365,8 @@ fn last_user_text(body: &Value) -> (String, Option<String>) {
                         // carries the result forward); system reminders do not.
                         if !block_text.trim_start().starts_with("<system-reminder>") {
                             tool_result = None;
+                            block_text.clone_into(&mut text);
                         }
-                        text.push_str(block_text);
                     }
                     Some("tool_result") => {
                         let content = match &block["content"] {

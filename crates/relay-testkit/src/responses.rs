@@ -7,13 +7,16 @@
 //! `TOOL_DONE: <output>`; `USE_TOOL:Bash NONCE-<nonce>` in the last `user` message gets a
 //! function call (`call_id: call_mock_<nonce>`) of `exec_command` with
 //! `{"cmd":"echo TOOLRESULT-<nonce>"}` when the request offers that tool (Codex does), else of
-//! `Bash` with `{"command":…}`; anything else `MOCK_OK from <model>.`. Usage is a pure function
-//! of the request body: [`expected_responses_usage`].
+//! `Bash` with `{"command":…}`; a last item of type `compaction_trigger` (Codex's remote
+//! compaction) gets one `compaction` item, its `encrypted_content` opaque as OpenAI's is;
+//! anything else `MOCK_OK from <model>.`. Usage is a pure function of the request body:
+//! [`expected_responses_usage`].
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::Response;
+use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::anthropic::tool_nonce;
@@ -62,6 +65,9 @@ enum Reply {
         name: &'static str,
         arguments: String,
     },
+    /// What OpenAI answers a compaction trigger with (here: the number of items it replaced,
+    /// encoded).
+    Compaction(String),
 }
 
 impl Reply {
@@ -69,6 +75,7 @@ impl Reply {
         match self {
             Self::Text(text) => text.split_whitespace().count() as u64 + 1,
             Self::Call { arguments, .. } => 10 + arguments.len() as u64 / 4,
+            Self::Compaction(content) => 5 + content.len() as u64 / 4,
         }
     }
 }
@@ -102,6 +109,16 @@ fn offers(body: &Value, tool: &str) -> bool {
 
 fn reply_for(body: &Value) -> Reply {
     let items = items(body);
+    if items
+        .last()
+        .is_some_and(|item| item["type"] == "compaction_trigger")
+    {
+        let replaced = format!("COMPACTED {} items", items.len() - 1);
+        return Reply::Compaction(format!(
+            "gAAAAmock{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(replaced)
+        ));
+    }
     if let Some(last) = items
         .last()
         .filter(|item| item["type"] == "function_call_output")
@@ -112,11 +129,15 @@ fn reply_for(body: &Value) -> Reply {
         };
         return Reply::Text(format!("TOOL_DONE: {}", output.trim()));
     }
-    let prompt = items
+    let last_user = items.iter().rposition(|item| item["role"] == "user");
+    // A compacted history answers its summary: the prompt before it was dealt with.
+    let compacted = items
         .iter()
-        .rev()
-        .find(|item| item["role"] == "user")
-        .map(|item| text_of(&item["content"]))
+        .skip(last_user.map_or(0, |position| position + 1))
+        .any(|item| item["type"] == "compaction");
+    let prompt = last_user
+        .filter(|_| !compacted)
+        .map(|position| text_of(&items[position]["content"]))
         .unwrap_or_default();
     if let Some(nonce) = tool_nonce(&prompt) {
         let command = format!("echo TOOLRESULT-{nonce}");
@@ -166,6 +187,9 @@ fn output_item(reply: &Reply) -> Value {
             "type": "function_call", "id": "fc_mock", "status": "completed",
             "call_id": call_id, "name": name, "arguments": arguments,
         }),
+        Reply::Compaction(content) => json!({
+            "type": "compaction", "id": "cmp_mock", "encrypted_content": content,
+        }),
     }
 }
 
@@ -185,6 +209,9 @@ fn frames(body: &Value, created_at: u64, reply: &Reply, usage: &MockResponsesUsa
     event(json!({"type": "response.in_progress", "response": pending}));
     let done = output_item(reply);
     match reply {
+        Reply::Compaction(_) => {
+            event(json!({"type": "response.output_item.added", "output_index": 0, "item": done}));
+        }
         Reply::Text(text) => {
             event(
                 json!({"type": "response.output_item.added", "output_index": 0,

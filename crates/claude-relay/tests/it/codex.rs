@@ -18,22 +18,9 @@ use crate::support::{
 /// A `CODEX_HOME` under `home` whose config points Codex at `relay_url` as a custom provider
 /// (`../shared/clients.md` §4.2), with `extra` TOML appended; its path.
 pub(crate) fn codex_home(home: &Path, relay_url: &str, extra: &str) -> std::path::PathBuf {
-    let codex_home = home.join("codex");
-    std::fs::create_dir_all(&codex_home).unwrap();
-    std::fs::write(
-        codex_home.join("config.toml"),
-        format!(
-            r#"model = "gpt-5-codex"
-model_provider = "relay"
-approval_policy = "never"
-sandbox_mode = "read-only"
-check_for_update_on_startup = false
+    let provider = format!(
+        r#"model_provider = "relay"
 {extra}
-[analytics]
-enabled = false
-[features]
-plugins = false
-apps = false
 [model_providers.relay]
 name = "Claude Relay"
 base_url = "{relay_url}/v1"
@@ -42,6 +29,29 @@ wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
 supports_websockets = false
+"#
+    );
+    codex_home_with(home, &provider)
+}
+
+/// A `CODEX_HOME` under `home` with Codex's quiet settings (no analytics, plugins or update
+/// checks, never asking, a read-only sandbox) and `provider`'s TOML (top-level keys, then its
+/// own tables); its path.
+fn codex_home_with(home: &Path, provider: &str) -> std::path::PathBuf {
+    let codex_home = home.join("codex");
+    std::fs::create_dir_all(&codex_home).unwrap();
+    std::fs::write(
+        codex_home.join("config.toml"),
+        format!(
+            r#"model = "gpt-5-codex"
+approval_policy = "never"
+sandbox_mode = "read-only"
+check_for_update_on_startup = false
+{provider}[analytics]
+enabled = false
+[features]
+plugins = false
+apps = false
 "#
         ),
     )
@@ -59,15 +69,22 @@ async fn codex(
     prompt: &str,
 ) -> (Output, String) {
     let codex_home = codex_home(home, relay_url, "");
+    codex_in(binary, home, &codex_home, &[("RELAY_API_KEY", key)], prompt).await
+}
+
+/// Runs `codex exec` with `codex_home` and `env` in a clean environment; its output and the last
+/// message it wrote.
+async fn codex_in(
+    binary: &Path,
+    home: &Path,
+    codex_home: &Path,
+    env: &[(&str, &str)],
+    prompt: &str,
+) -> (Output, String) {
     let tmp = home.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let last = home.join("last.txt");
     let _ = std::fs::remove_file(&last);
-    let node = std::process::Command::new("sh")
-        .args(["-c", "dirname \"$(command -v node)\""])
-        .output()
-        .unwrap();
-    let node_bin = String::from_utf8_lossy(&node.stdout).trim().to_owned();
     let output = tokio::process::Command::new(binary)
         .args([
             "exec",
@@ -80,11 +97,17 @@ async fn codex(
         .arg(&last)
         .arg(prompt)
         .env_clear()
-        .env("PATH", format!("{node_bin}:/usr/local/bin:/usr/bin:/bin"))
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/local/bin:/usr/bin:/bin",
+                crate::interactive::node_bin()
+            ),
+        )
         .env("HOME", home)
-        .env("CODEX_HOME", &codex_home)
+        .env("CODEX_HOME", codex_home)
         .env("TMPDIR", &tmp)
-        .env("RELAY_API_KEY", key)
+        .envs(env.iter().copied())
         .current_dir(home)
         .kill_on_drop(true)
         .output()
@@ -164,12 +187,8 @@ async fn codex_exec_completes_and_runs_a_tool_through_the_relay_with_exact_usage
     let Some(binary) = client("npm/node_modules/.bin/codex") else {
         return;
     };
-    let openai = MockOpenAi::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (openai, dir, key, relay) = on_responses_account().await;
     let data_dir = dir.path().join("data");
-    add_responses_account(&data_dir, "codex", "sk-codex", &openai.base_url());
-    let key = create_key(&data_dir, "codex");
-    let relay = RunningRelay::start(&data_dir, Some("pw"));
     hello_then_tool(
         &binary,
         dir.path(),
@@ -294,6 +313,144 @@ async fn codex_exec_runs_on_a_chatgpt_subscription_signed_in_with_the_cli() {
     assert_eq!(usage["input_tokens"], input);
     assert_eq!(usage["cache_read_input_tokens"], cached);
     assert_eq!(usage["output_tokens"], output_tokens);
+}
+
+/// Runs `codex exec` with Codex's own OpenAI provider pointed at `relay` (the variant that
+/// compacts remotely, `remote_compaction_v2`), with a context limit the first turn exceeds, on a
+/// prompt that makes a tool call: Codex compacts after the tool result, then finishes.
+async fn codex_compacting(binary: &Path, home: &Path, relay: &RunningRelay, key: &str) -> Output {
+    let codex_home = codex_home_with(
+        home,
+        &format!(
+            "openai_base_url = \"{}/v1\"\nmodel_auto_compact_token_limit = 100\n",
+            relay.url
+        ),
+    );
+    let (output, _) = codex_in(
+        binary,
+        home,
+        &codex_home,
+        &[("CODEX_API_KEY", key)],
+        "USE_TOOL:Bash NONCE-cmp",
+    )
+    .await;
+    assert!(output.status.success(), "{}", described(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("context compacted"),
+        "{}",
+        described(&output)
+    );
+    output
+}
+
+/// A relay whose one account is a Responses account (`sk-codex`) on the mock OpenAI upstream: the
+/// mock, the directory (data in `data`), a key named `codex` and the running relay.
+async fn on_responses_account() -> (MockOpenAi, tempfile::TempDir, String, RunningRelay) {
+    let openai = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_responses_account(&data_dir, "codex", "sk-codex", &openai.base_url());
+    let key = create_key(&data_dir, "codex");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    (openai, dir, key, relay)
+}
+
+/// A relay whose one account is Anthropic's (on the mock, with `api_key`), Codex's model mapped
+/// onto Claude by the operator: one relay key, Codex on a Claude account. The mock, the
+/// directory (data in `data`), the key and the running relay.
+async fn on_claude(api_key: &str) -> (MockUpstream, tempfile::TempDir, String, RunningRelay) {
+    let anthropic = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    cli(
+        &data_dir,
+        &account_args(
+            "anthropic",
+            "claude",
+            api_key,
+            &anthropic.url(),
+            &["--map-model", "gpt-5-codex=claude-sonnet-4-5"],
+        ),
+    );
+    let key = create_key(&data_dir, "codex");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    (anthropic, dir, key, relay)
+}
+
+fn last_item_type(body: &serde_json::Value) -> String {
+    body["input"].as_array().unwrap().last().unwrap()["type"]
+        .as_str()
+        .unwrap_or("message")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_with_its_built_in_provider_compacts_remotely_through_the_relay() {
+    let Some(binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    let (openai, dir, key, relay) = on_responses_account().await;
+    let data_dir = dir.path().join("data");
+    codex_compacting(&binary, &dir.path().join("home"), &relay, &key).await;
+
+    // A turn, the tool result with the trigger, then the turn after it on the compacted history
+    // holding the upstream's own compaction item: all passed through, each recorded.
+    let turns: Vec<_> = openai
+        .requests()
+        .into_iter()
+        .filter(|request| request.path == "/v1/responses")
+        .collect();
+    let kinds: Vec<String> = turns
+        .iter()
+        .map(|turn| last_item_type(&turn.body))
+        .collect();
+    assert_eq!(kinds[1], "compaction_trigger", "{kinds:?}");
+    let after = &turns[2].body;
+    assert!(
+        after["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|item| item["type"] == "compaction" && item["id"] == "cmp_mock"),
+        "{after}"
+    );
+    let usage = usage_when(&data_dir, Some("codex"), turns.len() as i64).await;
+    assert_eq!(usage["requests"], turns.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_compacts_remotely_on_an_anthropic_account_through_the_accounts_model() {
+    let Some(binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    let (anthropic, dir, key, relay) = on_claude("sk-ant-cmp").await;
+    let data_dir = dir.path().join("data");
+    codex_compacting(&binary, &dir.path().join("home"), &relay, &key).await;
+
+    // The trigger became a request for a summary (tools defined, not to be called); the turn
+    // after it carries that summary in place of the history it replaced.
+    let requests: Vec<_> = anthropic
+        .requests()
+        .into_iter()
+        .filter(|request| request.path == "/v1/messages")
+        .collect();
+    let text_of = |request: &relay_testkit::RecordedRequest| request.body["messages"].to_string();
+    let position = requests
+        .iter()
+        .position(|request| text_of(request).contains("hand-off summary"))
+        .unwrap_or_else(|| panic!("no summary request: {requests:?}"));
+    assert_eq!(requests[position].body["tool_choice"]["type"], "none");
+    let after = requests
+        .get(position + 1)
+        .expect("a turn after the compaction");
+    assert!(
+        text_of(after).contains("Summary of the conversation so far:")
+            && text_of(after).contains("MOCK_OK from claude-sonnet-4-5."),
+        "{}",
+        text_of(after)
+    );
+    let usage = usage_when(&data_dir, Some("codex"), requests.len() as i64).await;
+    assert_eq!(usage["requests"], requests.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,22 +580,8 @@ async fn codex_runs_on_an_anthropic_account_through_conversion() {
     let Some(binary) = client("npm/node_modules/.bin/codex") else {
         return;
     };
-    let anthropic = MockUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (anthropic, dir, key, relay) = on_claude("sk-ant-cx").await;
     let data_dir = dir.path().join("data");
-    // The operator maps Codex's model onto Claude: one relay key, Codex on a Claude account.
-    cli(
-        &data_dir,
-        &account_args(
-            "anthropic",
-            "claude",
-            "sk-ant-cx",
-            &anthropic.url(),
-            &["--map-model", "gpt-5-codex=claude-sonnet-4-5"],
-        ),
-    );
-    let key = create_key(&data_dir, "codex");
-    let relay = RunningRelay::start(&data_dir, Some("pw"));
     hello_then_tool(
         &binary,
         dir.path(),

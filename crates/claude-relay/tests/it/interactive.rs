@@ -17,7 +17,7 @@ struct Tmux {
 }
 
 /// The folder `node` runs from (the clients' launchers need it on PATH).
-fn node_bin() -> String {
+pub(crate) fn node_bin() -> String {
     let output = Command::new("sh")
         .args(["-c", "dirname \"$(command -v node)\""])
         .output()

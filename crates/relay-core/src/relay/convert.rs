@@ -13,6 +13,7 @@ use relay_protocol::convert::anthropic::from_openai_chat as to_anthropic;
 use relay_protocol::convert::anthropic::from_openai_responses as responses_to_anthropic;
 use relay_protocol::convert::openai_chat::from_anthropic as to_openai_chat;
 use relay_protocol::convert::openai_chat::from_openai_responses as responses_to_chat;
+use relay_protocol::convert::openai_responses::compaction;
 use relay_protocol::convert::openai_responses::from_anthropic as to_openai_responses;
 use relay_protocol::convert::openai_responses::from_openai_chat as chat_to_responses;
 use relay_protocol::convert::{RequestOptions, Translate};
@@ -197,6 +198,12 @@ fn anthropic_error(status: u16, body: &[u8]) -> Vec<u8> {
 /// read as Anthropic's conversions read it, its text redacted.
 fn openai_error_between_apis(status: u16, body: &[u8]) -> Vec<u8> {
     to_openai_chat::error(status, &anthropic_error(status, body))
+}
+
+/// An Anthropic account's whole answer for a Responses client.
+fn anthropic_response_for_responses(_: u16, body: &[u8]) -> Vec<u8> {
+    to_openai_responses::response(body)
+        .unwrap_or_else(|error| unconvertible(Dialect::OpenAiResponses, &error.message))
 }
 
 /// A Chat host's whole answer for a Responses client, through Anthropic's form.
@@ -390,14 +397,19 @@ pub(super) fn reframe(
                 whole(client, status, openai_error)
             } else if request.endpoint == super::Endpoint::ResponsesCompact {
                 whole(client, status, anthropic_compaction)
+            } else if request.compaction && is_sse {
+                Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
+                    to_openai_responses::StreamTranslator::new(),
+                    compaction::StreamTranslator::new(),
+                )))
+            } else if request.compaction {
+                whole(client, status, |status, body| {
+                    compaction::whole(&anthropic_response_for_responses(status, body))
+                })
             } else if is_sse {
                 Reframe::Stream(Box::new(to_openai_responses::StreamTranslator::new()))
             } else {
-                whole(client, status, |_, body| {
-                    to_openai_responses::response(body).unwrap_or_else(|error| {
-                        unconvertible(Dialect::OpenAiResponses, &error.message)
-                    })
-                })
+                whole(client, status, anthropic_response_for_responses)
             }
         }
         (Dialect::OpenAiResponses, Dialect::OpenAiChat) => {
@@ -428,6 +440,18 @@ pub(super) fn reframe(
                 whole(client, status, openai_error_between_apis)
             } else if request.endpoint == super::Endpoint::ResponsesCompact {
                 whole(client, status, chat_compaction)
+            } else if request.compaction && is_sse {
+                Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
+                    relay_protocol::convert::Chain::new(
+                        to_anthropic::StreamTranslator::new(),
+                        to_openai_responses::StreamTranslator::new(),
+                    ),
+                    compaction::StreamTranslator::new(),
+                )))
+            } else if request.compaction {
+                whole(client, status, |status, body| {
+                    compaction::whole(&chat_response_for_responses(status, body))
+                })
             } else if is_sse {
                 Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
                     to_anthropic::StreamTranslator::new(),

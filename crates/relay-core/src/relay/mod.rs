@@ -180,6 +180,9 @@ pub struct RelayRequest {
     /// An OpenAI client asked for the final usage chunk (`stream_options.include_usage`); the
     /// relay asks for it anyway and hides it from a client that did not.
     pub include_usage: bool,
+    /// A Responses request that asks for Codex's remote compaction (`compaction_trigger`):
+    /// done by the account's model where the upstream does not do it itself.
+    pub compaction: bool,
     /// The conversation this request belongs to, scoped to its key (see
     /// `relay_protocol::anthropic::session_identity`).
     pub session: Option<SessionId>,
@@ -500,6 +503,7 @@ impl Relay {
             session: None,
             choices: 1,
             include_usage: false,
+            compaction: false,
             claude_code_marks: false,
             client_ip: None,
             received_at: started,

@@ -149,6 +149,7 @@ async fn prepare(
         max_tokens,
         choices: 1,
         include_usage: false,
+        compaction: false,
         session,
         claude_code_marks,
         client_ip: client_ip(&parts.extensions),

@@ -110,6 +110,7 @@ async fn prepare(
             .stream_options
             .and_then(|options| options.include_usage)
             .unwrap_or(false),
+        compaction: false,
         session,
         claude_code_marks: false,
         client_ip: client_ip(&parts.extensions),
@@ -187,6 +188,8 @@ async fn prepare_responses(
         max_tokens: head.max_output_tokens,
         choices: 1,
         include_usage: false,
+        compaction: endpoint == Endpoint::Responses
+            && relay_protocol::convert::openai_responses::compaction::is_trigger_request(&body),
         session,
         claude_code_marks: false,
         client_ip: client_ip(&parts.extensions),

@@ -17,11 +17,15 @@
 //! `prompt_cache_key`, `client_metadata` and `reasoning.summary` (nothing on Anthropic's side
 //! keeps or returns them). Refused with a 400: `previous_response_id` (an Anthropic account
 //! holds no stored response to continue from) and `background`.
+//!
+//! Codex's remote compaction (`compaction_trigger`, and the `compaction` items of earlier
+//! compactions) is done by the account's model: see `convert::openai_responses::compaction`.
 
 use crate::convert::target_model;
 use serde_json::{json, Value};
 
 use super::from_openai_chat::{image_block, insert_sampling, insert_tool_choice};
+use crate::convert::openai_responses::compaction;
 use crate::convert::MAX_USER_ID;
 use crate::convert::{parse_object, to_bytes, truncated, ConvertError, Object, RequestOptions};
 
@@ -125,11 +129,17 @@ pub fn request(body: &[u8], options: &RequestOptions) -> Result<Vec<u8>, Convert
     if has_tools {
         out.insert("tools".into(), Value::Array(tools));
     }
-    let choice = source
-        .get("tool_choice")
-        .filter(|choice| !choice.is_null() && has_tools)
-        .map(tool_choice)
-        .transpose()?;
+    let compacting = items.iter().any(|item| item["type"] == compaction::TRIGGER);
+    let choice = if compacting && has_tools {
+        // The summary is text; the tools stay defined for the history that used them.
+        Some(json!({"type": "none"}))
+    } else {
+        source
+            .get("tool_choice")
+            .filter(|choice| !choice.is_null() && has_tools)
+            .map(tool_choice)
+            .transpose()?
+    };
     insert_tool_choice(&source, &mut out, choice, has_tools);
     if let Some(format) = source
         .get("text")
@@ -236,6 +246,19 @@ fn item_blocks(item: &Value, position: usize) -> Result<Item, ConvertError> {
             ))
         }
         Some("reasoning" | "item_reference") => Ok(Item::Dropped),
+        Some(compaction::TRIGGER) => Ok(Item::Turn(
+            "user",
+            vec![json!({"type": "text", "text": compaction::PROMPT})],
+        )),
+        // A summary the relay made stands for the history it replaced; OpenAI's own cannot be
+        // read by any other model.
+        Some("compaction") => Ok(match compaction::summary_of(item) {
+            Some(summary) => Item::Turn(
+                "user",
+                vec![json!({"type": "text", "text": format!("Summary of the conversation so far:\n\n{summary}")})],
+            ),
+            None => Item::Dropped,
+        }),
         Some(other) => Err(ConvertError::new(format!(
             "input[{position}]: an item of type `{other}` cannot be expressed for an Anthropic upstream"
         ))),
@@ -438,6 +461,55 @@ mod tests {
                 ],
                 "tool_choice": {"type": "auto", "disable_parallel_tool_use": true},
             })
+        );
+    }
+
+    /// Codex's remote compaction: the trigger asks the model for the summary (tools defined, not
+    /// to be called); a later turn's relay-made compaction item is that summary again, and
+    /// OpenAI's own encrypted one is left out.
+    #[test]
+    fn a_compaction_trigger_and_compaction_items() {
+        let tools =
+            json!([{"type": "function", "name": "exec_command", "parameters": {"type": "object"}}]);
+        let trigger = json!({
+            "model": "gpt-5-codex",
+            "input": [
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix it"}]},
+                {"type": "function_call", "call_id": "c1", "name": "exec_command", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+                {"type": "compaction_trigger"},
+            ],
+            "tools": tools,
+            "tool_choice": "auto",
+        });
+        let request = converted(trigger);
+        assert_eq!(request["tool_choice"], json!({"type": "none"}));
+        assert_eq!(request["tools"][0]["name"], "exec_command");
+        assert_eq!(
+            request["messages"][2],
+            json!({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "c1", "content": "ok"},
+                {"type": "text", "text": compaction::PROMPT},
+            ]})
+        );
+        let later = json!({
+            "model": "gpt-5-codex",
+            "input": [
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix it"}]},
+                {"type": "compaction", "encrypted_content": "gAAAAB-openai-only"},
+                compaction::summary_item("Fixed src/a.rs; tests remain."),
+            ],
+            "tools": tools,
+            "tool_choice": "auto",
+        });
+        let request = converted(later);
+        assert_eq!(request["tool_choice"], json!({"type": "auto"}));
+        assert_eq!(
+            request["messages"],
+            json!([{"role": "user", "content": [
+                {"type": "text", "text": "fix it"},
+                {"type": "text", "text": "Summary of the conversation so far:\n\nFixed src/a.rs; tests remain."},
+            ]}])
         );
     }
 
