@@ -497,3 +497,85 @@ async fn a_compaction_passes_through_to_a_responses_account_and_is_summarised_el
         .all(|record| record.endpoint == "responses_compact" && record.outcome == "ok"));
     assert!(records.iter().all(|record| record.usage.output_tokens > 0));
 }
+
+/// Codex's newer remote compaction on a Chat account: the trigger becomes a request for a
+/// summary (no tool to be called), the answer one `compaction` item, streamed or whole, and the
+/// next turn carries that summary as text.
+#[tokio::test]
+async fn a_compaction_trigger_is_answered_by_a_chat_accounts_model_as_one_compaction_item() {
+    let harness = Harness::start(vec![crate::harness::openai_account(
+        "deepseek",
+        "sk-ds",
+        1,
+        &["deepseek-chat"],
+    )])
+    .await;
+    let mut body = codex_body(true, "fix it");
+    body["model"] = json!("deepseek-chat");
+    body["input"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "compaction_trigger"}));
+    let text = post(&harness, &body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = event_payloads(&text);
+    let done: Vec<&Value> = events
+        .iter()
+        .filter(|event| event["type"] == "response.output_item.done")
+        .collect();
+    assert_eq!(done.len(), 1, "{text}");
+    let item = done[0]["item"].clone();
+    assert_eq!(item["type"], "compaction");
+    let completed = events.last().unwrap();
+    assert_eq!(completed["type"], "response.completed");
+    assert_eq!(completed["response"]["output"], json!([item]));
+    assert!(
+        completed["response"]["usage"]["output_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let sent = &harness.openai.requests()[0].body;
+    assert_eq!(sent["tool_choice"], "none");
+    let asked = sent["messages"].as_array().unwrap().last().unwrap()["content"].to_string();
+    assert!(asked.contains("hand-off summary"), "{asked}");
+
+    // Whole, too.
+    body["stream"] = json!(false);
+    let whole: Value = post(&harness, &body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whole["output"].as_array().unwrap().len(), 1, "{whole}");
+    assert_eq!(whole["output"][0]["type"], "compaction");
+
+    // The next turn: the compacted history, the summary read back as text.
+    let mut next = codex_body(false, "fix it");
+    next["model"] = json!("deepseek-chat");
+    next["input"].as_array_mut().unwrap().push(item);
+    let answer: Value = post(&harness, &next)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "completed", "{answer}");
+    let sent = harness.openai.requests()[2].body["messages"].to_string();
+    assert!(
+        sent.contains("Summary of the conversation so far:")
+            && sent.contains("MOCK_OK from deepseek-chat."),
+        "{sent}"
+    );
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|record| record.outcome == "ok"));
+}
