@@ -78,7 +78,9 @@ enum AccountCommand {
         /// Codex CLI speaks, or any Responses-compatible host; --base-url ending in /v1), or
         /// azure-openai (--base-url https://RESOURCE.openai.azure.com --deployment NAME
         /// --api-version VERSION; Chat Completions and Responses), or codex (a ChatGPT
-        /// subscription for Codex: --auth-json ~/.codex/auth.json, or see oauth-start).
+        /// subscription for Codex: --auth-json ~/.codex/auth.json, or see oauth-start), or gemini
+        /// (a Gemini API key; --base-url is the host, by default
+        /// https://generativelanguage.googleapis.com).
         #[arg(long)]
         platform: String,
         #[arg(long)]

@@ -495,7 +495,8 @@ impl AdminService {
                 Platform::Anthropic
                 | Platform::OpenAi
                 | Platform::OpenAiResponses
-                | Platform::AzureOpenAi,
+                | Platform::AzureOpenAi
+                | Platform::Gemini,
             ) => api_key.to_owned(),
             // A subscription account added with a key is a setup token (`claude setup-token`).
             (None, Platform::ClaudeOauth) => OAuthTokens {

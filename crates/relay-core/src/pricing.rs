@@ -70,6 +70,13 @@ const fn openai(input: u64, output: u64, cached: u64) -> ModelPrice {
     usd_per_mtok(input, output, input, input, cached)
 }
 
+/// A Gemini price: input and output; a cached read costs a tenth of input, a write nothing more.
+const fn gemini(input: u64, output: u64) -> ModelPrice {
+    usd_per_mtok(input, output, input, input, input / 10)
+}
+
+const GEMINI_OUTPUT: u64 = 65_536;
+
 const PRICES: &[PriceEntry] = &[
     PriceEntry {
         models: &[
@@ -182,6 +189,38 @@ const PRICES: &[PriceEntry] = &[
         models: &["gpt-4o-mini"],
         price: openai(150, 600, 75),
         max_output: 16_384,
+        long_context: None,
+    },
+    // Google's list prices (implicit context caching: reads at a tenth of input, no write
+    // charge); the Pro models bill every token of a prompt over 200k tokens at their long rate.
+    PriceEntry {
+        models: &["gemini-3-pro-preview", "gemini-3-pro"],
+        price: gemini(2_000, 12_000),
+        max_output: GEMINI_OUTPUT,
+        long_context: Some(LongContext {
+            threshold_prompt_tokens: 200_000,
+            price: gemini(4_000, 18_000),
+        }),
+    },
+    PriceEntry {
+        models: &["gemini-2.5-pro"],
+        price: gemini(1_250, 10_000),
+        max_output: GEMINI_OUTPUT,
+        long_context: Some(LongContext {
+            threshold_prompt_tokens: 200_000,
+            price: gemini(2_500, 15_000),
+        }),
+    },
+    PriceEntry {
+        models: &["gemini-2.5-flash"],
+        price: gemini(300, 2_500),
+        max_output: GEMINI_OUTPUT,
+        long_context: None,
+    },
+    PriceEntry {
+        models: &["gemini-2.5-flash-lite", "gemini-2.0-flash"],
+        price: gemini(100, 400),
+        max_output: GEMINI_OUTPUT,
         long_context: None,
     },
     PriceEntry {
@@ -318,6 +357,29 @@ mod tests {
         assert_eq!(
             crate::model::canonical("claude-haiku-4-5"),
             "claude-haiku-4-5"
+        );
+    }
+
+    #[test]
+    fn gemini_prices_read_cache_at_a_tenth_and_bill_long_pro_prompts_at_the_long_rate() {
+        let short = Usage {
+            input_tokens: 100_000,
+            cache_read_tokens: 50_000,
+            output_tokens: 10_000,
+            reasoning_tokens: 2_000,
+            ..Usage::default()
+        };
+        // 100k × $1.25 + 50k × $0.125 + 10k × $10 per million.
+        assert_eq!(cost_nano_usd("gemini-2.5-pro", &short), Some(231_250_000));
+        let long = Usage {
+            input_tokens: 250_000,
+            ..short
+        };
+        // Over 200k prompt tokens: every token at $2.50 / $0.25 / $15.
+        assert_eq!(cost_nano_usd("gemini-2.5-pro", &long), Some(787_500_000));
+        assert_eq!(
+            cost_nano_usd("gemini-2.5-flash", &short),
+            Some(30_000_000 + 1_500_000 + 25_000_000)
         );
     }
 

@@ -331,7 +331,8 @@ impl SnapshotStore {
             Platform::Anthropic
             | Platform::OpenAi
             | Platform::OpenAiResponses
-            | Platform::AzureOpenAi => Credential::ApiKey(api_key),
+            | Platform::AzureOpenAi
+            | Platform::Gemini => Credential::ApiKey(api_key),
         };
         let base_url = row
             .base_url

@@ -7,6 +7,7 @@
 pub mod anthropic;
 pub mod convert;
 pub mod dialect;
+pub mod gemini;
 pub mod openai;
 pub mod openai_responses;
 pub mod sse;

@@ -22,6 +22,8 @@ pub enum UpstreamAuth<'a> {
     Bearer(&'a str),
     /// `api-key` (Azure OpenAI).
     AzureKey(&'a str),
+    /// `x-goog-api-key` (the Gemini API).
+    GoogleKey(&'a str),
     /// `Authorization: Bearer` with the workspace in `chatgpt-account-id` (ChatGPT
     /// subscriptions).
     ChatGpt {
@@ -47,6 +49,8 @@ pub struct Call<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub stream: bool,
+    /// The model upstream (the account's mapping applied): part of a Gemini path.
+    pub model: &'a str,
 }
 
 /// What the request does upstream.
@@ -75,6 +79,7 @@ pub fn outbound(
     let passthrough = upstream_dialect == call.dialect;
     let base = base_url.trim_end_matches('/');
     let azure_path;
+    let gemini_path;
     let path = match (platform, call.operation) {
         (Platform::Anthropic | Platform::ClaudeOauth, Operation::CountTokens) => {
             "/v1/messages/count_tokens"
@@ -87,6 +92,15 @@ pub fn outbound(
         (Platform::OpenAi, _) => "/chat/completions",
         (Platform::OpenAiResponses | Platform::Codex, Operation::Compact) => "/responses/compact",
         (Platform::OpenAiResponses | Platform::Codex, _) => "/responses",
+        (Platform::Gemini, operation) => {
+            let method = match operation {
+                Operation::CountTokens => "countTokens",
+                _ if call.stream => "streamGenerateContent",
+                _ => "generateContent",
+            };
+            gemini_path = format!("/v1beta/models/{}:{method}", call.model);
+            gemini_path.as_str()
+        }
         (Platform::AzureOpenAi, _) => {
             let (deployment, version) =
                 azure.map_or(("", ""), |azure| (azure.deployment, azure.api_version));
@@ -234,6 +248,11 @@ fn authenticate(headers: &mut HeaderMap, auth: UpstreamAuth<'_>) {
         UpstreamAuth::AzureKey(key) => {
             if let Some(credential) = sensitive(key) {
                 headers.insert(HeaderName::from_static("api-key"), credential);
+            }
+        }
+        UpstreamAuth::GoogleKey(key) => {
+            if let Some(credential) = sensitive(key) {
+                headers.insert(HeaderName::from_static("x-goog-api-key"), credential);
             }
         }
         UpstreamAuth::ChatGpt { token, account_id } => {

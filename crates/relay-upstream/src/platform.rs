@@ -23,16 +23,20 @@ pub enum Platform {
     /// A ChatGPT subscription (Plus/Pro/Team) through its OAuth tokens, served by the ChatGPT
     /// backend's Codex endpoint (the Responses API, as Codex CLI signed in with ChatGPT uses it).
     Codex,
+    /// The Gemini API with an API key (`x-goog-api-key`); the base URL is the host, the relay
+    /// appends `/v1beta/models/{model}:{method}`.
+    Gemini,
 }
 
 impl Platform {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Anthropic,
         Self::ClaudeOauth,
         Self::OpenAi,
         Self::OpenAiResponses,
         Self::AzureOpenAi,
         Self::Codex,
+        Self::Gemini,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Platform {
             Self::OpenAiResponses => "openai-responses",
             Self::AzureOpenAi => "azure-openai",
             Self::Codex => "codex",
+            Self::Gemini => "gemini",
         }
     }
 
@@ -60,6 +65,7 @@ impl Platform {
             Self::AzureOpenAi => "https://RESOURCE.openai.azure.com",
             // The relay appends `/responses`, as for a Responses account.
             Self::Codex => "https://chatgpt.com/backend-api/codex",
+            Self::Gemini => "https://generativelanguage.googleapis.com",
         }
     }
 
@@ -70,6 +76,7 @@ impl Platform {
             Self::OpenAi => Dialect::OpenAiChat,
             Self::OpenAiResponses | Self::Codex => Dialect::OpenAiResponses,
             Self::AzureOpenAi => Dialect::OpenAiChat,
+            Self::Gemini => Dialect::Gemini,
         }
     }
 
@@ -95,6 +102,7 @@ impl Platform {
             Self::OpenAiResponses => "gpt-5-mini",
             Self::AzureOpenAi => "gpt-4o-mini",
             Self::Codex => "gpt-5-codex",
+            Self::Gemini => "gemini-2.5-flash",
         }
     }
 
@@ -108,6 +116,7 @@ impl Platform {
             Self::OpenAi => &[],
             Self::OpenAiResponses | Self::AzureOpenAi => &["gpt-*", "o1*", "o3*", "o4*", "codex-*"],
             Self::Codex => &["gpt-*", "codex-*"],
+            Self::Gemini => &["gemini-*"],
         }
     }
 }

@@ -17,6 +17,7 @@ use relay_protocol::convert::openai_responses::compaction;
 use relay_protocol::convert::openai_responses::from_anthropic as to_openai_responses;
 use relay_protocol::convert::openai_responses::from_openai_chat as chat_to_responses;
 use relay_protocol::convert::{RequestOptions, Translate};
+use relay_protocol::gemini::GeminiUsageTracker;
 use relay_protocol::openai::ChatUsageTracker;
 use relay_protocol::openai_responses::ResponsesUsageTracker;
 use relay_protocol::{Dialect, ErrorKind, Usage};
@@ -533,6 +534,7 @@ pub(crate) enum UsageReader {
     Messages(MessagesUsageTracker),
     Chat(ChatUsageTracker),
     Responses(ResponsesUsageTracker),
+    Gemini(GeminiUsageTracker),
 }
 
 impl UsageReader {
@@ -540,6 +542,7 @@ impl UsageReader {
         match upstream {
             Dialect::OpenAiChat => Self::Chat(ChatUsageTracker::new()),
             Dialect::OpenAiResponses => Self::Responses(ResponsesUsageTracker::new()),
+            Dialect::Gemini => Self::Gemini(GeminiUsageTracker::new()),
             _ => Self::Messages(MessagesUsageTracker::new()),
         }
     }
@@ -549,6 +552,7 @@ impl UsageReader {
             Self::Messages(tracker) => tracker.observe_sse_chunk(chunk),
             Self::Chat(tracker) => tracker.observe_sse_chunk(chunk),
             Self::Responses(tracker) => tracker.observe_sse_chunk(chunk),
+            Self::Gemini(tracker) => tracker.observe_sse_chunk(chunk),
         }
     }
 
@@ -557,6 +561,7 @@ impl UsageReader {
             Self::Messages(tracker) => tracker.observe_json_body(body),
             Self::Chat(tracker) => tracker.observe_json_body(body),
             Self::Responses(tracker) => tracker.observe_json_body(body),
+            Self::Gemini(tracker) => tracker.observe_json_body(body),
         }
     }
 
@@ -565,6 +570,7 @@ impl UsageReader {
             Self::Messages(tracker) => tracker.usage(),
             Self::Chat(tracker) => tracker.usage(),
             Self::Responses(tracker) => tracker.usage(),
+            Self::Gemini(tracker) => tracker.usage(),
         }
     }
 
@@ -573,6 +579,7 @@ impl UsageReader {
             Self::Messages(tracker) => tracker.model(),
             Self::Chat(tracker) => tracker.model(),
             Self::Responses(tracker) => tracker.model(),
+            Self::Gemini(tracker) => tracker.model(),
         }
     }
 
@@ -581,6 +588,7 @@ impl UsageReader {
             Self::Messages(tracker) => tracker.ending(),
             Self::Chat(tracker) => tracker.ending(),
             Self::Responses(tracker) => tracker.ending(),
+            Self::Gemini(tracker) => tracker.ending(),
         }
     }
 
@@ -589,6 +597,7 @@ impl UsageReader {
             Self::Messages(tracker) => tracker.fault(),
             Self::Chat(tracker) => tracker.fault(),
             Self::Responses(tracker) => tracker.fault(),
+            Self::Gemini(tracker) => tracker.fault(),
         }
     }
 
@@ -602,6 +611,7 @@ impl UsageReader {
                 Self::Chat(_) | Self::Responses(_) => {
                     error["code"].as_str().or_else(|| error["type"].as_str())
                 }
+                Self::Gemini(_) => error["status"].as_str(),
             }
             .map(str::to_owned)
         });

@@ -114,6 +114,10 @@ pub enum Endpoint {
     Responses,
     /// OpenAI `POST /v1/responses/compact` (Codex's remote compaction).
     ResponsesCompact,
+    /// Gemini `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent`.
+    GeminiGenerate,
+    /// Gemini `POST /v1beta/models/{model}:countTokens`.
+    GeminiCountTokens,
 }
 
 impl Endpoint {
@@ -125,6 +129,8 @@ impl Endpoint {
             Self::ChatCompletions => "chat_completions",
             Self::Responses => "responses",
             Self::ResponsesCompact => "responses_compact",
+            Self::GeminiGenerate => "gemini_generate",
+            Self::GeminiCountTokens => "gemini_count_tokens",
         }
     }
 
@@ -134,16 +140,17 @@ impl Endpoint {
             Self::Messages | Self::CountTokens => Dialect::AnthropicMessages,
             Self::ChatCompletions => Dialect::OpenAiChat,
             Self::Responses | Self::ResponsesCompact => Dialect::OpenAiResponses,
+            Self::GeminiGenerate | Self::GeminiCountTokens => Dialect::Gemini,
         }
     }
 
     pub fn counts_tokens(self) -> bool {
-        self == Self::CountTokens
+        matches!(self, Self::CountTokens | Self::GeminiCountTokens)
     }
 
     fn operation(self) -> adapter::Operation {
         match self {
-            Self::CountTokens => adapter::Operation::CountTokens,
+            Self::CountTokens | Self::GeminiCountTokens => adapter::Operation::CountTokens,
             Self::ResponsesCompact => adapter::Operation::Compact,
             _ => adapter::Operation::Generate,
         }
@@ -203,6 +210,7 @@ impl RelayRequest {
             query: self.query.as_deref(),
             headers: &self.headers,
             stream: self.stream,
+            model: &self.model,
         }
     }
 }
@@ -985,6 +993,9 @@ impl Relay {
                 (Credential::ApiKey(key), Platform::AzureOpenAi) => {
                     UpstreamAuth::AzureKey(key.expose())
                 }
+                (Credential::ApiKey(key), Platform::Gemini) => {
+                    UpstreamAuth::GoogleKey(key.expose())
+                }
                 (Credential::ApiKey(key), _) => UpstreamAuth::ApiKey(key.expose()),
             };
             let client = self.client_for(account);
@@ -997,11 +1008,15 @@ impl Relay {
                     deployment,
                     api_version,
                 });
+            let mut call = request.call();
+            if let Some(mapped) = account.settings.map_model(&request.model) {
+                call.model = mapped;
+            }
             let outbound = adapter::outbound(
                 account.platform,
                 &account.base_url,
                 azure,
-                &request.call(),
+                &call,
                 auth,
                 body.clone(),
             );

@@ -7,6 +7,7 @@
 //!    and only the routes in [`UNAUTHENTICATED_ROUTES`] answer without a key.
 
 mod anthropic;
+mod gemini;
 mod openai;
 mod ops;
 mod shared;
@@ -79,6 +80,18 @@ pub fn router(state: AppState) -> Router {
             );
     }
     router = router.route("/openai/v1/models", get(openai::models));
+    // The Gemini API, under its own versions and the `/gemini` alias (`GET /v1/models` stays
+    // the shared listing above).
+    for prefix in ["", "/gemini"] {
+        for version in ["/v1beta", "/v1"] {
+            router = router.route(
+                &format!("{prefix}{version}/models/{{*target}}"),
+                post(gemini::model_action).get(gemini::get_model),
+            );
+        }
+        router = router.route(&format!("{prefix}/v1beta/models"), get(gemini::list_models));
+    }
+    router = router.route("/gemini/v1/models", get(gemini::list_models));
     for path in [
         "/v1/usage",
         "/api/v1/usage",

@@ -46,15 +46,30 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, RelayEr
             .eq_ignore_ascii_case("bearer")
             .then_some(Some(token.trim()))
     });
+    one_credential(
+        api_keys.chain(bearers),
+        "x-api-key and Authorization, or one twice",
+    )
+}
+
+/// The credential `candidates` present (one unreadable is `None`): the same one in several
+/// places is fine; two different ones (sent in `places`) are refused rather than one of them
+/// picked silently.
+pub(crate) fn one_credential<'a>(
+    candidates: impl IntoIterator<Item = Option<&'a str>>,
+    places: &str,
+) -> Result<Option<&'a str>, RelayError> {
     let mut presented: Option<Option<&str>> = None;
-    for candidate in api_keys.chain(bearers) {
+    for candidate in candidates {
         match presented {
             None => presented = Some(candidate),
             Some(first) if first == candidate => {}
             Some(_) => {
                 return Err(error(
                     ErrorKind::InvalidRequest,
-                    "two different credentials were sent (x-api-key and Authorization, or one twice); send the relay key once",
+                    format!(
+                        "two different credentials were sent ({places}); send the relay key once"
+                    ),
                 ))
             }
         }

@@ -10,6 +10,7 @@ use relay_core::{Relay, RelaySettings};
 use relay_server::{router, serve, AppState, ServerSettings};
 use relay_store::{Store, UsageFilter, UsageRecord, UsageWriterHandle};
 use relay_testkit::chatgpt::MockChatGpt;
+use relay_testkit::gemini::MockGemini;
 use relay_testkit::openai::MockOpenAi;
 use relay_testkit::MockUpstream;
 use tokio::sync::oneshot;
@@ -27,6 +28,8 @@ pub struct Harness {
     pub openai: MockOpenAi,
     /// OpenAI's sign-in and the ChatGPT backend, for `codex` accounts.
     pub chatgpt: MockChatGpt,
+    /// The Gemini API, for `gemini_account`s.
+    pub gemini: MockGemini,
     pub relay: Arc<Relay>,
     pub snapshots: Arc<SnapshotStore>,
     pub client: reqwest::Client,
@@ -82,6 +85,14 @@ pub fn responses_account(name: &'static str, api_key: &'static str, priority: i6
     }
 }
 
+/// A Gemini API account on the mock Gemini upstream (its default models, `gemini-*`).
+pub fn gemini_account(name: &'static str, api_key: &'static str, priority: i64) -> AccountSpec {
+    AccountSpec {
+        platform: "gemini",
+        ..account(name, api_key, priority)
+    }
+}
+
 impl Harness {
     pub async fn start(accounts: Vec<AccountSpec>) -> Self {
         Self::start_with(
@@ -104,6 +115,7 @@ impl Harness {
         let mock = MockUpstream::start().await;
         let openai = MockOpenAi::start().await;
         let chatgpt = MockChatGpt::start().await;
+        let gemini = MockGemini::start().await;
         relay_settings.oauth = oauth_settings(&mock, &chatgpt);
         // The mocks listen on loopback: allowed explicitly, as an operator would.
         let egress = loopback_egress();
@@ -113,6 +125,8 @@ impl Harness {
         for spec in accounts {
             let default_base = if spec.platform.starts_with("openai") {
                 openai.base_url()
+            } else if spec.platform == "gemini" {
+                gemini.url()
             } else {
                 mock.url()
             };
@@ -176,6 +190,7 @@ impl Harness {
             mock,
             openai,
             chatgpt,
+            gemini,
             relay,
             snapshots: snapshot_handle,
             client: reqwest::Client::new(),

@@ -12,6 +12,7 @@ mod admin_api;
 mod availability;
 mod chatgpt;
 mod dialects;
+mod gemini;
 mod harness;
 mod health;
 mod hostile;

@@ -1,0 +1,206 @@
+//! The Gemini API passed through to `gemini` accounts: `generateContent`, both stream forms
+//! (`?alt=sse` and the JSON array), `countTokens`, the model listing; the relay key in any of the
+//! places Gemini clients put it and never forwarded; errors in Gemini's shape; usage from the
+//! last chunk's `usageMetadata`.
+
+use relay_testkit::gemini::{expected_gemini_usage, Behavior};
+use serde_json::{json, Value};
+
+use crate::harness::{gemini_account, Harness};
+
+const MODEL: &str = "gemini-2.5-flash";
+
+/// A turn as Gemini CLI sends it (trimmed): system instruction, contents, a tool, config.
+fn gemini_body(prompt: &str) -> Value {
+    json!({
+        "contents": [{"role": "user", "parts": [{"text": prompt}]}],
+        "systemInstruction": {"role": "user", "parts": [{"text": "You are Gemini CLI."}]},
+        "tools": [{"functionDeclarations": [{"name": "read_file", "description": "Reads a file",
+            "parametersJsonSchema": {"type": "object", "properties": {"absolute_path": {"type": "string"}}, "required": ["absolute_path"]}}]}],
+        "generationConfig": {"temperature": 0, "maxOutputTokens": 256, "thinkingConfig": {"includeThoughts": true}},
+    })
+}
+
+/// The JSON body of the answer to `request`.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+fn get(harness: &Harness, path: &str) -> reqwest::RequestBuilder {
+    harness
+        .client
+        .get(format!("{}{path}", harness.url))
+        .header("x-goog-api-key", &harness.key)
+}
+
+fn post(harness: &Harness, path_and_query: &str, body: &Value) -> reqwest::RequestBuilder {
+    harness
+        .client
+        .post(format!("{}{path_and_query}", harness.url))
+        .header("x-goog-api-key", &harness.key)
+        .json(body)
+}
+
+#[tokio::test]
+async fn gemini_requests_pass_through_in_every_form_with_exact_usage() {
+    let harness = Harness::start(vec![gemini_account("gemini", "AIza-upstream", 1)]).await;
+    let body = gemini_body("USE_TOOL:Bash NONCE-gm1");
+
+    // Whole: a function call for the tool Gemini CLI declared.
+    let whole: Value = json_of(post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:generateContent"),
+        &body,
+    ))
+    .await;
+    let call = &whole["candidates"][0]["content"]["parts"][0]["functionCall"];
+    assert_eq!(call["name"], "read_file", "{whole}");
+    assert_eq!(call["args"]["absolute_path"], "TOOLRESULT-gm1.txt");
+
+    // Streamed as SSE, the key in `?key=` as google-genai may send it: never forwarded.
+    let text = harness
+        .client
+        .post(format!(
+            "{}/v1beta/models/{MODEL}:streamGenerateContent?alt=sse&key={}",
+            harness.url, harness.key
+        ))
+        .json(&gemini_body("hello"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let said: String = chunks
+        .iter()
+        .filter_map(|chunk| chunk["candidates"][0]["content"]["parts"][0]["text"].as_str())
+        .collect();
+    assert_eq!(said, format!("MOCK_OK from {MODEL}."));
+    assert_eq!(
+        chunks.last().unwrap()["candidates"][0]["finishReason"],
+        "STOP"
+    );
+
+    // Streamed as the default JSON array, on the `/v1/` path the Python SDK uses, with a
+    // bearer key; then a token count under the `/gemini` alias.
+    let array: Value = json_of(
+        harness
+            .client
+            .post(format!(
+                "{}/v1/models/{MODEL}:streamGenerateContent",
+                harness.url
+            ))
+            .bearer_auth(&harness.key)
+            .json(&gemini_body("again")),
+    )
+    .await;
+    assert!(array.as_array().unwrap().len() > 1, "{array}");
+    let counted: Value = json_of(post(
+        &harness,
+        &format!("/gemini/v1beta/models/{MODEL}:countTokens"),
+        &json!({"contents": [{"role": "user", "parts": [{"text": "count me"}]}]}),
+    ))
+    .await;
+    assert!(counted["totalTokens"].as_u64().unwrap() > 0, "{counted}");
+
+    let sent = harness.gemini.requests();
+    assert_eq!(sent.len(), 4);
+    assert_eq!(
+        sent[0].path,
+        format!("/v1beta/models/{MODEL}:generateContent")
+    );
+    assert_eq!(sent[0].body, body, "the body goes as it came");
+    assert!(sent.iter().all(|request| request.api_key == "AIza-upstream"
+        && request.headers.get("authorization").is_none()));
+    assert_eq!(
+        sent[1].query.as_deref(),
+        Some("alt=sse"),
+        "the relay key stays here"
+    );
+    assert_eq!(sent[2].query, None);
+    assert_eq!(sent[3].path, format!("/v1beta/models/{MODEL}:countTokens"));
+
+    let expected: Vec<_> = sent
+        .iter()
+        .take(3)
+        .map(|request| expected_gemini_usage(MODEL, &request.body))
+        .collect();
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 4);
+    for (record, expected) in records.iter().zip(&expected) {
+        assert_eq!(record.platform, "gemini");
+        assert_eq!(record.endpoint, "gemini_generate");
+        assert_eq!(record.outcome, "ok", "{record:?}");
+        assert_eq!(record.usage.input_tokens, expected.prompt_tokens);
+        assert_eq!(
+            record.usage.output_tokens,
+            expected.candidates_tokens + expected.thoughts_tokens
+        );
+    }
+    assert!(records[1].stream && records[2].stream && !records[0].stream);
+    assert_eq!(records[3].endpoint, "gemini_count_tokens");
+}
+
+#[tokio::test]
+async fn a_bad_key_and_upstream_errors_answer_in_geminis_shape() {
+    let harness = Harness::start(vec![gemini_account("gemini", "AIza-upstream", 1)]).await;
+    let bad = harness
+        .client
+        .post(format!(
+            "{}/v1beta/models/{MODEL}:generateContent",
+            harness.url
+        ))
+        .header("x-goog-api-key", "cr_not-a-key")
+        .json(&gemini_body("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let error: Value = bad.json().await.unwrap();
+    assert_eq!(error["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(error["error"]["details"][0]["reason"], "API_KEY_INVALID");
+    assert!(harness.gemini.requests().is_empty());
+
+    // An unknown method, and the listing.
+    let unknown = post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:embedContent"),
+        &json!({}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(
+        unknown.json::<Value>().await.unwrap()["error"]["status"],
+        "NOT_FOUND"
+    );
+    let listed: Value = json_of(get(&harness, "/v1beta/models")).await;
+    assert!(listed["models"].is_array(), "{listed}");
+    let one: Value = json_of(get(&harness, &format!("/v1beta/models/{MODEL}"))).await;
+    assert_eq!(one["name"], format!("models/{MODEL}"));
+
+    // The upstream's 429 reaches the client in Gemini's shape, and the account cools.
+    harness
+        .gemini
+        .script("AIza-upstream", [Behavior::gemini_status(429)]);
+    let limited = post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:generateContent"),
+        &gemini_body("hi"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(
+        limited.json::<Value>().await.unwrap()["error"]["status"],
+        "RESOURCE_EXHAUSTED"
+    );
+    assert_eq!(harness.relay.account_statuses()[0].state, "cooling");
+}
