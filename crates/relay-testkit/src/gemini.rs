@@ -7,7 +7,8 @@
 //! `TOOL_DONE: <its output>`; `USE_TOOL:Bash NONCE-<nonce>` in the last user text gets a
 //! `functionCall` of the first tool declared (Gemini CLI's `read_file`, with its first parameter
 //! set to `TOOLRESULT-<nonce>.txt`), or of `Bash` with `{"command": "echo TOOLRESULT-<nonce>"}`
-//! when none is; anything else `MOCK_OK from <model>.`. Usage is a pure function of the request
+//! when none is; a request in JSON mode (`responseMimeType: application/json`) a value of its
+//! schema; anything else `MOCK_OK from <model>.`. Usage is a pure function of the request
 //! body: [`expected_gemini_usage`]. Faults are scripted per key with [`MockGemini::script`];
 //! [`Behavior::gemini_status`] builds Gemini-shaped errors.
 
@@ -136,7 +137,41 @@ impl Reply {
     }
 }
 
+/// A value that fits `schema` (upper- or lower-case OpenAPI types, as Gemini CLI sends them):
+/// an enum's first value, `mock` for strings, 1 for numbers, every property of an object.
+fn value_for(schema: &Value) -> Value {
+    if let Some(first) = schema["enum"].as_array().and_then(|values| values.first()) {
+        return first.clone();
+    }
+    match schema["type"]
+        .as_str()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("object") => Value::Object(
+            schema["properties"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, property)| (name.clone(), value_for(property)))
+                .collect(),
+        ),
+        Some("array") => json!([value_for(&schema["items"])]),
+        Some("integer" | "number") => json!(1),
+        Some("boolean") => json!(true),
+        _ => json!("mock"),
+    }
+}
+
 fn reply_for(model: &str, body: &Value) -> Reply {
+    // JSON mode (Gemini CLI's model router): a value of the schema asked for.
+    let config = &body["generationConfig"];
+    if config["responseMimeType"] == "application/json" {
+        let schema = config
+            .get("responseJsonSchema")
+            .or_else(|| config.get("responseSchema"));
+        return Reply::Text(schema.map_or_else(|| json!({}), value_for).to_string());
+    }
     let last = contents(body).last();
     let last_parts = last.map_or(&[][..], parts);
     if let Some(response) = last_parts
