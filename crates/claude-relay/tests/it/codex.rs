@@ -12,7 +12,8 @@ use relay_testkit::responses::expected_responses_usage;
 use relay_testkit::{expected_usage, MockUpstream};
 
 use crate::support::{
-    authorize_state, cli, cli_env, cli_fails, client, create_key, usage_when, RunningRelay,
+    authorize_state, cli, cli_env, cli_fails, client, create_key, described, usage_when,
+    RunningRelay,
 };
 
 /// A `CODEX_HOME` under `home` whose config points Codex at `relay_url` as a custom provider
@@ -146,15 +147,6 @@ fn add_responses_account(data_dir: &Path, name: &str, api_key: &str, base_url: &
         data_dir,
         &account_args("openai-responses", name, api_key, base_url, &[]),
     );
-}
-
-fn described(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// `codex exec` twice through `relay`: "Say hello" must answer `hello`; a prompt asking for a

@@ -9,16 +9,7 @@ use std::time::{Duration, Instant};
 
 use relay_testkit::gemini::{expected_gemini_usage, MockGemini};
 
-use crate::support::{cli, client, create_key, usage_when, RunningRelay};
-
-fn described(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use crate::support::{cli, client, create_key, described, usage_when, RunningRelay};
 
 /// Runs `gemini -p prompt` (with `-m model` if given) in `home`, in a clean environment pointed
 /// at `relay_url`.

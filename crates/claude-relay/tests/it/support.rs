@@ -388,3 +388,13 @@ pub async fn get_json(url: &str, bearer: Option<&str>) -> serde_json::Value {
     }
     request.send().await.unwrap().json().await.unwrap()
 }
+
+/// A finished client's status and output, for an assertion's message.
+pub fn described(output: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
