@@ -49,7 +49,7 @@ impl Candidates<'_> {
 /// Whether a client speaking `client` can be served by an upstream speaking `upstream`: the same
 /// dialect passes through; these pairs have conversions (`relay_protocol::convert`).
 pub fn bridges(client: Dialect, upstream: Dialect) -> bool {
-    use Dialect::{AnthropicMessages, OpenAiChat, OpenAiResponses};
+    use Dialect::{AnthropicMessages, Gemini, OpenAiChat, OpenAiResponses};
     client == upstream
         || matches!(
             (client, upstream),
@@ -59,6 +59,10 @@ pub fn bridges(client: Dialect, upstream: Dialect) -> bool {
                 | (OpenAiResponses, OpenAiChat)
                 | (AnthropicMessages, OpenAiResponses)
                 | (OpenAiChat, OpenAiResponses)
+                | (Gemini, AnthropicMessages)
+                | (Gemini, OpenAiChat)
+                | (AnthropicMessages, Gemini)
+                | (OpenAiChat, Gemini)
         )
 }
 

@@ -128,6 +128,9 @@ pub fn outbound(
     {
         url.push('?');
         url.push_str(query);
+    } else if platform == Platform::Gemini && call.stream && !passthrough {
+        // A converted stream is read as SSE, not as Gemini's default JSON array.
+        url.push_str("?alt=sse");
     }
     let mut headers = if passthrough {
         forwarded_headers(call.headers)

@@ -58,26 +58,31 @@ async fn gemini(
         .unwrap()
 }
 
+/// `account add --platform gemini` on `mock`, with `extra` flags.
+fn add_gemini_account(data_dir: &Path, mock: &MockGemini, extra: &[&str]) {
+    let base_url = mock.url();
+    let mut args = vec![
+        "account",
+        "add",
+        "--platform",
+        "gemini",
+        "--name",
+        "gemini",
+        "--api-key",
+        "AIza-mock-upstream",
+        "--base-url",
+        &base_url,
+    ];
+    args.extend_from_slice(extra);
+    cli(data_dir, &args);
+}
+
 /// A relay with one `gemini` account on `mock`: the directory (data in `data`), a key named
 /// `gemini` and the running relay.
 fn on_gemini(mock: &MockGemini) -> (tempfile::TempDir, String, RunningRelay) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    cli(
-        &data_dir,
-        &[
-            "account",
-            "add",
-            "--platform",
-            "gemini",
-            "--name",
-            "gemini",
-            "--api-key",
-            "AIza-mock-upstream",
-            "--base-url",
-            &mock.url(),
-        ],
-    );
+    add_gemini_account(&data_dir, mock, &[]);
     let key = create_key(&data_dir, "gemini");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
     (dir, key, relay)
@@ -241,4 +246,129 @@ async fn the_google_genai_python_sdk_works_through_the_relay() {
         .map(|request| expected_gemini_usage("gemini-2.5-flash", &request.body).candidates_tokens)
         .sum();
     assert_eq!(usage["output_tokens"], expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_cli_runs_on_an_anthropic_account_through_conversion() {
+    let Some(binary) = client("npm/node_modules/.bin/gemini") else {
+        return;
+    };
+    let anthropic = relay_testkit::MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // The operator maps Gemini's models onto Claude: Gemini CLI on a Claude account.
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "anthropic",
+            "--name",
+            "claude",
+            "--api-key",
+            "sk-ant-gem",
+            "--base-url",
+            &anthropic.url(),
+            "--map-model",
+            "gemini-*=claude-sonnet-4-5",
+        ],
+    );
+    let key = create_key(&data_dir, "gemini");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let output = gemini(
+        &binary,
+        &home,
+        &relay.url,
+        &key,
+        "Say hello",
+        Some("gemini-2.5-flash"),
+    )
+    .await;
+    assert!(output.status.success(), "{}", described(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("MOCK_OK from claude-sonnet-4-5."),
+        "{}",
+        described(&output)
+    );
+    let requests: Vec<_> = anthropic
+        .requests()
+        .into_iter()
+        .filter(|request| request.path == "/v1/messages")
+        .collect();
+    assert!(!requests.is_empty());
+    assert!(requests
+        .iter()
+        .all(|request| request.api_key == "sk-ant-gem"
+            && request.body["model"] == "claude-sonnet-4-5"
+            && request.body["stream"] == true));
+    // The mock's input-side figures, recorded as it reported them.
+    let input: u64 = requests
+        .iter()
+        .map(|request| relay_testkit::expected_usage(&request.body).input_tokens)
+        .sum();
+    let usage = usage_when(&data_dir, Some("gemini"), requests.len() as i64).await;
+    assert_eq!(usage["requests"], requests.len());
+    assert_eq!(usage["input_tokens"], input);
+    assert!(usage["output_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_runs_a_tool_on_a_gemini_account_and_usage_matches() {
+    let Some(claude_binary) = client("npm/node_modules/.bin/claude") else {
+        return;
+    };
+    let mock = MockGemini::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    add_gemini_account(
+        &data_dir,
+        &mock,
+        &["--map-model", "claude-*=gemini-2.5-flash"],
+    );
+    let key = create_key(&data_dir, "claude-code");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let output = crate::clients::claude(
+        &claude_binary,
+        &home,
+        &relay.url,
+        ("ANTHROPIC_API_KEY", &key),
+        &[
+            "-p",
+            "USE_TOOL:Bash NONCE-cg2",
+            "--output-format",
+            "json",
+            "--model",
+            "claude-sonnet-4-5-20250929",
+            "--allowedTools",
+            "Bash",
+        ],
+    )
+    .await;
+    let result = crate::clients::parse_result(&output);
+    assert_eq!(result["is_error"], false, "{result}");
+    assert_eq!(result["result"], "TOOL_DONE: TOOLRESULT-cg2", "{result}");
+    let turns: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|request| request.path.ends_with("streamGenerateContent"))
+        .collect();
+    assert_eq!(turns.len(), 2, "one streamed request per turn");
+    assert!(turns
+        .iter()
+        .all(|turn| turn.path.contains("gemini-2.5-flash")
+            && turn.query.as_deref() == Some("alt=sse")));
+    // The relay's bill equals what Claude Code itself was told, token for token.
+    let usage = usage_when(&data_dir, Some("claude-code"), 2).await;
+    for name in ["input_tokens", "output_tokens", "cache_read_input_tokens"] {
+        assert_eq!(
+            crate::clients::field(&usage, name),
+            crate::clients::field(&result["usage"], name),
+            "{name}: relay vs Claude Code"
+        );
+    }
 }

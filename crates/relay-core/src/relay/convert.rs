@@ -9,8 +9,10 @@
 use bytes::Bytes;
 use http::StatusCode;
 use relay_protocol::anthropic::{MessagesUsageTracker, StreamEnding, UsageFault};
+use relay_protocol::convert::anthropic::from_gemini as gemini_to_anthropic;
 use relay_protocol::convert::anthropic::from_openai_chat as to_anthropic;
 use relay_protocol::convert::anthropic::from_openai_responses as responses_to_anthropic;
+use relay_protocol::convert::gemini::from_anthropic as to_gemini;
 use relay_protocol::convert::openai_chat::from_anthropic as to_openai_chat;
 use relay_protocol::convert::openai_chat::from_openai_responses as responses_to_chat;
 use relay_protocol::convert::openai_responses::compaction;
@@ -86,6 +88,21 @@ fn body_in_dialect(
             responses_to_anthropic::request(&request.body, &options)
                 .and_then(|messages| to_openai_chat::request(&messages, &options))
         }
+        // A Gemini request says whether it streams in its path, not its body.
+        (Dialect::Gemini, Dialect::AnthropicMessages) => {
+            gemini_to_anthropic::request(&request.body, &options)
+                .map(|messages| streamed(messages, request.stream))
+        }
+        (Dialect::Gemini, Dialect::OpenAiChat) => {
+            gemini_to_anthropic::request(&request.body, &options)
+                .map(|messages| streamed(messages, request.stream))
+                .and_then(|messages| to_openai_chat::request(&messages, &options))
+        }
+        (Dialect::AnthropicMessages, Dialect::Gemini) => {
+            to_gemini::request(&request.body, &options)
+        }
+        (Dialect::OpenAiChat, Dialect::Gemini) => to_anthropic::request(&request.body, &options)
+            .and_then(|messages| to_gemini::request(&messages, &options)),
         (Dialect::OpenAiChat, Dialect::OpenAiChat) if request.stream && !request.include_usage => {
             return Ok(rewritten(&request.body, mapped, true));
         }
@@ -108,6 +125,28 @@ fn body_in_dialect(
             ),
         )
     })
+}
+
+/// An Anthropic request body that streams when `stream` says so.
+fn streamed(messages: Vec<u8>, stream: bool) -> Vec<u8> {
+    if !stream {
+        return messages;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&messages) {
+        Ok(serde_json::Value::Object(mut object)) => {
+            object.insert("stream".to_owned(), serde_json::Value::Bool(true));
+            serde_json::to_vec(&object).unwrap_or(messages)
+        }
+        _ => messages,
+    }
+}
+
+/// Whether a Gemini client asked for its stream as SSE (`?alt=sse`) rather than a JSON array.
+pub(super) fn gemini_sse(request: &RelayRequest) -> bool {
+    request
+        .query
+        .as_deref()
+        .is_some_and(|query| query.split('&').any(|pair| pair == "alt=sse"))
 }
 
 /// The body with its `model` replaced and, for an OpenAI stream, the usage chunk requested; the
@@ -155,7 +194,13 @@ pub(super) fn estimated_token_count(request: &RelayRequest) -> RelayResponse {
     RelayResponse {
         status: StatusCode::OK,
         headers,
-        body: RelayBody::Buffered(Bytes::from(format!("{{\"input_tokens\":{tokens}}}"))),
+        body: RelayBody::Buffered(Bytes::from(
+            if request.endpoint.dialect() == Dialect::Gemini {
+                format!("{{\"totalTokens\":{tokens}}}")
+            } else {
+                format!("{{\"input_tokens\":{tokens}}}")
+            },
+        )),
     }
 }
 
@@ -225,6 +270,51 @@ fn chat_compaction(_: u16, body: &[u8]) -> Vec<u8> {
     to_anthropic::response(body)
         .and_then(|message| to_openai_responses::compaction(&message))
         .unwrap_or_else(|error| unconvertible(Dialect::OpenAiResponses, &error.message))
+}
+
+/// An Anthropic account's error for a Gemini client, its text redacted.
+fn gemini_error(status: u16, body: &[u8]) -> Vec<u8> {
+    to_gemini::error(status, &crate::redact::json_body(body))
+}
+
+/// A Gemini account's error for an Anthropic client, its text redacted.
+fn anthropic_error_from_gemini(status: u16, body: &[u8]) -> Vec<u8> {
+    gemini_to_anthropic::error(status, &crate::redact::json_body(body))
+}
+
+/// A Chat host's error for a Gemini client, through Anthropic's form.
+fn gemini_error_from_chat(status: u16, body: &[u8]) -> Vec<u8> {
+    gemini_error(status, &anthropic_error(status, body))
+}
+
+/// A Gemini account's error for a Chat client, through Anthropic's form.
+fn chat_error_from_gemini(status: u16, body: &[u8]) -> Vec<u8> {
+    openai_error(status, &anthropic_error_from_gemini(status, body))
+}
+
+/// An Anthropic account's whole answer for a Gemini client.
+fn anthropic_response_for_gemini(_: u16, body: &[u8]) -> Vec<u8> {
+    to_gemini::response(body).unwrap_or_else(|error| unconvertible(Dialect::Gemini, &error.message))
+}
+
+/// A Chat host's whole answer for a Gemini client, through Anthropic's form.
+fn chat_response_for_gemini(_: u16, body: &[u8]) -> Vec<u8> {
+    to_anthropic::response(body)
+        .and_then(|message| to_gemini::response(&message))
+        .unwrap_or_else(|error| unconvertible(Dialect::Gemini, &error.message))
+}
+
+/// A Gemini account's whole answer for an Anthropic client.
+fn gemini_response_for_anthropic(_: u16, body: &[u8]) -> Vec<u8> {
+    gemini_to_anthropic::response(body)
+        .unwrap_or_else(|error| unconvertible(Dialect::AnthropicMessages, &error.message))
+}
+
+/// A Gemini account's whole answer for a Chat client, through Anthropic's form.
+fn gemini_response_for_chat(_: u16, body: &[u8]) -> Vec<u8> {
+    gemini_to_anthropic::response(body)
+        .and_then(|message| to_openai_chat::response(&message))
+        .unwrap_or_else(|error| unconvertible(Dialect::OpenAiChat, &error.message))
 }
 
 /// A Responses account's whole answer for a Chat client.
@@ -473,6 +563,50 @@ pub(super) fn reframe(
                         unconvertible(Dialect::AnthropicMessages, &error.message)
                     })
                 })
+            }
+        }
+        (Dialect::AnthropicMessages, Dialect::Gemini) => {
+            if !status.is_success() {
+                whole(client, status, gemini_error)
+            } else if is_sse {
+                Reframe::Stream(Box::new(to_gemini::StreamTranslator::new(gemini_sse(
+                    request,
+                ))))
+            } else {
+                whole(client, status, anthropic_response_for_gemini)
+            }
+        }
+        (Dialect::OpenAiChat, Dialect::Gemini) => {
+            if !status.is_success() {
+                whole(client, status, gemini_error_from_chat)
+            } else if is_sse {
+                Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
+                    to_anthropic::StreamTranslator::new(),
+                    to_gemini::StreamTranslator::new(gemini_sse(request)),
+                )))
+            } else {
+                whole(client, status, chat_response_for_gemini)
+            }
+        }
+        (Dialect::Gemini, Dialect::AnthropicMessages) => {
+            if !status.is_success() {
+                whole(client, status, anthropic_error_from_gemini)
+            } else if is_sse {
+                Reframe::Stream(Box::new(gemini_to_anthropic::StreamTranslator::new()))
+            } else {
+                whole(client, status, gemini_response_for_anthropic)
+            }
+        }
+        (Dialect::Gemini, Dialect::OpenAiChat) => {
+            if !status.is_success() {
+                whole(client, status, chat_error_from_gemini)
+            } else if is_sse {
+                Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
+                    gemini_to_anthropic::StreamTranslator::new(),
+                    to_openai_chat::StreamTranslator::new(request.include_usage),
+                )))
+            } else {
+                whole(client, status, gemini_response_for_chat)
             }
         }
         // Pairs without a conversion are never scheduled (`schedule::bridges`).

@@ -1158,7 +1158,11 @@ impl Relay {
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with("text/event-stream"));
         let reframe = convert::reframe(request, upstream_dialect, is_sse, started.status);
-        let client_sse = is_sse && !reframe.is_whole();
+        // A Gemini client reads a stream as SSE only when it asked (`?alt=sse`), else as one
+        // JSON array.
+        let client_sse = is_sse
+            && !reframe.is_whole()
+            && (request.endpoint.dialect() != Dialect::Gemini || convert::gemini_sse(request));
         if !passthrough || client_sse != is_sse {
             headers.insert(
                 http::header::CONTENT_TYPE,

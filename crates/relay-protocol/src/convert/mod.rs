@@ -19,6 +19,7 @@
 use serde_json::{Map, Value};
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai_chat;
 pub mod openai_responses;
 
@@ -139,6 +140,21 @@ pub(crate) fn target_model<'a>(
             .and_then(Value::as_str)
             .ok_or_else(|| ConvertError::new("`model` is required")),
     }
+}
+
+/// An upstream error body's message (bounded; a generic one when the body says none) and the
+/// string its `error.{name_field}` holds, for an error body of another dialect.
+pub(crate) fn error_parts(status: u16, body: &[u8], name_field: &str) -> (String, Option<String>) {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().map(|value| &value["error"]);
+    let message = error
+        .and_then(|error| error["message"].as_str())
+        .map_or_else(
+            || format!("the upstream answered {status}"),
+            |message| truncated(message, MAX_ERROR_MESSAGE).to_owned(),
+        );
+    let name = error.and_then(|error| error[name_field].as_str().map(str::to_owned));
+    (message, name)
 }
 
 pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {

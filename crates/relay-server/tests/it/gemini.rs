@@ -204,3 +204,178 @@ async fn a_bad_key_and_upstream_errors_answer_in_geminis_shape() {
     );
     assert_eq!(harness.relay.account_statuses()[0].state, "cooling");
 }
+
+/// The data chunks of a Gemini SSE stream.
+fn sse_chunks(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
+fn said(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .flat_map(|chunk| {
+            chunk["candidates"][0]["content"]["parts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|part| part["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gemini_client_is_served_by_an_anthropic_account_through_conversion() {
+    let mut claude = crate::harness::account("claude", "sk-ant-g", 1);
+    claude.models = Some(vec!["gemini-*".into()]);
+    let harness = Harness::start(vec![claude]).await;
+
+    // Streamed as SSE: Anthropic's events become Gemini chunks, the last with the finish
+    // reason and the usage.
+    let text = post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"),
+        &gemini_body("hello"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let chunks = sse_chunks(&text);
+    assert_eq!(said(&chunks), format!("MOCK_OK from {MODEL}."), "{text}");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    assert!(last["usageMetadata"]["promptTokenCount"].as_u64().unwrap() > 0);
+    let sent = &harness.mock.requests()[0];
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.body["stream"], true);
+    assert_eq!(sent.body["system"][0]["text"], "You are Gemini CLI.");
+    assert_eq!(sent.body["tools"][0]["name"], "read_file");
+
+    // The default JSON-array stream, and a whole answer with a tool call.
+    let array: Value = json_of(post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:streamGenerateContent"),
+        &gemini_body("again"),
+    ))
+    .await;
+    assert_eq!(
+        said(array.as_array().unwrap()),
+        format!("MOCK_OK from {MODEL}.")
+    );
+    let whole: Value = json_of(post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:generateContent"),
+        &gemini_body("USE_TOOL:Bash NONCE-ga1"),
+    ))
+    .await;
+    let call = &whole["candidates"][0]["content"]["parts"][0]["functionCall"];
+    assert_eq!(call["name"], "Bash", "{whole}");
+
+    // An Anthropic 429 reaches the Gemini client in Gemini's shape.
+    harness
+        .mock
+        .script("sk-ant-g", [relay_testkit::Behavior::status(429)]);
+    let limited = post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:generateContent"),
+        &gemini_body("hi"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(
+        limited.json::<Value>().await.unwrap()["error"]["status"],
+        "RESOURCE_EXHAUSTED"
+    );
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 4);
+    assert!(records[..3].iter().all(|record| record.outcome == "ok"
+        && record.platform == "anthropic"
+        && record.usage.output_tokens > 0));
+}
+
+#[tokio::test]
+async fn anthropic_and_chat_clients_are_served_by_a_gemini_account_through_conversion() {
+    let harness = Harness::start(vec![gemini_account("gemini", "AIza-upstream", 1)]).await;
+    // Claude Code's shape, streamed: Gemini's SSE (asked for by the relay) becomes Anthropic's.
+    let mut messages = crate::harness::messages_body(true, "USE_TOOL:Bash NONCE-ag1");
+    messages["model"] = json!(MODEL);
+    messages["tools"] = json!([{"name": "Bash", "description": "Runs a command",
+        "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}]);
+    let text = harness
+        .post("/v1/messages", messages.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"type\":\"tool_use\""), "{text}");
+    assert!(text.contains("echo TOOLRESULT-ag1"), "{text}");
+    assert!(text.contains("\"stop_reason\":\"tool_use\""), "{text}");
+    assert!(text.contains("event: message_stop"), "{text}");
+    let sent = harness.gemini.requests()[0].clone();
+    assert_eq!(
+        sent.path,
+        format!("/v1beta/models/{MODEL}:streamGenerateContent")
+    );
+    assert_eq!(sent.query.as_deref(), Some("alt=sse"));
+    assert_eq!(sent.body["contents"][0]["role"], "user");
+
+    // The tool's result, not streamed: answered from the function response.
+    let mut second = messages.clone();
+    second["stream"] = json!(false);
+    second["messages"].as_array_mut().unwrap().extend([
+        json!({"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_gemini_1", "name": "Bash",
+            "input": {"command": "echo TOOLRESULT-ag1"}}]}),
+        json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_gemini_1", "content": "TOOLRESULT-ag1"}]}),
+    ]);
+    let answer: Value = json_of(harness.post("/v1/messages", second)).await;
+    assert_eq!(
+        answer["content"][0]["text"], "TOOL_DONE: TOOLRESULT-ag1",
+        "{answer}"
+    );
+    let sent = &harness.gemini.requests()[1].body;
+    assert_eq!(
+        sent["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "Bash"
+    );
+
+    // An OpenAI Chat client, whole.
+    let chat: Value = json_of(
+        harness
+            .client
+            .post(format!("{}/v1/chat/completions", harness.url))
+            .bearer_auth(&harness.key)
+            .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(
+        chat["choices"][0]["message"]["content"],
+        format!("MOCK_OK from {MODEL}.")
+    );
+    let expected: Vec<_> = harness
+        .gemini
+        .requests()
+        .iter()
+        .map(|request| expected_gemini_usage(MODEL, &request.body))
+        .collect();
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 3);
+    for (record, expected) in records.iter().zip(&expected) {
+        assert_eq!(record.platform, "gemini");
+        assert_eq!(record.outcome, "ok", "{record:?}");
+        assert_eq!(
+            record.usage.input_tokens + record.usage.cache_read_tokens,
+            expected.prompt_tokens
+        );
+        assert_eq!(record.usage.cache_read_tokens, expected.cached_tokens);
+        assert_eq!(record.usage.output_tokens, expected.candidates_tokens);
+    }
+}

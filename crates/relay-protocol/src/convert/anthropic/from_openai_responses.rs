@@ -93,13 +93,7 @@ pub fn request(body: &[u8], options: &RequestOptions) -> Result<Vec<u8>, Convert
             Item::Turn(role, blocks) => (role, blocks),
             Item::Dropped => continue,
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        match messages.last_mut() {
-            Some((last_role, last_blocks)) if *last_role == role => last_blocks.extend(blocks),
-            _ => messages.push((role, blocks)),
-        }
+        super::push_turn(&mut messages, role, blocks);
     }
     if messages.is_empty() {
         return Err(ConvertError::new("`input` holds no message to answer"));

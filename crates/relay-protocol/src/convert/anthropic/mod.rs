@@ -1,7 +1,24 @@
 //! Conversions whose output is in the Anthropic Messages dialect.
 
+pub mod from_gemini;
 pub mod from_openai_chat;
 pub mod from_openai_responses;
+
+/// Appends a turn's blocks to the conversation: one of the same role as the last continues it
+/// (Anthropic wants turns to alternate), an empty one is left out.
+pub(crate) fn push_turn(
+    messages: &mut Vec<(&'static str, Vec<serde_json::Value>)>,
+    role: &'static str,
+    blocks: Vec<serde_json::Value>,
+) {
+    if blocks.is_empty() {
+        return;
+    }
+    match messages.last_mut() {
+        Some((last, last_blocks)) if *last == role => last_blocks.extend(blocks),
+        _ => messages.push((role, blocks)),
+    }
+}
 
 /// An Anthropic request that carries thinking the relay converted from an OpenAI-compatible
 /// host (signed [`super::UNSIGNED_THINKING_SIGNATURE`]), without those blocks: Anthropic

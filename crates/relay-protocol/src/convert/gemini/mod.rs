@@ -1,0 +1,3 @@
+//! Conversions whose output is in the Gemini API's dialect.
+
+pub mod from_anthropic;
