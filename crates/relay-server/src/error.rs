@@ -15,12 +15,11 @@ pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 pub(crate) fn render_error(dialect: Dialect, error: &RelayError, request_id: &str) -> Response {
     let status =
         StatusCode::from_u16(error.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = Response::new(Body::from(error_body(
-        dialect,
-        error.kind,
-        &error.message,
-        request_id,
-    )));
+    let mut body = error_body(dialect, error.kind, &error.message, request_id);
+    if let (Dialect::Gemini, Some(seconds)) = (dialect, error.retry_after_s) {
+        body = with_retry_info(&body, seconds);
+    }
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -35,6 +34,18 @@ pub(crate) fn render_error(dialect: Dialect, error: &RelayError, request_id: &st
         headers.insert("x-should-retry", HeaderValue::from_static("false"));
     }
     response
+}
+
+/// A Gemini error body with Google's `RetryInfo` detail, which Gemini clients wait by.
+fn with_retry_info(body: &[u8], seconds: u64) -> Vec<u8> {
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return body.to_vec();
+    };
+    value["error"]["details"] = serde_json::json!([{
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": format!("{seconds}s"),
+    }]);
+    serde_json::to_vec(&value).unwrap_or_else(|_| body.to_vec())
 }
 
 /// Renders an error in Anthropic's shape.

@@ -379,3 +379,37 @@ async fn anthropic_and_chat_clients_are_served_by_a_gemini_account_through_conve
         assert_eq!(record.usage.output_tokens, expected.candidates_tokens);
     }
 }
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_geminis_429_with_retry_info() {
+    let harness = Harness::start(vec![gemini_account("gemini", "AIza-upstream", 1)]).await;
+    let policy = relay_core::policy::KeyPolicy {
+        rate_window_secs: Some(3600),
+        rate_requests: Some(1),
+        ..relay_core::policy::KeyPolicy::default()
+    };
+    let (key, _) = harness.key_with("windowed", &policy).await;
+    let send = || {
+        harness
+            .client
+            .post(format!(
+                "{}/v1beta/models/{MODEL}:generateContent",
+                harness.url
+            ))
+            .header("x-goog-api-key", &key)
+            .json(&gemini_body("hi"))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    let refused = send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        error["error"]["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.RetryInfo"
+    );
+    let delay = error["error"]["details"][0]["retryDelay"].as_str().unwrap();
+    assert!(delay.ends_with('s') && delay.trim_end_matches('s').parse::<u64>().unwrap() > 0);
+}
