@@ -1,12 +1,13 @@
 //! Property: a streamed response converted event by event (in any chunking) assembles to the
-//! same message as the non-streamed response converted whole, in both directions.
+//! same message as the non-streamed response converted whole: Anthropic ↔ OpenAI Chat, and
+//! Anthropic ↔ Gemini (to a Gemini client as SSE and as the JSON array).
 
 #![allow(clippy::unwrap_used, clippy::panic)] // test code: a failure should stop the test.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use relay_protocol::convert::{anthropic, openai_chat, Translate};
+use relay_protocol::convert::{anthropic, gemini, openai_chat, Translate};
 use relay_protocol::sse::SseDecoder;
 use serde_json::{json, Value};
 
@@ -439,6 +440,176 @@ proptest! {
         ).unwrap();
         let out = translate(
             &mut anthropic::from_openai_chat::StreamTranslator::new(),
+            stream.as_bytes(),
+            &sizes,
+        );
+        prop_assert_eq!(assemble_anthropic(&out), whole);
+    }
+}
+
+// ---------- Anthropic ↔ Gemini ----------
+
+/// Gemini parts with adjacent texts of one kind (thought or not) joined and empty texts left
+/// out: how a stream's many small parts and a whole answer's few compare.
+fn joined_parts(parts: &[Value]) -> Vec<Value> {
+    let mut joined: Vec<Value> = Vec::new();
+    for part in parts {
+        let Some(text) = part["text"].as_str() else {
+            joined.push(part.clone());
+            continue;
+        };
+        if text.is_empty() {
+            continue;
+        }
+        match joined.last_mut() {
+            Some(last) if last["text"].is_string() && last["thought"] == part["thought"] => {
+                last["text"] = format!("{}{text}", last["text"].as_str().unwrap()).into();
+            }
+            _ => joined.push(part.clone()),
+        }
+    }
+    joined
+}
+
+/// A Gemini answer (one response, or the chunks of a stream) as one comparable response.
+fn assemble_gemini(chunks: &[Value]) -> Value {
+    let parts: Vec<Value> = chunks
+        .iter()
+        .flat_map(|chunk| {
+            chunk["candidates"][0]["content"]["parts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let last = chunks.last().unwrap();
+    json!({
+        "parts": joined_parts(&parts),
+        "finish": last["candidates"][0]["finishReason"],
+        "usage": last["usageMetadata"],
+        "model": last["modelVersion"],
+        "id": last["responseId"],
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Thought(String),
+    Call(String, Value),
+}
+
+fn part() -> impl Strategy<Value = Part> {
+    let words = "[a-zA-Z0-9 .,!?\"é日🙂{}]{1,24}";
+    prop_oneof![
+        words.prop_map(Part::Text),
+        words.prop_map(Part::Thought),
+        ("[a-zA-Z_]{1,10}", arguments()).prop_map(|(name, args)| Part::Call(name, args)),
+    ]
+}
+
+fn gemini_part(part: &Part) -> Value {
+    match part {
+        Part::Text(text) => json!({"text": text}),
+        Part::Thought(text) => json!({"text": text, "thought": true}),
+        Part::Call(name, args) => json!({"functionCall": {"name": name, "args": args}}),
+    }
+}
+
+/// Adjacent texts of one kind as one part (a whole answer's shape).
+fn merged(parts: &[Part]) -> Vec<Part> {
+    let mut merged: Vec<Part> = Vec::new();
+    for part in parts {
+        match (merged.last_mut(), part) {
+            (Some(Part::Text(last)), Part::Text(text))
+            | (Some(Part::Thought(last)), Part::Thought(text)) => last.push_str(text),
+            _ => merged.push(part.clone()),
+        }
+    }
+    merged
+}
+
+fn gemini_usage(usage: [u64; 4]) -> Value {
+    json!({"promptTokenCount": usage[0] + usage[1], "cachedContentTokenCount": usage[1],
+        "candidatesTokenCount": usage[2], "thoughtsTokenCount": usage[3],
+        "totalTokenCount": usage.iter().sum::<u64>()})
+}
+
+fn gemini_chunk(parts: Value, finish: Option<&str>, usage: Value) -> Value {
+    let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+    if let Some(finish) = finish {
+        candidate["finishReason"] = json!(finish);
+    }
+    json!({"candidates": [candidate], "usageMetadata": usage,
+        "modelVersion": "gemini-2.5-flash", "responseId": "resp-1"})
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn anthropic_stream_and_body_convert_to_the_same_gemini_answer(
+        id in "msg_[a-zA-Z0-9]{1,12}",
+        blocks in proptest::collection::vec(block(), 0..5),
+        stop in prop::sample::select(vec!["end_turn", "max_tokens", "tool_use", "refusal"]),
+        usage in proptest::array::uniform4(0u64..1_000_000),
+        cuts in proptest::collection::vec(any::<usize>(), 0..4),
+        sizes in proptest::collection::vec(1usize..200, 1..6),
+        sse in any::<bool>(),
+    ) {
+        let body = anthropic_body(&id, &blocks, stop, usage);
+        let stream = anthropic_stream(&body, &blocks, &cuts);
+        let whole: Value = serde_json::from_slice(
+            &gemini::from_anthropic::response(body.to_string().as_bytes()).unwrap(),
+        ).unwrap();
+        let out = translate(
+            &mut gemini::from_anthropic::StreamTranslator::new(sse),
+            stream.as_bytes(),
+            &sizes,
+        );
+        let text = String::from_utf8(out).unwrap();
+        let chunks: Vec<Value> = if sse {
+            events(text.as_bytes())
+                .into_iter()
+                .map(|(_, data)| serde_json::from_str(&data).unwrap())
+                .collect()
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        prop_assert_eq!(assemble_gemini(&chunks), assemble_gemini(&[whole]));
+    }
+
+    #[test]
+    fn gemini_stream_and_body_convert_to_the_same_anthropic_message(
+        parts in proptest::collection::vec(part(), 0..5),
+        finish in prop::sample::select(vec!["STOP", "MAX_TOKENS", "SAFETY"]),
+        usage in proptest::array::uniform4(0u64..1_000_000),
+        cuts in proptest::collection::vec(any::<usize>(), 0..4),
+        sizes in proptest::collection::vec(1usize..200, 1..6),
+    ) {
+        let parts = merged(&parts);
+        let whole_parts: Vec<Value> = parts.iter().map(gemini_part).collect();
+        let body = gemini_chunk(whole_parts.into(), Some(finish), gemini_usage(usage));
+        // The stream: every text cut into pieces, one part per chunk, then a last chunk with
+        // the finish reason and the whole usage.
+        let mut stream = String::new();
+        let running = json!({"promptTokenCount": usage[0] + usage[1]});
+        for part in &parts {
+            let pieces: Vec<Value> = match part {
+                Part::Text(text) => pieces(text, &cuts).into_iter().map(|piece| json!({"text": piece})).collect(),
+                Part::Thought(text) => pieces(text, &cuts).into_iter().map(|piece| json!({"text": piece, "thought": true})).collect(),
+                Part::Call(..) => vec![gemini_part(part)],
+            };
+            for piece in pieces {
+                stream += &sse(None, &gemini_chunk(json!([piece]), None, running.clone()));
+            }
+        }
+        stream += &sse(None, &gemini_chunk(json!([{"text": ""}]), Some(finish), gemini_usage(usage)));
+        let whole: Value = serde_json::from_slice(
+            &anthropic::from_gemini::response(body.to_string().as_bytes()).unwrap(),
+        ).unwrap();
+        let out = translate(
+            &mut anthropic::from_gemini::StreamTranslator::new(),
             stream.as_bytes(),
             &sizes,
         );
