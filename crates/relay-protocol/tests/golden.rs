@@ -5,7 +5,8 @@
 //! The name says what is converted: `request_*` (a client request; `*_mapped_*` converts with
 //! the model mapped to `mapped-model`), `response_*` (a whole upstream body), `stream_*` (an
 //! upstream SSE stream, fed in several chunkings that must all agree; for
-//! `openai_chat_from_anthropic`, `*_usage` translates for a client that asked for usage), and
+//! `openai_chat_from_anthropic`, `*_usage` translates for a client that asked for usage; for
+//! `gemini_from_anthropic`, `*_sse` for a client that asked for SSE, else the JSON array), and
 //! `error_<status>_*` (an upstream error body with that status). A conversion that fails is
 //! recorded as `{"convert_error": message}`.
 
@@ -16,11 +17,21 @@ use std::path::{Path, PathBuf};
 
 use relay_protocol::convert::{self, ConvertError, RequestOptions, Translate};
 
-const DIRECTIONS: &[&str] = &["openai_chat_from_anthropic", "anthropic_from_openai_chat"];
+const DIRECTIONS: &[&str] = &[
+    "openai_chat_from_anthropic",
+    "anthropic_from_openai_chat",
+    "anthropic_from_gemini",
+    "gemini_from_anthropic",
+];
 
-fn options(name: &str) -> RequestOptions<'static> {
+fn options(direction: &str, name: &str) -> RequestOptions<'static> {
+    // A Gemini request names its model in the path: the relay always passes it.
+    let path_model = (direction == "anthropic_from_gemini").then_some("gemini-2.5-flash");
     RequestOptions {
-        model: name.contains("_mapped_").then_some("mapped-model"),
+        model: name
+            .contains("_mapped_")
+            .then_some("mapped-model")
+            .or(path_model),
         default_max_tokens: 8192,
     }
 }
@@ -61,6 +72,17 @@ fn stream(direction: &str, name: &str, input: &[u8]) -> String {
                 input,
                 chunk,
             ),
+            "anthropic_from_gemini" => translate(
+                &mut convert::anthropic::from_gemini::StreamTranslator::new(),
+                input,
+                chunk,
+            ),
+            // `*_sse`: the Gemini client asked for SSE; otherwise it reads one JSON array.
+            "gemini_from_anthropic" => translate(
+                &mut convert::gemini::from_anthropic::StreamTranslator::new(name.ends_with("_sse")),
+                input,
+                chunk,
+            ),
             _ => translate(
                 &mut convert::anthropic::from_openai_chat::StreamTranslator::new(),
                 input,
@@ -87,18 +109,28 @@ fn output(direction: &str, name: &str, input: &[u8]) -> (String, &'static str) {
             "openai_chat_from_anthropic" => {
                 convert::openai_chat::from_anthropic::error(status, input)
             }
+            "anthropic_from_gemini" => convert::anthropic::from_gemini::error(status, input),
+            "gemini_from_anthropic" => convert::gemini::from_anthropic::error(status, input),
             _ => convert::anthropic::from_openai_chat::error(status, input),
         })
     } else if name.starts_with("request_") {
         converted(match direction {
             "openai_chat_from_anthropic" => {
-                convert::openai_chat::from_anthropic::request(input, &options(name))
+                convert::openai_chat::from_anthropic::request(input, &options(direction, name))
             }
-            _ => convert::anthropic::from_openai_chat::request(input, &options(name)),
+            "anthropic_from_gemini" => {
+                convert::anthropic::from_gemini::request(input, &options(direction, name))
+            }
+            "gemini_from_anthropic" => {
+                convert::gemini::from_anthropic::request(input, &options(direction, name))
+            }
+            _ => convert::anthropic::from_openai_chat::request(input, &options(direction, name)),
         })
     } else if name.starts_with("response_") {
         converted(match direction {
             "openai_chat_from_anthropic" => convert::openai_chat::from_anthropic::response(input),
+            "anthropic_from_gemini" => convert::anthropic::from_gemini::response(input),
+            "gemini_from_anthropic" => convert::gemini::from_anthropic::response(input),
             _ => convert::anthropic::from_openai_chat::response(input),
         })
     } else {
