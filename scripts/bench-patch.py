@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Teaches the copy of ../shared/bench that scripts/bench-responses runs the Responses API, so
-that its pass-through and the relay's Responses paths are measured in one run:
+"""Teaches the copy of ../shared/bench that scripts/bench-responses and scripts/bench-gemini run
+the Responses API and the Gemini API, so that their pass-through and the relay's paths are
+measured in one run:
 
 - mock-upstream answers `POST …/responses` as the Responses API does: a whole response, or its
   event stream (`response.created` … one `response.output_text.delta` per token …
   `response.completed` with the usage), prebuilt like its other answers;
-- ssebench ends a Responses stream on `response.completed`;
+- it answers `POST …/models/{model}:generateContent` and `:streamGenerateContent` as the Gemini
+  API does: a whole response, or SSE chunks (one per token, the last with `finishReason` and
+  the usage);
+- ssebench ends a Responses stream on `response.completed` and a Gemini one on `finishReason`;
 - compare.sh sends its `direct` and `passthru` targets to `FLOOR_PATH` (default `/v1/messages`),
   and takes the scenarios from `CAPACITY_SCENARIOS`.
 
@@ -17,12 +21,15 @@ import sys
 
 bench = pathlib.Path(sys.argv[1])
 MARK = "// responses: patched for claude-relay"
+GEMINI_MARK = "// gemini: patched for claude-relay"
 
 
 def patch(path, edits):
+    """Makes each edit (old, new[, probe]) unless it was made: its `new`, or its `probe` when a
+    later edit rewrites that text, is already there."""
     text = path.read_text()
-    for old, new in edits:
-        if new in text:
+    for old, new, *probe in edits:
+        if new in text or (probe and probe[0] in text):
             continue
         if old not in text:
             sys.exit(f"{path}: cannot find {old!r}; the bench changed, update this patch")
@@ -66,18 +73,61 @@ fn resp_events(n: usize) -> Vec<Bytes> {
 }
 
 fn oai_events(n: usize) -> Vec<Bytes> {''',
+            "fn resp_events",
         ),
         (
             "    let openai = path.ends_with(\"/chat/completions\");\n    if parts.method != Method::POST || !(anthropic || openai) {",
             "    let openai = path.ends_with(\"/chat/completions\");\n    let responses = path.ends_with(\"/responses\");\n    if parts.method != Method::POST || !(anthropic || openai || responses) {",
+            "let responses = path.ends_with",
+        ),
+        (
+            "    let responses = path.ends_with(\"/responses\");\n    if parts.method != Method::POST || !(anthropic || openai || responses) {",
+            "    let responses = path.ends_with(\"/responses\");\n    let gemini_stream = path.contains(\":streamGenerateContent\");\n    let gemini = gemini_stream || path.contains(\":generateContent\");\n    if parts.method != Method::POST || !(anthropic || openai || responses || gemini) {",
         ),
         (
             "        let events = if deltas == cfg.deltas {",
             "        let events = if responses {\n            Arc::new(resp_events(deltas))\n        } else if deltas == cfg.deltas {",
+            "Arc::new(resp_events(deltas))",
+        ),
+        (
+            "    let stream = wants_stream(&body);",
+            "    let stream = if gemini { gemini_stream } else { wants_stream(&body) };",
+        ),
+        (
+            "        let events = if responses {\n            Arc::new(resp_events(deltas))\n        } else if deltas == cfg.deltas {",
+            "        let events = if gemini {\n            Arc::new(gemini_events(deltas))\n        } else if responses {\n            Arc::new(resp_events(deltas))\n        } else if deltas == cfg.deltas {",
         ),
         (
             "        let b = if anthropic { cfg.anth_json.clone() } else { cfg.oai_json.clone() };",
             "        let b = if responses { Bytes::from_static(RESP_JSON.as_bytes()) } else if anthropic { cfg.anth_json.clone() } else { cfg.oai_json.clone() };",
+            "Bytes::from_static(RESP_JSON.as_bytes())",
+        ),
+        (
+            "        let b = if responses { Bytes::from_static(RESP_JSON.as_bytes()) }",
+            "        let b = if gemini { Bytes::from_static(GEMINI_JSON.as_bytes()) } else if responses { Bytes::from_static(RESP_JSON.as_bytes()) }",
+        ),
+        (
+            "fn oai_events(n: usize) -> Vec<Bytes> {",
+            GEMINI_MARK
+            + r'''
+const GEMINI_JSON: &str = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hello! This is a fixed reply from the benchmark mock upstream."}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":25,"candidatesTokenCount":16,"totalTokenCount":41},"modelVersion":"gemini-mock","responseId":"mock-0001"}"#;
+
+fn gemini_events(n: usize) -> Vec<Bytes> {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        let last = i + 1 == n;
+        let finish = if last { ",\"finishReason\":\"STOP\"" } else { "" };
+        let out = if last { n } else { i + 1 };
+        v.push(Bytes::from(format!(
+            "data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"token{i} \"}}]}}{finish},\"index\":0}}],\"usageMetadata\":{{\"promptTokenCount\":25,\"candidatesTokenCount\":{out},\"totalTokenCount\":{}}},\"modelVersion\":\"gemini-mock\",\"responseId\":\"mock-0001\"}}\r\n\r\n",
+            25 + out
+        )));
+    }
+    v
+}
+
+fn oai_events(n: usize) -> Vec<Bytes> {''',
+            "fn gemini_events",
         ),
     ],
 )
@@ -90,7 +140,12 @@ patch(
             'let end_marker: &\'static [u8] = if !stream { b"usage" } else if openai {',
             MARK
             + '\n    let end_marker: &\'static [u8] = if !stream { b"usage" } else if url.contains("/responses") { b"response.completed" } else if openai {',
-        )
+            'b"response.completed"',
+        ),
+        (
+            'else if url.contains("/responses") { b"response.completed" }',
+            'else if url.contains("/responses") { b"response.completed" } else if url.contains("GenerateContent") { b"finishReason" }',
+        ),
     ],
 )
 
