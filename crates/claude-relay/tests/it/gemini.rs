@@ -11,6 +11,20 @@ use relay_testkit::gemini::{expected_gemini_usage, MockGemini};
 
 use crate::support::{cli, client, create_key, described, usage_when, RunningRelay};
 
+/// Gemini CLI's settings under `home` as `../shared/clients.md` §4.3 gives them: an API key
+/// (with the relay's base URL), no folder trust dialog, no telemetry or update checks.
+pub(crate) fn gemini_settings(home: &Path) {
+    let settings = home.join(".gemini");
+    std::fs::create_dir_all(&settings).unwrap();
+    std::fs::write(
+        settings.join("settings.json"),
+        r#"{"security": {"auth": {"selectedType": "gemini-api-key"}, "folderTrust": {"enabled": false}},
+  "privacy": {"usageStatisticsEnabled": false}, "telemetry": {"enabled": false},
+  "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false}}"#,
+    )
+    .unwrap();
+}
+
 /// Runs `gemini -p prompt` (with `-m model` if given) in `home`, in a clean environment pointed
 /// at `relay_url`.
 async fn gemini(
@@ -21,15 +35,7 @@ async fn gemini(
     prompt: &str,
     model: Option<&str>,
 ) -> Output {
-    let settings = home.join(".gemini");
-    std::fs::create_dir_all(&settings).unwrap();
-    std::fs::write(
-        settings.join("settings.json"),
-        r#"{"security": {"auth": {"selectedType": "gemini-api-key"}, "folderTrust": {"enabled": false}},
-  "privacy": {"usageStatisticsEnabled": false}, "telemetry": {"enabled": false},
-  "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false}}"#,
-    )
-    .unwrap();
+    gemini_settings(home);
     let tmp = home.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let mut command = tokio::process::Command::new(binary);

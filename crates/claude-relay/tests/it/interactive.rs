@@ -89,6 +89,19 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// Once `ready` shows: a turn asking for a tool (`USE_TOOL:Bash NONCE-<nonce>`) until its
+    /// result is answered, then "Say hello" until `hello` shows.
+    async fn tool_then_plain(&self, ready: &str, nonce: &str, hello: &str) {
+        let timeout = Duration::from_secs(40);
+        self.wait_for(ready, timeout).await;
+        self.type_line(&format!("USE_TOOL:Bash NONCE-{nonce}"));
+        self.wait_for("TOOL_DONE:", timeout).await;
+        self.type_line("Say hello");
+        self.wait_for(hello, timeout).await;
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.run(&["kill-server"]);
@@ -306,14 +319,13 @@ async fn codex_interactive_session_with_a_tool_completes() {
         &format!("claude-relay-test-{}-codex", std::process::id()),
         &command,
     );
-    tmux.wait_for("Ask Codex to do anything", Duration::from_secs(30))
-        .await;
     // A turn with a tool (Codex runs `exec_command` in its sandbox), then a plain one.
-    tmux.type_line("USE_TOOL:Bash NONCE-tui1");
-    tmux.wait_for("TOOL_DONE:", Duration::from_secs(30)).await;
-    tmux.type_line("Say hello");
-    tmux.wait_for("MOCK_OK from gpt-5-codex.", Duration::from_secs(30))
-        .await;
+    tmux.tool_then_plain(
+        "Ask Codex to do anything",
+        "tui1",
+        "MOCK_OK from gpt-5-codex.",
+    )
+    .await;
     drop(tmux);
 
     // Three requests, all to the account's `/responses`, each recorded once; the tool's
@@ -331,6 +343,74 @@ async fn codex_interactive_session_with_a_tool_completes() {
         .to_string()
         .contains("TOOLRESULT-tui1")));
     let usage = usage_when(&data_dir, Some("codex-tui"), turns.len() as i64).await;
+    assert_eq!(usage["requests"], turns.len() as i64);
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_cli_interactive_session_reads_a_file_and_answers() {
+    let Some(gemini_binary) = client("npm/node_modules/.bin/gemini") else {
+        return;
+    };
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(std::env::var("CLAUDE_RELAY_REQUIRE_CLIENTS").as_deref() != Ok("1"));
+        return;
+    }
+    let mock = relay_testkit::gemini::MockGemini::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    crate::support::cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "gemini",
+            "--name",
+            "gemini",
+            "--api-key",
+            "AIza-gemini-tui",
+            "--base-url",
+            &mock.url(),
+        ],
+    );
+    let key = create_key(&data_dir, "gemini-tui");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    let workdir = dir.path().join("work");
+    std::fs::create_dir_all(home.join("tmp")).unwrap();
+    std::fs::create_dir_all(&workdir).unwrap();
+    std::fs::write(workdir.join("TOOLRESULT-gt1.txt"), "TOOLRESULT-gt1").unwrap();
+    crate::gemini::gemini_settings(&home);
+    let command = format!(
+        "cd {workdir} && env -i PATH={node_bin}:/usr/bin:/bin HOME={home} TMPDIR={home}/tmp \
+         TERM=xterm-256color GEMINI_API_KEY={key} GOOGLE_GEMINI_BASE_URL={url} {gemini} -m gemini-2.5-flash",
+        workdir = workdir.display(),
+        node_bin = node_bin(),
+        home = home.display(),
+        url = relay.url,
+        gemini = gemini_binary.display(),
+    );
+    let tmux = Tmux::start(
+        &format!("claude-relay-test-{}-gemini", std::process::id()),
+        &command,
+    );
+    // A turn with a tool (the CLI reads the file itself), then a plain one.
+    tmux.tool_then_plain("Type your message", "gt1", "MOCK_OK from gemini-2.5-flash.")
+        .await;
+    drop(tmux);
+
+    let turns: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|request| request.path.ends_with("Content"))
+        .collect();
+    assert!(turns.len() >= 3, "{} requests", turns.len());
+    assert!(turns.iter().all(|turn| turn.api_key == "AIza-gemini-tui"));
+    assert!(turns
+        .iter()
+        .any(|turn| turn.body["contents"].to_string().contains("TOOLRESULT-gt1")));
+    let usage = usage_when(&data_dir, Some("gemini-tui"), turns.len() as i64).await;
     assert_eq!(usage["requests"], turns.len() as i64);
     drop(relay);
 }

@@ -14,7 +14,7 @@ mod canary;
 mod clients;
 pub(crate) mod codex;
 mod db_copy;
-mod gemini;
+pub(crate) mod gemini;
 mod interactive;
 mod many_keys;
 mod scale_out;
