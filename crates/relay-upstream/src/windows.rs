@@ -52,18 +52,38 @@ fn seconds_ms(seconds: f64, base_ms: i64) -> i64 {
     base_ms.saturating_add((seconds.clamp(0.0, 365.0 * 86_400.0) * 1000.0) as i64)
 }
 
-fn codex_window(headers: &HeaderMap, which: &str, now_ms: i64) -> Option<UsageWindow> {
-    let used_percent = number(headers, &format!("x-codex-{which}-used-percent"))?;
-    let reset_ms = number(headers, &format!("x-codex-{which}-reset-at"))
+/// One Codex window's headers: used percent, reset time, reset delay, length.
+struct WindowHeaders {
+    used_percent: &'static str,
+    reset_at: &'static str,
+    reset_after_seconds: &'static str,
+    window_minutes: &'static str,
+}
+
+const PRIMARY: WindowHeaders = WindowHeaders {
+    used_percent: "x-codex-primary-used-percent",
+    reset_at: "x-codex-primary-reset-at",
+    reset_after_seconds: "x-codex-primary-reset-after-seconds",
+    window_minutes: "x-codex-primary-window-minutes",
+};
+
+const SECONDARY: WindowHeaders = WindowHeaders {
+    used_percent: "x-codex-secondary-used-percent",
+    reset_at: "x-codex-secondary-reset-at",
+    reset_after_seconds: "x-codex-secondary-reset-after-seconds",
+    window_minutes: "x-codex-secondary-window-minutes",
+};
+
+fn codex_window(headers: &HeaderMap, names: &WindowHeaders, now_ms: i64) -> Option<UsageWindow> {
+    let used_percent = number(headers, names.used_percent)?;
+    let reset_ms = number(headers, names.reset_at)
         .map(|at| seconds_ms(at, 0))
         .or_else(|| {
-            number(headers, &format!("x-codex-{which}-reset-after-seconds"))
-                .map(|after| seconds_ms(after, now_ms))
+            number(headers, names.reset_after_seconds).map(|after| seconds_ms(after, now_ms))
         });
     Some(UsageWindow {
         used_percent: used_percent.clamp(0.0, 100.0),
-        window_minutes: number(headers, &format!("x-codex-{which}-window-minutes"))
-            .map(|minutes| minutes as i64),
+        window_minutes: number(headers, names.window_minutes).map(|minutes| minutes as i64),
         reset_ms,
     })
 }
@@ -82,8 +102,8 @@ impl UsageWindows {
             five_hour_reset_ms: reset("anthropic-ratelimit-unified-5h-reset"),
             seven_day_status: owned("anthropic-ratelimit-unified-7d-status"),
             seven_day_reset_ms: reset("anthropic-ratelimit-unified-7d-reset"),
-            primary: codex_window(headers, "primary", now_ms),
-            secondary: codex_window(headers, "secondary", now_ms),
+            primary: codex_window(headers, &PRIMARY, now_ms),
+            secondary: codex_window(headers, &SECONDARY, now_ms),
         };
         (windows != Self::default()).then_some(windows)
     }
