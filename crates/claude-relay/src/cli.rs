@@ -80,7 +80,9 @@ enum AccountCommand {
         /// --api-version VERSION; Chat Completions and Responses), or codex (a ChatGPT
         /// subscription for Codex: --auth-json ~/.codex/auth.json, or see oauth-start), or gemini
         /// (a Gemini API key; --base-url is the host, by default
-        /// https://generativelanguage.googleapis.com).
+        /// https://generativelanguage.googleapis.com), or gemini-oauth (a Google account served
+        /// by Gemini Code Assist, as Gemini CLI's "Login with Google": --oauth-creds
+        /// ~/.gemini/oauth_creds.json, or see oauth-start).
         #[arg(long)]
         platform: String,
         #[arg(long)]
@@ -90,13 +92,17 @@ enum AccountCommand {
             long,
             env = "CLAUDE_RELAY_ACCOUNT_API_KEY",
             hide_env_values = true,
-            required_unless_present = "auth_json"
+            required_unless_present_any = ["auth_json", "oauth_creds"]
         )]
         api_key: Option<String>,
         /// A codex account: the `auth.json` Codex CLI wrote when it signed in with ChatGPT
         /// (`~/.codex/auth.json`); its tokens are sealed and refreshed by the relay from then on.
-        #[arg(long, conflicts_with = "api_key")]
+        #[arg(long, conflicts_with_all = ["api_key", "oauth_creds"])]
         auth_json: Option<std::path::PathBuf>,
+        /// A gemini-oauth account: the `oauth_creds.json` Gemini CLI wrote when it signed in with
+        /// Google (`~/.gemini/oauth_creds.json`).
+        #[arg(long, conflicts_with = "api_key")]
+        oauth_creds: Option<std::path::PathBuf>,
         #[arg(long)]
         base_url: Option<String>,
         /// Lower is tried first.
@@ -126,8 +132,9 @@ enum AccountCommand {
     OauthStart {
         #[arg(long)]
         name: String,
-        /// claude-oauth (a Claude Pro/Max subscription) or codex (a ChatGPT Plus/Pro/Team
-        /// subscription, signed in as `codex login` does).
+        /// claude-oauth (a Claude Pro/Max subscription), codex (a ChatGPT Plus/Pro/Team
+        /// subscription, signed in as `codex login` does) or gemini-oauth (a Google account, as
+        /// Gemini CLI's "Login with Google").
         #[arg(long, default_value = "claude-oauth")]
         platform: String,
     },
@@ -843,6 +850,7 @@ async fn run_account_command(
             name,
             api_key,
             auth_json,
+            oauth_creds,
             base_url,
             priority,
             settings,
@@ -853,6 +861,7 @@ async fn run_account_command(
             let mut account_settings = AccountSettings::default();
             settings.apply(&mut account_settings)?;
             let auth_json = auth_json
+                .or(oauth_creds)
                 .map(|path| {
                     std::fs::read_to_string(&path)
                         .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display()))

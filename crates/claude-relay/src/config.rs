@@ -41,6 +41,9 @@ struct FileConfig {
     /// Where ChatGPT subscription (`codex`) sign-in goes (OpenAI's endpoints unless overridden).
     #[serde(default)]
     chatgpt_oauth: FileOAuth,
+    /// Where Google sign-in (`gemini-oauth`) goes (Google's endpoints unless overridden).
+    #[serde(default)]
+    google_oauth: FileOAuth,
     #[serde(default)]
     scheduling: FileScheduling,
     #[serde(default)]
@@ -76,6 +79,7 @@ struct FileOAuth {
     client_id: Option<String>,
     redirect_uri: Option<String>,
     scopes: Option<String>,
+    client_secret: Option<String>,
 }
 
 impl FileOAuth {
@@ -99,6 +103,7 @@ impl FileOAuth {
             client_id: self.client_id.unwrap_or(defaults.client_id),
             redirect_uri: self.redirect_uri.unwrap_or(defaults.redirect_uri),
             scopes: self.scopes.unwrap_or(defaults.scopes),
+            client_secret: self.client_secret.or(defaults.client_secret),
         };
         if !settings.authorize_url.starts_with("https://")
             && !settings.authorize_url.starts_with("http://")
@@ -343,6 +348,13 @@ impl Config {
                 relay_core::oauth::OAuthSettings::chatgpt(),
                 ("chatgpt_oauth", "CLAUDE_RELAY_CHATGPT_OAUTH_TOKEN_URL"),
                 var("CLAUDE_RELAY_CHATGPT_OAUTH_TOKEN_URL"),
+                &egress,
+                &mut problems,
+            ),
+            google: file.google_oauth.settings(
+                relay_core::oauth::OAuthSettings::google(),
+                ("google_oauth", "CLAUDE_RELAY_GOOGLE_OAUTH_TOKEN_URL"),
+                var("CLAUDE_RELAY_GOOGLE_OAUTH_TOKEN_URL"),
                 &egress,
                 &mut problems,
             ),

@@ -372,10 +372,25 @@ impl AdminService {
 
     pub async fn add_account(&self, mut input: NewAccountInput) -> Result<AccountRow, AdminError> {
         let auth_json = input.auth_json.take();
+        if input.platform == Platform::GeminiOauth.as_str() {
+            let Some(creds) = auth_json else {
+                return Err(AdminError::Invalid(
+                    "a gemini-oauth account signs in with Google: run `account oauth-start --platform gemini-oauth --name NAME` (then oauth-finish), or import Gemini CLI's sign-in with --oauth-creds ~/.gemini/oauth_creds.json".into(),
+                ));
+            };
+            let tokens =
+                crate::code_assist::tokens_from_oauth_creds(&creds).map_err(AdminError::Invalid)?;
+            input.api_key.clone_from(&tokens.access_token);
+            let grant = Grant {
+                tokens,
+                identity: oauth::Identity::default(),
+            };
+            return self.insert_subscription(input, &grant).await;
+        }
         if input.platform != Platform::Codex.as_str() {
             if auth_json.is_some() {
                 return Err(AdminError::Invalid(
-                    "an auth.json signs in a codex account only".into(),
+                    "a sign-in file belongs to a codex (auth.json) or gemini-oauth (oauth_creds.json) account".into(),
                 ));
             }
             return self.insert_account(input, None).await;
@@ -405,6 +420,28 @@ impl AdminService {
                 ));
             }
             input.settings.plan.clone_from(&grant.identity.plan);
+        }
+        if input.platform == Platform::GeminiOauth.as_str() {
+            // Code Assist serves the account under a Cloud project: found, or set up on the
+            // free tier, once, as Gemini CLI does at its first start.
+            let base = match &input.base_url {
+                Some(url) => validate_base_url(url, &self.egress)?,
+                None => Platform::GeminiOauth.default_base_url().to_owned(),
+            };
+            let client = crate::transport::AnyClient::Direct(crate::transport::build_client(
+                std::time::Duration::from_secs(10),
+                &self.egress,
+            ));
+            let project = crate::code_assist::project(&client, &base, &grant.tokens.access_token)
+                .await
+                .map_err(|error| {
+                    AdminError::Invalid(format!(
+                        "Code Assist could not set the account up: {error}"
+                    ))
+                })?;
+            let mut tokens = grant.tokens.clone();
+            tokens.account_id = Some(project);
+            return self.insert_account(input, Some(&tokens)).await;
         }
         self.insert_account(input, Some(&grant.tokens)).await
     }
@@ -506,10 +543,11 @@ impl AdminService {
                 account_id: None,
             }
             .to_json(),
-            (None, Platform::Codex) => {
-                return Err(AdminError::Invalid(
-                    "a codex account has no key; it signs in with ChatGPT".into(),
-                ))
+            (None, Platform::Codex | Platform::GeminiOauth) => {
+                return Err(AdminError::Invalid(format!(
+                    "a {} account has no key; it signs in (oauth-start)",
+                    platform.as_str()
+                )))
             }
         };
         let hint = SecretString::new(api_key.to_owned()).hint();

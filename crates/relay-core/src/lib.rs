@@ -32,5 +32,5 @@ pub use bootstrap::rotation;
 pub use relay::{Relay, RelaySettings};
 
 // The upstream side lives in relay-upstream; these paths stay for the rest of the core.
-pub use relay_upstream::{chatgpt, claude_oauth, oauth};
+pub use relay_upstream::{chatgpt, claude_oauth, code_assist, oauth};
 pub use relay_upstream::{egress, health, proxy, redact, transport};

@@ -321,7 +321,7 @@ impl SnapshotStore {
         };
         runtime.apply_reset(row.health_reset_at_ms);
         let credential = match platform {
-            Platform::ClaudeOauth | Platform::Codex => {
+            Platform::ClaudeOauth | Platform::Codex | Platform::GeminiOauth => {
                 let Some(tokens) = OAuthTokens::from_json(api_key.expose()) else {
                     tracing::error!(account_id = %row.id, "skipping subscription account with unreadable tokens");
                     return None;

@@ -11,7 +11,8 @@
 //! Counts are mapped to the relay's convention ([`Usage`]): `input_tokens` is `promptTokenCount`
 //! (plus `toolUsePromptTokenCount`) minus `cachedContentTokenCount`, which is
 //! `cache_read_tokens`; `output_tokens` is `candidatesTokenCount` plus `thoughtsTokenCount`, the
-//! latter also kept as `reasoning_tokens`.
+//! latter also kept as `reasoning_tokens`. Code Assist's envelope (`{"response": …}`) is read
+//! through.
 
 use serde::Deserialize;
 
@@ -51,6 +52,8 @@ struct WireResponse {
     #[serde(default)]
     candidates: Vec<WireCandidate>,
     error: Option<WireError>,
+    /// Code Assist's envelope: the response inside.
+    response: Option<Box<WireResponse>>,
 }
 
 /// Accumulates usage from a Gemini response: feed it SSE chunks, or a whole JSON body (a
@@ -116,6 +119,9 @@ impl GeminiUsageTracker {
     }
 
     fn apply(&mut self, response: &WireResponse) {
+        if let Some(inner) = &response.response {
+            return self.apply(inner);
+        }
         if let Some(error) = &response.error {
             let name = error
                 .status

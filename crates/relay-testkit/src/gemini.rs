@@ -123,7 +123,7 @@ fn parts(content: &Value) -> &[Value] {
     content["parts"].as_array().map_or(&[], Vec::as_slice)
 }
 
-enum Reply {
+pub(crate) enum Reply {
     Text(String),
     Call { name: String, args: Value },
 }
@@ -163,7 +163,7 @@ fn value_for(schema: &Value) -> Value {
     }
 }
 
-fn reply_for(model: &str, body: &Value) -> Reply {
+pub(crate) fn reply_for(model: &str, body: &Value) -> Reply {
     // JSON mode (Gemini CLI's model router): a value of the schema asked for.
     let config = &body["generationConfig"];
     if config["responseMimeType"] == "application/json" {
@@ -340,13 +340,7 @@ async fn model_action(
 
 /// The chunks of one streamed answer: the text word by word (a call in one chunk), the last
 /// with the finish reason and the whole usage.
-fn stream(
-    model: &str,
-    reply: &Reply,
-    usage: MockGeminiUsage,
-    sse: bool,
-    delivery: &Delivery,
-) -> Response {
+pub(crate) fn chunks(model: &str, reply: &Reply, usage: MockGeminiUsage) -> Vec<Value> {
     let mut chunks: Vec<Value> = match reply {
         Reply::Text(text) => text
             .split_inclusive(' ')
@@ -363,6 +357,27 @@ fn stream(
         last["candidates"][0]["finishReason"] = json!("STOP");
         last["usageMetadata"] = usage.to_json(false);
     }
+    chunks
+}
+
+/// A whole answer.
+pub(crate) fn whole(model: &str, reply: &Reply, usage: MockGeminiUsage) -> Value {
+    let parts = match reply {
+        Reply::Text(text) => json!([{"text": text}]),
+        Reply::Call { name, args } => json!([{"functionCall": {"name": name, "args": args}}]),
+    };
+    response(model, parts, Some("STOP"), usage.to_json(false))
+}
+
+/// A streamed answer as SSE or as the JSON array.
+fn stream(
+    model: &str,
+    reply: &Reply,
+    usage: MockGeminiUsage,
+    sse: bool,
+    delivery: &Delivery,
+) -> Response {
+    let chunks = chunks(model, reply, usage);
     let count = chunks.len();
     let frames: Vec<String> = chunks
         .into_iter()

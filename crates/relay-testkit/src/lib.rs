@@ -22,6 +22,7 @@
 pub mod anthropic;
 mod behavior;
 pub mod chatgpt;
+pub mod code_assist;
 pub mod gemini;
 pub mod openai;
 mod proxy;

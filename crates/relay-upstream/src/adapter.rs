@@ -93,14 +93,19 @@ pub fn outbound(
         (Platform::OpenAiResponses | Platform::Codex, Operation::Compact) => "/responses/compact",
         (Platform::OpenAiResponses | Platform::Codex, _) => "/responses",
         (Platform::Gemini, operation) => {
-            let method = match operation {
-                Operation::CountTokens => "countTokens",
-                _ if call.stream => "streamGenerateContent",
-                _ => "generateContent",
-            };
-            gemini_path = format!("/v1beta/models/{}:{method}", call.model);
+            gemini_path = format!(
+                "/v1beta/models/{}:{}",
+                call.model,
+                gemini_method(operation, call.stream)
+            );
             gemini_path.as_str()
         }
+        // Code Assist names the model in the body's envelope.
+        (Platform::GeminiOauth, operation) => match gemini_method(operation, call.stream) {
+            "countTokens" => "/v1internal:countTokens",
+            "streamGenerateContent" => "/v1internal:streamGenerateContent?alt=sse",
+            _ => "/v1internal:generateContent",
+        },
         (Platform::AzureOpenAi, _) => {
             let (deployment, version) =
                 azure.map_or(("", ""), |azure| (azure.deployment, azure.api_version));
@@ -122,10 +127,9 @@ pub fn outbound(
     url.push_str(path);
     // The query belongs to the client's dialect (Claude Code's `beta=true`); Azure's is its
     // `api-version`.
-    if let Some(query) = call
-        .query
-        .filter(|_| passthrough && platform != Platform::AzureOpenAi)
-    {
+    if let Some(query) = call.query.filter(|_| {
+        passthrough && !matches!(platform, Platform::AzureOpenAi | Platform::GeminiOauth)
+    }) {
         url.push('?');
         url.push_str(query);
     } else if platform == Platform::Gemini && call.stream && !passthrough {
@@ -153,6 +157,15 @@ pub fn outbound(
     }
     authenticate(&mut headers, auth);
     Outbound { url, headers, body }
+}
+
+/// A Gemini API method for the operation.
+fn gemini_method(operation: Operation, stream: bool) -> &'static str {
+    match operation {
+        Operation::CountTokens => "countTokens",
+        _ if stream => "streamGenerateContent",
+        _ => "generateContent",
+    }
 }
 
 /// Request headers never forwarded: the client's credentials (the account's are added instead),

@@ -107,6 +107,14 @@ pub fn classify(
                     reason: "retry-after",
                 };
             }
+            // Google (Gemini, Code Assist): the delay is in the body's RetryInfo.
+            if let Some(delay) = google_retry_delay(body) {
+                return Verdict::RateLimited {
+                    until_ms: clamp_until(now_ms + millis(delay), now_ms),
+                    family: None,
+                    reason: "retry info",
+                };
+            }
             match openai_reset(headers) {
                 Some(delay) => Verdict::RateLimited {
                     until_ms: clamp_until(now_ms + millis(delay), now_ms),
@@ -149,6 +157,28 @@ pub fn ejection_time(previous_ejections: u32) -> Duration {
 /// The pause before the `attempt`-th same-account retry of an overloaded account.
 pub fn overload_backoff(attempt: u32) -> Duration {
     Duration::from_millis(250 * u64::from(attempt.max(1)))
+}
+
+/// The delay a Google error body names in its `RetryInfo` detail (`"retryDelay": "31s"`).
+pub fn google_retry_delay(body: &[u8]) -> Option<Duration> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value["error"]["details"]
+        .as_array()?
+        .iter()
+        .filter(|detail| {
+            detail["@type"]
+                .as_str()
+                .is_some_and(|kind| kind.ends_with("google.rpc.RetryInfo"))
+        })
+        .find_map(|detail| {
+            detail["retryDelay"]
+                .as_str()?
+                .strip_suffix('s')?
+                .parse::<f64>()
+                .ok()
+        })
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .map(|seconds| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER_S)))
 }
 
 /// The delay an upstream asked for with `retry-after` (seconds form).
@@ -385,5 +415,31 @@ mod tests {
                 reason: "x-ratelimit-reset"
             }
         );
+    }
+
+    #[test]
+    fn a_google_retry_info_names_the_cooldown() {
+        let body = br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"RATE_LIMIT_EXCEEDED"},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"31.5s"}]}}"#;
+        assert_eq!(
+            google_retry_delay(body),
+            Some(Duration::from_millis(31_500))
+        );
+        let verdict = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &HeaderMap::new(),
+            body,
+            None,
+            Duration::from_secs(30),
+            1_000_000,
+        );
+        assert_eq!(
+            verdict,
+            Verdict::RateLimited {
+                until_ms: 1_031_500,
+                family: None,
+                reason: "retry info"
+            }
+        );
+        assert_eq!(google_retry_delay(b"{}"), None);
     }
 }

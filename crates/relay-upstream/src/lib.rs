@@ -7,7 +7,7 @@
 //! - [`attempt`]: send a prepared request, wait for the first body byte, say what failed;
 //! - [`health`]: what an upstream's answer means for the account (pure);
 //! - [`oauth`]: subscription accounts' sign-in and token refresh (Claude and ChatGPT);
-//!   [`claude_oauth`] and [`chatgpt`] what is each provider's own;
+//!   [`claude_oauth`], [`chatgpt`] and [`code_assist`] what is each provider's own;
 //! - [`windows`]: a subscription's usage windows as its responses report them;
 //! - [`transport`], [`proxy`], [`egress`], [`net`]: the pooled client, outbound proxies and the
 //!   guard that keeps operator-configured URLs off internal networks;
@@ -20,6 +20,7 @@ pub mod adapter;
 pub mod attempt;
 pub mod chatgpt;
 pub mod claude_oauth;
+pub mod code_assist;
 pub mod egress;
 pub mod health;
 pub mod net;

@@ -29,6 +29,9 @@ pub enum Provider {
     Claude,
     /// OpenAI, for ChatGPT subscriptions (`codex` accounts), as `codex login` does.
     ChatGpt,
+    /// Google, for Gemini Code Assist (`gemini-oauth` accounts), as Gemini CLI's "Login with
+    /// Google" does.
+    Google,
 }
 
 impl Provider {
@@ -37,6 +40,7 @@ impl Provider {
         match self {
             Self::Claude => Platform::ClaudeOauth,
             Self::ChatGpt => Platform::Codex,
+            Self::Google => Platform::GeminiOauth,
         }
     }
 
@@ -44,6 +48,7 @@ impl Provider {
         match platform {
             Platform::ClaudeOauth => Some(Self::Claude),
             Platform::Codex => Some(Self::ChatGpt),
+            Platform::GeminiOauth => Some(Self::Google),
             _ => None,
         }
     }
@@ -58,6 +63,8 @@ pub struct OAuthSettings {
     pub client_id: String,
     pub redirect_uri: String,
     pub scopes: String,
+    /// An installed application's client secret (Google's; public by design, as in Gemini CLI).
+    pub client_secret: Option<String>,
 }
 
 impl OAuthSettings {
@@ -70,6 +77,7 @@ impl OAuthSettings {
             client_id: "9d1c250a-e61b-44d9-88ed-5944d1962f5e".into(),
             redirect_uri: "https://console.anthropic.com/oauth/code/callback".into(),
             scopes: "org:create_api_key user:profile user:inference".into(),
+            client_secret: None,
         }
     }
 
@@ -83,6 +91,22 @@ impl OAuthSettings {
             client_id: "app_EMoamEEZ73f0CkXaXp7hrann".into(),
             redirect_uri: "http://localhost:1455/auth/callback".into(),
             scopes: "openid profile email offline_access".into(),
+            client_secret: None,
+        }
+    }
+
+    /// Google's endpoints and Gemini CLI's installed-application client, with the redirect its
+    /// no-browser sign-in uses (the page shows the code to paste).
+    pub fn google() -> Self {
+        Self {
+            provider: Provider::Google,
+            authorize_url: "https://accounts.google.com/o/oauth2/v2/auth".into(),
+            token_url: "https://oauth2.googleapis.com/token".into(),
+            client_id: "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com"
+                .into(),
+            redirect_uri: "https://codeassist.google.com/authcode".into(),
+            scopes: "https://www.googleapis.com/auth/cloud-platform https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile".into(),
+            client_secret: Some("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".into()),
         }
     }
 }
@@ -92,6 +116,7 @@ impl OAuthSettings {
 pub struct OAuthProviders {
     pub claude: OAuthSettings,
     pub chatgpt: OAuthSettings,
+    pub google: OAuthSettings,
 }
 
 impl Default for OAuthProviders {
@@ -99,6 +124,7 @@ impl Default for OAuthProviders {
         Self {
             claude: OAuthSettings::claude(),
             chatgpt: OAuthSettings::chatgpt(),
+            google: OAuthSettings::google(),
         }
     }
 }
@@ -108,6 +134,7 @@ impl OAuthProviders {
         match provider {
             Provider::Claude => &self.claude,
             Provider::ChatGpt => &self.chatgpt,
+            Provider::Google => &self.google,
         }
     }
 }
@@ -214,6 +241,11 @@ pub fn authorize_url(settings: &OAuthSettings, pkce: &Pkce) -> String {
                 ("codex_cli_simplified_flow", "true"),
                 ("originator", "codex_cli_rs"),
             ])
+            .collect(),
+        // A refresh token only comes with offline access, and again only with consent.
+        Provider::Google => common
+            .into_iter()
+            .chain([("access_type", "offline"), ("prompt", "consent")])
             .collect(),
     };
     format!("{}?{}", settings.authorize_url, form(&parameters))
@@ -374,13 +406,19 @@ pub async fn exchange_code(
             "redirect_uri": settings.redirect_uri,
             "code_verifier": pkce_verifier,
         })),
-        Provider::ChatGpt => Encoding::Form(form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", &settings.redirect_uri),
-            ("client_id", &settings.client_id),
-            ("code_verifier", pkce_verifier),
-        ])),
+        Provider::ChatGpt | Provider::Google => {
+            let mut fields = vec![
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", settings.redirect_uri.as_str()),
+                ("client_id", settings.client_id.as_str()),
+                ("code_verifier", pkce_verifier),
+            ];
+            if let Some(secret) = &settings.client_secret {
+                fields.push(("client_secret", secret));
+            }
+            Encoding::Form(form(&fields))
+        }
     };
     token_request(client, settings, body, now_ms).await
 }
@@ -396,11 +434,20 @@ pub async fn refresh(
     let Some(refresh_token) = current.refresh_token.as_deref() else {
         return Ok(current.clone());
     };
-    let body = Encoding::Json(serde_json::json!({
-        "grant_type": "refresh_token",
-        "refresh_token": refresh_token,
-        "client_id": settings.client_id,
-    }));
+    let body = match (&settings.client_secret, settings.provider) {
+        // Google's token endpoint takes a form with the client's secret.
+        (Some(secret), _) => Encoding::Form(form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", &settings.client_id),
+            ("client_secret", secret),
+        ])),
+        (None, _) => Encoding::Json(serde_json::json!({
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": settings.client_id,
+        })),
+    };
     let mut tokens = token_request(client, settings, body, now_ms).await?.tokens;
     if tokens.refresh_token.is_none() {
         tokens.refresh_token = Some(refresh_token.to_owned());

@@ -26,10 +26,13 @@ pub enum Platform {
     /// The Gemini API with an API key (`x-goog-api-key`); the base URL is the host, the relay
     /// appends `/v1beta/models/{model}:{method}`.
     Gemini,
+    /// A Google account signed in as Gemini CLI's "Login with Google" does, served by Gemini
+    /// Code Assist (`/v1internal:{method}`, the Gemini API in an envelope naming the project).
+    GeminiOauth,
 }
 
 impl Platform {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Anthropic,
         Self::ClaudeOauth,
         Self::OpenAi,
@@ -37,6 +40,7 @@ impl Platform {
         Self::AzureOpenAi,
         Self::Codex,
         Self::Gemini,
+        Self::GeminiOauth,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Platform {
             Self::AzureOpenAi => "azure-openai",
             Self::Codex => "codex",
             Self::Gemini => "gemini",
+            Self::GeminiOauth => "gemini-oauth",
         }
     }
 
@@ -66,6 +71,7 @@ impl Platform {
             // The relay appends `/responses`, as for a Responses account.
             Self::Codex => "https://chatgpt.com/backend-api/codex",
             Self::Gemini => "https://generativelanguage.googleapis.com",
+            Self::GeminiOauth => "https://cloudcode-pa.googleapis.com",
         }
     }
 
@@ -76,7 +82,7 @@ impl Platform {
             Self::OpenAi => Dialect::OpenAiChat,
             Self::OpenAiResponses | Self::Codex => Dialect::OpenAiResponses,
             Self::AzureOpenAi => Dialect::OpenAiChat,
-            Self::Gemini => Dialect::Gemini,
+            Self::Gemini | Self::GeminiOauth => Dialect::Gemini,
         }
     }
 
@@ -91,7 +97,7 @@ impl Platform {
 
     /// Whether the account signs in with OAuth (tokens the relay refreshes) rather than a key.
     pub fn is_subscription(self) -> bool {
-        matches!(self, Self::ClaudeOauth | Self::Codex)
+        matches!(self, Self::ClaudeOauth | Self::Codex | Self::GeminiOauth)
     }
 
     /// A cheap model to test an account with when it names none.
@@ -102,7 +108,7 @@ impl Platform {
             Self::OpenAiResponses => "gpt-5-mini",
             Self::AzureOpenAi => "gpt-4o-mini",
             Self::Codex => "gpt-5-codex",
-            Self::Gemini => "gemini-2.5-flash",
+            Self::Gemini | Self::GeminiOauth => "gemini-2.5-flash",
         }
     }
 
@@ -116,7 +122,7 @@ impl Platform {
             Self::OpenAi => &[],
             Self::OpenAiResponses | Self::AzureOpenAi => &["gpt-*", "o1*", "o3*", "o4*", "codex-*"],
             Self::Codex => &["gpt-*", "codex-*"],
-            Self::Gemini => &["gemini-*"],
+            Self::Gemini | Self::GeminiOauth => &["gemini-*"],
         }
     }
 }

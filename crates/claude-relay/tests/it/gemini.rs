@@ -378,3 +378,73 @@ async fn claude_code_runs_a_tool_on_a_gemini_account_and_usage_matches() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_cli_runs_on_a_google_account_imported_from_its_credentials() {
+    let Some(binary) = client("npm/node_modules/.bin/gemini") else {
+        return;
+    };
+    let code_assist = relay_testkit::code_assist::MockCodeAssist::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let creds = dir.path().join("oauth_creds.json");
+    std::fs::write(&creds, code_assist.oauth_creds()).unwrap();
+    let creds = creds.to_string_lossy().into_owned();
+    let base_url = code_assist.url();
+    // Gemini CLI's own "Login with Google", imported; the relay finds the account's project.
+    cli(
+        &data_dir,
+        &[
+            "account",
+            "add",
+            "--platform",
+            "gemini-oauth",
+            "--name",
+            "google",
+            "--oauth-creds",
+            &creds,
+            "--base-url",
+            &base_url,
+        ],
+    );
+    let listed = cli(&data_dir, &["account", "list", "--json"]);
+    assert!(
+        listed.contains("gemini-oauth") && !listed.contains("1//mock-refresh"),
+        "{listed}"
+    );
+    let key = create_key(&data_dir, "gemini");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("TOOLRESULT-go1.txt"), "TOOLRESULT-go1").unwrap();
+    let output = gemini(
+        &binary,
+        &home,
+        &relay.url,
+        &key,
+        "USE_TOOL:Bash NONCE-go1",
+        Some("gemini-2.5-flash"),
+    )
+    .await;
+    assert!(output.status.success(), "{}", described(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("TOOL_DONE:") && stdout.contains("TOOLRESULT-go1"),
+        "{}",
+        described(&output)
+    );
+    let turns = code_assist.requests();
+    assert!(turns.len() >= 2);
+    assert!(turns
+        .iter()
+        .all(|turn| turn.body["project"] == relay_testkit::code_assist::PROJECT));
+    let output_tokens: u64 = turns
+        .iter()
+        .map(|turn| {
+            expected_gemini_usage("gemini-2.5-flash", &turn.body["request"]).candidates_tokens
+        })
+        .sum();
+    let usage = usage_when(&data_dir, Some("gemini"), turns.len() as i64).await;
+    assert_eq!(usage["requests"], turns.len());
+    assert_eq!(usage["output_tokens"], output_tokens);
+}

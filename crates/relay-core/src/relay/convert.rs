@@ -35,11 +35,32 @@ pub(super) fn upstream_body(
     settings: &RelaySettings,
 ) -> Result<Bytes, RelayError> {
     let body = body_in_dialect(request, account, settings)?;
-    if account.platform != relay_upstream::Platform::Codex {
-        return Ok(body);
+    match account.platform {
+        relay_upstream::Platform::Codex => {
+            let compact = request.endpoint == super::Endpoint::ResponsesCompact;
+            Ok(relay_upstream::chatgpt::backend_body(&body, compact).map_or(body, Bytes::from))
+        }
+        // Code Assist takes the Gemini request in an envelope naming the model and the
+        // account's project.
+        relay_upstream::Platform::GeminiOauth => {
+            let project = match &account.credential {
+                crate::accounts::Credential::Subscription(session) => {
+                    session.tokens().account_id.unwrap_or_default()
+                }
+                crate::accounts::Credential::ApiKey(_) => String::new(),
+            };
+            let model = account
+                .settings
+                .map_model(&request.model)
+                .unwrap_or(&request.model);
+            let count = request.endpoint.counts_tokens();
+            Ok(
+                relay_upstream::code_assist::wrap(&body, model, &project, count)
+                    .map_or(body, Bytes::from),
+            )
+        }
+        _ => Ok(body),
     }
-    let compact = request.endpoint == super::Endpoint::ResponsesCompact;
-    Ok(relay_upstream::chatgpt::backend_body(&body, compact).map_or(body, Bytes::from))
 }
 
 fn body_in_dialect(
@@ -439,14 +460,19 @@ impl Reframe {
     }
 }
 
-/// How the answer to `request` from an upstream speaking `upstream` is re-framed for the client.
+/// How the answer to `request` from an upstream speaking `upstream` is re-framed for the client;
+/// `envelope`: the upstream is Code Assist, whose Gemini answers come in an envelope.
 pub(super) fn reframe(
     request: &RelayRequest,
     upstream: Dialect,
     is_sse: bool,
     status: StatusCode,
+    envelope: bool,
 ) -> Reframe {
     let client = request.endpoint.dialect();
+    if envelope && status.is_success() {
+        return code_assist_reframe(request, is_sse);
+    }
     // An upstream that streams what the client asked for whole (the ChatGPT backend streams
     // everything): the stream's response, assembled at its end, in the client's dialect.
     if upstream == Dialect::OpenAiResponses && is_sse && !request.stream && status.is_success() {
@@ -611,6 +637,37 @@ pub(super) fn reframe(
         }
         // Pairs without a conversion are never scheduled (`schedule::bridges`).
         _ => Reframe::Passthrough,
+    }
+}
+
+/// A Code Assist answer out of its envelope, then in the client's dialect.
+fn code_assist_reframe(request: &RelayRequest, is_sse: bool) -> Reframe {
+    use relay_protocol::convert::Chain;
+    use relay_upstream::code_assist::Unwrap;
+    let client = request.endpoint.dialect();
+    let status = StatusCode::OK;
+    match (client, is_sse) {
+        (Dialect::Gemini, true) => Reframe::Stream(Box::new(Unwrap::new(gemini_sse(request)))),
+        (Dialect::Gemini, false) => whole(client, status, |_, body| {
+            relay_upstream::code_assist::unwrap(body)
+        }),
+        (Dialect::AnthropicMessages, true) => Reframe::Stream(Box::new(Chain::new(
+            Unwrap::new(true),
+            gemini_to_anthropic::StreamTranslator::new(),
+        ))),
+        (Dialect::AnthropicMessages, false) => whole(client, status, |status, body| {
+            gemini_response_for_anthropic(status, &relay_upstream::code_assist::unwrap(body))
+        }),
+        (_, true) => Reframe::Stream(Box::new(Chain::new(
+            Chain::new(
+                Unwrap::new(true),
+                gemini_to_anthropic::StreamTranslator::new(),
+            ),
+            to_openai_chat::StreamTranslator::new(request.include_usage),
+        ))),
+        (_, false) => whole(client, status, |status, body| {
+            gemini_response_for_chat(status, &relay_upstream::code_assist::unwrap(body))
+        }),
     }
 }
 

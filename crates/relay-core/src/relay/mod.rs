@@ -983,6 +983,10 @@ impl Relay {
                         account_id: tokens.account_id.as_deref(),
                     }
                 }
+                (Credential::Subscription(session), Platform::GeminiOauth) => {
+                    tokens = self.access_token(account, session, false).await?;
+                    UpstreamAuth::Bearer(&tokens.access_token)
+                }
                 (Credential::Subscription(session), _) => {
                     tokens = self.access_token(account, session, false).await?;
                     UpstreamAuth::Subscription(&tokens.access_token)
@@ -1157,7 +1161,13 @@ impl Relay {
             .get(http::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with("text/event-stream"));
-        let reframe = convert::reframe(request, upstream_dialect, is_sse, started.status);
+        let reframe = convert::reframe(
+            request,
+            upstream_dialect,
+            is_sse,
+            started.status,
+            account.platform == Platform::GeminiOauth,
+        );
         // A Gemini client reads a stream as SSE only when it asked (`?alt=sse`), else as one
         // JSON array.
         let client_sse = is_sse

@@ -531,6 +531,8 @@ struct AddAccountBody {
     api_key: String,
     /// A `codex` account's sign-in: Codex's `auth.json`, as an object or as its text.
     auth_json: Option<Value>,
+    /// A `gemini-oauth` account's sign-in: Gemini CLI's `oauth_creds.json`, likewise.
+    oauth_creds: Option<Value>,
     base_url: Option<String>,
     #[serde(default = "default_priority")]
     priority: i64,
@@ -559,10 +561,13 @@ async fn add_account(State(state): State<AppState>, request: Request) -> ApiResu
             priority: body.priority,
             settings,
             proxy: body.proxy,
-            auth_json: body.auth_json.map(|value| match value {
-                Value::String(text) => text,
-                other => other.to_string(),
-            }),
+            auth_json: body
+                .auth_json
+                .or(body.oauth_creds)
+                .map(|value| match value {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                }),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(account_json(&row, None))).into_response())

@@ -15,7 +15,7 @@ use crate::responses::{codex_body, event_payloads};
 /// Signs a ChatGPT account in through the admin flow against the mock: the operator opens the
 /// URL, and pastes the address the browser was sent to.
 async fn sign_in(harness: &Harness, name: &str, priority: i64) {
-    let settings = oauth_settings(&harness.mock, &harness.chatgpt);
+    let settings = oauth_settings(&harness.mock, &harness.chatgpt, &harness.code_assist);
     let url = harness
         .admin
         .start_oauth(name, "codex", &settings)

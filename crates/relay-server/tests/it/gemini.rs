@@ -21,6 +21,11 @@ fn gemini_body(prompt: &str) -> Value {
     })
 }
 
+/// The body of the answer to `request`, as text.
+async fn text_of(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}
+
 /// The JSON body of the answer to `request`.
 async fn json_of(request: reqwest::RequestBuilder) -> Value {
     request.send().await.unwrap().json().await.unwrap()
@@ -58,19 +63,16 @@ async fn gemini_requests_pass_through_in_every_form_with_exact_usage() {
     assert_eq!(call["args"]["absolute_path"], "TOOLRESULT-gm1.txt");
 
     // Streamed as SSE, the key in `?key=` as google-genai may send it: never forwarded.
-    let text = harness
-        .client
-        .post(format!(
-            "{}/v1beta/models/{MODEL}:streamGenerateContent?alt=sse&key={}",
-            harness.url, harness.key
-        ))
-        .json(&gemini_body("hello"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(
+        harness
+            .client
+            .post(format!(
+                "{}/v1beta/models/{MODEL}:streamGenerateContent?alt=sse&key={}",
+                harness.url, harness.key
+            ))
+            .json(&gemini_body("hello")),
+    )
+    .await;
     let chunks: Vec<Value> = text
         .lines()
         .filter_map(|line| line.strip_prefix("data: "))
@@ -234,17 +236,12 @@ async fn a_gemini_client_is_served_by_an_anthropic_account_through_conversion() 
 
     // Streamed as SSE: Anthropic's events become Gemini chunks, the last with the finish
     // reason and the usage.
-    let text = post(
+    let text = text_of(post(
         &harness,
         &format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"),
         &gemini_body("hello"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    ))
+    .await;
     let chunks = sse_chunks(&text);
     assert_eq!(said(&chunks), format!("MOCK_OK from {MODEL}."), "{text}");
     let last = chunks.last().unwrap();
@@ -308,14 +305,7 @@ async fn anthropic_and_chat_clients_are_served_by_a_gemini_account_through_conve
     messages["model"] = json!(MODEL);
     messages["tools"] = json!([{"name": "Bash", "description": "Runs a command",
         "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}]);
-    let text = harness
-        .post("/v1/messages", messages.clone())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(harness.post("/v1/messages", messages.clone())).await;
     assert!(text.contains("\"type\":\"tool_use\""), "{text}");
     assert!(text.contains("echo TOOLRESULT-ag1"), "{text}");
     assert!(text.contains("\"stop_reason\":\"tool_use\""), "{text}");
@@ -412,4 +402,172 @@ async fn a_key_over_its_rate_gets_geminis_429_with_retry_info() {
     );
     let delay = error["error"]["details"][0]["retryDelay"].as_str().unwrap();
     assert!(delay.ends_with('s') && delay.trim_end_matches('s').parse::<u64>().unwrap() > 0);
+}
+
+/// Signs a Google account in through the admin flow against the mock: the consent page shows
+/// the code, the relay finds (here: sets up) the account's Code Assist project.
+async fn google_sign_in(harness: &Harness, name: &str) {
+    let settings =
+        crate::harness::oauth_settings(&harness.mock, &harness.chatgpt, &harness.code_assist);
+    let url = harness
+        .admin
+        .start_oauth(name, "gemini-oauth", &settings)
+        .await
+        .unwrap();
+    assert!(
+        url.starts_with("https://accounts.google.com/o/oauth2/v2/auth?"),
+        "{url}"
+    );
+    assert!(
+        url.contains("access_type=offline") && url.contains("code_challenge="),
+        "{url}"
+    );
+    harness
+        .admin
+        .finish_oauth(
+            name,
+            relay_testkit::code_assist::AUTH_CODE,
+            &settings,
+            Some(harness.code_assist.url()),
+            1,
+        )
+        .await
+        .unwrap();
+    harness.snapshots.reload().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_google_account_is_served_by_code_assist_in_every_form() {
+    let harness = Harness::start(vec![]).await;
+    google_sign_in(&harness, "google").await;
+    assert_eq!(
+        harness.admin.list_accounts().await.unwrap()[0].platform,
+        "gemini-oauth"
+    );
+    // Whole, SSE and the JSON array for a Gemini client; the envelope never shows.
+    let whole: Value = json_of(post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:generateContent"),
+        &gemini_body("hello"),
+    ))
+    .await;
+    assert_eq!(
+        whole["candidates"][0]["content"]["parts"][0]["text"],
+        format!("MOCK_OK from {MODEL}."),
+        "{whole}"
+    );
+    let text = text_of(post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"),
+        &gemini_body("again"),
+    ))
+    .await;
+    assert_eq!(
+        said(&sse_chunks(&text)),
+        format!("MOCK_OK from {MODEL}."),
+        "{text}"
+    );
+    let array: Value = json_of(post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:streamGenerateContent"),
+        &gemini_body("third"),
+    ))
+    .await;
+    assert_eq!(
+        said(array.as_array().unwrap()),
+        format!("MOCK_OK from {MODEL}.")
+    );
+    // Claude Code's shape, streamed, through conversion.
+    let mut messages = crate::harness::messages_body(true, "hi");
+    messages["model"] = json!(MODEL);
+    let text = text_of(harness.post("/v1/messages", messages)).await;
+    assert!(
+        text.contains("\"text\":\"MOCK_OK \"") && text.contains("event: message_stop"),
+        "{text}"
+    );
+
+    let sent = harness.code_assist.requests();
+    assert_eq!(sent.len(), 4);
+    assert!(sent.iter().all(|request| request.body["project"]
+        == relay_testkit::code_assist::PROJECT
+        && request.body["model"] == MODEL
+        && request.body["request"]["contents"].is_array()));
+    assert_eq!(sent[0].path, "/v1internal:generateContent");
+    assert!(sent[1..].iter().all(
+        |request| request.path == "/v1internal:streamGenerateContent"
+            && request.query.as_deref() == Some("alt=sse")
+    ));
+    let expected: Vec<_> = sent
+        .iter()
+        .map(|request| expected_gemini_usage(MODEL, &request.body["request"]))
+        .collect();
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 4);
+    for (record, expected) in records.iter().zip(&expected) {
+        assert_eq!(record.platform, "gemini-oauth");
+        assert_eq!(record.outcome, "ok", "{record:?}");
+        assert_eq!(record.usage.input_tokens, expected.prompt_tokens);
+        assert_eq!(record.usage.output_tokens, expected.candidates_tokens);
+    }
+}
+
+#[tokio::test]
+async fn a_google_token_is_refreshed_once_for_many_requests_and_gemini_cli_credentials_import() {
+    let harness = Harness::start(vec![]).await;
+    harness
+        .code_assist
+        .set_token_behavior(60, std::time::Duration::from_millis(200));
+    google_sign_in(&harness, "google").await;
+    harness
+        .code_assist
+        .set_token_behavior(3600, std::time::Duration::from_millis(200));
+    let harness_ref = &harness;
+    let statuses = futures_util::future::join_all((0..20).map(|n| async move {
+        post(
+            harness_ref,
+            &format!("/v1beta/models/{MODEL}:generateContent"),
+            &gemini_body(&format!("burst {n}")),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+    }))
+    .await;
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    assert_eq!(harness.code_assist.refresh_count(), 1);
+    let tokens: std::collections::HashSet<String> = harness
+        .code_assist
+        .requests()
+        .iter()
+        .map(|request| request.api_key.clone())
+        .collect();
+    assert_eq!(tokens.len(), 1, "every request waits for the new token");
+
+    // Gemini CLI's own sign-in, imported: the project is found for it too.
+    let creds = harness.code_assist.oauth_creds();
+    harness
+        .admin
+        .add_account(relay_core::admin::NewAccountInput {
+            platform: "gemini-oauth".into(),
+            name: "laptop".into(),
+            base_url: Some(harness.code_assist.url()),
+            priority: 5,
+            auth_json: Some(creds),
+            ..relay_core::admin::NewAccountInput::default()
+        })
+        .await
+        .unwrap();
+    let refused = harness
+        .admin
+        .add_account(relay_core::admin::NewAccountInput {
+            platform: "gemini-oauth".into(),
+            name: "nokey".into(),
+            api_key: "AIza-not-a-sign-in".into(),
+            ..relay_core::admin::NewAccountInput::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("--oauth-creds"), "{refused}");
 }

@@ -10,6 +10,7 @@ use relay_core::{Relay, RelaySettings};
 use relay_server::{router, serve, AppState, ServerSettings};
 use relay_store::{Store, UsageFilter, UsageRecord, UsageWriterHandle};
 use relay_testkit::chatgpt::MockChatGpt;
+use relay_testkit::code_assist::MockCodeAssist;
 use relay_testkit::gemini::MockGemini;
 use relay_testkit::openai::MockOpenAi;
 use relay_testkit::MockUpstream;
@@ -30,6 +31,8 @@ pub struct Harness {
     pub chatgpt: MockChatGpt,
     /// The Gemini API, for `gemini_account`s.
     pub gemini: MockGemini,
+    /// Google's sign-in and Gemini Code Assist, for `gemini-oauth` accounts.
+    pub code_assist: MockCodeAssist,
     pub relay: Arc<Relay>,
     pub snapshots: Arc<SnapshotStore>,
     pub client: reqwest::Client,
@@ -116,7 +119,8 @@ impl Harness {
         let openai = MockOpenAi::start().await;
         let chatgpt = MockChatGpt::start().await;
         let gemini = MockGemini::start().await;
-        relay_settings.oauth = oauth_settings(&mock, &chatgpt);
+        let code_assist = MockCodeAssist::start().await;
+        relay_settings.oauth = oauth_settings(&mock, &chatgpt, &code_assist);
         // The mocks listen on loopback: allowed explicitly, as an operator would.
         let egress = loopback_egress();
         relay_settings.egress = egress.clone();
@@ -191,6 +195,7 @@ impl Harness {
             openai,
             chatgpt,
             gemini,
+            code_assist,
             relay,
             snapshots: snapshot_handle,
             client: reqwest::Client::new(),
@@ -282,6 +287,7 @@ pub fn loopback_egress() -> relay_core::egress::EgressGuard {
 pub fn oauth_settings(
     mock: &MockUpstream,
     chatgpt: &MockChatGpt,
+    code_assist: &MockCodeAssist,
 ) -> relay_core::oauth::OAuthProviders {
     relay_core::oauth::OAuthProviders {
         claude: relay_core::oauth::OAuthSettings {
@@ -291,6 +297,10 @@ pub fn oauth_settings(
         chatgpt: relay_core::oauth::OAuthSettings {
             token_url: chatgpt.token_url(),
             ..relay_core::oauth::OAuthSettings::chatgpt()
+        },
+        google: relay_core::oauth::OAuthSettings {
+            token_url: code_assist.token_url(),
+            ..relay_core::oauth::OAuthSettings::google()
         },
     }
 }

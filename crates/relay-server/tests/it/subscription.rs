@@ -10,7 +10,7 @@ use crate::harness::{account, oauth_settings, Harness};
 
 /// Signs a subscription account in through the admin flow against the mock.
 async fn sign_in(harness: &Harness, name: &str, priority: i64) {
-    let settings = oauth_settings(&harness.mock, &harness.chatgpt);
+    let settings = oauth_settings(&harness.mock, &harness.chatgpt, &harness.code_assist);
     let url = harness
         .admin
         .start_oauth(name, "claude-oauth", &settings)
@@ -59,7 +59,7 @@ fn tokens_used(mock: &MockUpstream) -> Vec<String> {
 async fn a_signed_in_subscription_sends_bearer_tokens_with_the_oauth_beta() {
     let harness = Harness::start(vec![]).await;
     // A wrong state is refused before any exchange.
-    let settings = oauth_settings(&harness.mock, &harness.chatgpt);
+    let settings = oauth_settings(&harness.mock, &harness.chatgpt, &harness.code_assist);
     harness
         .admin
         .start_oauth("max", "claude-oauth", &settings)
