@@ -331,7 +331,8 @@ pub fn expected_usage(body: &Value) -> MockUsage {
 enum Reply {
     Text(String),
     /// A tool call: `Bash` with `{command, description}`, or Codex's `exec_command` with
-    /// `{cmd}` when the request offers that tool.
+    /// `{cmd}` when the request offers that tool, or Gemini CLI's `read_file` of
+    /// `TOOLRESULT-<nonce>.txt` when it offers that one.
     ToolUse {
         id: String,
         command: String,
@@ -410,11 +411,23 @@ fn reply_for(body: &Value) -> Reply {
     }
     if let Some(nonce) = tool_nonce(&text) {
         let command = format!("echo TOOLRESULT-{nonce}");
-        let codex = body["tools"]
-            .as_array()
-            .is_some_and(|tools| tools.iter().any(|tool| tool["name"] == "exec_command"));
-        let (name, input) = if codex {
+        let offered = |name: &str| {
+            body["tools"]
+                .as_array()
+                .and_then(|tools| tools.iter().find(|tool| tool["name"] == name))
+        };
+        let (name, input) = if offered("exec_command").is_some() {
             ("exec_command", json!({"cmd": command}))
+        } else if let Some(read_file) = offered("read_file") {
+            // Gemini CLI (through conversion) offers no shell: it reads the nonce's file.
+            let parameter = read_file["input_schema"]["properties"]
+                .as_object()
+                .and_then(|properties| properties.keys().next().cloned())
+                .unwrap_or_else(|| "file_path".to_owned());
+            (
+                "read_file",
+                json!({ parameter: format!("TOOLRESULT-{nonce}.txt") }),
+            )
         } else {
             (
                 "Bash",

@@ -299,6 +299,24 @@ async fn gemini_cli_runs_on_an_anthropic_account_through_conversion() {
         "{}",
         described(&output)
     );
+    // A tool round trip on Claude: the CLI reads the file Claude asks for and sends it back.
+    std::fs::write(home.join("TOOLRESULT-gc2.txt"), "TOOLRESULT-gc2").unwrap();
+    let output = gemini(
+        &binary,
+        &home,
+        &relay.url,
+        &key,
+        "USE_TOOL:Bash NONCE-gc2",
+        Some("gemini-2.5-flash"),
+    )
+    .await;
+    assert!(output.status.success(), "{}", described(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("TOOL_DONE:") && stdout.contains("TOOLRESULT-gc2"),
+        "{}",
+        described(&output)
+    );
     let requests: Vec<_> = anthropic
         .requests()
         .into_iter()

@@ -271,7 +271,8 @@ async fn a_gemini_client_is_served_by_an_anthropic_account_through_conversion() 
     ))
     .await;
     let call = &whole["candidates"][0]["content"]["parts"][0]["functionCall"];
-    assert_eq!(call["name"], "Bash", "{whole}");
+    assert_eq!(call["name"], "read_file", "{whole}");
+    assert_eq!(call["args"]["absolute_path"], "TOOLRESULT-ga1.txt");
 
     // An Anthropic 429 reaches the Gemini client in Gemini's shape.
     harness
@@ -570,4 +571,47 @@ async fn a_google_token_is_refreshed_once_for_many_requests_and_gemini_cli_crede
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("--oauth-creds"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_gemini_client_is_served_by_an_openai_compatible_account_through_conversion() {
+    let harness = Harness::start(vec![crate::harness::openai_account(
+        "deepseek",
+        "sk-ds",
+        1,
+        &["gemini-*"],
+    )])
+    .await;
+    let text = text_of(post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"),
+        &gemini_body("hello"),
+    ))
+    .await;
+    let chunks = sse_chunks(&text);
+    assert_eq!(said(&chunks), format!("MOCK_OK from {MODEL}."), "{text}");
+    assert_eq!(
+        chunks.last().unwrap()["candidates"][0]["finishReason"],
+        "STOP"
+    );
+    let whole: Value = json_of(post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:generateContent"),
+        &gemini_body("USE_TOOL:Bash NONCE-go2"),
+    ))
+    .await;
+    assert_eq!(
+        whole["candidates"][0]["content"]["parts"][0]["functionCall"]["name"], "Bash",
+        "{whole}"
+    );
+    let sent = harness.openai.requests();
+    assert_eq!(sent[0].path, "/v1/chat/completions");
+    assert_eq!(sent[0].body["stream"], true);
+    assert_eq!(sent[0].body["messages"][0]["role"], "system");
+    assert_eq!(sent[1].body["tools"][0]["function"]["name"], "read_file");
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|record| record.outcome == "ok"
+        && record.platform == "openai"
+        && record.usage.output_tokens > 0));
 }
