@@ -615,3 +615,46 @@ async fn a_gemini_client_is_served_by_an_openai_compatible_account_through_conve
         && record.platform == "openai"
         && record.usage.output_tokens > 0));
 }
+
+#[tokio::test]
+async fn a_code_assist_quota_error_cools_the_google_account_for_the_delay_it_names() {
+    let harness = Harness::start(vec![gemini_account("gemini", "AIza-upstream", 2)]).await;
+    google_sign_in(&harness, "google").await;
+    let token = harness.code_assist.requests().first().map_or_else(
+        || "ya29.mock-1".to_owned(),
+        |request| request.api_key.clone(),
+    );
+    harness.code_assist.script(
+        &token,
+        [relay_testkit::Behavior::Status {
+            status: 429,
+            headers: Vec::new(),
+            body: json!({"error": {"code": 429, "message": "Quota exceeded for quota metric 'Gemini 2.5 Flash Requests'",
+                "status": "RESOURCE_EXHAUSTED", "details": [
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "90s"}]}})
+            .to_string(),
+        }],
+    );
+    let before = relay_core::clock::now_ms();
+    // Served by the API-key account meanwhile; the Google account rests 90 s.
+    let whole: Value = json_of(post(
+        &harness,
+        &format!("/v1beta/models/{MODEL}:generateContent"),
+        &gemini_body("hi"),
+    ))
+    .await;
+    assert!(whole["candidates"].is_array(), "{whole}");
+    assert_eq!(harness.gemini.requests().len(), 1);
+    let status = harness
+        .relay
+        .account_statuses()
+        .into_iter()
+        .find(|status| status.name == "google")
+        .unwrap();
+    assert_eq!(status.state, "cooling");
+    let until = status.cooling_until_ms.unwrap();
+    assert!(
+        (before + 89_000..=relay_core::clock::now_ms() + 91_000).contains(&until),
+        "{until} vs {before}"
+    );
+}
