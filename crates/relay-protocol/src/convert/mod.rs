@@ -29,6 +29,13 @@ pub mod openai_responses;
 /// conversation later go to a real Anthropic upstream.
 pub const UNSIGNED_THINKING_SIGNATURE: &str = "relay-converted-unsigned";
 
+/// Whether a system text is Claude Code's billing marker (`x-anthropic-billing-header: …`):
+/// Anthropic's own accounting, which a converted request to another provider leaves behind
+/// (it names the client's version and varies per session).
+pub(crate) fn is_billing_marker(text: &str) -> bool {
+    text.trim_start().starts_with("x-anthropic-billing-header:")
+}
+
 /// The longest upstream error message carried into a converted error body.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
 

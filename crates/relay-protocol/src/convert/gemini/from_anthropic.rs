@@ -13,7 +13,8 @@
 //!
 //! Dropped on purpose: thinking blocks a client sends back (Gemini takes no thoughts as input;
 //! Gemini 3 wants its own thought signatures on calls, and the documented placeholder is sent
-//! instead), server tools (`web_search_…` and the like, run by Anthropic only), `metadata`,
+//! instead), server tools (`web_search_…` and the like, run by Anthropic only), Claude Code's
+//! billing marker in `system` (`x-anthropic-billing-header: …`), `metadata`,
 //! `cache_control` (Gemini caches implicitly), `context_management`.
 //!
 //! A Gemini client streams as SSE (`?alt=sse`) or as one JSON array: the translator writes
@@ -136,7 +137,7 @@ pub fn request(body: &[u8], _options: &RequestOptions) -> Result<Vec<u8>, Conver
         Some(Value::Array(blocks)) => blocks
             .iter()
             .filter_map(|block| block["text"].as_str())
-            .filter(|text| !text.is_empty())
+            .filter(|text| !text.is_empty() && !crate::convert::is_billing_marker(text))
             .map(|text| json!({"text": text}))
             .collect(),
         _ => Vec::new(),

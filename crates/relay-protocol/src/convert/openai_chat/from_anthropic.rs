@@ -9,7 +9,8 @@
 //!
 //! Choices made where the dialects differ:
 //! - `system` (a string or text blocks) becomes one leading `system` message, blocks joined
-//!   with a blank line; a `system`-role message in the middle of `messages` (Claude Code's
+//!   with a blank line (Claude Code's billing marker, `x-anthropic-billing-header: …`, is
+//!   Anthropic's own accounting and stays behind); a `system`-role message in the middle of `messages` (Claude Code's
 //!   mid-conversation system beta) becomes a `system` message at the same place.
 //! - Text blocks of one assistant turn are concatenated (Anthropic splits text at citations);
 //!   `thinking` blocks become DeepSeek-style `reasoning_content` (signatures dropped;
@@ -159,6 +160,7 @@ fn text_of(value: &Value, what: &str) -> Result<String, ConvertError> {
                     block.get("type").and_then(Value::as_str),
                     block.get("text").and_then(Value::as_str),
                 ) {
+                    (Some("text"), Some(text)) if crate::convert::is_billing_marker(text) => {}
                     (Some("text"), Some(text)) => texts.push(text),
                     _ => {
                         return Err(ConvertError::new(format!(
