@@ -63,6 +63,7 @@ pub fn bridges(client: Dialect, upstream: Dialect) -> bool {
                 | (Gemini, OpenAiChat)
                 | (AnthropicMessages, Gemini)
                 | (OpenAiChat, Gemini)
+                | (OpenAiResponses, Gemini)
         )
 }
 

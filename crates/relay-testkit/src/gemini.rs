@@ -5,9 +5,9 @@
 //!
 //! Deterministic answers read from `contents`: a last turn holding a `functionResponse` gets
 //! `TOOL_DONE: <its output>`; `USE_TOOL:Bash NONCE-<nonce>` in the last user text gets a
-//! `functionCall` of the first tool declared (Gemini CLI's `read_file`, with its first parameter
-//! set to `TOOLRESULT-<nonce>.txt`), or of `Bash` with `{"command": "echo TOOLRESULT-<nonce>"}`
-//! when none is; a request in JSON mode (`responseMimeType: application/json`) a value of its
+//! `functionCall` of Codex's `exec_command` (`{"cmd": "echo TOOLRESULT-<nonce>"}`) when it is
+//! declared, else of Gemini CLI's `read_file` (its first parameter set to
+//! `TOOLRESULT-<nonce>.txt`), else of `Bash` with `{"command": "echo TOOLRESULT-<nonce>"}`; a request in JSON mode (`responseMimeType: application/json`) a value of its
 //! schema; anything else `MOCK_OK from <model>.`. Usage is a pure function of the request
 //! body: [`expected_gemini_usage`]. Faults are scripted per key with [`MockGemini::script`];
 //! [`Behavior::gemini_status`] builds Gemini-shaped errors.
@@ -199,18 +199,27 @@ pub(crate) fn reply_for(model: &str, body: &Value) -> Reply {
         .filter_map(|part| part["text"].as_str())
         .collect();
     if let Some(nonce) = tool_nonce(&prompt) {
-        let declared = body["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|tool| {
-                tool["functionDeclarations"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-            })
-            .find(|declaration| declaration["name"] == "read_file");
-        return match declared {
+        let declared = |name: &str| {
+            body["tools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|tool| {
+                    tool["functionDeclarations"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                })
+                .find(|declaration| declaration["name"] == name)
+        };
+        // Codex (through conversion) runs commands with `exec_command`.
+        if declared("exec_command").is_some() {
+            return Reply::Call {
+                name: "exec_command".into(),
+                args: json!({"cmd": format!("echo TOOLRESULT-{nonce}")}),
+            };
+        }
+        return match declared("read_file") {
             Some(declaration) => {
                 let schema = declaration
                     .get("parametersJsonSchema")

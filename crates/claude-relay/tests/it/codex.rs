@@ -734,3 +734,54 @@ async fn codex_and_chat_clients_are_served_by_an_azure_openai_deployment() {
     let usage = usage_when(&data_dir, Some("azure"), 4).await;
     assert_eq!(usage["requests"], 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_runs_on_a_gemini_account_through_conversion() {
+    let Some(binary) = client("npm/node_modules/.bin/codex") else {
+        return;
+    };
+    let gemini = relay_testkit::gemini::MockGemini::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // Codex's model mapped onto Gemini: one relay key, Codex on a Gemini account.
+    cli(
+        &data_dir,
+        &account_args(
+            "gemini",
+            "gemini",
+            "AIza-codex",
+            &gemini.url(),
+            &["--map-model", "gpt-5-codex=gemini-2.5-flash"],
+        ),
+    );
+    let key = create_key(&data_dir, "codex");
+    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    hello_then_tool(
+        &binary,
+        dir.path(),
+        &relay,
+        &key,
+        "MOCK_OK from gemini-2.5-flash.",
+        "gm3",
+    )
+    .await;
+    let turns: Vec<_> = gemini
+        .requests()
+        .into_iter()
+        .filter(|request| request.path.ends_with(":streamGenerateContent"))
+        .collect();
+    assert_eq!(turns.len(), 3, "one turn, then a tool call and its result");
+    assert!(turns
+        .iter()
+        .all(|turn| turn.api_key == "AIza-codex" && turn.path.contains("gemini-2.5-flash")));
+    let expected: u64 = turns
+        .iter()
+        .map(|turn| {
+            relay_testkit::gemini::expected_gemini_usage("gemini-2.5-flash", &turn.body)
+                .candidates_tokens
+        })
+        .sum();
+    let usage = usage_when(&data_dir, Some("codex"), 3).await;
+    assert_eq!(usage["requests"], 3);
+    assert_eq!(usage["output_tokens"], expected);
+}

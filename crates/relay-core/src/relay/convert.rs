@@ -124,6 +124,11 @@ fn body_in_dialect(
         }
         (Dialect::OpenAiChat, Dialect::Gemini) => to_anthropic::request(&request.body, &options)
             .and_then(|messages| to_gemini::request(&messages, &options)),
+        // Codex on a Gemini account, through Anthropic's form.
+        (Dialect::OpenAiResponses, Dialect::Gemini) => {
+            responses_to_anthropic::request(&request.body, &options)
+                .and_then(|messages| to_gemini::request(&messages, &options))
+        }
         (Dialect::OpenAiChat, Dialect::OpenAiChat) if request.stream && !request.include_usage => {
             return Ok(rewritten(&request.body, mapped, true));
         }
@@ -336,6 +341,18 @@ fn gemini_response_for_chat(_: u16, body: &[u8]) -> Vec<u8> {
     gemini_to_anthropic::response(body)
         .and_then(|message| to_openai_chat::response(&message))
         .unwrap_or_else(|error| unconvertible(Dialect::OpenAiChat, &error.message))
+}
+
+/// A Gemini account's error for a Responses client, through Anthropic's form.
+fn responses_error_from_gemini(status: u16, body: &[u8]) -> Vec<u8> {
+    openai_error(status, &anthropic_error_from_gemini(status, body))
+}
+
+/// A Gemini account's whole answer for a Responses client, through Anthropic's form.
+fn gemini_response_for_responses(_: u16, body: &[u8]) -> Vec<u8> {
+    gemini_to_anthropic::response(body)
+        .and_then(|message| to_openai_responses::response(&message))
+        .unwrap_or_else(|error| unconvertible(Dialect::OpenAiResponses, &error.message))
 }
 
 /// A Responses account's whole answer for a Chat client.
@@ -635,6 +652,30 @@ pub(super) fn reframe(
                 whole(client, status, gemini_response_for_chat)
             }
         }
+        (Dialect::Gemini, Dialect::OpenAiResponses) => {
+            if !status.is_success() {
+                whole(client, status, responses_error_from_gemini)
+            } else if request.compaction && is_sse {
+                Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
+                    relay_protocol::convert::Chain::new(
+                        gemini_to_anthropic::StreamTranslator::new(),
+                        to_openai_responses::StreamTranslator::new(),
+                    ),
+                    compaction::StreamTranslator::new(),
+                )))
+            } else if request.compaction {
+                whole(client, status, |status, body| {
+                    compaction::whole(&gemini_response_for_responses(status, body))
+                })
+            } else if is_sse {
+                Reframe::Stream(Box::new(relay_protocol::convert::Chain::new(
+                    gemini_to_anthropic::StreamTranslator::new(),
+                    to_openai_responses::StreamTranslator::new(),
+                )))
+            } else {
+                whole(client, status, gemini_response_for_responses)
+            }
+        }
         // Pairs without a conversion are never scheduled (`schedule::bridges`).
         _ => Reframe::Passthrough,
     }
@@ -657,6 +698,16 @@ fn code_assist_reframe(request: &RelayRequest, is_sse: bool) -> Reframe {
         ))),
         (Dialect::AnthropicMessages, false) => whole(client, status, |status, body| {
             gemini_response_for_anthropic(status, &relay_upstream::code_assist::unwrap(body))
+        }),
+        (Dialect::OpenAiResponses, true) => Reframe::Stream(Box::new(Chain::new(
+            Chain::new(
+                Unwrap::new(true),
+                gemini_to_anthropic::StreamTranslator::new(),
+            ),
+            to_openai_responses::StreamTranslator::new(),
+        ))),
+        (Dialect::OpenAiResponses, false) => whole(client, status, |status, body| {
+            gemini_response_for_responses(status, &relay_upstream::code_assist::unwrap(body))
         }),
         (_, true) => Reframe::Stream(Box::new(Chain::new(
             Chain::new(

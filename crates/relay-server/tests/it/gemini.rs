@@ -658,3 +658,65 @@ async fn a_code_assist_quota_error_cools_the_google_account_for_the_delay_it_nam
         "{until} vs {before}"
     );
 }
+
+#[tokio::test]
+async fn a_responses_client_is_served_by_a_gemini_account_through_conversion() {
+    let harness = Harness::start(vec![gemini_account("gemini", "AIza-upstream", 1)]).await;
+    let mut body = crate::responses::codex_body(true, "hello");
+    body["model"] = json!(MODEL);
+    let text = text_of(
+        harness
+            .client
+            .post(format!("{}/v1/responses", harness.url))
+            .bearer_auth(&harness.key)
+            .json(&body),
+    )
+    .await;
+    let events = crate::responses::event_payloads(&text);
+    assert_eq!(events[0]["type"], "response.created", "{text}");
+    let completed = events.last().unwrap();
+    assert_eq!(completed["type"], "response.completed", "{text}");
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"],
+        format!("MOCK_OK from {MODEL}.")
+    );
+    // Whole, and a compaction trigger answered with one compaction item.
+    body["stream"] = json!(false);
+    let whole: Value = json_of(
+        harness
+            .client
+            .post(format!("{}/v1/responses", harness.url))
+            .bearer_auth(&harness.key)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(whole["object"], "response", "{whole}");
+    body["stream"] = json!(true);
+    body["input"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "compaction_trigger"}));
+    let text = text_of(
+        harness
+            .client
+            .post(format!("{}/v1/responses", harness.url))
+            .bearer_auth(&harness.key)
+            .json(&body),
+    )
+    .await;
+    let done: Vec<Value> = crate::responses::event_payloads(&text)
+        .into_iter()
+        .filter(|event| event["type"] == "response.output_item.done")
+        .collect();
+    assert_eq!(done.len(), 1, "{text}");
+    assert_eq!(done[0]["item"]["type"], "compaction");
+    let sent = harness.gemini.requests();
+    assert_eq!(sent.len(), 3);
+    assert!(sent[0].path.ends_with(":streamGenerateContent"));
+    assert_eq!(sent[0].body["contents"][0]["role"], "user");
+    let records = harness.shutdown().await;
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|record| record.outcome == "ok"
+        && record.platform == "gemini"
+        && record.usage.output_tokens > 0));
+}
