@@ -352,21 +352,34 @@ async fn on_responses_account() -> (MockOpenAi, tempfile::TempDir, String, Runni
 /// directory (data in `data`), the key and the running relay.
 async fn on_claude(api_key: &str) -> (MockUpstream, tempfile::TempDir, String, RunningRelay) {
     let anthropic = MockUpstream::start().await;
+    let (dir, key, relay) = on_mapped("anthropic", api_key, &anthropic.url(), "claude-sonnet-4-5");
+    (anthropic, dir, key, relay)
+}
+
+/// A relay whose one account is of `platform` at `base_url`, Codex's model mapped onto
+/// `model`: the directory (data in `data`), a key named `codex` and the running relay.
+fn on_mapped(
+    platform: &str,
+    api_key: &str,
+    base_url: &str,
+    model: &str,
+) -> (tempfile::TempDir, String, RunningRelay) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
+    let mapping = format!("gpt-5-codex={model}");
     cli(
         &data_dir,
         &account_args(
-            "anthropic",
-            "claude",
+            platform,
+            platform,
             api_key,
-            &anthropic.url(),
-            &["--map-model", "gpt-5-codex=claude-sonnet-4-5"],
+            base_url,
+            &["--map-model", &mapping],
         ),
     );
     let key = create_key(&data_dir, "codex");
     let relay = RunningRelay::start(&data_dir, Some("pw"));
-    (anthropic, dir, key, relay)
+    (dir, key, relay)
 }
 
 fn last_item_type(body: &serde_json::Value) -> String {
@@ -614,21 +627,9 @@ async fn codex_runs_on_an_openai_compatible_chat_account_through_conversion() {
         return;
     };
     let openai = MockOpenAi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
     // A DeepSeek-like host that speaks only Chat Completions, mapped under Codex's model.
-    cli(
-        &data_dir,
-        &account_args(
-            "openai",
-            "deepseek",
-            "sk-ds",
-            &openai.base_url(),
-            &["--map-model", "gpt-5-codex=deepseek-chat"],
-        ),
-    );
-    let key = create_key(&data_dir, "codex");
-    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let (dir, key, relay) = on_mapped("openai", "sk-ds", &openai.base_url(), "deepseek-chat");
+    let data_dir = dir.path().join("data");
     hello_then_tool(
         &binary,
         dir.path(),
@@ -741,21 +742,9 @@ async fn codex_runs_on_a_gemini_account_through_conversion() {
         return;
     };
     let gemini = relay_testkit::gemini::MockGemini::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
     // Codex's model mapped onto Gemini: one relay key, Codex on a Gemini account.
-    cli(
-        &data_dir,
-        &account_args(
-            "gemini",
-            "gemini",
-            "AIza-codex",
-            &gemini.url(),
-            &["--map-model", "gpt-5-codex=gemini-2.5-flash"],
-        ),
-    );
-    let key = create_key(&data_dir, "codex");
-    let relay = RunningRelay::start(&data_dir, Some("pw"));
+    let (dir, key, relay) = on_mapped("gemini", "AIza-codex", &gemini.url(), "gemini-2.5-flash");
+    let data_dir = dir.path().join("data");
     hello_then_tool(
         &binary,
         dir.path(),

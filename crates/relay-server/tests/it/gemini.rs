@@ -21,6 +21,15 @@ fn gemini_body(prompt: &str) -> Value {
     })
 }
 
+/// `POST /v1/responses` with the harness's key.
+fn responses_post(harness: &Harness, body: &Value) -> reqwest::RequestBuilder {
+    harness
+        .client
+        .post(format!("{}/v1/responses", harness.url))
+        .bearer_auth(&harness.key)
+        .json(body)
+}
+
 /// The body of the answer to `request`, as text.
 async fn text_of(request: reqwest::RequestBuilder) -> String {
     request.send().await.unwrap().text().await.unwrap()
@@ -664,14 +673,7 @@ async fn a_responses_client_is_served_by_a_gemini_account_through_conversion() {
     let harness = Harness::start(vec![gemini_account("gemini", "AIza-upstream", 1)]).await;
     let mut body = crate::responses::codex_body(true, "hello");
     body["model"] = json!(MODEL);
-    let text = text_of(
-        harness
-            .client
-            .post(format!("{}/v1/responses", harness.url))
-            .bearer_auth(&harness.key)
-            .json(&body),
-    )
-    .await;
+    let text = text_of(responses_post(&harness, &body)).await;
     let events = crate::responses::event_payloads(&text);
     assert_eq!(events[0]["type"], "response.created", "{text}");
     let completed = events.last().unwrap();
@@ -682,28 +684,14 @@ async fn a_responses_client_is_served_by_a_gemini_account_through_conversion() {
     );
     // Whole, and a compaction trigger answered with one compaction item.
     body["stream"] = json!(false);
-    let whole: Value = json_of(
-        harness
-            .client
-            .post(format!("{}/v1/responses", harness.url))
-            .bearer_auth(&harness.key)
-            .json(&body),
-    )
-    .await;
+    let whole: Value = json_of(responses_post(&harness, &body)).await;
     assert_eq!(whole["object"], "response", "{whole}");
     body["stream"] = json!(true);
     body["input"]
         .as_array_mut()
         .unwrap()
         .push(json!({"type": "compaction_trigger"}));
-    let text = text_of(
-        harness
-            .client
-            .post(format!("{}/v1/responses", harness.url))
-            .bearer_auth(&harness.key)
-            .json(&body),
-    )
-    .await;
+    let text = text_of(responses_post(&harness, &body)).await;
     let done: Vec<Value> = crate::responses::event_payloads(&text)
         .into_iter()
         .filter(|event| event["type"] == "response.output_item.done")
