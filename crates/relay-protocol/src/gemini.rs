@@ -56,6 +56,43 @@ struct WireResponse {
     response: Option<Box<WireResponse>>,
 }
 
+/// How a Gemini stream reaches a client: SSE events (`?alt=sse`), or the elements of one JSON
+/// array arriving over time (the default).
+#[derive(Debug)]
+pub struct StreamFraming {
+    sse: bool,
+    written: u64,
+}
+
+impl StreamFraming {
+    pub fn new(sse: bool) -> Self {
+        Self { sse, written: 0 }
+    }
+
+    /// Appends one response (its JSON).
+    pub fn chunk(&mut self, json: &[u8], out: &mut Vec<u8>) {
+        if self.sse {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(json);
+            out.extend_from_slice(b"\r\n\r\n");
+        } else {
+            out.extend_from_slice(if self.written == 0 { b"[" } else { b",\r\n" });
+            out.extend_from_slice(json);
+        }
+        self.written += 1;
+    }
+
+    /// Ends the stream: an array is closed (an empty one too).
+    pub fn end(&self, out: &mut Vec<u8>) {
+        if !self.sse {
+            if self.written == 0 {
+                out.push(b'[');
+            }
+            out.push(b']');
+        }
+    }
+}
+
 /// Accumulates usage from a Gemini response: feed it SSE chunks, or a whole JSON body (a
 /// response, or a JSON-array stream read whole).
 #[derive(Debug)]

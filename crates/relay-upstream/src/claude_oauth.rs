@@ -3,10 +3,9 @@
 
 use bytes::Bytes;
 use http::{Method, Request};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde::Deserialize;
 
-use crate::oauth::MAX_ANSWER_BYTES;
 use crate::transport::AnyClient;
 
 /// The beta Anthropic's API requires on requests made with a subscription token.
@@ -45,19 +44,13 @@ pub async fn subscription_tier(
         http::HeaderValue::from_str(&format!("Bearer {access_token}")).ok()?,
     );
     headers.insert("anthropic-beta", http::HeaderValue::from_static(OAUTH_BETA));
-    let fetch = async {
-        let response = client.request(request).await.ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .ok()?
-            .to_bytes();
-        serde_json::from_slice::<Profile>(&body).ok()
-    };
-    let profile = tokio::time::timeout(PROFILE_TIMEOUT, fetch).await.ok()??;
+    let (status, body) = crate::oauth::exchange(client, request, PROFILE_TIMEOUT)
+        .await
+        .ok()?;
+    if !status.is_success() {
+        return None;
+    }
+    let profile = serde_json::from_slice::<Profile>(&body).ok()?;
     Some(if profile.account.has_claude_max {
         "max"
     } else if profile.account.has_claude_pro {

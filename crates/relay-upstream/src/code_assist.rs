@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use relay_protocol::convert::Translate;
+use relay_protocol::gemini::StreamFraming;
 use relay_protocol::sse::SseDecoder;
 use serde_json::{json, Value};
 
-use crate::oauth::{OAuthTokens, MAX_ANSWER_BYTES};
+use crate::oauth::OAuthTokens;
 use crate::transport::AnyClient;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,45 +49,28 @@ pub fn unwrap(body: &[u8]) -> Vec<u8> {
 #[derive(Debug)]
 pub struct Unwrap {
     decoder: SseDecoder,
-    sse: bool,
-    written: u64,
+    framing: StreamFraming,
 }
 
 impl Unwrap {
     pub fn new(sse: bool) -> Self {
         Self {
             decoder: SseDecoder::new(),
-            sse,
-            written: 0,
+            framing: StreamFraming::new(sse),
         }
     }
 }
 
 impl Translate for Unwrap {
     fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let sse = self.sse;
-        let written = &mut self.written;
+        let framing = &mut self.framing;
         self.decoder.feed(chunk, &mut |_event, data| {
-            let inner = unwrap(data.as_bytes());
-            if sse {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&inner);
-                out.extend_from_slice(b"\r\n\r\n");
-            } else {
-                out.extend_from_slice(if *written == 0 { b"[" } else { b",\r\n" });
-                out.extend_from_slice(&inner);
-            }
-            *written += 1;
+            framing.chunk(&unwrap(data.as_bytes()), out);
         });
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {
-        if !self.sse {
-            if self.written == 0 {
-                out.push(b'[');
-            }
-            out.push(b']');
-        }
+        self.framing.end(out);
     }
 }
 
@@ -129,28 +113,16 @@ async fn call(
     let bearer = http::HeaderValue::from_str(&format!("Bearer {access_token}"))
         .map_err(|_| "the access token cannot be sent".to_owned())?;
     headers.insert(http::header::AUTHORIZATION, bearer);
-    let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|error| error.to_string())?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|error| error.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!(
-                "{method} answered {status}: {}",
-                crate::redact::excerpt(&body)
-            ));
-        }
-        serde_json::from_slice::<Value>(&body).map_err(|error| error.to_string())
-    };
-    tokio::time::timeout(CALL_TIMEOUT, exchange)
+    let (status, body) = crate::oauth::exchange(client, request, CALL_TIMEOUT)
         .await
-        .map_err(|_| format!("{method} timed out"))?
+        .map_err(|error| format!("{method}: {error}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "{method} answered {status}: {}",
+            crate::redact::excerpt(&body)
+        ));
+    }
+    serde_json::from_slice::<Value>(&body).map_err(|error| error.to_string())
 }
 
 fn project_of(value: &Value) -> Option<String> {

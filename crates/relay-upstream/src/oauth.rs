@@ -294,22 +294,9 @@ async fn token_request(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(content_type),
     );
-    let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|error| OAuthError::Transport(error.to_string()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|error| OAuthError::Transport(error.to_string()))?
-            .to_bytes();
-        Ok::<_, OAuthError>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(TOKEN_TIMEOUT, exchange)
+    let (status, body) = exchange(client, request, TOKEN_TIMEOUT)
         .await
-        .map_err(|_| OAuthError::Transport("timed out".into()))??;
+        .map_err(OAuthError::Transport)?;
     // Never the raw body: a 200 with an unexpected shape may still carry the tokens.
     let excerpt = crate::redact::excerpt(&body);
     if status.as_u16() == 400 || status.as_u16() == 401 {
@@ -341,9 +328,34 @@ async fn token_request(
     })
 }
 
+/// Sends one sign-in related request (a token grant, a profile, a Code Assist set-up call) and
+/// reads its answer, at most [`MAX_ANSWER_BYTES`], within `timeout`.
+pub(crate) async fn exchange(
+    client: &AnyClient,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|error| error.to_string())?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|error| error.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
 /// A token or profile answer is at most this large (real ones are a few kilobytes); a larger
 /// one is refused rather than read into memory.
-pub(crate) const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// The longest lifetime a token endpoint can grant that the relay believes.
 const MAX_TOKEN_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
 

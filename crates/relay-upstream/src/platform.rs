@@ -95,11 +95,6 @@ impl Platform {
         }
     }
 
-    /// Whether the account signs in with OAuth (tokens the relay refreshes) rather than a key.
-    pub fn is_subscription(self) -> bool {
-        matches!(self, Self::ClaudeOauth | Self::Codex | Self::GeminiOauth)
-    }
-
     /// A cheap model to test an account with when it names none.
     pub fn probe_model(self) -> &'static str {
         match self {

@@ -28,6 +28,7 @@ use crate::convert::{
     error_parts, parse_object, to_bytes, truncated, ConvertError, Object, RequestOptions,
     Translate, MAX_ERROR_MESSAGE,
 };
+use crate::gemini::StreamFraming;
 use crate::sse::SseDecoder;
 use crate::ErrorKind;
 
@@ -376,9 +377,7 @@ pub fn error(status: u16, body: &[u8]) -> Vec<u8> {
 #[derive(Debug)]
 pub struct StreamTranslator {
     decoder: SseDecoder,
-    sse: bool,
-    /// Chunks written so far (an array's separators).
-    written: u64,
+    framing: StreamFraming,
     id: String,
     model: Value,
     usage: Value,
@@ -393,8 +392,7 @@ impl StreamTranslator {
     pub fn new(sse: bool) -> Self {
         Self {
             decoder: SseDecoder::new(),
-            sse,
-            written: 0,
+            framing: StreamFraming::new(sse),
             id: "msg".into(),
             model: Value::Null,
             usage: json!({}),
@@ -405,24 +403,11 @@ impl StreamTranslator {
     }
 
     fn write(&mut self, value: &Value, out: &mut Vec<u8>) {
-        if self.sse {
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(&to_bytes(value));
-            out.extend_from_slice(b"\r\n\r\n");
-        } else {
-            out.extend_from_slice(if self.written == 0 { b"[" } else { b",\r\n" });
-            out.extend_from_slice(&to_bytes(value));
-        }
-        self.written += 1;
+        self.framing.chunk(&to_bytes(value), out);
     }
 
     fn close(&mut self, out: &mut Vec<u8>) {
-        if !self.sse {
-            if self.written == 0 {
-                out.push(b'[');
-            }
-            out.push(b']');
-        }
+        self.framing.end(out);
         self.closed = true;
     }
 
